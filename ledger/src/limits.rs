@@ -1,0 +1,26 @@
+//! The bound on every input the ledger accepts. Anything larger is rejected with
+//! `invalid_input` or `invalid_amount` before it can touch the state.
+
+/// Longest id (user, lot, auction, bid), in bytes.
+pub const ID_BYTES_MAX: usize = 64;
+/// Longest username, in bytes.
+pub const USERNAME_BYTES_MAX: usize = 64;
+/// Longest title, artist or category, in bytes.
+pub const NAME_BYTES_MAX: usize = 256;
+/// Longest lot description, in bytes.
+pub const DESCRIPTION_BYTES_MAX: usize = 16 * 1024;
+/// Longest stored password hash, in bytes (Argon2 PHC strings are ~100).
+pub const PASSWORD_HASH_BYTES_MAX: usize = 512;
+/// Largest amount in minor units (10^15: ten trillion dollars). Keeps every sum of an amount
+/// and a ladder step far from `i64::MAX`.
+pub const AMOUNT_MAX: i64 = 1_000_000_000_000_000;
+/// Most tiers in one increment ladder.
+pub const LADDER_TIERS_MAX: usize = 32;
+/// Most lines in one lot's bid history; bids past it are refused (`bid_limit_reached`).
+pub const LOT_HISTORY_MAX: usize = 1_000_000;
+/// Most lots in one auction.
+pub const AUCTION_LOTS_MAX: usize = 10_000;
+/// Longest soft-close window and lot interval, in seconds (one day).
+pub const WINDOW_SECS_MAX: u32 = 86_400;
+/// Latest time accepted anywhere, in Unix milliseconds (year 9999).
+pub const TIME_MS_MAX: i64 = 253_402_300_799_000;

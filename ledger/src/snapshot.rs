@@ -1,0 +1,294 @@
+//! Snapshots: the whole ledger as one canonical protobuf message, and its digest.
+//!
+//! Every collection is written in key order, so equal states encode to equal bytes and the
+//! BLAKE3 of the encoding is a state digest replicas and replays can compare. Decoding checks
+//! the data again (enums, currencies, ladders, bidding invariants) before it becomes a state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use prost::Message;
+
+use crate::bidding::{Book, Leader};
+use crate::ladder::{Ladder, Tier};
+use crate::limits;
+use crate::money::Currency;
+use crate::pb::{self, AuctionStatus, BidKind, LotStatus, Role};
+use crate::state::{Auction, HistoryLine, Ledger, Lot, User};
+
+/// The snapshot format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Why a snapshot could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot is not a valid protobuf message: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("snapshot format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    Version(u32),
+    #[error("snapshot is inconsistent: {0}")]
+    Invalid(String),
+}
+
+/// A BLAKE3 digest of the canonical state encoding.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+impl Ledger {
+    /// The canonical snapshot message.
+    pub fn to_snapshot(&self) -> pb::Snapshot {
+        pb::Snapshot {
+            format_version: FORMAT_VERSION,
+            last_at_ms: self.last_at_ms,
+            users: self.users.values().map(user_state).collect(),
+            lots: self.lots.values().map(lot_state).collect(),
+            auctions: self.auctions.values().map(auction_state).collect(),
+            recorded_bids: self
+                .recorded
+                .iter()
+                .flat_map(|(bidder, bids)| {
+                    bids.iter().map(move |(bid_id, outcome)| pb::RecordedBid {
+                        bidder: bidder.clone(),
+                        bid_id: bid_id.clone(),
+                        outcome: Some(outcome.clone()),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Encodes the snapshot message to bytes.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        self.to_snapshot().encode_to_vec()
+    }
+
+    /// Decodes and validates a snapshot produced by [`Ledger::encode_snapshot`].
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<Ledger, SnapshotError> {
+        Ledger::from_snapshot(pb::Snapshot::decode(bytes)?)
+    }
+
+    /// The state digest: BLAKE3 of the canonical encoding.
+    pub fn digest(&self) -> Digest {
+        Digest(*blake3::hash(&self.encode_snapshot()).as_bytes())
+    }
+
+    /// Rebuilds a ledger from a snapshot message, checking it as it goes.
+    pub fn from_snapshot(snap: pb::Snapshot) -> Result<Ledger, SnapshotError> {
+        if snap.format_version != FORMAT_VERSION {
+            return Err(SnapshotError::Version(snap.format_version));
+        }
+        let mut ledger = Ledger { last_at_ms: snap.last_at_ms, ..Ledger::default() };
+        for u in snap.users {
+            let user = restore_user(u)?;
+            if ledger.usernames.insert(user.username.clone(), user.user_id.clone()).is_some() {
+                return invalid(format!("username {} appears twice", user.username));
+            }
+            insert_once(&mut ledger.users, user.user_id.clone(), user, "user")?;
+        }
+        for l in snap.lots {
+            let lot = restore_lot(l)?;
+            insert_once(&mut ledger.lots, lot.lot_id.clone(), lot, "lot")?;
+        }
+        for a in snap.auctions {
+            let auction = restore_auction(a)?;
+            insert_once(&mut ledger.auctions, auction.auction_id.clone(), auction, "auction")?;
+        }
+        for r in snap.recorded_bids {
+            let Some(outcome) = r.outcome.filter(|o| o.result.is_some()) else {
+                return invalid(format!("recorded bid {}/{} has no outcome", r.bidder, r.bid_id));
+            };
+            let bids = ledger.recorded.entry(r.bidder).or_default();
+            insert_once(bids, r.bid_id, outcome, "recorded bid")?;
+        }
+        Ok(ledger)
+    }
+}
+
+fn invalid<T>(message: String) -> Result<T, SnapshotError> {
+    Err(SnapshotError::Invalid(message))
+}
+
+fn insert_once<V>(map: &mut BTreeMap<String, V>, key: String, value: V, what: &str) -> Result<(), SnapshotError> {
+    if map.contains_key(&key) {
+        return invalid(format!("{what} {key} appears twice"));
+    }
+    map.insert(key, value);
+    Ok(())
+}
+
+fn ladder_pb(ladder: &Ladder) -> Vec<pb::LadderTier> {
+    ladder.tiers().iter().map(|t| pb::LadderTier { from_amount: t.from_amount, step: t.step }).collect()
+}
+
+fn user_state(u: &User) -> pb::UserState {
+    pb::UserState {
+        user_id: u.user_id.clone(),
+        username: u.username.clone(),
+        role: u.role as i32,
+        password_hash: u.password_hash.clone(),
+        create_digest: u.create_digest.to_vec(),
+    }
+}
+
+fn lot_state(l: &Lot) -> pb::LotState {
+    let leader = l.book.leader.as_ref();
+    pb::LotState {
+        lot_id: l.lot_id.clone(),
+        title: l.title.clone(),
+        description: l.description.clone(),
+        artist: l.artist.clone(),
+        category: l.category.clone(),
+        currency: l.currency.as_str().to_owned(),
+        status: l.status as i32,
+        start_price: l.book.start_price,
+        reserve_price: l.book.reserve,
+        starts_at_ms: l.starts_at_ms,
+        ends_at_ms: l.ends_at_ms,
+        soft_close_secs: l.soft_close_secs,
+        seller_id: l.seller_id.clone(),
+        increment_ladder: ladder_pb(&l.ladder),
+        current_price: l.book.price,
+        leading_bidder: leader.map(|x| x.bidder.clone()).unwrap_or_default(),
+        leading_bid_id: leader.map(|x| x.bid_id.clone()).unwrap_or_default(),
+        leading_max: leader.map_or(0, |x| x.max),
+        version: l.version,
+        auction_id: l.auction_id.clone(),
+        history: l
+            .history
+            .iter()
+            .map(|h| pb::HistoryLine {
+                bid_id: h.bid_id.clone(),
+                bidder: h.bidder.clone(),
+                amount: h.amount,
+                at_ms: h.at_ms,
+                kind: h.kind as i32,
+            })
+            .collect(),
+        create_digest: l.create_digest.to_vec(),
+    }
+}
+
+fn auction_state(a: &Auction) -> pb::AuctionState {
+    pb::AuctionState {
+        auction_id: a.auction_id.clone(),
+        title: a.title.clone(),
+        currency: a.currency.as_str().to_owned(),
+        status: a.status as i32,
+        starts_at_ms: a.starts_at_ms,
+        ends_at_ms: a.ends_at_ms,
+        lot_interval_secs: a.lot_interval_secs,
+        increment_ladder: ladder_pb(&a.ladder),
+        lot_ids: a.lot_ids.clone(),
+        create_digest: a.create_digest.to_vec(),
+    }
+}
+
+fn digest32(bytes: &[u8], what: &str) -> Result<[u8; 32], SnapshotError> {
+    bytes.try_into().map_err(|_| SnapshotError::Invalid(format!("{what} has a malformed create digest")))
+}
+
+fn currency(code: &str, what: &str) -> Result<Currency, SnapshotError> {
+    Currency::parse(code).map_err(|e| SnapshotError::Invalid(format!("{what}: {e}")))
+}
+
+fn ladder(tiers: &[pb::LadderTier], what: &str) -> Result<Ladder, SnapshotError> {
+    let tiers = tiers.iter().map(|t| Tier { from_amount: t.from_amount, step: t.step }).collect();
+    Ladder::new(tiers).map_err(|e| SnapshotError::Invalid(format!("{what}: {e}")))
+}
+
+fn restore_user(u: pb::UserState) -> Result<User, SnapshotError> {
+    let role = match Role::try_from(u.role) {
+        Ok(r @ (Role::User | Role::Curator | Role::Admin)) => r,
+        _ => return invalid(format!("user {} has role {}", u.user_id, u.role)),
+    };
+    let create_digest = digest32(&u.create_digest, &u.user_id)?;
+    Ok(User { user_id: u.user_id, username: u.username, role, password_hash: u.password_hash, create_digest })
+}
+
+fn restore_lot(l: pb::LotState) -> Result<Lot, SnapshotError> {
+    let what = format!("lot {}", l.lot_id);
+    let status = match LotStatus::try_from(l.status) {
+        Ok(LotStatus::Unspecified) | Err(_) => return invalid(format!("{what} has status {}", l.status)),
+        Ok(s) => s,
+    };
+    let leader = (!l.leading_bidder.is_empty()).then(|| Leader {
+        bidder: l.leading_bidder.clone(),
+        bid_id: l.leading_bid_id.clone(),
+        max: l.leading_max,
+    });
+    // The bidding invariants, checked again on the way in.
+    let price_ok = match &leader {
+        Some(leader) => {
+            l.start_price <= l.current_price && l.current_price <= leader.max && leader.max <= limits::AMOUNT_MAX
+        }
+        None => l.current_price == l.start_price,
+    };
+    let reserve_ok = l.reserve_price.is_none_or(|r| r >= l.start_price && r <= limits::AMOUNT_MAX);
+    if !price_ok || !reserve_ok || l.start_price < 0 {
+        return invalid(format!("{what} breaks the price invariants"));
+    }
+    if l.history.len() > limits::LOT_HISTORY_MAX {
+        return invalid(format!("{what} has too long a history"));
+    }
+    let history = l
+        .history
+        .into_iter()
+        .map(|h| match BidKind::try_from(h.kind) {
+            Ok(kind @ (BidKind::Placed | BidKind::Proxy)) => {
+                Ok(HistoryLine { bid_id: h.bid_id, bidder: h.bidder, amount: h.amount, at_ms: h.at_ms, kind })
+            }
+            _ => invalid(format!("{what} has a history line of kind {}", h.kind)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Lot {
+        currency: currency(&l.currency, &what)?,
+        ladder: ladder(&l.increment_ladder, &what)?,
+        create_digest: digest32(&l.create_digest, &what)?,
+        book: Book { start_price: l.start_price, reserve: l.reserve_price, price: l.current_price, leader },
+        lot_id: l.lot_id,
+        title: l.title,
+        description: l.description,
+        artist: l.artist,
+        category: l.category,
+        status,
+        starts_at_ms: l.starts_at_ms,
+        ends_at_ms: l.ends_at_ms,
+        soft_close_secs: l.soft_close_secs,
+        seller_id: l.seller_id,
+        version: l.version,
+        auction_id: l.auction_id,
+        history,
+    })
+}
+
+fn restore_auction(a: pb::AuctionState) -> Result<Auction, SnapshotError> {
+    let what = format!("auction {}", a.auction_id);
+    let status = match AuctionStatus::try_from(a.status) {
+        Ok(AuctionStatus::Unspecified) | Err(_) => return invalid(format!("{what} has status {}", a.status)),
+        Ok(s) => s,
+    };
+    Ok(Auction {
+        currency: currency(&a.currency, &what)?,
+        ladder: ladder(&a.increment_ladder, &what)?,
+        create_digest: digest32(&a.create_digest, &what)?,
+        auction_id: a.auction_id,
+        title: a.title,
+        status,
+        starts_at_ms: a.starts_at_ms,
+        ends_at_ms: a.ends_at_ms,
+        lot_interval_secs: a.lot_interval_secs,
+        lot_ids: a.lot_ids,
+    })
+}

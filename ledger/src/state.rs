@@ -1,0 +1,863 @@
+//! The ledger state and its one entry point, [`Ledger::apply`].
+//!
+//! `apply` is a pure step `(state, command) -> (state', outcome, events)`: it validates the
+//! whole command before it changes anything, so a rejection leaves the auction state as it
+//! was. (A rejected bid is still remembered under its `bid_id`, so that a retry gets the same
+//! answer: that record is the one thing a rejection writes.)
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+
+use crate::bidding::{Book, Decision, Leader};
+use crate::error::{Code, Rejection, reject};
+use crate::json::format_time;
+use crate::ladder::{Ladder, Tier};
+use crate::lifecycle;
+use crate::limits;
+use crate::money::Currency;
+use crate::pb::{self, AuctionStatus, BidKind, BidOutcomeKind, LotStatus, Role, command::Body, outcome::Result as Res};
+
+/// A registered user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub user_id: String,
+    pub username: String,
+    pub role: Role,
+    /// An Argon2 PHC string computed by the gateway; opaque to the ledger.
+    pub password_hash: Vec<u8>,
+    pub(crate) create_digest: [u8; 32],
+}
+
+/// One line of a lot's public bid history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryLine {
+    pub bid_id: String,
+    pub bidder: String,
+    /// The visible amount, never a maximum.
+    pub amount: i64,
+    pub at_ms: i64,
+    pub kind: BidKind,
+}
+
+/// A lot and its bidding state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lot {
+    pub lot_id: String,
+    pub title: String,
+    pub description: String,
+    pub artist: String,
+    pub category: String,
+    pub currency: Currency,
+    pub status: LotStatus,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub soft_close_secs: u32,
+    pub seller_id: String,
+    pub ladder: Ladder,
+    pub book: Book,
+    /// Bumped by every change to the lot.
+    pub version: u64,
+    /// Empty when the lot is sold on its own.
+    pub auction_id: String,
+    pub history: Vec<HistoryLine>,
+    pub(crate) create_digest: [u8; 32],
+}
+
+/// A sale grouping lots under one currency and ladder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Auction {
+    pub auction_id: String,
+    pub title: String,
+    pub currency: Currency,
+    pub status: AuctionStatus,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub lot_interval_secs: u32,
+    pub ladder: Ladder,
+    pub lot_ids: Vec<String>,
+    pub(crate) create_digest: [u8; 32],
+}
+
+/// The whole replicated state. Ordered maps only: iteration order reaches snapshots and the
+/// digest, so it must be the same on every replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    /// The ledger's clock: the latest command time seen. Commands stamped earlier are treated
+    /// as stamped now, so time never runs backwards here whatever the input.
+    pub(crate) last_at_ms: i64,
+    pub(crate) users: BTreeMap<String, User>,
+    /// Derived index username -> user_id (rebuilt on restore, not snapshotted).
+    pub(crate) usernames: BTreeMap<String, String>,
+    pub(crate) lots: BTreeMap<String, Lot>,
+    pub(crate) auctions: BTreeMap<String, Auction>,
+    /// First outcome of each (bidder, bid_id), for exactly-once bids.
+    pub(crate) recorded: BTreeMap<String, BTreeMap<String, pb::Outcome>>,
+}
+
+/// What applying one command produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    /// The answer for the command's caller (possibly a rejection).
+    pub outcome: pb::Outcome,
+    /// What subscribers see, in order. Empty for rejections and no-op retries.
+    pub events: Vec<pb::Event>,
+}
+
+impl Applied {
+    pub fn rejection(&self) -> Option<&pb::Rejection> {
+        match &self.outcome.result {
+            Some(Res::Rejected(r)) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Who is acting and when.
+struct Ctx<'a> {
+    at: i64,
+    actor: &'a str,
+}
+
+type Events = Vec<pb::Event>;
+
+fn event(kind: pb::event::Kind) -> pb::Event {
+    pb::Event { kind: Some(kind) }
+}
+
+impl Ledger {
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// Applies one command. Never panics on any input; a broken internal invariant is a
+    /// `debug_assert!` (a replica must not silently diverge).
+    pub fn apply(&mut self, cmd: &pb::Command) -> Applied {
+        let mut events = Vec::new();
+        let result = self.dispatch(cmd, &mut events);
+        let outcome = match result {
+            Ok(res) => pb::Outcome { result: Some(res) },
+            Err(rejection) => {
+                debug_assert!(events.is_empty(), "a rejection emitted events");
+                events.clear();
+                pb::Outcome { result: Some(Res::Rejected(rejection.to_pb())) }
+            }
+        };
+        Applied { outcome, events }
+    }
+
+    fn dispatch(&mut self, cmd: &pb::Command, events: &mut Events) -> Result<Res, Rejection> {
+        if !(0..=limits::TIME_MS_MAX).contains(&cmd.at_ms) {
+            return reject(Code::InvalidTime, format!("command time {} ms is out of range", cmd.at_ms));
+        }
+        self.last_at_ms = self.last_at_ms.max(cmd.at_ms);
+        let ctx = Ctx { at: self.last_at_ms, actor: &cmd.actor };
+        let Some(body) = &cmd.body else {
+            return reject(Code::InvalidInput, "the command has no body");
+        };
+        match body {
+            Body::CreateUser(c) => self.create_user(&ctx, c, events),
+            Body::SetUserRole(c) => self.set_user_role(&ctx, c, events),
+            Body::CreateLot(c) => self.create_lot(&ctx, c, events),
+            Body::SetLotStatus(c) => self.set_lot_status(&ctx, c, events),
+            Body::PlaceBid(c) => self.place_bid(&ctx, c, events),
+            Body::CloseLot(c) => self.close_lot(&ctx, c, events),
+            Body::CreateAuction(c) => self.create_auction(&ctx, c, events),
+            Body::AddLotToAuction(c) => self.add_lot_to_auction(&ctx, c, events),
+            Body::SetAuctionStatus(c) => self.set_auction_status(&ctx, c, events),
+        }
+    }
+
+    // ---- queries -------------------------------------------------------------------------
+
+    /// The latest command time applied (Unix ms).
+    pub fn last_at_ms(&self) -> i64 {
+        self.last_at_ms
+    }
+
+    pub fn lot(&self, lot_id: &str) -> Option<&Lot> {
+        self.lots.get(lot_id)
+    }
+
+    pub fn lots(&self) -> impl Iterator<Item = &Lot> {
+        self.lots.values()
+    }
+
+    pub fn user(&self, user_id: &str) -> Option<&User> {
+        self.users.get(user_id)
+    }
+
+    pub fn user_by_name(&self, username: &str) -> Option<&User> {
+        self.usernames.get(username).and_then(|id| self.users.get(id))
+    }
+
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+
+    pub fn auction(&self, auction_id: &str) -> Option<&Auction> {
+        self.auctions.get(auction_id)
+    }
+
+    /// Lots still open whose end time is at or before `at_ms`: what the closing timer proposes.
+    pub fn lots_due(&self, at_ms: i64) -> impl Iterator<Item = &str> {
+        self.lots
+            .values()
+            .filter(move |l| l.status == LotStatus::InAuction && l.ends_at_ms <= at_ms)
+            .map(|l| l.lot_id.as_str())
+    }
+
+    /// The recorded first answer to a bidder's bid id, if any.
+    pub fn recorded_bid(&self, bidder: &str, bid_id: &str) -> Option<&pb::Outcome> {
+        self.recorded.get(bidder).and_then(|bids| bids.get(bid_id))
+    }
+
+    // ---- users ---------------------------------------------------------------------------
+
+    fn create_user(&mut self, ctx: &Ctx, c: &pb::CreateUser, events: &mut Events) -> Result<Res, Rejection> {
+        check_id("user_id", &c.user_id)?;
+        check_id("username", &c.username)?;
+        let role = role_of(c.role)?;
+        if c.password_hash.len() > limits::PASSWORD_HASH_BYTES_MAX {
+            return reject(Code::InvalidInput, "password_hash is too long");
+        }
+        if role != Role::User {
+            self.authorize(ctx, &[Role::Admin])?;
+        }
+        let digest = digest_of(c);
+        if let Some(existing) = self.users.get(&c.user_id) {
+            return if existing.create_digest == digest {
+                Ok(Res::User(user_view(existing)))
+            } else {
+                reject(Code::UserExists, format!("user {} already exists", c.user_id))
+            };
+        }
+        if self.usernames.contains_key(&c.username) {
+            return reject(Code::UsernameTaken, format!("username {} is taken", c.username));
+        }
+        let user = User {
+            user_id: c.user_id.clone(),
+            username: c.username.clone(),
+            role,
+            password_hash: c.password_hash.clone(),
+            create_digest: digest,
+        };
+        let view = user_view(&user);
+        self.usernames.insert(user.username.clone(), user.user_id.clone());
+        self.users.insert(user.user_id.clone(), user);
+        events.push(event(pb::event::Kind::UserCreated(view.clone())));
+        Ok(Res::User(view))
+    }
+
+    fn set_user_role(&mut self, ctx: &Ctx, c: &pb::SetUserRole, events: &mut Events) -> Result<Res, Rejection> {
+        self.authorize(ctx, &[Role::Admin])?;
+        let role = role_of(c.role)?;
+        let Some(user) = self.users.get_mut(&c.user_id) else {
+            return reject(Code::UserNotFound, format!("no user {}", c.user_id));
+        };
+        if user.role != role {
+            user.role = role;
+            events.push(event(pb::event::Kind::UserRoleChanged(user_view(user))));
+        }
+        Ok(Res::User(user_view(user)))
+    }
+
+    /// The system (empty actor) may do anything; a user needs one of `roles`.
+    fn authorize(&self, ctx: &Ctx, roles: &[Role]) -> Result<(), Rejection> {
+        if ctx.actor.is_empty() {
+            return Ok(());
+        }
+        match self.users.get(ctx.actor) {
+            Some(user) if roles.contains(&user.role) => Ok(()),
+            Some(user) => reject(Code::Forbidden, format!("role {} may not do this", role_name(user.role))),
+            None => reject(Code::Forbidden, format!("unknown actor {}", ctx.actor)),
+        }
+    }
+
+    // ---- lots ----------------------------------------------------------------------------
+
+    fn create_lot(&mut self, ctx: &Ctx, c: &pb::CreateLot, events: &mut Events) -> Result<Res, Rejection> {
+        self.authorize(ctx, &[Role::Curator, Role::Admin])?;
+        check_id("lot_id", &c.lot_id)?;
+        check_text("title", &c.title, 1, limits::NAME_BYTES_MAX)?;
+        check_text("description", &c.description, 0, limits::DESCRIPTION_BYTES_MAX)?;
+        check_text("artist", &c.artist, 0, limits::NAME_BYTES_MAX)?;
+        check_text("category", &c.category, 0, limits::NAME_BYTES_MAX)?;
+        let currency = currency_of(&c.currency)?;
+        let ladder = ladder_of(currency, &c.increment_ladder)?;
+        check_amount("start_price", c.start_price, 0)?;
+        if let Some(reserve) = c.reserve_price {
+            check_amount("reserve_price", reserve, c.start_price)?;
+        }
+        check_window(c.starts_at_ms, c.ends_at_ms)?;
+        check_secs("soft_close_secs", c.soft_close_secs)?;
+        let seller_id = if c.seller_id.is_empty() { ctx.actor } else { c.seller_id.as_str() };
+        if seller_id.is_empty() {
+            return reject(Code::InvalidInput, "seller_id is required");
+        }
+        if !self.users.contains_key(seller_id) {
+            return reject(Code::UserNotFound, format!("no user {seller_id} to be the seller"));
+        }
+        let digest = digest_of(c);
+        if let Some(existing) = self.lots.get(&c.lot_id) {
+            return if existing.create_digest == digest {
+                Ok(Res::Lot(lot_view(existing)))
+            } else {
+                reject(Code::LotExists, format!("lot {} already exists", c.lot_id))
+            };
+        }
+        let lot = Lot {
+            lot_id: c.lot_id.clone(),
+            title: c.title.clone(),
+            description: c.description.clone(),
+            artist: c.artist.clone(),
+            category: c.category.clone(),
+            currency,
+            status: LotStatus::Draft,
+            starts_at_ms: c.starts_at_ms,
+            ends_at_ms: c.ends_at_ms,
+            soft_close_secs: c.soft_close_secs,
+            seller_id: seller_id.to_owned(),
+            ladder,
+            book: Book::new(c.start_price, c.reserve_price),
+            version: 1,
+            auction_id: String::new(),
+            history: Vec::new(),
+            create_digest: digest,
+        };
+        let view = lot_view(&lot);
+        self.lots.insert(lot.lot_id.clone(), lot);
+        events.push(event(pb::event::Kind::LotCreated(view.clone())));
+        Ok(Res::Lot(view))
+    }
+
+    fn set_lot_status(&mut self, ctx: &Ctx, c: &pb::SetLotStatus, events: &mut Events) -> Result<Res, Rejection> {
+        self.authorize(ctx, &[Role::Curator, Role::Admin])?;
+        let to = status_of(c.status)?;
+        let Some(lot) = self.lots.get_mut(&c.lot_id) else {
+            return reject(Code::LotNotFound, format!("no lot {}", c.lot_id));
+        };
+        let from = lot.status;
+        // Asking for the status the lot already has is a no-op, so a retried move is harmless.
+        if from == to {
+            return Ok(Res::Lot(lot_view(lot)));
+        }
+        if !lifecycle::can_transition(from, to) {
+            return reject(
+                Code::InvalidTransition,
+                format!("lot {} cannot move from {} to {}", lot.lot_id, lifecycle::name(from), lifecycle::name(to)),
+            );
+        }
+        if from == LotStatus::InAuction && to != LotStatus::AuctionCancelled {
+            return reject(
+                Code::ClosesByRule,
+                "a lot leaves InAuction by closing at its end time (or by cancellation)",
+            );
+        }
+        if to == LotStatus::InAuction && !lot.auction_id.is_empty() {
+            return reject(
+                Code::LotInAuction,
+                format!("lot {} opens when auction {} goes Live", lot.lot_id, lot.auction_id),
+            );
+        }
+        if to == LotStatus::ReadyForAuction && from == LotStatus::SoldPendingPayment {
+            // Offered again: a fresh sale with no bids, free to join a new auction.
+            lot.book = Book::new(lot.book.start_price, lot.book.reserve);
+            lot.history.clear();
+            lot.auction_id.clear();
+        }
+        move_lot(lot, to, events);
+        Ok(Res::Lot(lot_view(lot)))
+    }
+
+    fn close_lot(&mut self, ctx: &Ctx, c: &pb::CloseLot, events: &mut Events) -> Result<Res, Rejection> {
+        self.authorize(ctx, &[Role::Admin])?;
+        let Some(lot) = self.lots.get_mut(&c.lot_id) else {
+            return reject(Code::LotNotFound, format!("no lot {}", c.lot_id));
+        };
+        match lot.status {
+            LotStatus::InAuction => {}
+            // A duplicate close (an old leader's timer) gets the same answer and changes nothing.
+            LotStatus::AuctionEnded | LotStatus::SoldPendingPayment => return Ok(Res::Closed(closed_view(lot))),
+            other => {
+                return reject(
+                    Code::LotNotOpen,
+                    format!("lot {} is {}, not InAuction", lot.lot_id, lifecycle::name(other)),
+                );
+            }
+        }
+        if ctx.at < lot.ends_at_ms {
+            return reject(
+                Code::LotNotEnded,
+                format!("lot {} ends at {}, it is {}", lot.lot_id, format_time(lot.ends_at_ms), format_time(ctx.at)),
+            );
+        }
+        let to = if lot.book.reserve_met() { LotStatus::SoldPendingPayment } else { LotStatus::AuctionEnded };
+        move_lot(lot, to, events);
+        let closed = closed_view(lot);
+        events.push(event(pb::event::Kind::LotClosed(closed.clone())));
+        let auction_id = lot.auction_id.clone();
+        self.end_auction_if_done(&auction_id, events);
+        Ok(Res::Closed(closed))
+    }
+
+    /// A Live auction ends when none of its lots is still open.
+    fn end_auction_if_done(&mut self, auction_id: &str, events: &mut Events) {
+        let Some(auction) = self.auctions.get(auction_id) else { return };
+        if auction.status != AuctionStatus::Live {
+            return;
+        }
+        let lots = &self.lots;
+        let open = auction
+            .lot_ids
+            .iter()
+            .any(|id| lots.get(id).is_some_and(|l| l.status == LotStatus::InAuction && l.auction_id == auction_id));
+        if !open && let Some(auction) = self.auctions.get_mut(auction_id) {
+            move_auction(auction, AuctionStatus::Ended, events);
+        }
+    }
+
+    // ---- bids ----------------------------------------------------------------------------
+
+    fn place_bid(&mut self, ctx: &Ctx, c: &pb::PlaceBid, events: &mut Events) -> Result<Res, Rejection> {
+        let bidder = ctx.actor;
+        if bidder.is_empty() {
+            return reject(Code::InvalidInput, "a bid needs a bidder");
+        }
+        check_id("bid_id", &c.bid_id)?;
+        if let Some(first) = self.recorded_bid(bidder, &c.bid_id) {
+            return first.result.clone().ok_or_else(|| Rejection::new(Code::InvalidInput, "empty recorded outcome"));
+        }
+        if !self.users.contains_key(bidder) {
+            return reject(Code::UserNotFound, format!("no user {bidder}"));
+        }
+        let result = self.bid(ctx, c, events).map(Res::Bid);
+        let recorded = match &result {
+            Ok(res) => res.clone(),
+            Err(rejection) => Res::Rejected(rejection.to_pb()),
+        };
+        self.recorded
+            .entry(bidder.to_owned())
+            .or_default()
+            .insert(c.bid_id.clone(), pb::Outcome { result: Some(recorded) });
+        result
+    }
+
+    fn bid(&mut self, ctx: &Ctx, c: &pb::PlaceBid, events: &mut Events) -> Result<pb::BidResult, Rejection> {
+        let bidder = ctx.actor;
+        let Some(lot) = self.lots.get_mut(&c.lot_id) else {
+            return reject(Code::LotNotFound, format!("no lot {}", c.lot_id));
+        };
+        if lot.status != LotStatus::InAuction {
+            let code = if lifecycle::is_before_auction(lot.status) { Code::LotNotOpen } else { Code::LotClosed };
+            return reject(code, format!("lot {} is {}", lot.lot_id, lifecycle::name(lot.status)));
+        }
+        if ctx.at < lot.starts_at_ms {
+            return reject(
+                Code::LotNotOpen,
+                format!("bidding on lot {} opens at {}", lot.lot_id, format_time(lot.starts_at_ms)),
+            );
+        }
+        if ctx.at >= lot.ends_at_ms {
+            return reject(
+                Code::LotClosed,
+                format!("bidding on lot {} ended at {}", lot.lot_id, format_time(lot.ends_at_ms)),
+            );
+        }
+        if lot.seller_id == bidder {
+            return reject(Code::SellerCannotBid, "the seller cannot bid on their own lot");
+        }
+        if lot.history.len() + 2 > limits::LOT_HISTORY_MAX {
+            return reject(Code::BidLimitReached, format!("lot {} has reached its bid limit", lot.lot_id));
+        }
+        let decision = lot.book.place(&lot.ladder, bidder, &c.bid_id, c.max_amount)?;
+        record_decision(lot, ctx, &c.bid_id, &decision, events);
+        Ok(pb::BidResult {
+            bid_id: c.bid_id.clone(),
+            lot_id: lot.lot_id.clone(),
+            outcome: if decision.leading() { BidOutcomeKind::Leading } else { BidOutcomeKind::Outbid } as i32,
+            current_price: lot.book.price,
+            leading_bidder: leader_name(&lot.book),
+            ends_at_ms: lot.ends_at_ms,
+        })
+    }
+
+    // ---- auctions ------------------------------------------------------------------------
+
+    fn create_auction(&mut self, ctx: &Ctx, c: &pb::CreateAuction, events: &mut Events) -> Result<Res, Rejection> {
+        self.authorize(ctx, &[Role::Admin])?;
+        check_id("auction_id", &c.auction_id)?;
+        check_text("title", &c.title, 1, limits::NAME_BYTES_MAX)?;
+        let currency = currency_of(&c.currency)?;
+        let ladder = ladder_of(currency, &c.increment_ladder)?;
+        check_window(c.starts_at_ms, c.ends_at_ms)?;
+        check_secs("lot_interval_secs", c.lot_interval_secs)?;
+        let digest = digest_of(c);
+        if let Some(existing) = self.auctions.get(&c.auction_id) {
+            return if existing.create_digest == digest {
+                Ok(Res::Auction(auction_view(existing)))
+            } else {
+                reject(Code::AuctionExists, format!("auction {} already exists", c.auction_id))
+            };
+        }
+        let auction = Auction {
+            auction_id: c.auction_id.clone(),
+            title: c.title.clone(),
+            currency,
+            status: AuctionStatus::Scheduled,
+            starts_at_ms: c.starts_at_ms,
+            ends_at_ms: c.ends_at_ms,
+            lot_interval_secs: c.lot_interval_secs,
+            ladder,
+            lot_ids: Vec::new(),
+            create_digest: digest,
+        };
+        let view = auction_view(&auction);
+        self.auctions.insert(auction.auction_id.clone(), auction);
+        events.push(event(pb::event::Kind::AuctionCreated(view.clone())));
+        Ok(Res::Auction(view))
+    }
+
+    fn add_lot_to_auction(
+        &mut self,
+        ctx: &Ctx,
+        c: &pb::AddLotToAuction,
+        events: &mut Events,
+    ) -> Result<Res, Rejection> {
+        self.authorize(ctx, &[Role::Admin])?;
+        let Some(auction) = self.auctions.get_mut(&c.auction_id) else {
+            return reject(Code::AuctionNotFound, format!("no auction {}", c.auction_id));
+        };
+        let Some(lot) = self.lots.get_mut(&c.lot_id) else {
+            return reject(Code::LotNotFound, format!("no lot {}", c.lot_id));
+        };
+        if lot.auction_id == auction.auction_id {
+            return Ok(Res::Auction(auction_view(auction)));
+        }
+        if auction.status != AuctionStatus::Scheduled {
+            return reject(
+                Code::AuctionNotScheduled,
+                format!("auction {} is {}", auction.auction_id, lifecycle::auction_name(auction.status)),
+            );
+        }
+        if !lot.auction_id.is_empty() {
+            return reject(Code::LotInAuction, format!("lot {} is already in auction {}", lot.lot_id, lot.auction_id));
+        }
+        if lot.status != LotStatus::ReadyForAuction {
+            return reject(
+                Code::LotNotReady,
+                format!("lot {} is {}, not ReadyForAuction", lot.lot_id, lifecycle::name(lot.status)),
+            );
+        }
+        if auction.lot_ids.len() >= limits::AUCTION_LOTS_MAX {
+            return reject(
+                Code::AuctionFull,
+                format!("auction {} holds {} lots already", auction.auction_id, limits::AUCTION_LOTS_MAX),
+            );
+        }
+        // Lot k of the sale closes k lot intervals after the sale's end (staggered closing).
+        let k = i64::try_from(auction.lot_ids.len()).unwrap_or(i64::MAX);
+        let ends_at_ms = k
+            .checked_mul(i64::from(auction.lot_interval_secs) * 1000)
+            .and_then(|offset| auction.ends_at_ms.checked_add(offset))
+            .filter(|&t| t <= limits::TIME_MS_MAX);
+        let Some(ends_at_ms) = ends_at_ms else {
+            return reject(Code::InvalidTime, "the staggered end time is out of range");
+        };
+        lot.currency = auction.currency;
+        lot.ladder = auction.ladder.clone();
+        lot.starts_at_ms = auction.starts_at_ms;
+        lot.ends_at_ms = ends_at_ms;
+        lot.auction_id = auction.auction_id.clone();
+        lot.version += 1;
+        auction.lot_ids.push(lot.lot_id.clone());
+        events.push(event(pb::event::Kind::LotAddedToAuction(pb::LotAddedToAuction {
+            auction_id: auction.auction_id.clone(),
+            lot_id: lot.lot_id.clone(),
+            starts_at_ms: lot.starts_at_ms,
+            ends_at_ms,
+        })));
+        Ok(Res::Auction(auction_view(auction)))
+    }
+
+    fn set_auction_status(
+        &mut self,
+        ctx: &Ctx,
+        c: &pb::SetAuctionStatus,
+        events: &mut Events,
+    ) -> Result<Res, Rejection> {
+        self.authorize(ctx, &[Role::Admin])?;
+        let to = match AuctionStatus::try_from(c.status) {
+            Ok(s @ (AuctionStatus::Live | AuctionStatus::Cancelled)) => s,
+            _ => return reject(Code::InvalidStatus, "an auction can be set Live or Cancelled"),
+        };
+        let Some(auction) = self.auctions.get_mut(&c.auction_id) else {
+            return reject(Code::AuctionNotFound, format!("no auction {}", c.auction_id));
+        };
+        let from = auction.status;
+        if from == to {
+            return Ok(Res::Auction(auction_view(auction)));
+        }
+        let allowed =
+            matches!((from, to), (AuctionStatus::Scheduled, _) | (AuctionStatus::Live, AuctionStatus::Cancelled));
+        if !allowed {
+            return reject(
+                Code::InvalidTransition,
+                format!(
+                    "auction {} cannot move from {} to {}",
+                    auction.auction_id,
+                    lifecycle::auction_name(from),
+                    lifecycle::auction_name(to)
+                ),
+            );
+        }
+        if to == AuctionStatus::Live && auction.lot_ids.is_empty() {
+            return reject(Code::AuctionEmpty, format!("auction {} has no lots", auction.auction_id));
+        }
+        move_auction(auction, to, events);
+        for lot_id in &auction.lot_ids {
+            let Some(lot) = self.lots.get_mut(lot_id).filter(|l| l.auction_id == auction.auction_id) else { continue };
+            match (to, lot.status) {
+                (AuctionStatus::Live, LotStatus::ReadyForAuction) => move_lot(lot, LotStatus::InAuction, events),
+                (AuctionStatus::Cancelled, LotStatus::InAuction) => move_lot(lot, LotStatus::AuctionCancelled, events),
+                (AuctionStatus::Cancelled, LotStatus::ReadyForAuction) => {
+                    // Never offered: the lot is free to join another sale.
+                    lot.auction_id.clear();
+                    lot.version += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(Res::Auction(auction_view(auction)))
+    }
+}
+
+// ---- state changes shared by several commands --------------------------------------------
+
+fn move_lot(lot: &mut Lot, to: LotStatus, events: &mut Events) {
+    debug_assert!(lifecycle::can_transition(lot.status, to), "illegal move {:?} -> {:?}", lot.status, to);
+    let from = lot.status;
+    lot.status = to;
+    lot.version += 1;
+    events.push(event(pb::event::Kind::LotStatusChanged(pb::LotStatusChanged {
+        lot_id: lot.lot_id.clone(),
+        from: from as i32,
+        to: to as i32,
+    })));
+}
+
+fn move_auction(auction: &mut Auction, to: AuctionStatus, events: &mut Events) {
+    let from = auction.status;
+    auction.status = to;
+    events.push(event(pb::event::Kind::AuctionStatusChanged(pb::AuctionStatusChanged {
+        auction_id: auction.auction_id.clone(),
+        from: from as i32,
+        to: to as i32,
+    })));
+}
+
+/// Writes an accepted bid into the lot's history, extends a soft close, and emits events.
+fn record_decision(lot: &mut Lot, ctx: &Ctx, bid_id: &str, decision: &Decision, events: &mut Events) {
+    let bidder = ctx.actor;
+    match decision {
+        Decision::First { price } | Decision::Raise { price } => {
+            push_line(lot, ctx.at, bid_id, bidder, *price, BidKind::Placed, events);
+        }
+        Decision::Overtake { price, previous } => {
+            push_line(lot, ctx.at, bid_id, bidder, *price, BidKind::Placed, events);
+            push_outbid(lot, &previous.bidder, events);
+        }
+        Decision::Defended { amount, leader, .. } => {
+            // The challenger's bid stands at its amount, then the leader's proxy answers it.
+            let Leader { bidder: leader_bidder, bid_id: leader_bid_id, .. } = leader;
+            push_line(lot, ctx.at, bid_id, bidder, *amount, BidKind::Placed, events);
+            push_line(lot, ctx.at, leader_bid_id, leader_bidder, decision.price(), BidKind::Proxy, events);
+            push_outbid(lot, bidder, events);
+        }
+    }
+    lot.version += 1;
+    if lot.soft_close_secs > 0 {
+        let extended = ctx.at + i64::from(lot.soft_close_secs) * 1000;
+        if extended > lot.ends_at_ms {
+            lot.ends_at_ms = extended;
+            events.push(event(pb::event::Kind::LotExtended(pb::LotExtended {
+                lot_id: lot.lot_id.clone(),
+                ends_at_ms: extended,
+            })));
+        }
+    }
+}
+
+fn push_line(lot: &mut Lot, at: i64, bid_id: &str, bidder: &str, amount: i64, kind: BidKind, events: &mut Events) {
+    lot.history.push(HistoryLine { bid_id: bid_id.to_owned(), bidder: bidder.to_owned(), amount, at_ms: at, kind });
+    events.push(event(pb::event::Kind::BidRecorded(pb::BidRecorded {
+        lot_id: lot.lot_id.clone(),
+        bid_id: bid_id.to_owned(),
+        bidder: bidder.to_owned(),
+        amount,
+        at_ms: at,
+        kind: kind as i32,
+        current_price: lot.book.price,
+        leading_bidder: leader_name(&lot.book),
+        reserve_met: lot.book.reserve_met(),
+    })));
+}
+
+fn push_outbid(lot: &Lot, user_id: &str, events: &mut Events) {
+    events.push(event(pb::event::Kind::Outbid(pb::Outbid {
+        lot_id: lot.lot_id.clone(),
+        user_id: user_id.to_owned(),
+        current_price: lot.book.price,
+    })));
+}
+
+// ---- views -----------------------------------------------------------------------------
+
+fn leader_name(book: &Book) -> String {
+    book.leader.as_ref().map(|l| l.bidder.clone()).unwrap_or_default()
+}
+
+/// The public view: no reserve amount, no maxima.
+pub fn lot_view(lot: &Lot) -> pb::LotView {
+    pb::LotView {
+        lot_id: lot.lot_id.clone(),
+        title: lot.title.clone(),
+        description: lot.description.clone(),
+        artist: lot.artist.clone(),
+        category: lot.category.clone(),
+        currency: lot.currency.as_str().to_owned(),
+        status: lot.status as i32,
+        start_price: lot.book.start_price,
+        current_price: lot.book.price,
+        leading_bidder: leader_name(&lot.book),
+        bid_count: u32::try_from(lot.history.len()).unwrap_or(u32::MAX),
+        reserve_met: lot.book.reserve_met(),
+        starts_at_ms: lot.starts_at_ms,
+        ends_at_ms: lot.ends_at_ms,
+        seller_id: lot.seller_id.clone(),
+        version: lot.version,
+        auction_id: lot.auction_id.clone(),
+        has_reserve: lot.book.reserve.is_some(),
+    }
+}
+
+pub fn user_view(user: &User) -> pb::UserView {
+    pb::UserView { user_id: user.user_id.clone(), username: user.username.clone(), role: user.role as i32 }
+}
+
+pub fn auction_view(auction: &Auction) -> pb::AuctionView {
+    pb::AuctionView {
+        auction_id: auction.auction_id.clone(),
+        title: auction.title.clone(),
+        currency: auction.currency.as_str().to_owned(),
+        status: auction.status as i32,
+        starts_at_ms: auction.starts_at_ms,
+        ends_at_ms: auction.ends_at_ms,
+        lot_interval_secs: auction.lot_interval_secs,
+        lot_ids: auction.lot_ids.clone(),
+    }
+}
+
+fn closed_view(lot: &Lot) -> pb::LotClosed {
+    let sold = lot.status == LotStatus::SoldPendingPayment;
+    pb::LotClosed {
+        lot_id: lot.lot_id.clone(),
+        status: lot.status as i32,
+        winner: if sold { leader_name(&lot.book) } else { String::new() },
+        price: if sold { lot.book.price } else { 0 },
+    }
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Unspecified => "unspecified",
+        Role::User => "user",
+        Role::Curator => "curator",
+        Role::Admin => "admin",
+    }
+}
+
+pub fn parse_role(s: &str) -> Option<Role> {
+    [Role::User, Role::Curator, Role::Admin].into_iter().find(|&r| role_name(r) == s)
+}
+
+// ---- input checks ----------------------------------------------------------------------
+
+/// Ids are 1..=64 bytes of `[A-Za-z0-9_.:@-]`: safe in URLs, keys and logs.
+pub fn check_id(field: &str, id: &str) -> Result<(), Rejection> {
+    let ok = !id.is_empty()
+        && id.len() <= limits::ID_BYTES_MAX
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        reject(
+            Code::InvalidInput,
+            format!("{field} must be 1 to {} characters of A-Z a-z 0-9 _ . : @ -", limits::ID_BYTES_MAX),
+        )
+    }
+}
+
+fn check_text(field: &str, text: &str, min: usize, max: usize) -> Result<(), Rejection> {
+    if text.len() < min || text.len() > max {
+        return reject(Code::InvalidInput, format!("{field} must be {min} to {max} bytes"));
+    }
+    Ok(())
+}
+
+fn check_amount(field: &str, amount: i64, min: i64) -> Result<(), Rejection> {
+    if amount < min || amount > limits::AMOUNT_MAX {
+        return reject(Code::InvalidAmount, format!("{field} must be between {min} and {}", limits::AMOUNT_MAX));
+    }
+    Ok(())
+}
+
+fn check_window(starts_at_ms: i64, ends_at_ms: i64) -> Result<(), Rejection> {
+    if starts_at_ms < 0 || ends_at_ms > limits::TIME_MS_MAX || starts_at_ms >= ends_at_ms {
+        return reject(Code::InvalidTime, "starts_at must come before ends_at, both within years 1970..9999");
+    }
+    Ok(())
+}
+
+fn check_secs(field: &str, secs: u32) -> Result<(), Rejection> {
+    if secs > limits::WINDOW_SECS_MAX {
+        return reject(Code::InvalidInput, format!("{field} must be at most {}", limits::WINDOW_SECS_MAX));
+    }
+    Ok(())
+}
+
+fn role_of(role: i32) -> Result<Role, Rejection> {
+    match Role::try_from(role) {
+        Ok(r @ (Role::User | Role::Curator | Role::Admin)) => Ok(r),
+        _ => reject(Code::InvalidInput, "role must be user, curator or admin"),
+    }
+}
+
+fn status_of(status: i32) -> Result<LotStatus, Rejection> {
+    match LotStatus::try_from(status) {
+        Ok(LotStatus::Unspecified) | Err(_) => reject(Code::InvalidStatus, format!("unknown lot status {status}")),
+        Ok(s) => Ok(s),
+    }
+}
+
+fn currency_of(code: &str) -> Result<Currency, Rejection> {
+    Currency::parse(code).map_err(|e| Rejection::new(Code::InvalidCurrency, e.to_string()))
+}
+
+/// The given ladder, or the currency's house ladder when none is given.
+fn ladder_of(currency: Currency, tiers: &[pb::LadderTier]) -> Result<Ladder, Rejection> {
+    if tiers.is_empty() {
+        return Ladder::default_for(currency).ok_or_else(|| {
+            Rejection::new(
+                Code::InvalidCurrency,
+                format!("{currency} has no default increment ladder; give increment_ladder"),
+            )
+        });
+    }
+    let tiers = tiers.iter().map(|t| Tier { from_amount: t.from_amount, step: t.step }).collect();
+    Ladder::new(tiers).map_err(|e| Rejection::new(Code::InvalidLadder, e.to_string()))
+}
+
+fn digest_of(msg: &impl Message) -> [u8; 32] {
+    *blake3::hash(&msg.encode_to_vec()).as_bytes()
+}
