@@ -1,4 +1,5 @@
 //! The replay CLI, run as a real process, against the worked example in ledger/README.md.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 use std::io::Write;
 use std::process::{Command, Stdio};
