@@ -53,7 +53,7 @@ impl Ledger {
             format_version: FORMAT_VERSION,
             last_at_ms: self.last_at_ms,
             users: self.users.values().map(user_state).collect(),
-            lots: self.lots.values().map(lot_state).collect(),
+            lots: self.lots.values().map(|l| lot_state_with_history(l, true)).collect(),
             auctions: self.auctions.values().map(auction_state).collect(),
             recorded_bids: self
                 .recorded
@@ -142,7 +142,7 @@ fn user_state(u: &User) -> pb::UserState {
     }
 }
 
-fn lot_state(l: &Lot) -> pb::LotState {
+fn lot_state_with_history(l: &Lot, with_history: bool) -> pb::LotState {
     let leader = l.book.leader.as_ref();
     pb::LotState {
         lot_id: l.lot_id.clone(),
@@ -165,18 +165,18 @@ fn lot_state(l: &Lot) -> pb::LotState {
         leading_max: leader.map_or(0, |x| x.max),
         version: l.version,
         auction_id: l.auction_id.clone(),
-        history: l
-            .history
-            .iter()
-            .map(|h| pb::HistoryLine {
-                bid_id: h.bid_id.clone(),
-                bidder: h.bidder.clone(),
-                amount: h.amount,
-                at_ms: h.at_ms,
-                kind: h.kind as i32,
-            })
-            .collect(),
+        history: if with_history { l.history.iter().map(history_line).collect() } else { Vec::new() },
         create_digest: l.create_digest.to_vec(),
+    }
+}
+
+fn history_line(h: &HistoryLine) -> pb::HistoryLine {
+    pb::HistoryLine {
+        bid_id: h.bid_id.clone(),
+        bidder: h.bidder.clone(),
+        amount: h.amount,
+        at_ms: h.at_ms,
+        kind: h.kind as i32,
     }
 }
 
@@ -291,4 +291,81 @@ fn restore_auction(a: pb::AuctionState) -> Result<Auction, SnapshotError> {
         lot_interval_secs: a.lot_interval_secs,
         lot_ids: a.lot_ids,
     })
+}
+
+/// The keys a command may have changed, for stores that persist the ledger incrementally
+/// (one record per user, lot, auction and recorded bid) instead of whole snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub users: Vec<String>,
+    pub lots: Vec<String>,
+    pub auctions: Vec<String>,
+    /// `(bidder, bid_id)` of a bid's exactly-once record.
+    pub recorded: Option<(String, String)>,
+}
+
+impl Ledger {
+    /// What `cmd` may have changed, read from the state *after* applying it. A superset is
+    /// fine (rewriting an unchanged record is harmless); missing a key is not.
+    pub fn footprint(&self, cmd: &pb::Command) -> Footprint {
+        use pb::command::Body;
+        let mut f = Footprint::default();
+        let lot_and_auction = |f: &mut Footprint, lot_id: &str| {
+            f.lots.push(lot_id.to_owned());
+            if let Some(lot) = self.lots.get(lot_id).filter(|l| !l.auction_id.is_empty()) {
+                f.auctions.push(lot.auction_id.clone());
+            }
+        };
+        match &cmd.body {
+            None => {}
+            Some(Body::CreateUser(c)) => f.users.push(c.user_id.clone()),
+            Some(Body::SetUserRole(c)) => f.users.push(c.user_id.clone()),
+            Some(Body::CreateLot(c)) => f.lots.push(c.lot_id.clone()),
+            Some(Body::SetLotStatus(c)) => lot_and_auction(&mut f, &c.lot_id),
+            Some(Body::CloseLot(c)) => lot_and_auction(&mut f, &c.lot_id),
+            Some(Body::PlaceBid(c)) => {
+                f.lots.push(c.lot_id.clone());
+                f.recorded = Some((cmd.actor.clone(), c.bid_id.clone()));
+            }
+            Some(Body::CreateAuction(c)) => f.auctions.push(c.auction_id.clone()),
+            Some(Body::AddLotToAuction(c)) => {
+                f.auctions.push(c.auction_id.clone());
+                f.lots.push(c.lot_id.clone());
+            }
+            Some(Body::SetAuctionStatus(c)) => {
+                f.auctions.push(c.auction_id.clone());
+                if let Some(a) = self.auctions.get(&c.auction_id) {
+                    f.lots.extend(a.lot_ids.iter().cloned());
+                }
+            }
+        }
+        f
+    }
+
+    /// A user's persisted record.
+    pub fn user_record(&self, user_id: &str) -> Option<pb::UserState> {
+        self.users.get(user_id).map(user_state)
+    }
+
+    /// A lot's persisted record *without* its bid history (stored line by line).
+    pub fn lot_record(&self, lot_id: &str) -> Option<pb::LotState> {
+        self.lots.get(lot_id).map(|l| lot_state_with_history(l, false))
+    }
+
+    /// One line of a lot's history as persisted.
+    pub fn history_record(line: &crate::state::HistoryLine) -> pb::HistoryLine {
+        history_line(line)
+    }
+
+    pub fn auction_record(&self, auction_id: &str) -> Option<pb::AuctionState> {
+        self.auctions.get(auction_id).map(auction_state)
+    }
+
+    pub fn recorded_record(&self, bidder: &str, bid_id: &str) -> Option<pb::RecordedBid> {
+        self.recorded_bid(bidder, bid_id).map(|outcome| pb::RecordedBid {
+            bidder: bidder.to_owned(),
+            bid_id: bid_id.to_owned(),
+            outcome: Some(outcome.clone()),
+        })
+    }
 }

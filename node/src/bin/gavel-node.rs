@@ -1,0 +1,118 @@
+//! `gavel-node`: one replica of Gavel's bid ledger.
+//!
+//! ```sh
+//! gavel-node --id 1 --listen 127.0.0.1:7001 --data-dir /var/lib/gavel/1 \
+//!   --members 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
+//! ```
+//! Every flag can also be set from the environment (`GAVEL_NODE_ID`, ...).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use node::{Node, NodeConfig};
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(name = "gavel-node", version, about = "One replica of Gavel's Raft-replicated bid ledger")]
+struct Args {
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "GAVEL_NODE_ID")]
+    id: u64,
+    /// Address to bind the gRPC server to.
+    #[arg(long, env = "GAVEL_LISTEN")]
+    listen: SocketAddr,
+    /// Address others reach this node at (default: --listen).
+    #[arg(long, env = "GAVEL_ADVERTISE")]
+    advertise: Option<String>,
+    /// Data directory (RocksDB); created if missing, refused if it belongs to another node.
+    #[arg(long, env = "GAVEL_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Initial cluster `id=host:port,...`; the lowest id initialises a pristine cluster.
+    #[arg(long, env = "GAVEL_MEMBERS", value_delimiter = ',')]
+    members: Vec<String>,
+    /// Raft heartbeat interval.
+    #[arg(long, env = "GAVEL_HEARTBEAT_MS", default_value_t = 50)]
+    heartbeat_ms: u64,
+    /// Lower bound of the randomised election timeout.
+    #[arg(long, env = "GAVEL_ELECTION_TIMEOUT_MIN_MS", default_value_t = 300)]
+    election_timeout_min_ms: u64,
+    /// Upper bound of the randomised election timeout.
+    #[arg(long, env = "GAVEL_ELECTION_TIMEOUT_MAX_MS", default_value_t = 600)]
+    election_timeout_max_ms: u64,
+    /// Build a snapshot every this many log entries.
+    #[arg(long, env = "GAVEL_SNAPSHOT_LOGS", default_value_t = 10_000)]
+    snapshot_logs: u64,
+    /// Log entries kept below a snapshot for lagging followers.
+    #[arg(long, env = "GAVEL_LOGS_KEPT_AFTER_SNAPSHOT", default_value_t = 1_000)]
+    logs_kept_after_snapshot: u64,
+    /// Fault injection: shift the clock this node stamps entries with.
+    #[arg(long, env = "GAVEL_CLOCK_OFFSET_MS", default_value_t = 0, allow_hyphen_values = true)]
+    clock_offset_ms: i64,
+    /// UNSAFE, for the jepsen harness only: serve reads without a read index.
+    #[arg(long)]
+    unsafe_stale_reads: bool,
+}
+
+fn parse_members(members: &[String]) -> Result<Vec<(u64, String)>, String> {
+    members
+        .iter()
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            let (id, addr) = m.split_once('=').ok_or_else(|| format!("member {m:?} is not id=host:port"))?;
+            let id = id.parse::<u64>().map_err(|_| format!("member id {id:?} is not a number"))?;
+            Ok((id, addr.to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let initial_members = match parse_members(&args.members) {
+        Ok(m) => m,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.unsafe_stale_reads {
+        tracing::warn!("--unsafe-stale-reads: reads are NOT linearizable on this node");
+    }
+    let config = NodeConfig {
+        id: args.id,
+        listen: args.listen,
+        advertise: args.advertise.unwrap_or_else(|| args.listen.to_string()),
+        data_dir: args.data_dir,
+        initial_members,
+        heartbeat_ms: args.heartbeat_ms,
+        election_timeout_min_ms: args.election_timeout_min_ms,
+        election_timeout_max_ms: args.election_timeout_max_ms,
+        snapshot_logs: args.snapshot_logs,
+        logs_kept_after_snapshot: args.logs_kept_after_snapshot,
+        clock_offset_ms: args.clock_offset_ms,
+        unsafe_stale_reads: args.unsafe_stale_reads,
+    };
+    let node = match Node::start(config).await {
+        Ok(node) => node,
+        Err(e) => {
+            error!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    Node::until_signal().await;
+    info!("shutting down");
+    match node.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("unclean shutdown: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

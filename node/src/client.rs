@@ -1,0 +1,218 @@
+//! The node client library: bootstrap from any node list, find the leader, follow
+//! `not the leader` answers, retry with the same command ids and backoff, within a deadline.
+//!
+//! Retrying is always safe: bids are exactly-once by `(bidder, bid_id)` and every other
+//! command is idempotent in the ledger.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::limits;
+use crate::pb;
+use crate::pb::admin_service_client::AdminServiceClient;
+use crate::pb::client_service_client::ClientServiceClient;
+use crate::server::LEADER_ADDR_HEADER;
+
+/// Why a request failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no node answered within {0:?} (last error: {1})")]
+    Deadline(Duration, String),
+    #[error("request refused: {0}")]
+    Refused(Status),
+    #[error("bad node address {0}: {1}")]
+    Address(String, String),
+}
+
+/// A cluster client. Cheap to share behind an `Arc`; calls may run concurrently.
+pub struct Client {
+    addrs: Vec<String>,
+    /// The node believed to lead, tried first.
+    preferred: Mutex<Option<String>>,
+    deadline: Duration,
+}
+
+const BACKOFF_MIN_MS: u64 = 10;
+const BACKOFF_MAX_MS: u64 = 500;
+
+fn connect(addr: &str) -> Result<Channel, ClientError> {
+    crate::network::channel(addr).map_err(|e| ClientError::Address(addr.to_owned(), e.to_string()))
+}
+
+/// Whether a failed call may succeed on another node or later.
+fn retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled | Code::Unknown
+    )
+}
+
+impl Client {
+    /// A client for a cluster reachable at any of `addrs` (`host:port`).
+    pub fn new(addrs: Vec<String>) -> Client {
+        Client { addrs, preferred: Mutex::new(None), deadline: Duration::from_millis(limits::REQUEST_TIMEOUT_MS * 2) }
+    }
+
+    pub fn with_deadline(mut self, deadline: Duration) -> Client {
+        self.deadline = deadline;
+        self
+    }
+
+    fn preferred(&self) -> Option<String> {
+        self.preferred.lock().ok().and_then(|p| p.clone())
+    }
+
+    fn prefer(&self, addr: Option<String>) {
+        if let Ok(mut p) = self.preferred.lock() {
+            *p = addr;
+        }
+    }
+
+    /// Runs `call` against nodes until one answers, following leader hints, until the deadline.
+    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        if self.addrs.is_empty() {
+            return Err(ClientError::Deadline(Duration::ZERO, "no node addresses given".into()));
+        }
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(BACKOFF_MIN_MS);
+        let mut next = 0usize;
+        loop {
+            let addr = self.preferred().unwrap_or_else(|| {
+                next += 1;
+                self.addrs[next % self.addrs.len()].clone()
+            });
+            let result = match connect(&addr) {
+                Ok(channel) => call(channel).await,
+                Err(e) => Err(Status::unavailable(e.to_string())),
+            };
+            match result {
+                Ok(value) => {
+                    self.prefer(Some(addr));
+                    return Ok(value);
+                }
+                Err(status) if retryable(&status) => {
+                    let hint =
+                        status.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    let last_error = format!("{addr}: {}", status.message());
+                    let followed = hint.is_some() && hint.as_deref() != Some(addr.as_str());
+                    self.prefer(hint.filter(|h| h != &addr));
+                    if started.elapsed() >= self.deadline {
+                        return Err(ClientError::Deadline(self.deadline, last_error));
+                    }
+                    if !followed {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(BACKOFF_MAX_MS));
+                    }
+                }
+                Err(status) => return Err(ClientError::Refused(status)),
+            }
+        }
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(Duration::from_millis(limits::REQUEST_TIMEOUT_MS));
+        request
+    }
+
+    fn client(channel: Channel) -> ClientServiceClient<Channel> {
+        ClientServiceClient::new(channel)
+            .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+    }
+
+    /// Orders commands and returns each one's log index and outcome.
+    pub async fn propose(&self, commands: Vec<ledger::pb::Command>) -> Result<Vec<pb::CommandResult>, ClientError> {
+        self.with_retries(|ch| {
+            let request = self.request(pb::ProposeRequest { commands: commands.clone() });
+            async move { Self::client(ch).propose(request).await.map(|r| r.into_inner().results) }
+        })
+        .await
+    }
+
+    /// Reads a lot (linearizable unless `stale`).
+    pub async fn read_lot(
+        &self,
+        lot_id: &str,
+        stale: bool,
+        include_bids: bool,
+    ) -> Result<pb::ReadLotResponse, ClientError> {
+        self.with_retries(|ch| {
+            let request = self.request(pb::ReadLotRequest { lot_id: lot_id.to_owned(), stale, include_bids });
+            async move { Self::client(ch).read_lot(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// Reads a user by id or, when `user_id` is empty, by username.
+    pub async fn read_user(
+        &self,
+        user_id: &str,
+        username: &str,
+        stale: bool,
+    ) -> Result<pb::ReadUserResponse, ClientError> {
+        self.with_retries(|ch| {
+            let request =
+                self.request(pb::ReadUserRequest { user_id: user_id.to_owned(), username: username.to_owned(), stale });
+            async move { Self::client(ch).read_user(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// Subscribes to one node's committed-event feed after `from_index`.
+    pub async fn subscribe(addr: &str, from_index: u64) -> Result<tonic::Streaming<pb::FeedItem>, ClientError> {
+        let channel = connect(addr)?;
+        Self::client(channel)
+            .subscribe(pb::SubscribeRequest { from_index })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Refused)
+    }
+
+    /// One node's metrics (no retries: it is about that node).
+    pub async fn metrics(addr: &str) -> Result<pb::MetricsResponse, ClientError> {
+        let channel = connect(addr)?;
+        let mut request = tonic::Request::new(pb::MetricsRequest {});
+        request.set_timeout(Duration::from_millis(limits::REQUEST_TIMEOUT_MS));
+        AdminServiceClient::new(channel).metrics(request).await.map(|r| r.into_inner()).map_err(ClientError::Refused)
+    }
+
+    /// Initialises a pristine cluster through `addr`.
+    pub async fn init(addr: &str, members: Vec<pb::Node>) -> Result<bool, ClientError> {
+        let channel = connect(addr)?;
+        AdminServiceClient::new(channel)
+            .init(pb::InitRequest { members })
+            .await
+            .map(|r| r.into_inner().initialized)
+            .map_err(ClientError::Refused)
+    }
+
+    /// Adds a learner through the leader.
+    pub async fn add_learner(&self, node: pb::Node) -> Result<pb::MembershipResponse, ClientError> {
+        self.with_retries(|ch| {
+            let request = pb::AddLearnerRequest { node: Some(node.clone()) };
+            async move { AdminServiceClient::new(ch).add_learner(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// Replaces the voter set through the leader.
+    pub async fn change_membership(
+        &self,
+        voters: Vec<u64>,
+        retain: bool,
+    ) -> Result<pb::MembershipResponse, ClientError> {
+        self.with_retries(|ch| {
+            let request = pb::ChangeMembershipRequest { voters: voters.clone(), retain };
+            async move { AdminServiceClient::new(ch).change_membership(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+}

@@ -1,0 +1,29 @@
+//! A Gavel ledger replica: openraft orders ledger commands, RocksDB makes them durable, the
+//! `ledger` state machine applies them, and gRPC carries Raft, clients and the event feed.
+//!
+//! - [`raft`]: the openraft adapter (type configuration, protobuf conversions).
+//! - [`store`]: RocksDB log store and state-machine store.
+//! - [`network`]: the Raft transport over tonic.
+//! - [`proposer`]: the batched write path and the leader's clock.
+//! - [`server`]: the gRPC services (Raft, client, admin).
+//! - [`node`]: a running node: wiring, bootstrap, the lot-closing timer.
+//! - [`client`]: the client library (leader discovery, retries, deadlines).
+//! - [`limits`]: every bound the node enforces.
+
+pub mod client;
+pub mod limits;
+pub mod network;
+pub mod node;
+pub mod proposer;
+pub mod raft;
+pub mod server;
+pub mod store;
+
+/// Generated protobuf types and gRPC stubs (`proto/gavel/node/v1/node.proto`).
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("gavel.node.v1");
+}
+
+pub use client::{Client, ClientError};
+pub use node::{Node, NodeConfig, NodeError};

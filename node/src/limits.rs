@@ -1,0 +1,32 @@
+//! Every bound the node enforces, in one place (names carry their unit).
+
+/// Largest gRPC message either way (Raft batches, proposals, snapshot chunks).
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Snapshot bytes per streamed chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Largest snapshot a node accepts over the wire.
+pub const SNAPSHOT_BYTES_MAX: usize = 4 * 1024 * 1024 * 1024;
+/// Least time allowed for a whole snapshot transfer.
+pub const SNAPSHOT_TIMEOUT_SECS: u64 = 60;
+/// TCP connect timeout to a peer or the leader.
+pub const CONNECT_TIMEOUT_MS: u64 = 500;
+/// Commands in one `Propose` call.
+pub const PROPOSE_COMMANDS_MAX: usize = 4096;
+/// Commands waiting for the proposer before callers are refused (`overloaded`).
+pub const PROPOSER_QUEUE_COMMANDS_MAX: usize = 65_536;
+/// Commands coalesced into one log entry.
+pub const BATCH_COMMANDS_MAX: usize = 1024;
+/// How long the proposer waits for more commands before sealing a batch.
+pub const BATCH_LINGER_US: u64 = 200;
+/// Log entries the proposer keeps in flight at once (pipelining).
+pub const ENTRIES_IN_FLIGHT_MAX: usize = 64;
+/// Feed items read from RocksDB per step of a subscription.
+pub const FEED_READ_ITEMS_MAX: usize = 256;
+/// Feed items buffered per subscriber before it waits for the client.
+pub const FEED_BUFFER_ITEMS: usize = 1024;
+/// How often the leader's timer looks for lots to close.
+pub const CLOSE_TICK_MS: u64 = 100;
+/// Lots closed per timer proposal.
+pub const CLOSE_LOTS_PER_TICK_MAX: usize = 256;
+/// Deadline for a forwarded or linearizable request.
+pub const REQUEST_TIMEOUT_MS: u64 = 5_000;

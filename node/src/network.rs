@@ -1,0 +1,128 @@
+//! The Raft transport: openraft's network traits over tonic gRPC (`RaftService`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::limits;
+use crate::pb;
+use crate::pb::raft_service_client::RaftServiceClient;
+use crate::raft::{self, NodeId, TypeConfig};
+
+/// Builds one lazily connecting client per peer.
+#[derive(Clone, Default)]
+pub struct Network;
+
+/// A connection to one peer.
+pub struct Connection {
+    target: NodeId,
+    client: Result<RaftServiceClient<Channel>, String>,
+}
+
+/// A lazily connecting channel to `addr` (`host:port`), with our message limits and timeouts.
+pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(limits::CONNECT_TIMEOUT_MS))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        let client = channel(&node.addr).map_err(|e| e.to_string()).map(|ch| {
+            RaftServiceClient::new(ch)
+                .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+        });
+        Connection { target, client }
+    }
+}
+
+type RpcError = RPCError<TypeConfig>;
+
+/// Transport failures back off (unreachable); anything else is retried at once.
+fn status_error(status: tonic::Status) -> RpcError {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+fn malformed(e: raft::Malformed) -> RpcError {
+    RPCError::Network(NetworkError::new(&e))
+}
+
+impl Connection {
+    fn client(&self) -> Result<RaftServiceClient<Channel>, RpcError> {
+        self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
+    }
+
+    fn request<T>(&self, message: T, option: &RPCOption) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(option.soft_ttl());
+        request.metadata_mut().insert("gavel-target", self.target.into());
+        request
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Connection {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: raft::AppendEntriesRequest,
+        option: RPCOption,
+    ) -> Result<raft::AppendEntriesResponse, RpcError> {
+        let request = self.request(raft::append_request_to_pb(&rpc), &option);
+        let response = self.client()?.append_entries(request).await.map_err(status_error)?;
+        raft::append_response_from_pb(response.into_inner()).map_err(malformed)
+    }
+
+    async fn vote(&mut self, rpc: raft::VoteRequest, option: RPCOption) -> Result<raft::VoteResponse, RpcError> {
+        let request = self.request(raft::vote_request_to_pb(&rpc), &option);
+        let response = self.client()?.vote(request).await.map_err(status_error)?;
+        raft::vote_response_from_pb(response.into_inner()).map_err(malformed)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: raft::Vote,
+        snapshot: raft::Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let header = pb::SnapshotHeader {
+            vote: Some(raft::vote_to_pb(&vote)),
+            last_log_id: raft::opt_log_id_to_pb(&snapshot.meta.last_log_id),
+            last_membership: Some(raft::stored_membership_to_pb(&snapshot.meta.last_membership)),
+        };
+        let mut chunks = vec![pb::SnapshotChunk { part: Some(pb::snapshot_chunk::Part::Header(header)) }];
+        chunks.extend(
+            snapshot
+                .snapshot
+                .chunks(limits::SNAPSHOT_CHUNK_BYTES)
+                .map(|c| pb::SnapshotChunk { part: Some(pb::snapshot_chunk::Part::Data(c.to_vec())) }),
+        );
+        let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+        // A snapshot may be large: allow it the hard TTL rather than the soft one.
+        request.set_timeout(option.hard_ttl().max(Duration::from_secs(limits::SNAPSHOT_TIMEOUT_SECS)));
+        let mut client = self.client()?;
+        let call = client.install_snapshot(request);
+        let response = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            response = call => response.map_err(|s| StreamingError::from(status_error(s)))?,
+        };
+        let vote = raft::vote_from_pb(&response.into_inner().vote).map_err(|e| StreamingError::from(malformed(e)))?;
+        Ok(openraft::raft::SnapshotResponse::new(vote))
+    }
+}

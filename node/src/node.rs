@@ -1,0 +1,264 @@
+//! A running replica: storage, Raft, the write path, the closing timer and the gRPC server.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use crate::limits;
+use crate::network::Network;
+use crate::pb;
+use crate::proposer::{Clock, ProposeError, Proposer};
+use crate::raft::{self, Raft};
+use crate::server::Services;
+use crate::store::{self, LogStore, Shared, StateMachine, StoreError};
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Address the gRPC server binds.
+    pub listen: SocketAddr,
+    /// Address peers and clients use to reach this node (`host:port`).
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    /// On a pristine cluster, the node with the lowest id initialises it with these members.
+    pub initial_members: Vec<(u64, String)>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries (then purge logs below it, keeping a margin).
+    pub snapshot_logs: u64,
+    /// Log entries kept below the last snapshot for lagging followers.
+    pub logs_kept_after_snapshot: u64,
+    /// Added to the wall clock when stamping entries (fault injection).
+    pub clock_offset_ms: i64,
+    /// UNSAFE (jepsen only): serve "linearizable" reads without a read index.
+    pub unsafe_stale_reads: bool,
+}
+
+impl NodeConfig {
+    fn raft_config(&self) -> Result<Config, NodeError> {
+        let config = Config {
+            cluster_name: "gavel".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: limits::SNAPSHOT_TIMEOUT_SECS * 1000,
+            max_payload_entries: 256,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            purge_batch_size: 256,
+            replication_lag_threshold: self.logs_kept_after_snapshot.max(1),
+            ..Config::default()
+        };
+        config.validate().map_err(|e| NodeError::Config(e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("data directory: {0}")]
+    Store(#[from] StoreError),
+    #[error("state machine: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Shared by the services and background tasks.
+pub(crate) struct NodeInner {
+    pub(crate) config: NodeConfig,
+    pub(crate) raft: Raft,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) proposer: Proposer,
+    pub(crate) clock: Arc<Clock>,
+}
+
+impl NodeInner {
+    pub(crate) fn metrics(&self) -> pb::MetricsResponse {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let leader_addr =
+            m.current_leader.and_then(|id| membership.get_node(&id)).map(|n| n.addr.clone()).unwrap_or_default();
+        let (digest, applied) = {
+            let ledger = self.shared.ledger();
+            (ledger.digest().to_string(), self.shared.applied_index())
+        };
+        pb::MetricsResponse {
+            node_id: m.id,
+            state: format!("{:?}", m.state),
+            leader_id: m.current_leader,
+            leader_addr,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied_index: applied,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            state_digest: digest,
+            snapshot_index: m.snapshot.map_or(0, |s| s.index),
+            purged_index: m.purged.map_or(0, |p| p.index),
+        }
+    }
+}
+
+/// A running node. Dropping it does not stop it: call [`Node::shutdown`].
+pub struct Node {
+    inner: Arc<NodeInner>,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Node {
+    /// Opens the data directory, starts Raft, the server and the timers.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let db = store::open_db(&config.data_dir, config.id)?;
+        let log = LogStore::new(db.clone());
+        let sm = StateMachine::open(db)?;
+        let shared = sm.shared();
+        let raft_config = Arc::new(config.raft_config()?);
+        let raft =
+            Raft::new(config.id, raft_config, Network, log, sm).await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        let clock = Arc::new(Clock::new(config.clock_offset_ms));
+        let proposer = Proposer::start(raft.clone(), shared.clone(), clock.clone());
+        let inner = Arc::new(NodeInner { config: config.clone(), raft, shared, proposer, clock });
+
+        let (stop, stopped) = watch::channel(false);
+        let services = || Services { node: inner.clone() };
+        let router = Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                pb::raft_service_server::RaftServiceServer::new(services())
+                    .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX),
+            )
+            .add_service(
+                pb::client_service_server::ClientServiceServer::new(services())
+                    .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX),
+            )
+            .add_service(pb::admin_service_server::AdminServiceServer::new(services()));
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut server_stop = stopped.clone();
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = server_stop.wait_for(|&s| s).await;
+        }));
+        info!(id = config.id, addr = %config.advertise, "node serving");
+
+        tokio::spawn(bootstrap(inner.clone()));
+        tokio::spawn(close_lots(inner.clone(), stopped));
+        Ok(Node { inner, stop, server })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.config.id
+    }
+
+    pub fn metrics(&self) -> pb::MetricsResponse {
+        self.inner.metrics()
+    }
+
+    /// Stops serving, then stops Raft.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.stop.send(true);
+        match self.server.await {
+            Ok(result) => result?,
+            Err(e) => warn!(error = %e, "server task failed"),
+        }
+        self.inner.raft.shutdown().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+    pub async fn until_signal() {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    }
+}
+
+/// On a pristine cluster, the member with the lowest id initialises it once its peers can
+/// be reached (initialising twice is refused by openraft and harmless).
+async fn bootstrap(node: Arc<NodeInner>) {
+    let members = &node.config.initial_members;
+    if members.first().map(|m| m.0) != Some(node.config.id) && members.iter().map(|m| m.0).min() != Some(node.config.id)
+    {
+        return;
+    }
+    match node.raft.is_initialized().await {
+        Ok(false) => {}
+        _ => return,
+    }
+    let nodes: BTreeMap<u64, BasicNode> =
+        members.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect();
+    match node.raft.initialize(nodes).await {
+        Ok(()) => info!(members = members.len(), "cluster initialised"),
+        Err(e) => info!(error = %e, "cluster not initialised here"),
+    }
+}
+
+/// On the leader, proposes `CloseLot` for every open lot whose end time has passed. Closing is
+/// idempotent in the ledger, so a duplicate from a deposed leader changes nothing.
+async fn close_lots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(limits::CLOSE_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = stopped.wait_for(|&s| s) => return,
+        }
+        if !node.raft.is_leader() {
+            continue;
+        }
+        let now_ms = node.clock.now_ms();
+        let due: Vec<ledger::pb::Command> = {
+            let ledger = node.shared.ledger();
+            ledger
+                .lots_due(now_ms)
+                .take(limits::CLOSE_LOTS_PER_TICK_MAX)
+                .map(|lot_id| ledger::pb::Command {
+                    at_ms: 0,
+                    actor: String::new(),
+                    body: Some(ledger::pb::command::Body::CloseLot(ledger::pb::CloseLot { lot_id: lot_id.to_owned() })),
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            continue;
+        }
+        match node.proposer.propose(due).await {
+            Ok(_) | Err(ProposeError::NotLeader { .. }) => {}
+            Err(e) => warn!(error = %e, "closing lots failed; will retry"),
+        }
+    }
+}
+
+/// Re-exported for the binary: raft's node id type.
+pub type NodeId = raft::NodeId;

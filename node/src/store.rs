@@ -1,0 +1,717 @@
+//! RocksDB storage: the Raft log store and the state-machine store, in one database.
+//!
+//! Column families:
+//! - `log`: entry index (big-endian u64) -> `pb::Entry`.
+//! - `raft_meta`: `vote`, `committed`, `purged` -> protobuf.
+//! - `sm_meta`: `applied` (`pb::LogId`), `membership` (`pb::StoredMembership`), `clock` (i64).
+//! - `sm_state`: one record per ledger entity: `u/<user>`, `l/<lot>`, `a/<auction>`,
+//!   `r/<bidder>\0<bid_id>`, and bid-history lines `h/<lot>\0<seq>`.
+//! - `feed`: entry index -> `pb::FeedItem`, the events that entry produced (the outbox).
+//! - `snapshot`: `meta`, `data` of the last built or installed snapshot.
+//! - `default`: `format` and `node_id`, so a foreign or mixed-up data dir is refused.
+//!
+//! Log appends are acknowledged to openraft only after the WAL is fsync'd. A state-machine
+//! batch (ledger records, feed items and the applied id) is one atomic `WriteBatch`; it need
+//! not be fsync'd because the fsync'd log can always re-apply it. Every RocksDB call runs on a
+//! blocking thread, never on the async runtime.
+
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+use futures::StreamExt;
+use openraft::entry::RaftEntry;
+use openraft::storage::{
+    EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine,
+};
+use openraft::{EntryPayload, OptionalSend};
+use prost::Message;
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use tokio::sync::watch;
+
+use crate::pb;
+use crate::raft::{self, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig, Vote};
+use ledger::Ledger;
+
+const FORMAT: &[u8] = b"gavel-node/1";
+/// `SnapshotData.format_version` written and read by this build.
+const SNAPSHOT_FORMAT: u32 = 1;
+const CF_LOG: &str = "log";
+const CF_RAFT_META: &str = "raft_meta";
+const CF_SM_META: &str = "sm_meta";
+const CF_SM_STATE: &str = "sm_state";
+const CF_FEED: &str = "feed";
+const CF_SNAPSHOT: &str = "snapshot";
+const CFS: [&str; 6] = [CF_LOG, CF_RAFT_META, CF_SM_META, CF_SM_STATE, CF_FEED, CF_SNAPSHOT];
+
+/// Why a data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("{path} is not a Gavel node data directory (format marker {found:?})")]
+    Foreign { path: String, found: String },
+    #[error("{path} belongs to node {found}, not node {expected}")]
+    WrongNode { path: String, found: u64, expected: u64 },
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+fn corrupt(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+fn rocks(e: rocksdb::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> io::Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name).ok_or_else(|| corrupt(format!("missing column family {name}")))
+}
+
+fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> io::Result<M> {
+    M::decode(bytes).map_err(|e| corrupt(format!("{what}: {e}")))
+}
+
+fn get_msg<M: Message + Default>(db: &DB, cf_name: &str, key: &[u8]) -> io::Result<Option<M>> {
+    match db.get_cf(cf(db, cf_name)?, key).map_err(rocks)? {
+        Some(bytes) => decode(&bytes, cf_name).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Runs RocksDB work on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+/// Opens (or creates) the node's database, checking it belongs to `node_id`.
+pub fn open_db(path: &Path, node_id: u64) -> Result<Arc<DB>, StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // The WAL is what makes appends durable; keep it even under memory pressure.
+    opts.set_manual_wal_flush(false);
+    let cfs = CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+    let shown = path.display().to_string();
+    match db.get(b"format")? {
+        Some(found) if found != FORMAT => {
+            return Err(StoreError::Foreign { path: shown, found: String::from_utf8_lossy(&found).into_owned() });
+        }
+        Some(_) => {}
+        None => {
+            if db
+                .iterator_cf(db.cf_handle(CF_LOG).ok_or(StoreError::Corrupt("no log cf".into()))?, IteratorMode::Start)
+                .next()
+                .is_some()
+            {
+                return Err(StoreError::Foreign { path: shown, found: String::new() });
+            }
+            let mut batch = WriteBatch::default();
+            batch.put(b"format", FORMAT);
+            batch.put(b"node_id", node_id.to_be_bytes());
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            db.write_opt(batch, &sync)?;
+        }
+    }
+    let found = db.get(b"node_id")?.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_be_bytes);
+    match found {
+        Some(found) if found == node_id => Ok(Arc::new(db)),
+        Some(found) => Err(StoreError::WrongNode { path: shown, found, expected: node_id }),
+        None => Err(StoreError::Corrupt(format!("{shown} has no node id"))),
+    }
+}
+
+// =============================================================================================
+// Log store
+// =============================================================================================
+
+/// The Raft log on RocksDB. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    /// Serialises write I/O so vote, append, truncate and purge reach disk in submission order.
+    write_order: Arc<tokio::sync::Mutex<()>>,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn index_of(key: &[u8]) -> io::Result<u64> {
+    <[u8; 8]>::try_from(key).map(u64::from_be_bytes).map_err(|_| corrupt("log key is not 8 bytes"))
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>) -> LogStore {
+        LogStore { db, write_order: Arc::new(tokio::sync::Mutex::new(())) }
+    }
+
+    fn meta_log_id(&self, key: &[u8]) -> io::Result<Option<LogId>> {
+        Ok(get_msg::<pb::LogId>(&self.db, CF_RAFT_META, key)?.map(|id| raft::log_id_from_pb(&id)))
+    }
+
+    fn last_entry_id(&self) -> io::Result<Option<LogId>> {
+        let mut iter = self.db.iterator_cf(cf(&self.db, CF_LOG)?, IteratorMode::End);
+        match iter.next() {
+            Some(item) => {
+                let (_, value) = item.map_err(rocks)?;
+                let entry: pb::Entry = decode(&value, "log entry")?;
+                let id = entry.log_id.ok_or_else(|| corrupt("log entry without id"))?;
+                Ok(Some(raft::log_id_from_pb(&id)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a batch with fsync on a blocking thread, in submission order.
+    async fn write_synced(&self, batch: WriteBatch) -> io::Result<()> {
+        let _order = self.write_order.lock().await;
+        let db = self.db.clone();
+        blocking(move || {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.write_opt(batch, &opts).map_err(rocks)
+        })
+        .await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        // Owned bounds, so the blocking closure does not borrow the caller's range type.
+        let range: (Bound<u64>, Bound<u64>) = (range.start_bound().cloned(), range.end_bound().cloned());
+        let db = self.db.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            let iter = db.iterator_cf(cf(&db, CF_LOG)?, IteratorMode::From(&index_key(start), Direction::Forward));
+            for item in iter {
+                let (key, value) = item.map_err(rocks)?;
+                if !range.contains(&index_of(&key)?) {
+                    break;
+                }
+                out.push(raft::entry_from_pb(decode(&value, "log entry")?).map_err(|e| corrupt(e.to_string()))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        let db = self.db.clone();
+        blocking(move || {
+            get_msg::<pb::Vote>(&db, CF_RAFT_META, b"vote")?
+                .map(|v| raft::vote_from_pb(&Some(v)).map_err(|e| corrupt(e.to_string())))
+                .transpose()
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id = self.meta_log_id(b"purged")?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_RAFT_META)?, b"vote", raft::vote_to_pb(vote).encode_to_vec());
+        self.write_synced(batch).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::default();
+        let meta = cf(&self.db, CF_RAFT_META)?;
+        match committed {
+            Some(id) => batch.put_cf(meta, b"committed", raft::log_id_to_pb(&id).encode_to_vec()),
+            None => batch.delete_cf(meta, b"committed"),
+        }
+        // Not fsync'd: a lost committed marker is only a hint; it is rediscovered from peers.
+        let db = self.db.clone();
+        let _order = self.write_order.lock().await;
+        blocking(move || db.write(batch).map_err(rocks)).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        self.meta_log_id(b"committed")
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let log = cf(&self.db, CF_LOG)?;
+        for entry in entries {
+            batch.put_cf(log, index_key(entry.index()), raft::entry_to_pb(&entry).encode_to_vec());
+        }
+        // One synced WriteBatch per append: the callback fires only once the entries are on disk.
+        let result = self.write_synced(batch).await;
+        match &result {
+            Ok(()) => callback.io_completed(Ok(())),
+            Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |id| id.index + 1);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf(&self.db, CF_LOG)?, index_key(from), index_key(u64::MAX));
+        batch.delete_cf(cf(&self.db, CF_LOG)?, index_key(u64::MAX));
+        self.write_synced(batch).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::default();
+        // The purge marker and the deletion in one batch: the log never has a hole below it.
+        batch.put_cf(cf(&self.db, CF_RAFT_META)?, b"purged", raft::log_id_to_pb(&log_id).encode_to_vec());
+        batch.delete_range_cf(cf(&self.db, CF_LOG)?, index_key(0), index_key(log_id.index + 1));
+        self.write_synced(batch).await
+    }
+}
+
+// =============================================================================================
+// State machine store
+// =============================================================================================
+
+/// State shared between the state machine (owned by openraft) and the node's read paths.
+pub struct Shared {
+    db: Arc<DB>,
+    ledger: RwLock<Ledger>,
+    applied: Mutex<(Option<LogId>, StoredMembership)>,
+    /// The last applied log index, for feed subscribers and read-index waits.
+    applied_index: watch::Sender<u64>,
+}
+
+/// The ledger state machine on RocksDB. Cheap to clone; clones share the state.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a panic mid-apply: the replica must stop rather than diverge.
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn user_key(id: &str) -> Vec<u8> {
+    [b"u/", id.as_bytes()].concat()
+}
+fn lot_key(id: &str) -> Vec<u8> {
+    [b"l/", id.as_bytes()].concat()
+}
+fn auction_key(id: &str) -> Vec<u8> {
+    [b"a/", id.as_bytes()].concat()
+}
+fn recorded_key(bidder: &str, bid_id: &str) -> Vec<u8> {
+    [b"r/", bidder.as_bytes(), b"\0", bid_id.as_bytes()].concat()
+}
+fn history_prefix(lot_id: &str) -> Vec<u8> {
+    [b"h/", lot_id.as_bytes(), b"\0"].concat()
+}
+fn history_key(lot_id: &str, seq: usize) -> Vec<u8> {
+    [history_prefix(lot_id).as_slice(), &(seq as u64).to_be_bytes()].concat()
+}
+
+impl StateMachine {
+    /// Loads the state machine from the database (empty on a new node).
+    pub fn open(db: Arc<DB>) -> io::Result<StateMachine> {
+        let applied = get_msg::<pb::LogId>(&db, CF_SM_META, b"applied")?.map(|id| raft::log_id_from_pb(&id));
+        let membership = get_msg::<pb::StoredMembership>(&db, CF_SM_META, b"membership")?;
+        let membership = raft::stored_membership_from_pb(&membership).map_err(|e| corrupt(e.to_string()))?;
+        let ledger = load_ledger(&db)?;
+        let (applied_index, _) = watch::channel(applied.map_or(0, |id| id.index));
+        let shared =
+            Shared { db, ledger: RwLock::new(ledger), applied: Mutex::new((applied, membership)), applied_index };
+        Ok(StateMachine { shared: Arc::new(shared) })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+/// Rebuilds the ledger from its per-entity records (validated by `Ledger::from_snapshot`).
+fn load_ledger(db: &DB) -> io::Result<Ledger> {
+    let mut snap = ledger::pb::Snapshot { format_version: ledger::snapshot::FORMAT_VERSION, ..Default::default() };
+    if let Some(bytes) = db.get_cf(cf(db, CF_SM_META)?, b"clock").map_err(rocks)? {
+        snap.last_at_ms =
+            <[u8; 8]>::try_from(bytes.as_slice()).map(i64::from_be_bytes).map_err(|_| corrupt("clock"))?;
+    }
+    let mut histories: std::collections::BTreeMap<String, Vec<ledger::pb::HistoryLine>> = Default::default();
+    for item in db.iterator_cf(cf(db, CF_SM_STATE)?, IteratorMode::Start) {
+        let (key, value) = item.map_err(rocks)?;
+        match key.get(..2) {
+            Some(b"u/") => snap.users.push(decode(&value, "user")?),
+            Some(b"l/") => snap.lots.push(decode(&value, "lot")?),
+            Some(b"a/") => snap.auctions.push(decode(&value, "auction")?),
+            Some(b"r/") => snap.recorded_bids.push(decode(&value, "recorded bid")?),
+            Some(b"h/") => {
+                let rest = &key[2..];
+                let sep = rest.iter().position(|&b| b == 0).ok_or_else(|| corrupt("history key"))?;
+                let lot_id = String::from_utf8_lossy(&rest[..sep]).into_owned();
+                histories.entry(lot_id).or_default().push(decode(&value, "history line")?);
+            }
+            _ => return Err(corrupt(format!("unknown state key {:?}", String::from_utf8_lossy(&key)))),
+        }
+    }
+    for lot in &mut snap.lots {
+        lot.history = histories.remove(&lot.lot_id).unwrap_or_default();
+    }
+    Ledger::from_snapshot(snap).map_err(|e| corrupt(e.to_string()))
+}
+
+impl Shared {
+    pub fn ledger(&self) -> RwLockReadGuard<'_, Ledger> {
+        match self.ledger.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        *self.applied_index.borrow()
+    }
+
+    pub fn watch_applied(&self) -> watch::Receiver<u64> {
+        self.applied_index.subscribe()
+    }
+
+    /// Feed items with index in `(after, after + limit]`, from RocksDB.
+    pub fn feed_after(&self, after: u64, limit: usize) -> io::Result<Vec<pb::FeedItem>> {
+        let db = &self.db;
+        let start = index_key(after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in db.iterator_cf(cf(db, CF_FEED)?, IteratorMode::From(&start, Direction::Forward)).take(limit) {
+            let (_, value) = item.map_err(rocks)?;
+            out.push(decode(&value, "feed item")?);
+        }
+        Ok(out)
+    }
+
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+}
+
+/// Writes every record the footprint names (or deletes it when gone) into `batch`.
+fn persist_footprint(
+    batch: &mut WriteBatch,
+    state: &rocksdb::ColumnFamily,
+    ledger: &Ledger,
+    f: &ledger::Footprint,
+    history_len_before: &dyn Fn(&str) -> usize,
+) {
+    for id in &f.users {
+        match ledger.user_record(id) {
+            Some(r) => batch.put_cf(state, user_key(id), r.encode_to_vec()),
+            None => batch.delete_cf(state, user_key(id)),
+        }
+    }
+    for id in &f.lots {
+        let Some(record) = ledger.lot_record(id) else {
+            batch.delete_cf(state, lot_key(id));
+            continue;
+        };
+        batch.put_cf(state, lot_key(id), record.encode_to_vec());
+        let history = ledger.lot(id).map_or(&[][..], |l| l.history.as_slice());
+        let before = history_len_before(id);
+        let from = if history.len() < before {
+            // The history was cleared (the lot was offered again): rewrite it from scratch.
+            batch.delete_range_cf(state, history_prefix(id), history_key(id, usize::MAX));
+            0
+        } else {
+            before
+        };
+        for (seq, line) in history.iter().enumerate().skip(from) {
+            batch.put_cf(state, history_key(id, seq), Ledger::history_record(line).encode_to_vec());
+        }
+    }
+    for id in &f.auctions {
+        match ledger.auction_record(id) {
+            Some(r) => batch.put_cf(state, auction_key(id), r.encode_to_vec()),
+            None => batch.delete_cf(state, auction_key(id)),
+        }
+    }
+    if let Some((bidder, bid_id)) = &f.recorded
+        && let Some(r) = ledger.recorded_record(bidder, bid_id)
+    {
+        batch.put_cf(state, recorded_key(bidder, bid_id), r.encode_to_vec());
+    }
+}
+
+/// Applies one proposal to the ledger, persisting what changed into `batch`. Returns the
+/// outcomes (one per command) and the events.
+fn apply_proposal(
+    ledger: &mut Ledger,
+    batch: &mut WriteBatch,
+    state: &rocksdb::ColumnFamily,
+    proposal: &pb::Proposal,
+) -> (Vec<ledger::pb::Outcome>, Vec<ledger::pb::Event>) {
+    let mut outcomes = Vec::with_capacity(proposal.commands.len());
+    let mut events = Vec::new();
+    for command in &proposal.commands {
+        // The leader's stamp is the only clock; whatever the client sent is ignored.
+        let mut command = command.clone();
+        command.at_ms = proposal.at_ms;
+        let lots_before: Vec<(String, usize)> = ledger
+            .footprint(&command)
+            .lots
+            .into_iter()
+            .map(|id| {
+                let len = ledger.lot(&id).map_or(0, |l| l.history.len());
+                (id, len)
+            })
+            .collect();
+        let applied = ledger.apply(&command);
+        let footprint = ledger.footprint(&command);
+        let before = |id: &str| lots_before.iter().find(|(l, _)| l == id).map_or(0, |(_, n)| *n);
+        persist_footprint(batch, state, ledger, &footprint, &before);
+        outcomes.push(applied.outcome);
+        events.extend(applied.events);
+    }
+    (outcomes, events)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok(lock(&self.shared.applied).clone())
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let db = self.shared.db.clone();
+        let mut batch = WriteBatch::default();
+        let mut responses = Vec::new();
+        let mut last: Option<(LogId, Option<StoredMembership>)> = None;
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let index = entry.log_id.index;
+            let mut outcome = raft::Applied::default();
+            let mut membership = None;
+            match &entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(proposal) => {
+                    let mut ledger = match self.shared.ledger.write() {
+                        Ok(g) => g,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    let state = cf(&db, CF_SM_STATE)?;
+                    let (outcomes, events) = apply_proposal(&mut ledger, &mut batch, state, proposal);
+                    let clock = ledger.last_at_ms();
+                    drop(ledger);
+                    batch.put_cf(cf(&db, CF_SM_META)?, b"clock", clock.to_be_bytes());
+                    let item = pb::FeedItem { index, at_ms: proposal.at_ms, events };
+                    batch.put_cf(cf(&db, CF_FEED)?, index_key(index), item.encode_to_vec());
+                    outcome.outcomes = outcomes;
+                }
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                    batch.put_cf(
+                        cf(&db, CF_SM_META)?,
+                        b"membership",
+                        raft::stored_membership_to_pb(&stored).encode_to_vec(),
+                    );
+                    membership = Some(stored);
+                }
+            }
+            let prev = last.take().and_then(|(_, m)| m);
+            last = Some((entry.log_id, membership.or(prev)));
+            if let Some(responder) = responder {
+                responses.push((responder, outcome));
+            }
+        }
+        let Some((last_id, membership)) = last else { return Ok(()) };
+        batch.put_cf(cf(&db, CF_SM_META)?, b"applied", raft::log_id_to_pb(&last_id).encode_to_vec());
+        blocking(move || db.write(batch).map_err(rocks)).await?;
+        {
+            let mut applied = lock(&self.shared.applied);
+            debug_assert!(applied.0.is_none_or(|a| a.index < last_id.index), "applied index must increase");
+            applied.0 = Some(last_id);
+            if let Some(m) = membership {
+                applied.1 = m;
+            }
+        }
+        self.shared.applied_index.send_replace(last_id.index);
+        for (responder, outcome) in responses {
+            responder.send(outcome);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        let data: pb::SnapshotData = decode(&snapshot, "snapshot")?;
+        if data.format_version != SNAPSHOT_FORMAT {
+            return Err(corrupt(format!(
+                "snapshot format {} (this build reads {SNAPSHOT_FORMAT})",
+                data.format_version
+            )));
+        }
+        let ledger = Ledger::decode_snapshot(&data.ledger).map_err(|e| corrupt(e.to_string()))?;
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        let meta_for_disk = meta.clone();
+        let ledger = blocking(move || {
+            write_snapshot_state(&shared.db, &meta_for_disk, &data, &ledger, &snapshot)?;
+            Ok(ledger)
+        })
+        .await?;
+        {
+            let mut guard = match self.shared.ledger.write() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *guard = ledger;
+        }
+        *lock(&self.shared.applied) = (meta.last_log_id, meta.last_membership.clone());
+        self.shared.applied_index.send_replace(meta.last_log_id.map_or(0, |id| id.index));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<raft::Snapshot>, io::Error> {
+        let db = self.shared.db.clone();
+        blocking(move || {
+            let Some(header) = get_msg::<pb::SnapshotHeader>(&db, CF_SNAPSHOT, b"meta")? else { return Ok(None) };
+            let data = db
+                .get_cf(cf(&db, CF_SNAPSHOT)?, b"data")
+                .map_err(rocks)?
+                .ok_or_else(|| corrupt("snapshot data missing"))?;
+            let meta = SnapshotMeta {
+                last_log_id: raft::opt_log_id_from_pb(&header.last_log_id),
+                last_membership: raft::stored_membership_from_pb(&header.last_membership)
+                    .map_err(|e| corrupt(e.to_string()))?,
+            };
+            Ok(Some(raft::Snapshot { meta, snapshot: data }))
+        })
+        .await
+    }
+}
+
+/// Replaces the whole state-machine state with a snapshot's, in one synced batch.
+fn write_snapshot_state(
+    db: &DB,
+    meta: &SnapshotMeta,
+    data: &pb::SnapshotData,
+    ledger: &Ledger,
+    raw: &[u8],
+) -> io::Result<()> {
+    let mut batch = WriteBatch::default();
+    let state = cf(db, CF_SM_STATE)?;
+    let feed = cf(db, CF_FEED)?;
+    let sm_meta = cf(db, CF_SM_META)?;
+    batch.delete_range_cf(state, b"".as_slice(), [0xffu8; 1].as_slice());
+    batch.delete_range_cf(feed, index_key(0), index_key(u64::MAX));
+    let footprint = ledger::Footprint {
+        users: ledger.users().map(|u| u.user_id.clone()).collect(),
+        lots: ledger.lots().map(|l| l.lot_id.clone()).collect(),
+        auctions: Vec::new(),
+        recorded: None,
+    };
+    persist_footprint(&mut batch, state, ledger, &footprint, &|_| 0);
+    let snap = ledger.to_snapshot();
+    for a in &snap.auctions {
+        batch.put_cf(state, auction_key(&a.auction_id), a.encode_to_vec());
+    }
+    for r in &snap.recorded_bids {
+        batch.put_cf(state, recorded_key(&r.bidder, &r.bid_id), r.encode_to_vec());
+    }
+    for item in &data.feed {
+        batch.put_cf(feed, index_key(item.index), item.encode_to_vec());
+    }
+    batch.put_cf(sm_meta, b"clock", ledger.last_at_ms().to_be_bytes());
+    match &meta.last_log_id {
+        Some(id) => batch.put_cf(sm_meta, b"applied", raft::log_id_to_pb(id).encode_to_vec()),
+        None => batch.delete_cf(sm_meta, b"applied"),
+    }
+    batch.put_cf(sm_meta, b"membership", raft::stored_membership_to_pb(&meta.last_membership).encode_to_vec());
+    put_snapshot(&mut batch, db, meta, raw)?;
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts).map_err(rocks)
+}
+
+fn put_snapshot(batch: &mut WriteBatch, db: &DB, meta: &SnapshotMeta, raw: &[u8]) -> io::Result<()> {
+    let header = pb::SnapshotHeader {
+        vote: None,
+        last_log_id: raft::opt_log_id_to_pb(&meta.last_log_id),
+        last_membership: Some(raft::stored_membership_to_pb(&meta.last_membership)),
+    };
+    let snap_cf = cf(db, CF_SNAPSHOT)?;
+    batch.put_cf(snap_cf, b"meta", header.encode_to_vec());
+    batch.put_cf(snap_cf, b"data", raw);
+    Ok(())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+
+    /// Captures the ledger and the applied id under one lock together with a RocksDB
+    /// point-in-time view, then reads the feed up to that id from the view.
+    async fn build_snapshot(&mut self) -> Result<raft::Snapshot, io::Error> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            let db = &shared.db;
+            let guard = shared.ledger();
+            let (applied, membership) = lock(&shared.applied).clone();
+            let ledger_bytes = guard.encode_snapshot();
+            let view = db.snapshot();
+            drop(guard);
+            let last_index = applied.map_or(0, |id| id.index);
+            let mut feed = Vec::new();
+            for item in view.iterator_cf(cf(db, CF_FEED)?, IteratorMode::Start) {
+                let (key, value) = item.map_err(rocks)?;
+                if index_of(&key)? > last_index {
+                    break;
+                }
+                feed.push(decode::<pb::FeedItem>(&value, "feed item")?);
+            }
+            let data = pb::SnapshotData {
+                format_version: SNAPSHOT_FORMAT,
+                last_applied: raft::opt_log_id_to_pb(&applied),
+                last_membership: Some(raft::stored_membership_to_pb(&membership)),
+                ledger: ledger_bytes,
+                feed,
+            };
+            let raw = data.encode_to_vec();
+            let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
+            let mut batch = WriteBatch::default();
+            put_snapshot(&mut batch, db, &meta, &raw)?;
+            db.write(batch).map_err(rocks)?;
+            Ok(raft::Snapshot { meta, snapshot: raw })
+        })
+        .await
+    }
+}

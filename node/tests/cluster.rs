@@ -1,0 +1,320 @@
+//! Multi-process tests: real `gavel-node` processes on loopback, talking real gRPC.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ledger::pb::{self as lp, command::Body, outcome::Result as Res};
+use node::{Client, pb};
+use tempfile::TempDir;
+use tokio_stream::StreamExt;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Cluster {
+    dir: TempDir,
+    addrs: BTreeMap<u64, String>,
+    children: BTreeMap<u64, Child>,
+    members: String,
+}
+
+impl Cluster {
+    /// Starts `n` nodes; the lowest id initialises the cluster.
+    fn start(n: u64) -> Cluster {
+        let addrs: BTreeMap<u64, String> = (1..=n).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+        let members = addrs.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
+        let mut cluster = Cluster { dir: tempfile::tempdir().unwrap(), addrs, children: BTreeMap::new(), members };
+        for id in 1..=n {
+            cluster.spawn(id, true);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, id: u64, with_members: bool) {
+        let addr = self.addrs[&id].clone();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gavel-node"));
+        cmd.args(["--id", &id.to_string(), "--listen", &addr])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("node-{id}")))
+            .args(["--snapshot-logs", "40", "--logs-kept-after-snapshot", "5"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if with_members {
+            cmd.args(["--members", &self.members]);
+        }
+        self.children.insert(id, cmd.spawn().expect("spawn gavel-node"));
+    }
+
+    /// kill -9.
+    fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.children.remove(&id) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(self.addrs.values().cloned().collect()).with_deadline(Duration::from_secs(20))
+    }
+
+    async fn leader(&self, among: &[u64]) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for id in among {
+                if let Ok(m) = Client::metrics(&self.addrs[id]).await
+                    && m.state == "Leader"
+                    && m.leader_id == Some(*id)
+                {
+                    return *id;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader among {among:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every node in `ids` has applied at least `index`; returns their digests.
+    async fn digests_at(&self, ids: &[u64], index: u64) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut digests = Vec::new();
+            for id in ids {
+                match Client::metrics(&self.addrs[id]).await {
+                    Ok(m) if m.last_applied_index >= index => digests.push(m.state_digest),
+                    _ => break,
+                }
+            }
+            if digests.len() == ids.len() {
+                return digests;
+            }
+            assert!(Instant::now() < deadline, "nodes {ids:?} did not reach index {index}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn cmd(actor: &str, body: Body) -> lp::Command {
+    lp::Command { at_ms: 0, actor: actor.into(), body: Some(body) }
+}
+
+fn user(id: &str, role: lp::Role) -> lp::Command {
+    cmd(
+        "",
+        Body::CreateUser(lp::CreateUser {
+            user_id: id.into(),
+            username: id.into(),
+            role: role as i32,
+            password_hash: vec![],
+        }),
+    )
+}
+
+/// Users, and an open lot `lot` ending `secs` from now.
+fn setup(lot: &str, secs: i64) -> Vec<lp::Command> {
+    let mut cmds = vec![user("cur", lp::Role::Curator), user("sam", lp::Role::User)];
+    cmds.extend((0..4).map(|i| user(&format!("b{i}"), lp::Role::User)));
+    cmds.push(cmd(
+        "cur",
+        Body::CreateLot(lp::CreateLot {
+            lot_id: lot.into(),
+            title: "Test lot".into(),
+            currency: "USD".into(),
+            start_price: 10_000,
+            starts_at_ms: now_ms() - 1_000,
+            ends_at_ms: now_ms() + secs * 1_000,
+            seller_id: "sam".into(),
+            ..Default::default()
+        }),
+    ));
+    for s in [
+        lp::LotStatus::UnderReview,
+        lp::LotStatus::Authenticated,
+        lp::LotStatus::ReadyForAuction,
+        lp::LotStatus::InAuction,
+    ] {
+        cmds.push(cmd("cur", Body::SetLotStatus(lp::SetLotStatus { lot_id: lot.into(), status: s as i32 })));
+    }
+    cmds
+}
+
+fn bid(bidder: &str, bid_id: &str, lot: &str, max: i64) -> lp::Command {
+    cmd(bidder, Body::PlaceBid(lp::PlaceBid { lot_id: lot.into(), bid_id: bid_id.into(), max_amount: max }))
+}
+
+fn rejection(r: &pb::CommandResult) -> Option<&lp::Rejection> {
+    match r.outcome.as_ref().and_then(|o| o.result.as_ref()) {
+        Some(Res::Rejected(rej)) => Some(rej),
+        _ => None,
+    }
+}
+
+async fn feed(addr: &str, upto: u64) -> Vec<pb::FeedItem> {
+    let mut stream = Client::subscribe(addr, 0).await.unwrap();
+    let mut items = Vec::new();
+    while items.last().is_none_or(|i: &pb::FeedItem| i.index < upto) {
+        let item =
+            tokio::time::timeout(Duration::from_secs(20), stream.next()).await.expect("feed stalled").unwrap().unwrap();
+        items.push(item);
+    }
+    items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_ledger_survives_leader_crash_and_catches_up() {
+    let mut cluster = Cluster::start(3);
+    let all = [1, 2, 3];
+    let leader = cluster.leader(&all).await;
+    let client = cluster.client();
+
+    // Writes through a follower are forwarded to the leader.
+    let follower = *all.iter().find(|&&id| id != leader).unwrap();
+    let via_follower = Client::new(vec![cluster.addrs[&follower].clone()]);
+    let results = via_follower.propose(setup("lot-1", 600)).await.unwrap();
+    assert!(results.iter().all(|r| rejection(r).is_none()), "setup rejected: {results:?}");
+
+    // Acknowledged bids, rising; a retry with the same id returns the first answer.
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let r = client
+            .propose(vec![bid(&format!("b{}", i % 4), &format!("x{i}"), "lot-1", 10_000 + i * 500)])
+            .await
+            .unwrap();
+        if rejection(&r[0]).is_none() {
+            acked.push(format!("x{i}"));
+        }
+    }
+    assert!(acked.len() >= 20, "most bids accepted: {acked:?}");
+    let first = client.propose(vec![bid("b1", "x1", "lot-1", 99_999_00)]).await.unwrap();
+    let again = client.propose(vec![bid("b1", "x1", "lot-1", 10_500)]).await.unwrap();
+    assert_eq!(first[0].outcome, again[0].outcome);
+
+    // kill -9 the leader: a new leader serves writes, with every acknowledged bid present.
+    cluster.kill(leader);
+    let rest: Vec<u64> = all.iter().copied().filter(|&id| id != leader).collect();
+    let new_leader = cluster.leader(&rest).await;
+    assert_ne!(new_leader, leader);
+    for i in 30..80 {
+        let r = client
+            .propose(vec![bid(&format!("b{}", i % 4), &format!("x{i}"), "lot-1", 10_000 + i * 500)])
+            .await
+            .unwrap();
+        if rejection(&r[0]).is_none() {
+            acked.push(format!("x{i}"));
+        }
+    }
+    let lot = client.read_lot("lot-1", false, true).await.unwrap();
+    let in_history: std::collections::BTreeSet<_> = lot.bids.iter().map(|b| b.bid_id.clone()).collect();
+    for id in &acked {
+        assert!(in_history.contains(id), "acknowledged bid {id} lost");
+    }
+
+    // The killed node restarts and catches up: from a snapshot, since the log it missed was
+    // compacted (snapshot every 40 entries, 5 kept).
+    cluster.spawn(leader, false);
+    let target = client.read_lot("lot-1", false, false).await.unwrap().applied_index;
+    let digests = cluster.digests_at(&all, target).await;
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "replica digests differ: {digests:?}");
+    let m = Client::metrics(&cluster.addrs[&leader]).await.unwrap();
+    assert!(m.snapshot_index > 0, "the restarted node should hold a snapshot: {m:?}");
+
+    // The committed-event feed from index 0 is identical and gap-free on every node.
+    let feeds: Vec<Vec<pb::FeedItem>> =
+        futures::future::join_all(all.iter().map(|id| feed(&cluster.addrs[id], target))).await;
+    for items in &feeds {
+        assert!(items.windows(2).all(|w| w[0].index < w[1].index), "feed out of order");
+        assert_eq!(items, &feeds[0], "feeds differ between nodes");
+    }
+    let bids_in_feed = feeds[0]
+        .iter()
+        .flat_map(|i| &i.events)
+        .filter(|e| matches!(&e.kind, Some(lp::event::Kind::BidRecorded(b)) if b.kind == lp::BidKind::Placed as i32))
+        .count();
+    assert!(bids_in_feed >= acked.len(), "every accepted bid is in the feed");
+
+    // The feed resumes after a restart of the node serving it, without gaps or duplicates.
+    cluster.kill(2);
+    cluster.spawn(2, false);
+    let resumed = feed(&cluster.addrs[&2], target).await;
+    assert_eq!(resumed, feeds[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_and_the_leader_closes_lots() {
+    let mut cluster = Cluster::start(3);
+    cluster.leader(&[1, 2, 3]).await;
+    let client = cluster.client();
+    let results = client.propose(setup("short", 2)).await.unwrap();
+    assert!(results.iter().all(|r| rejection(r).is_none()));
+    let r = client.propose(vec![bid("b0", "w1", "short", 20_000)]).await.unwrap();
+    assert!(rejection(&r[0]).is_none());
+
+    // Add a fourth node as a learner, promote it, remove node 1.
+    let addr4 = format!("127.0.0.1:{}", free_port());
+    cluster.addrs.insert(4, addr4.clone());
+    cluster.spawn(4, false);
+    let m = client.add_learner(pb::Node { id: 4, addr: addr4 }).await.unwrap();
+    assert!(m.learners.contains(&4));
+    let m = client.change_membership(vec![2, 3, 4], false).await.unwrap();
+    assert_eq!(m.voters, vec![2, 3, 4]);
+    cluster.kill(1);
+    cluster.leader(&[2, 3, 4]).await;
+
+    // The leader's timer closes the lot once its end time passes; every replica agrees.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sold = loop {
+        let lot = client.read_lot("short", false, false).await.unwrap();
+        let status = lot.lot.as_ref().unwrap().status;
+        if status != lp::LotStatus::InAuction as i32 {
+            break lot;
+        }
+        assert!(Instant::now() < deadline, "lot never closed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let view = sold.lot.unwrap();
+    assert_eq!(view.status, lp::LotStatus::SoldPendingPayment as i32);
+    assert_eq!(view.leading_bidder, "b0");
+    let digests = cluster.digests_at(&[2, 3, 4], sold.applied_index).await;
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "replica digests differ: {digests:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_another_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gavel-node"))
+            .args(["--id", id, "--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = run("1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let second = run("2").wait_with_output().unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("belongs to node 1"), "clear error expected, got: {stderr}");
+}

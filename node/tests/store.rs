@@ -1,0 +1,114 @@
+//! The RocksDB stores on their own: openraft's storage conformance suite, reopen, and
+//! state-machine atomicity across a crash image taken between two applied batches.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+use std::io;
+
+use ledger::Ledger;
+use ledger::pb::{self as lp, command::Body};
+use node::pb;
+use node::raft::{Entry, LeaderId, LogId, TypeConfig};
+use node::store::{LogStore, StateMachine, open_db};
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftStateMachine};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::{EntryPayload, StorageError};
+use tempfile::TempDir;
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path(), 1).unwrap();
+        let sm = StateMachine::open(db.clone()).unwrap();
+        Ok((dir, LogStore::new(db), sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite() {
+    Suite::test_all(Builder).await.unwrap();
+}
+
+fn log_id(index: u64) -> LogId {
+    LogId { leader_id: LeaderId { term: 1, node_id: 1 }, index }
+}
+
+fn proposal_entry(index: u64, at_ms: i64, commands: Vec<lp::Command>) -> Entry {
+    Entry { log_id: log_id(index), payload: EntryPayload::Normal(pb::Proposal { at_ms, commands }) }
+}
+
+fn user(id: &str) -> lp::Command {
+    lp::Command {
+        at_ms: 0,
+        actor: String::new(),
+        body: Some(Body::CreateUser(lp::CreateUser {
+            user_id: id.into(),
+            username: id.into(),
+            role: 1,
+            password_hash: vec![],
+        })),
+    }
+}
+
+async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) {
+    let stream = futures::stream::iter(entries.into_iter().map(|e| Ok::<_, io::Error>((e, None))));
+    sm.apply(stream).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_append_truncate_purge_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = LogStore::new(open_db(dir.path(), 7).unwrap());
+        let entries: Vec<Entry> = (1..=10).map(|i| proposal_entry(i, 0, vec![user(&format!("u{i}"))])).collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        log.append(entries, IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+        log.truncate_after(Some(log_id(8))).await.unwrap();
+        log.purge(log_id(3)).await.unwrap();
+    }
+    let mut log = LogStore::new(open_db(dir.path(), 7).unwrap());
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(3)));
+    assert_eq!(state.last_log_id, Some(log_id(8)));
+    let got: Vec<u64> = log.try_get_log_entries(0..100).await.unwrap().iter().map(|e| e.log_id.index).collect();
+    assert_eq!(got, vec![4, 5, 6, 7, 8]);
+    assert!(matches!(open_db(dir.path(), 8), Err(node::store::StoreError::WrongNode { found: 7, .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_machine_batches_are_atomic_across_a_crash_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let crash_image = tempfile::tempdir().unwrap();
+    let image_path = crash_image.path().join("db");
+    let first: Vec<lp::Command> = (0..50).map(|i| user(&format!("a{i}"))).collect();
+    let second: Vec<lp::Command> = (0..50).map(|i| user(&format!("b{i}"))).collect();
+    let mut expected = Ledger::new();
+    for c in &first {
+        let mut c = c.clone();
+        c.at_ms = 1_000;
+        expected.apply(&c);
+    }
+    {
+        let db = open_db(dir.path(), 1).unwrap();
+        let mut sm = StateMachine::open(db.clone()).unwrap();
+        apply(&mut sm, vec![proposal_entry(1, 1_000, first)]).await;
+        // The crash image: everything on disk between the two batches.
+        rocksdb::checkpoint::Checkpoint::new(&db).unwrap().create_checkpoint(&image_path).unwrap();
+        apply(&mut sm, vec![proposal_entry(2, 2_000, second)]).await;
+        assert_eq!(sm.shared().applied_index(), 2);
+    }
+    let db = open_db(&image_path, 1).unwrap();
+    let mut sm = StateMachine::open(db).unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1)), "the image holds exactly the first batch");
+    let shared = sm.shared();
+    assert_eq!(shared.ledger().digest(), expected.digest(), "ledger state is the first batch's, whole");
+    assert_eq!(shared.feed_after(0, 10).unwrap().len(), 1, "one feed item, for entry 1");
+    // And the full database reopens with both batches.
+    drop(shared);
+    drop(sm);
+    let sm = StateMachine::open(open_db(dir.path(), 1).unwrap()).unwrap();
+    assert_eq!(sm.shared().ledger().users().count(), 100);
+}
