@@ -175,13 +175,13 @@ impl pb::client_service_server::ClientService for Services {
     async fn read_lot(&self, request: Request<pb::ReadLotRequest>) -> Result<Response<pb::ReadLotResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        if !req.stale {
-            if let Err(status) = self.linearize().await {
-                if forwarded || status.code() != tonic::Code::Unavailable {
-                    return Err(status);
-                }
-                return self.leader_client()?.read_lot(Self::forward(req)).await;
+        if !req.stale
+            && let Err(status) = self.linearize().await
+        {
+            if forwarded || status.code() != tonic::Code::Unavailable {
+                return Err(status);
             }
+            return self.leader_client()?.read_lot(Self::forward(req)).await;
         }
         let shared = &self.node.shared;
         let applied_index = shared.applied_index();
@@ -203,13 +203,13 @@ impl pb::client_service_server::ClientService for Services {
     async fn read_user(&self, request: Request<pb::ReadUserRequest>) -> Result<Response<pb::ReadUserResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        if !req.stale {
-            if let Err(status) = self.linearize().await {
-                if forwarded || status.code() != tonic::Code::Unavailable {
-                    return Err(status);
-                }
-                return self.leader_client()?.read_user(Self::forward(req)).await;
+        if !req.stale
+            && let Err(status) = self.linearize().await
+        {
+            if forwarded || status.code() != tonic::Code::Unavailable {
+                return Err(status);
             }
+            return self.leader_client()?.read_user(Self::forward(req)).await;
         }
         let shared = &self.node.shared;
         let applied_index = shared.applied_index();

@@ -11,6 +11,7 @@ use node::raft::{Entry, LeaderId, LogId, TypeConfig};
 use node::store::{LogStore, StateMachine, open_db};
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, StorageError};
 use tempfile::TempDir;
 
@@ -62,7 +63,7 @@ async fn log_append_truncate_purge_and_reopen() {
     {
         let mut log = LogStore::new(open_db(dir.path(), 7).unwrap());
         let entries: Vec<Entry> = (1..=10).map(|i| proposal_entry(i, 0, vec![user(&format!("u{i}"))])).collect();
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = TypeConfig::oneshot();
         log.append(entries, IOFlushed::signal(tx)).await.unwrap();
         rx.await.unwrap().unwrap();
         log.truncate_after(Some(log_id(8))).await.unwrap();
@@ -74,6 +75,7 @@ async fn log_append_truncate_purge_and_reopen() {
     assert_eq!(state.last_log_id, Some(log_id(8)));
     let got: Vec<u64> = log.try_get_log_entries(0..100).await.unwrap().iter().map(|e| e.log_id.index).collect();
     assert_eq!(got, vec![4, 5, 6, 7, 8]);
+    drop(log);
     assert!(matches!(open_db(dir.path(), 8), Err(node::store::StoreError::WrongNode { found: 7, .. })));
 }
 
