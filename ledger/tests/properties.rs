@@ -123,16 +123,27 @@ proptest! {
         for cmd in &cmds {
             ledger.apply(cmd);
             let f = ledger.footprint(cmd);
+            // A footprint may name ids that do not exist (a rejected command): nothing to keep.
             for id in f.users {
-                users.insert(id.clone(), ledger.user_record(&id).unwrap());
+                match ledger.user_record(&id) {
+                    Some(r) => users.insert(id, r),
+                    None => users.remove(&id),
+                };
             }
             for id in f.lots {
-                let mut record = ledger.lot_record(&id).unwrap();
-                record.history = ledger.lot(&id).unwrap().history.iter().map(Ledger::history_record).collect();
-                lots.insert(id, record);
+                match ledger.lot_record(&id) {
+                    Some(mut record) => {
+                        record.history = ledger.lot(&id).unwrap().history.iter().map(Ledger::history_record).collect();
+                        lots.insert(id, record)
+                    }
+                    None => lots.remove(&id),
+                };
             }
             for id in f.auctions {
-                auctions.insert(id.clone(), ledger.auction_record(&id).unwrap());
+                match ledger.auction_record(&id) {
+                    Some(r) => auctions.insert(id, r),
+                    None => auctions.remove(&id),
+                };
             }
             if let Some((bidder, bid_id)) = f.recorded
                 && let Some(r) = ledger.recorded_record(&bidder, &bid_id)
