@@ -4,6 +4,7 @@
 //! Retrying is always safe: bids are exactly-once by `(bidder, bid_id)` and every other
 //! command is idempotent in the ledger.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ pub enum ClientError {
 /// A cluster client. Cheap to share behind an `Arc`; calls may run concurrently.
 pub struct Client {
     addrs: Vec<String>,
+    /// One HTTP/2 channel per node, reused by every call (a channel multiplexes requests).
+    channels: Mutex<HashMap<String, Channel>>,
     /// The node believed to lead, tried first.
     preferred: Mutex<Option<String>>,
     deadline: Duration,
@@ -53,12 +56,28 @@ fn retryable(status: &Status) -> bool {
 impl Client {
     /// A client for a cluster reachable at any of `addrs` (`host:port`).
     pub fn new(addrs: Vec<String>) -> Client {
-        Client { addrs, preferred: Mutex::new(None), deadline: Duration::from_millis(limits::REQUEST_TIMEOUT_MS * 2) }
+        Client {
+            addrs,
+            channels: Mutex::new(HashMap::new()),
+            preferred: Mutex::new(None),
+            deadline: Duration::from_millis(limits::REQUEST_TIMEOUT_MS * 2),
+        }
     }
 
     pub fn with_deadline(mut self, deadline: Duration) -> Client {
         self.deadline = deadline;
         self
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        let mut channels =
+            self.channels.lock().map_err(|_| ClientError::Address(addr.to_owned(), "poisoned".into()))?;
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = connect(addr)?;
+        channels.insert(addr.to_owned(), ch.clone());
+        Ok(ch)
     }
 
     fn preferred(&self) -> Option<String> {
@@ -88,7 +107,7 @@ impl Client {
                 next += 1;
                 self.addrs[next % self.addrs.len()].clone()
             });
-            let result = match connect(&addr) {
+            let result = match self.channel(&addr) {
                 Ok(channel) => call(channel).await,
                 Err(e) => Err(Status::unavailable(e.to_string())),
             };

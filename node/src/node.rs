@@ -136,7 +136,8 @@ impl Node {
         let inner = Arc::new(NodeInner { config: config.clone(), raft, shared, proposer, clock });
 
         let (stop, stopped) = watch::channel(false);
-        let services = || Services { node: inner.clone() };
+        let leader_channel = Arc::new(std::sync::Mutex::new(None));
+        let services = || Services { node: inner.clone(), leader_channel: leader_channel.clone() };
         let router = Server::builder()
             .tcp_nodelay(true)
             .add_service(
@@ -151,7 +152,9 @@ impl Node {
             )
             .add_service(pb::admin_service_server::AdminServiceServer::new(services()));
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Nagle off on accepted connections too: with it, every small reply waits for the
+        // peer's delayed ACK (~40 ms), which would dominate commit latency.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut server_stop = stopped.clone();
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
             let _ = server_stop.wait_for(|&s| s).await;

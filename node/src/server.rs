@@ -28,6 +28,8 @@ const FORWARDED_HEADER: &str = "gavel-forwarded";
 
 pub struct Services {
     pub(crate) node: Arc<NodeInner>,
+    /// The channel to the current leader for forwarded requests, reused while it leads.
+    pub(crate) leader_channel: Arc<std::sync::Mutex<Option<(String, tonic::transport::Channel)>>>,
 }
 
 fn not_leader(leader_addr: Option<String>) -> Status {
@@ -63,7 +65,17 @@ impl Services {
             .get_node(&leader)
             .map(|n| n.addr.clone())
             .ok_or_else(|| not_leader(None))?;
-        let channel = crate::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+        let channel = {
+            let mut cached = self.leader_channel.lock().map_err(|_| Status::internal("poisoned lock"))?;
+            match cached.as_ref() {
+                Some((a, ch)) if *a == addr => ch.clone(),
+                _ => {
+                    let ch = crate::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+                    *cached = Some((addr, ch.clone()));
+                    ch
+                }
+            }
+        };
         Ok(ClientServiceClient::new(channel)
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX))

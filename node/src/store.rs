@@ -709,6 +709,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
             let mut batch = WriteBatch::default();
             put_snapshot(&mut batch, db, &meta, &raw)?;
+            // Not synced here: openraft purges the log only after this returns, and the purge is
+            // a synced write to the same WAL, which makes this earlier record durable first.
             db.write(batch).map_err(rocks)?;
             Ok(raft::Snapshot { meta, snapshot: raw })
         })

@@ -326,3 +326,41 @@ async fn a_data_dir_of_another_node_is_refused() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("belongs to node 1"), "clear error expected, got: {stderr} (status {:?})", second.status);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gavel_ctl_proposes_json_commands_and_reads_metrics() {
+    let cluster = Cluster::start(1);
+    cluster.leader(&[1]).await;
+    let addr = cluster.addrs[&1].clone();
+    let ctl = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gavel-ctl"))
+            .args(["--nodes", &addr])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let input = concat!(
+        r#"{"cmd":"create_user","at":"2026-11-22T17:00:00Z","user_id":"ana","username":"ana"}"#,
+        "\n",
+        r#"{"cmd":"create_user","at":"2026-11-22T17:00:00Z","user_id":"ana2","username":"ana"}"#,
+        "\n",
+        "not json\n"
+    );
+    let out = ctl(&["propose"], input);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0]["user_id"], "ana");
+    assert!(lines[0]["log_index"].as_u64().unwrap() > 0);
+    assert_eq!(lines[1]["error"]["code"], "username_taken");
+    assert_eq!(lines[2]["error"]["code"], "invalid_input");
+    let metrics: serde_json::Value = serde_json::from_str(ctl(&["metrics"], "").trim()).unwrap();
+    assert_eq!(metrics["state"], "Leader");
+    assert_eq!(metrics["state_digest"].as_str().map(str::len), Some(64));
+}
