@@ -37,8 +37,16 @@ pub enum Decision {
     /// The challenger's maximum beat the leader's: the challenger leads at `price`.
     Overtake { price: i64, previous: Leader },
     /// The leader's maximum held (ties go to the earlier maximum): the challenger's bid of
-    /// `amount` stands in the history, answered by the leader's proxy bid at `price`.
-    Defended { amount: i64, price: i64, leader: Leader },
+    /// `amount` stands in the history, answered by the (unchanged) leader's proxy bid at `price`.
+    Defended { amount: i64, price: i64 },
+}
+
+/// What the rules decided, before the book changes.
+enum Plan {
+    First,
+    Raise,
+    Overtake,
+    Defended,
 }
 
 impl Decision {
@@ -86,19 +94,28 @@ impl Book {
             return reject(Code::InvalidAmount, format!("max_amount must be between 1 and {}", limits::AMOUNT_MAX));
         }
         let price_before = self.price;
-        let decision = self.decide(ladder, bidder, max)?;
+        let (plan, price) = self.decide(ladder, bidder, max)?;
         let reserve = self.reserve;
         let new_leader = || Leader { bidder: bidder.to_owned(), bid_id: bid_id.to_owned(), max };
-        match &decision {
-            Decision::First { .. } | Decision::Overtake { .. } => self.leader = Some(new_leader()),
-            Decision::Raise { .. } => {
+        // The old leader is moved out, not cloned: this is the hot path.
+        let decision = match plan {
+            Plan::First => {
+                self.leader = Some(new_leader());
+                Decision::First { price }
+            }
+            Plan::Raise => {
                 if let Some(leader) = self.leader.as_mut() {
                     leader.max = max;
                 }
+                Decision::Raise { price }
             }
-            Decision::Defended { .. } => {}
-        }
-        self.price = decision.price();
+            Plan::Overtake => match self.leader.replace(new_leader()) {
+                Some(previous) => Decision::Overtake { price, previous },
+                None => Decision::First { price },
+            },
+            Plan::Defended => Decision::Defended { amount: max, price },
+        };
+        self.price = price;
         debug_assert!(self.price >= price_before, "price decreased");
         debug_assert!(self.price >= self.start_price, "price below start");
         debug_assert!(self.leader.as_ref().is_some_and(|l| self.price <= l.max), "price above the leader's max");
@@ -106,8 +123,8 @@ impl Book {
         Ok(decision)
     }
 
-    /// The rules, without touching the book.
-    fn decide(&self, ladder: &Ladder, bidder: &str, m: i64) -> Result<Decision, Rejection> {
+    /// The rules, without touching the book: what happens and the new visible price.
+    fn decide(&self, ladder: &Ladder, bidder: &str, m: i64) -> Result<(Plan, i64), Rejection> {
         let Some(leader) = &self.leader else {
             let s = self.start_price;
             if m < s {
@@ -118,7 +135,7 @@ impl Book {
                 Some(r) if m >= r => s.max(r),
                 _ => s,
             };
-            return Ok(Decision::First { price });
+            return Ok((Plan::First, price));
         };
         let (p, big_m) = (self.price, leader.max);
         if leader.bidder == bidder {
@@ -133,7 +150,7 @@ impl Book {
                 Some(r) if big_m < r && r <= m => p.max(r),
                 _ => p,
             };
-            return Ok(Decision::Raise { price });
+            return Ok((Plan::Raise, price));
         }
         let minimum = p + ladder.step_at(p);
         if m < minimum {
@@ -145,13 +162,13 @@ impl Book {
             if let Some(r) = self.reserve.filter(|&r| m >= r) {
                 price = price.max(r);
             }
-            Ok(Decision::Overtake { price, previous: leader.clone() })
+            Ok((Plan::Overtake, price))
         } else {
             let mut price = big_m.min(m + ladder.step_at(m));
             if let Some(r) = self.reserve.filter(|&r| big_m >= r) {
                 price = price.max(r);
             }
-            Ok(Decision::Defended { amount: m, price, leader: leader.clone() })
+            Ok((Plan::Defended, price))
         }
     }
 }

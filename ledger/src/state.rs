@@ -436,10 +436,15 @@ impl Ledger {
             Ok(res) => res.clone(),
             Err(rejection) => Res::Rejected(rejection.to_pb()),
         };
-        self.recorded
-            .entry(bidder.to_owned())
-            .or_default()
-            .insert(c.bid_id.clone(), pb::Outcome { result: Some(recorded) });
+        let outcome = pb::Outcome { result: Some(recorded) };
+        match self.recorded.get_mut(bidder) {
+            Some(bids) => {
+                bids.insert(c.bid_id.clone(), outcome);
+            }
+            None => {
+                self.recorded.insert(bidder.to_owned(), BTreeMap::from([(c.bid_id.clone(), outcome)]));
+            }
+        }
         result
     }
 
@@ -667,11 +672,19 @@ fn record_decision(lot: &mut Lot, ctx: &Ctx, bid_id: &str, decision: &Decision, 
             push_line(lot, ctx.at, bid_id, bidder, *price, BidKind::Placed, events);
             push_outbid(lot, &previous.bidder, events);
         }
-        Decision::Defended { amount, leader, .. } => {
+        Decision::Defended { amount, price } => {
             // The challenger's bid stands at its amount, then the leader's proxy answers it.
-            let Leader { bidder: leader_bidder, bid_id: leader_bid_id, .. } = leader;
             push_line(lot, ctx.at, bid_id, bidder, *amount, BidKind::Placed, events);
-            push_line(lot, ctx.at, leader_bid_id, leader_bidder, decision.price(), BidKind::Proxy, events);
+            let proxy = lot.book.leader.as_ref().map(|Leader { bidder, bid_id, .. }| HistoryLine {
+                bid_id: bid_id.clone(),
+                bidder: bidder.clone(),
+                amount: *price,
+                at_ms: ctx.at,
+                kind: BidKind::Proxy,
+            });
+            if let Some(line) = proxy {
+                push_history(lot, line, events);
+            }
             push_outbid(lot, bidder, events);
         }
     }
@@ -689,18 +702,23 @@ fn record_decision(lot: &mut Lot, ctx: &Ctx, bid_id: &str, decision: &Decision, 
 }
 
 fn push_line(lot: &mut Lot, at: i64, bid_id: &str, bidder: &str, amount: i64, kind: BidKind, events: &mut Events) {
-    lot.history.push(HistoryLine { bid_id: bid_id.to_owned(), bidder: bidder.to_owned(), amount, at_ms: at, kind });
+    let line = HistoryLine { bid_id: bid_id.to_owned(), bidder: bidder.to_owned(), amount, at_ms: at, kind };
+    push_history(lot, line, events);
+}
+
+fn push_history(lot: &mut Lot, line: HistoryLine, events: &mut Events) {
     events.push(event(pb::event::Kind::BidRecorded(pb::BidRecorded {
         lot_id: lot.lot_id.clone(),
-        bid_id: bid_id.to_owned(),
-        bidder: bidder.to_owned(),
-        amount,
-        at_ms: at,
-        kind: kind as i32,
+        bid_id: line.bid_id.clone(),
+        bidder: line.bidder.clone(),
+        amount: line.amount,
+        at_ms: line.at_ms,
+        kind: line.kind as i32,
         current_price: lot.book.price,
         leading_bidder: leader_name(&lot.book),
         reserve_met: lot.book.reserve_met(),
     })));
+    lot.history.push(line);
 }
 
 fn push_outbid(lot: &Lot, user_id: &str, events: &mut Events) {

@@ -518,6 +518,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let index = entry.log_id.index;
             let mut outcome = raft::Applied::default();
             let mut membership = None;
+            // Every entry gets a feed item (empty for blank and membership entries), so the
+            // feed's indices are contiguous and a subscriber can check it missed nothing.
+            let mut item = pb::FeedItem { index, at_ms: 0, events: Vec::new() };
             match &entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(proposal) => {
@@ -530,8 +533,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let clock = ledger.last_at_ms();
                     drop(ledger);
                     batch.put_cf(cf(&db, CF_SM_META)?, b"clock", clock.to_be_bytes());
-                    let item = pb::FeedItem { index, at_ms: proposal.at_ms, events };
-                    batch.put_cf(cf(&db, CF_FEED)?, index_key(index), item.encode_to_vec());
+                    item.at_ms = proposal.at_ms;
+                    item.events = events;
                     outcome.outcomes = outcomes;
                 }
                 EntryPayload::Membership(m) => {
@@ -544,6 +547,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     membership = Some(stored);
                 }
             }
+            batch.put_cf(cf(&db, CF_FEED)?, index_key(index), item.encode_to_vec());
             let prev = last.take().and_then(|(_, m)| m);
             last = Some((entry.log_id, membership.or(prev)));
             if let Some(responder) = responder {

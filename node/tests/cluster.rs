@@ -247,7 +247,8 @@ async fn replicated_ledger_survives_leader_crash_and_catches_up() {
     let feeds: Vec<Vec<pb::FeedItem>> =
         futures::future::join_all(all.iter().map(|id| feed(&cluster.addrs[id], target))).await;
     for items in &feeds {
-        assert!(items.windows(2).all(|w| w[0].index < w[1].index), "feed out of order");
+        assert_eq!(items.first().map(|i| i.index), Some(1), "the feed starts at the first entry");
+        assert!(items.windows(2).all(|w| w[1].index == w[0].index + 1), "the feed has a gap");
         assert_eq!(items, &feeds[0], "feeds differ between nodes");
     }
     let bids_in_feed = feeds[0]
