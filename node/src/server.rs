@@ -88,6 +88,19 @@ impl Services {
         request
     }
 
+    /// Whether this node may answer a read now: `true` to serve it here (stale, or after a
+    /// read index), `false` to forward it to the leader (once).
+    async fn read_here(&self, stale: bool, forwarded: bool) -> Result<bool, Status> {
+        if stale {
+            return Ok(true);
+        }
+        match self.linearize().await {
+            Ok(()) => Ok(true),
+            Err(status) if !forwarded && status.code() == tonic::Code::Unavailable => Ok(false),
+            Err(status) => Err(status),
+        }
+    }
+
     /// Waits for a read index from the leader; on a follower, says who leads.
     async fn linearize(&self) -> Result<(), Status> {
         if self.node.config.unsafe_stale_reads {
@@ -187,12 +200,7 @@ impl pb::client_service_server::ClientService for Services {
     async fn read_lot(&self, request: Request<pb::ReadLotRequest>) -> Result<Response<pb::ReadLotResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        if !req.stale
-            && let Err(status) = self.linearize().await
-        {
-            if forwarded || status.code() != tonic::Code::Unavailable {
-                return Err(status);
-            }
+        if !self.read_here(req.stale, forwarded).await? {
             return self.leader_client()?.read_lot(Self::forward(req)).await;
         }
         let shared = &self.node.shared;
@@ -215,12 +223,7 @@ impl pb::client_service_server::ClientService for Services {
     async fn read_user(&self, request: Request<pb::ReadUserRequest>) -> Result<Response<pb::ReadUserResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        if !req.stale
-            && let Err(status) = self.linearize().await
-        {
-            if forwarded || status.code() != tonic::Code::Unavailable {
-                return Err(status);
-            }
+        if !self.read_here(req.stale, forwarded).await? {
             return self.leader_client()?.read_user(Self::forward(req)).await;
         }
         let shared = &self.node.shared;
