@@ -10,7 +10,7 @@ use crate::ladder::Ladder;
 use crate::limits;
 
 /// The leading bid: who, under which of their bid ids, up to what maximum (secret).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Leader {
     pub bidder: String,
     pub bid_id: String,
@@ -18,7 +18,7 @@ pub struct Leader {
 }
 
 /// One lot's bidding state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Book {
     pub start_price: i64,
     pub reserve: Option<i64>,

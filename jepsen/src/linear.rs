@@ -1,0 +1,323 @@
+//! A linearizability checker for one lot's history (Wing & Gong's search with Lowe's
+//! just-in-time linearization and memoisation, as in Porcupine), with the `ledger` crate's own
+//! proxy-bidding rules as the sequential model.
+//!
+//! Lots are independent objects (P-compositionality), so each lot's operations are checked on
+//! their own. An operation whose result is unknown (a timeout: `info`) may take effect at any
+//! point after its invocation or never. The search has a step budget and answers `Unknown`
+//! rather than running for ever.
+
+use std::collections::HashSet;
+
+use ledger::bidding::Book;
+use ledger::ladder::Ladder;
+
+/// What a client asked.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// Place a maximum bid.
+    Bid { bidder: String, bid_id: String, max: i64 },
+    /// Read the lot's visible state.
+    Read,
+}
+
+/// What the client was told.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Output {
+    /// A bid was accepted: whether the bidder leads, and the visible price after it.
+    Bid { leading: bool, price: i64 },
+    /// A bid was refused by the rules, with its code.
+    Rejected { code: String },
+    /// A read: the visible price and the leader (empty when nobody bids yet).
+    Read { price: i64, leader: String },
+    /// No answer (timeout, crash): the operation may or may not have taken effect.
+    Unknown,
+}
+
+/// One operation of the history: invoked at `call`, answered at `ret` (`None` when the
+/// answer never came). Times are monotonic and comparable across clients.
+#[derive(Clone, Debug)]
+pub struct Operation {
+    pub input: Input,
+    pub output: Output,
+    pub call: u64,
+    pub ret: Option<u64>,
+}
+
+/// The checker's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Linearizable,
+    NotLinearizable,
+    /// The search budget ran out.
+    Unknown,
+}
+
+/// The sequential model: one lot's bidding book and its ladder.
+#[derive(Clone)]
+pub struct Model {
+    pub ladder: Ladder,
+    pub initial: Book,
+}
+
+impl Model {
+    /// Applies `input` to `state`; `Some(next)` when the outcome matches `output`.
+    fn step(&self, state: &Book, input: &Input, output: &Output) -> Option<Book> {
+        match input {
+            Input::Read => match output {
+                Output::Read { price, leader } => {
+                    let current = state.leader.as_ref().map_or("", |l| l.bidder.as_str());
+                    (state.price == *price && current == leader).then(|| state.clone())
+                }
+                Output::Unknown => Some(state.clone()),
+                _ => None,
+            },
+            Input::Bid { bidder, bid_id, max } => {
+                let mut next = state.clone();
+                let result = next.place(&self.ladder, bidder, bid_id, *max);
+                match (result, output) {
+                    (Ok(_), Output::Unknown) => Some(next),
+                    (Err(_), Output::Unknown) => Some(state.clone()),
+                    (Ok(decision), Output::Bid { leading, price }) => {
+                        let same = decision.leading() == *leading && decision.price() == *price;
+                        same.then_some(next)
+                    }
+                    (Err(rejection), Output::Rejected { code }) => {
+                        (rejection.code.as_str() == code).then(|| state.clone())
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+/// A call or return event in time order; `op` indexes the operations.
+#[derive(Clone, Copy, Debug)]
+struct Event {
+    op: usize,
+    is_call: bool,
+}
+
+/// Checks one lot's history against the model within `budget` search steps.
+pub fn check(model: &Model, ops: &[Operation], budget: u64) -> Verdict {
+    // Events ordered by time; a call sorts before a return at the same instant (they overlap),
+    // and unanswered operations return after everything else.
+    let mut events: Vec<(u64, u8, Event)> = Vec::with_capacity(ops.len() * 2);
+    for (i, op) in ops.iter().enumerate() {
+        events.push((op.call, 0, Event { op: i, is_call: true }));
+        events.push((op.ret.unwrap_or(u64::MAX), 1, Event { op: i, is_call: false }));
+    }
+    events.sort_by_key(|&(t, kind, e)| (t, kind, e.op));
+    let events: Vec<Event> = events.into_iter().map(|(_, _, e)| e).collect();
+    search(model, ops, &events, budget)
+}
+
+/// Lowe's search over a doubly linked list of events.
+fn search(model: &Model, ops: &[Operation], events: &[Event], budget: u64) -> Verdict {
+    let n = events.len();
+    // Linked list over event positions; n is the end sentinel.
+    let mut next: Vec<usize> = (1..=n).collect();
+    let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+    let mut head = 0usize;
+    let mut ret_pos = vec![0usize; ops.len()];
+    for (pos, e) in events.iter().enumerate() {
+        if !e.is_call {
+            ret_pos[e.op] = pos;
+        }
+    }
+    let unknown = |op: usize| ops[op].ret.is_none() || ops[op].output == Output::Unknown;
+    let mut linearized = vec![false; ops.len()];
+    let mut cache: HashSet<(Vec<bool>, Book)> = HashSet::new();
+    // (call position, state before it)
+    let mut stack: Vec<(usize, Book)> = Vec::new();
+    let mut state = model.initial.clone();
+    let mut cursor = head;
+    let mut steps = 0u64;
+
+    // Removes the call at `pos` and its return from the list.
+    fn lift(pos: usize, ret: usize, next: &mut [usize], prev: &mut [usize], head: &mut usize) {
+        for p in [pos, ret] {
+            let (pp, np) = (prev[p], next[p]);
+            if pp == usize::MAX {
+                *head = np;
+            } else {
+                next[pp] = np;
+            }
+            if np < prev.len() {
+                prev[np] = pp;
+            }
+        }
+    }
+    fn unlift(pos: usize, ret: usize, next: &mut [usize], prev: &mut [usize], head: &mut usize) {
+        for p in [ret, pos] {
+            let (pp, np) = (prev[p], next[p]);
+            if pp == usize::MAX {
+                *head = p;
+            } else {
+                next[pp] = p;
+            }
+            if np < prev.len() {
+                prev[np] = p;
+            }
+        }
+    }
+
+    while head < n {
+        steps += 1;
+        if steps > budget {
+            return Verdict::Unknown;
+        }
+        if cursor >= n {
+            // Nothing left to try at this level: backtrack.
+            let Some((pos, saved)) = stack.pop() else { return Verdict::NotLinearizable };
+            let op = events[pos].op;
+            linearized[op] = false;
+            state = saved;
+            unlift(pos, ret_pos[op], &mut next, &mut prev, &mut head);
+            cursor = next[pos];
+            continue;
+        }
+        let event = events[cursor];
+        if event.is_call {
+            let op = &ops[event.op];
+            if let Some(after) = model.step(&state, &op.input, &op.output) {
+                linearized[event.op] = true;
+                let key = (linearized.clone(), after.clone());
+                if cache.insert(key) {
+                    stack.push((cursor, std::mem::replace(&mut state, after)));
+                    lift(cursor, ret_pos[event.op], &mut next, &mut prev, &mut head);
+                    cursor = head;
+                    continue;
+                }
+                linearized[event.op] = false;
+            }
+            cursor = next[cursor];
+        } else if unknown(event.op) {
+            // Only operations that may never have happened remain: they did not happen.
+            return Verdict::Linearizable;
+        } else {
+            // A completed operation's return with its call not yet linearized: backtrack.
+            let Some((pos, saved)) = stack.pop() else { return Verdict::NotLinearizable };
+            let op = events[pos].op;
+            linearized[op] = false;
+            state = saved;
+            unlift(pos, ret_pos[op], &mut next, &mut prev, &mut head);
+            cursor = next[pos];
+        }
+    }
+    Verdict::Linearizable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger::money::Currency;
+
+    fn model() -> Model {
+        Model { ladder: Ladder::default_for(Currency::USD).unwrap(), initial: Book::new(10_000, None) }
+    }
+
+    fn bid(who: &str, id: &str, max: i64, out: Output, call: u64, ret: Option<u64>) -> Operation {
+        Operation { input: Input::Bid { bidder: who.into(), bid_id: id.into(), max }, output: out, call, ret }
+    }
+
+    fn read(price: i64, leader: &str, call: u64, ret: u64) -> Operation {
+        Operation { input: Input::Read, output: Output::Read { price, leader: leader.into() }, call, ret: Some(ret) }
+    }
+
+    fn leading(price: i64) -> Output {
+        Output::Bid { leading: true, price }
+    }
+
+    #[test]
+    fn sequential_history_is_linearizable() {
+        let ops = vec![
+            bid("ana", "a1", 10_000, leading(10_000), 0, Some(1)),
+            bid("ben", "b1", 500_000, leading(10_500), 2, Some(3)),
+            read(10_500, "ben", 4, 5),
+        ];
+        assert_eq!(check(&model(), &ops, 10_000), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn concurrent_bids_may_take_either_order() {
+        // ben's bid answered as if it came first (opening at 10,000), ana's second: valid only
+        // because the two overlap.
+        let ops = vec![
+            bid("ana", "a1", 20_000, leading(20_500), 0, Some(10)),
+            bid("ben", "b1", 20_000, leading(10_000), 1, Some(9)),
+        ];
+        assert_eq!(
+            check(&model(), &ops, 10_000),
+            Verdict::NotLinearizable,
+            "a tie goes to the earlier maximum: ana cannot lead"
+        );
+        let ops = vec![
+            bid("ana", "a1", 30_000, leading(20_500), 0, Some(10)),
+            bid("ben", "b1", 20_000, leading(10_000), 1, Some(9)),
+        ];
+        assert_eq!(check(&model(), &ops, 10_000), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_stale_read_after_a_completed_bid_is_caught() {
+        let ops = vec![
+            bid("ana", "a1", 10_000, leading(10_000), 0, Some(1)),
+            bid("ben", "b1", 500_000, leading(10_500), 2, Some(3)),
+            read(10_000, "ana", 4, 5),
+        ];
+        assert_eq!(check(&model(), &ops, 10_000), Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn a_lost_acknowledged_bid_is_caught() {
+        // ben was told he leads at 10,500, yet a later read shows ana alone at the start price.
+        let ops = vec![
+            bid("ana", "a1", 10_000, leading(10_000), 0, Some(1)),
+            bid("ben", "b1", 20_000, leading(10_500), 2, Some(3)),
+            read(10_000, "ana", 6, 7),
+        ];
+        assert_eq!(check(&model(), &ops, 10_000), Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn an_unanswered_bid_may_or_may_not_have_happened() {
+        let took_effect = vec![
+            bid("ana", "a1", 10_000, leading(10_000), 0, Some(1)),
+            bid("ben", "b1", 20_000, Output::Unknown, 2, None),
+            read(10_500, "ben", 5, 6),
+        ];
+        assert_eq!(check(&model(), &took_effect, 10_000), Verdict::Linearizable);
+        let did_not = vec![
+            bid("ana", "a1", 10_000, leading(10_000), 0, Some(1)),
+            bid("ben", "b1", 20_000, Output::Unknown, 2, None),
+            read(10_000, "ana", 5, 6),
+        ];
+        assert_eq!(check(&model(), &did_not, 10_000), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn rejections_are_checked_too() {
+        let ops = vec![
+            bid("ana", "a1", 10_000, leading(10_000), 0, Some(1)),
+            bid("ben", "b1", 10_000, Output::Rejected { code: "below_minimum".into() }, 2, Some(3)),
+        ];
+        assert_eq!(check(&model(), &ops, 10_000), Verdict::Linearizable);
+        let wrong = vec![
+            bid("ana", "a1", 10_000, leading(10_000), 0, Some(1)),
+            bid("ben", "b1", 20_000, Output::Rejected { code: "below_minimum".into() }, 2, Some(3)),
+        ];
+        assert_eq!(check(&model(), &wrong, 10_000), Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn the_budget_gives_unknown_instead_of_hanging() {
+        // Many overlapping reads that can never all match force a wide search.
+        let mut ops: Vec<Operation> =
+            (0..12).map(|i| bid("ana", &format!("a{i}"), 10_000 + i * 500, Output::Unknown, 0, None)).collect();
+        ops.push(read(1, "nobody", 1, 2));
+        assert_eq!(check(&model(), &ops, 50), Verdict::Unknown);
+        assert_eq!(check(&model(), &ops, 10_000_000), Verdict::NotLinearizable);
+    }
+}
