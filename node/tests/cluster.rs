@@ -365,3 +365,46 @@ async fn gavel_ctl_proposes_json_commands_and_reads_metrics() {
     assert_eq!(metrics["state"], "Leader");
     assert_eq!(metrics["state_digest"].as_str().map(str::len), Some(64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reads_its_settings_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("node.env");
+    std::fs::write(
+        &config,
+        format!(
+            "GAVEL_NODE_ID=5\nGAVEL_LISTEN={addr}\nGAVEL_DATA_DIR={}\nGAVEL_MEMBERS=5={addr}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gavel-node"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        if let Ok(m) = Client::metrics(&addr).await
+            && m.state == "Leader"
+        {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "node from config file never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(metrics.node_id, 5);
+    // A missing config file is a clear error.
+    let out = Command::new(env!("CARGO_BIN_EXE_gavel-node"))
+        .args(["--config", "/nonexistent/gavel.env"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}

@@ -4,7 +4,9 @@
 //! gavel-node --id 1 --listen 127.0.0.1:7001 --data-dir /var/lib/gavel/1 \
 //!   --members 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
 //! ```
-//! Every flag can also be set from the environment (`GAVEL_NODE_ID`, ...).
+//! Every flag can also be set from the environment (`GAVEL_NODE_ID`, ...) or from a config
+//! file of `GAVEL_...=value` lines (`--config FILE`). Precedence: flag, then environment, then
+//! file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +19,9 @@ use tracing::{error, info};
 #[derive(Parser, Debug)]
 #[command(name = "gavel-node", version, about = "One replica of Gavel's Raft-replicated bid ledger")]
 struct Args {
+    /// A file of `GAVEL_...=value` lines (the environment variable names below).
+    #[arg(long, env = "GAVEL_CONFIG")]
+    config: Option<PathBuf>,
     /// This node's id (a positive integer, unique in the cluster).
     #[arg(long, env = "GAVEL_NODE_ID")]
     id: u64,
@@ -67,14 +72,35 @@ fn parse_members(members: &[String]) -> Result<Vec<(u64, String)>, String> {
         .collect()
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// `--config FILE`, `--config=FILE` or `GAVEL_CONFIG`, found before clap parses the rest.
+fn config_path() -> Option<PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os("GAVEL_CONFIG").map(PathBuf::from)
+}
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
+    // The config file fills in only what neither a flag nor the environment set: load it into
+    // the environment (never overriding) before clap reads flags and environment.
+    if let Some(path) = config_path() {
+        if let Err(e) = dotenvy::from_path(&path) {
+            error!("cannot read config file {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
     let args = Args::parse();
     let initial_members = match parse_members(&args.members) {
         Ok(m) => m,
@@ -100,6 +126,17 @@ async fn main() -> ExitCode {
         clock_offset_ms: args.clock_offset_ms,
         unsafe_stale_reads: args.unsafe_stale_reads,
     };
+    // The runtime starts only now: the config file above was loaded while single-threaded.
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(config)),
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: NodeConfig) -> ExitCode {
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(e) => {
