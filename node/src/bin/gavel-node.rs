@@ -95,11 +95,11 @@ fn main() -> ExitCode {
         .init();
     // The config file fills in only what neither a flag nor the environment set: load it into
     // the environment (never overriding) before clap reads flags and environment.
-    if let Some(path) = config_path() {
-        if let Err(e) = dotenvy::from_path(&path) {
-            error!("cannot read config file {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
+    if let Some(path) = config_path()
+        && let Err(e) = dotenvy::from_path(&path)
+    {
+        error!("cannot read config file {}: {e}", path.display());
+        return ExitCode::from(2);
     }
     let args = Args::parse();
     let initial_members = match parse_members(&args.members) {
