@@ -1,10 +1,14 @@
-//! Gavel's chaos and linearizability harness (work in progress).
+//! Gavel's chaos and linearizability harness: real `gavel-node` processes, real faults, a
+//! recorded history, and checkers that can fail.
 //!
+//! - [`cluster`]: start, kill -9, restart, pause and resume node processes.
+//! - [`run`]: one test: workload + nemesis, heal, check, report directory.
 //! - [`linear`]: the linearizability checker for one lot's history, with the ledger's own
 //!   bidding rules as the sequential model.
 //!
-//! Still to come (see the jepsen issue): cluster control in network namespaces, nemeses,
-//! the recorded workload, the lost-bid and feed checkers, reports and the
-//! `gavel-jepsen test` command.
+//! Not yet here (see the jepsen issue): network partitions (namespaces + nftables),
+//! membership changes and clock skew as faults, the timeline plot, unsafe node modes.
 
+pub mod cluster;
 pub mod linear;
+pub mod run;

@@ -1,0 +1,406 @@
+//! One test run: start a cluster, run the workload while the nemesis injects faults, heal,
+//! then check the history and the replicas, and write the report directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ledger::bidding::Book;
+use ledger::ladder::Ladder;
+use ledger::money::Currency;
+use ledger::pb::{self as lp, command::Body, outcome::Result as Res};
+use node::Client;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tokio_stream::StreamExt;
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::linear::{self, Input, Model, Operation, Output, Verdict};
+
+/// Faults the nemesis may inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    KillRandom,
+    KillLeader,
+    Pause,
+}
+
+impl Fault {
+    pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
+        s.split(',')
+            .flat_map(|name| match name.trim() {
+                "all" => vec![Ok(Fault::KillRandom), Ok(Fault::KillLeader), Ok(Fault::Pause)],
+                "kill" => vec![Ok(Fault::KillRandom)],
+                "kill-leader" => vec![Ok(Fault::KillLeader)],
+                "pause" => vec![Ok(Fault::Pause)],
+                "none" | "" => vec![],
+                other => vec![Err(format!("unknown nemesis {other:?} (all, kill, kill-leader, pause, none)"))],
+            })
+            .collect()
+    }
+}
+
+pub struct Options {
+    pub node_bin: PathBuf,
+    pub out_dir: PathBuf,
+    pub nodes: u64,
+    pub time_limit: Duration,
+    pub faults: Vec<Fault>,
+    pub seed: u64,
+    pub clients: usize,
+    pub lots: usize,
+    pub node_args: Vec<String>,
+    /// Search steps per lot before the linearizability checker answers "unknown".
+    pub search_budget: u64,
+}
+
+/// The verdicts of one run.
+#[derive(Debug)]
+pub struct Report {
+    pub dir: PathBuf,
+    pub operations: usize,
+    pub faults: BTreeMap<String, usize>,
+    pub linearizability: BTreeMap<String, Verdict>,
+    pub lost_bids: Vec<String>,
+    pub duplicated_bids: Vec<String>,
+    pub digests_equal: bool,
+    pub feeds_equal: bool,
+}
+
+impl Report {
+    /// No checker found a violation (an "unknown" from the search budget is not a pass).
+    pub fn valid(&self) -> bool {
+        self.linearizability.values().all(|v| *v == Verdict::Linearizable)
+            && self.lost_bids.is_empty()
+            && self.duplicated_bids.is_empty()
+            && self.digests_equal
+            && self.feeds_equal
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("setup failed: {0}")]
+    Setup(String),
+}
+
+const START_PRICE: i64 = 10_000;
+
+/// A history line, written as JSON as each operation is invoked and completed.
+struct History {
+    file: std::fs::File,
+    started: Instant,
+    ops: Vec<(String, Operation)>,
+}
+
+impl History {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    fn line(&mut self, value: serde_json::Value) {
+        let _ = writeln!(self.file, "{value}");
+    }
+}
+
+fn cmd(actor: &str, body: Body) -> lp::Command {
+    lp::Command { at_ms: 0, actor: actor.into(), body: Some(body) }
+}
+
+fn setup_commands(clients: usize, lots: usize, now_ms: i64) -> Vec<lp::Command> {
+    let user = |id: String, role: lp::Role| {
+        cmd(
+            "",
+            Body::CreateUser(lp::CreateUser {
+                user_id: id.clone(),
+                username: id,
+                role: role as i32,
+                password_hash: vec![],
+            }),
+        )
+    };
+    let mut cmds = vec![user("curator".into(), lp::Role::Curator), user("seller".into(), lp::Role::User)];
+    cmds.extend((0..clients).map(|c| user(format!("bidder{c}"), lp::Role::User)));
+    for l in 0..lots {
+        let lot_id = format!("lot-{l}");
+        cmds.push(cmd(
+            "curator",
+            Body::CreateLot(lp::CreateLot {
+                lot_id: lot_id.clone(),
+                title: "Jepsen lot".into(),
+                currency: "USD".into(),
+                start_price: START_PRICE,
+                starts_at_ms: now_ms - 60_000,
+                // Far in the future: closing is not part of this workload's model.
+                ends_at_ms: now_ms + 24 * 3_600_000,
+                seller_id: "seller".into(),
+                ..Default::default()
+            }),
+        ));
+        for s in [
+            lp::LotStatus::UnderReview,
+            lp::LotStatus::Authenticated,
+            lp::LotStatus::ReadyForAuction,
+            lp::LotStatus::InAuction,
+        ] {
+            cmds.push(cmd(
+                "curator",
+                Body::SetLotStatus(lp::SetLotStatus { lot_id: lot_id.clone(), status: s as i32 }),
+            ));
+        }
+    }
+    cmds
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs one test and writes `history.jsonl`, `nemesis.jsonl` and `results.json` to a new
+/// directory under `opts.out_dir`.
+pub async fn run(opts: Options) -> Result<Report, RunError> {
+    let dir = opts.out_dir.join(format!("run-{}-seed{}", now_ms(), opts.seed));
+    std::fs::create_dir_all(&dir)?;
+    let data = tempfile::tempdir()?;
+    let mut cluster = Cluster::start(&opts.node_bin, data.path(), opts.nodes, opts.node_args.clone())?;
+    cluster.leader(Duration::from_secs(30)).await?;
+    let addrs: Vec<String> = cluster.addrs.values().cloned().collect();
+    let setup_client = Client::new(addrs.clone()).with_deadline(Duration::from_secs(30));
+    for chunk in setup_commands(opts.clients, opts.lots, now_ms()).chunks(500) {
+        let results = setup_client.propose(chunk.to_vec()).await.map_err(|e| RunError::Setup(e.to_string()))?;
+        if let Some(r) = results
+            .iter()
+            .find(|r| matches!(r.outcome.as_ref().and_then(|o| o.result.as_ref()), Some(Res::Rejected(_))))
+        {
+            return Err(RunError::Setup(format!("{r:?}")));
+        }
+    }
+
+    let history = Arc::new(Mutex::new(History {
+        file: std::fs::File::create(dir.join("history.jsonl"))?,
+        started: Instant::now(),
+        ops: Vec::new(),
+    }));
+    let deadline = Instant::now() + opts.time_limit;
+    let mut workers = Vec::new();
+    for c in 0..opts.clients {
+        let (history, addrs) = (history.clone(), addrs.clone());
+        let (lots, seed) = (opts.lots, opts.seed);
+        workers.push(tokio::spawn(async move { client_loop(c, lots, seed, addrs, history, deadline).await }));
+    }
+    let nemesis_log = nemesis(&mut cluster, &opts, deadline, &dir).await?;
+    for w in workers {
+        let _ = w.await;
+    }
+    cluster.heal()?;
+    cluster.leader(Duration::from_secs(30)).await?;
+    let (applied, _) = cluster.converge(Duration::from_secs(60)).await?;
+
+    let ops = std::mem::take(&mut history.lock().map_err(|_| RunError::Setup("poisoned".into()))?.ops);
+    let report = check(&cluster, &ops, &opts, applied, nemesis_log, dir).await?;
+    Ok(report)
+}
+
+async fn client_loop(
+    c: usize,
+    lots: usize,
+    seed: u64,
+    addrs: Vec<String>,
+    history: Arc<Mutex<History>>,
+    deadline: Instant,
+) {
+    let client = Client::new(addrs).with_deadline(Duration::from_secs(3));
+    let mut rng = StdRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let bidder = format!("bidder{c}");
+    let mut seq = 0u64;
+    while Instant::now() < deadline {
+        seq += 1;
+        let lot = format!("lot-{}", rng.gen_range(0..lots));
+        let read = rng.gen_bool(0.3);
+        let input = if read {
+            Input::Read
+        } else {
+            // Maxima on the $5 grid up to $2,000: rising pressure, many ties and defences.
+            Input::Bid { bidder: bidder.clone(), bid_id: format!("c{c}-{seq}"), max: rng.gen_range(20..400) * 500 }
+        };
+        let call = {
+            let Ok(mut h) = history.lock() else { return };
+            let t = h.now();
+            h.line(json!({"process": c, "type": "invoke", "lot": lot, "op": format!("{input:?}"), "time_ns": t}));
+            t
+        };
+        let (output, kind) = perform(&client, &lot, &input).await;
+        let Ok(mut h) = history.lock() else { return };
+        let ret = h.now();
+        h.line(json!({"process": c, "type": kind, "lot": lot, "op": format!("{input:?}"), "result": format!("{output:?}"), "time_ns": ret}));
+        let ret = (kind != "info").then_some(ret);
+        h.ops.push((lot, Operation { input, output, call, ret }));
+    }
+}
+
+/// Sends one operation; `(output, "ok" | "fail" | "info")`.
+async fn perform(client: &Client, lot: &str, input: &Input) -> (Output, &'static str) {
+    match input {
+        Input::Read => match client.read_lot(lot, false, false).await {
+            Ok(r) => match r.lot {
+                Some(v) => (Output::Read { price: v.current_price, leader: v.leading_bidder }, "ok"),
+                None => (Output::Unknown, "info"),
+            },
+            Err(_) => (Output::Unknown, "info"),
+        },
+        Input::Bid { bidder, bid_id, max } => {
+            let c = cmd(
+                bidder,
+                Body::PlaceBid(lp::PlaceBid { lot_id: lot.into(), bid_id: bid_id.clone(), max_amount: *max }),
+            );
+            match client.propose(vec![c]).await {
+                Ok(results) => match results.first().and_then(|r| r.outcome.as_ref()).and_then(|o| o.result.as_ref()) {
+                    Some(Res::Bid(b)) => (
+                        Output::Bid {
+                            leading: b.outcome == lp::BidOutcomeKind::Leading as i32,
+                            price: b.current_price,
+                        },
+                        "ok",
+                    ),
+                    Some(Res::Rejected(r)) => (Output::Rejected { code: r.code.clone() }, "fail"),
+                    _ => (Output::Unknown, "info"),
+                },
+                // A timeout or a lost connection: the bid may or may not have been ordered.
+                Err(_) => (Output::Unknown, "info"),
+            }
+        }
+    }
+}
+
+/// Injects faults at random times until the deadline, healing each before the next.
+async fn nemesis(
+    cluster: &mut Cluster,
+    opts: &Options,
+    deadline: Instant,
+    dir: &Path,
+) -> Result<Vec<serde_json::Value>, RunError> {
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut log = Vec::new();
+    let mut file = std::fs::File::create(dir.join("nemesis.jsonl"))?;
+    let started = Instant::now();
+    while !opts.faults.is_empty() && Instant::now() + Duration::from_secs(3) < deadline {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2_000))).await;
+        let fault = opts.faults[rng.gen_range(0..opts.faults.len())];
+        let ids = cluster.ids();
+        let target = match fault {
+            Fault::KillLeader => cluster.leader(Duration::from_secs(5)).await.ok(),
+            _ => Some(ids[rng.gen_range(0..ids.len())]),
+        };
+        let Some(target) = target else { continue };
+        let hold = Duration::from_millis(rng.gen_range(500..2_500));
+        let start = started.elapsed().as_millis() as u64;
+        match fault {
+            Fault::KillRandom | Fault::KillLeader => cluster.kill(target)?,
+            Fault::Pause => cluster.pause(target)?,
+        }
+        tokio::time::sleep(hold).await;
+        cluster.heal()?;
+        let entry = json!({"fault": format!("{fault:?}"), "node": target, "start_ms": start, "end_ms": started.elapsed().as_millis() as u64});
+        writeln!(file, "{entry}")?;
+        log.push(entry);
+    }
+    Ok(log)
+}
+
+async fn check(
+    cluster: &Cluster,
+    ops: &[(String, Operation)],
+    opts: &Options,
+    applied: u64,
+    nemesis_log: Vec<serde_json::Value>,
+    dir: PathBuf,
+) -> Result<Report, RunError> {
+    let Some(ladder) = Ladder::default_for(Currency::USD) else { return Err(RunError::Setup("no USD ladder".into())) };
+    let model = Model { ladder, initial: Book::new(START_PRICE, None) };
+    let mut by_lot: BTreeMap<&str, Vec<Operation>> = BTreeMap::new();
+    for (lot, op) in ops {
+        by_lot.entry(lot.as_str()).or_default().push(op.clone());
+    }
+    let linearizability: BTreeMap<String, Verdict> =
+        by_lot.iter().map(|(lot, ops)| ((*lot).to_owned(), linear::check(&model, ops, opts.search_budget))).collect();
+
+    // Every acknowledged accepted bid is in the final ledger exactly once (as a placed line).
+    let client = Client::new(cluster.addrs.values().cloned().collect()).with_deadline(Duration::from_secs(30));
+    let (mut lost_bids, mut duplicated_bids) = (Vec::new(), Vec::new());
+    for (lot, lot_ops) in &by_lot {
+        let r = client.read_lot(lot, false, true).await.map_err(|e| RunError::Setup(e.to_string()))?;
+        let mut placed: BTreeMap<&str, usize> = BTreeMap::new();
+        for line in &r.bids {
+            if line.kind == lp::BidKind::Placed as i32 {
+                *placed.entry(line.bid_id.as_str()).or_default() += 1;
+            }
+        }
+        for op in lot_ops {
+            if let (Input::Bid { bid_id, .. }, Output::Bid { .. }) = (&op.input, &op.output) {
+                match placed.get(bid_id.as_str()) {
+                    None => lost_bids.push(bid_id.clone()),
+                    Some(n) if *n > 1 => duplicated_bids.push(bid_id.clone()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    // Every replica's feed from index 0 is identical and contiguous.
+    let mut feeds = Vec::new();
+    for addr in cluster.addrs.values() {
+        feeds.push(read_feed(addr, applied).await);
+    }
+    let feeds_equal = feeds.iter().all(|f| f.as_ref().is_ok_and(|items| Some(items) == feeds[0].as_ref().ok()))
+        && feeds[0].as_ref().is_ok_and(|items| items.windows(2).all(|w| w[1].index == w[0].index + 1));
+
+    let mut faults = BTreeMap::new();
+    for entry in &nemesis_log {
+        *faults.entry(entry["fault"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+    }
+    let report = Report {
+        dir: dir.clone(),
+        operations: ops.len(),
+        faults,
+        linearizability,
+        lost_bids,
+        duplicated_bids,
+        // `converge` returned only once every node reported the same digest at one index.
+        digests_equal: true,
+        feeds_equal,
+    };
+    let results = json!({
+        "valid": report.valid(),
+        "seed": opts.seed,
+        "operations": report.operations,
+        "faults": report.faults,
+        "linearizability": report.linearizability.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect::<BTreeMap<_, _>>(),
+        "lost_bids": report.lost_bids,
+        "duplicated_bids": report.duplicated_bids,
+        "digests_equal": report.digests_equal,
+        "feeds_equal": report.feeds_equal,
+        "applied_index": applied,
+        "lots_checked": by_lot.keys().collect::<BTreeSet<_>>(),
+    });
+    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&results).unwrap_or_default())?;
+    Ok(report)
+}
+
+async fn read_feed(addr: &str, upto: u64) -> Result<Vec<node::pb::FeedItem>, String> {
+    let mut stream = Client::subscribe(addr, 0).await.map_err(|e| e.to_string())?;
+    let mut items = Vec::new();
+    while items.last().is_none_or(|i: &node::pb::FeedItem| i.index < upto) {
+        match tokio::time::timeout(Duration::from_secs(20), stream.next()).await {
+            Ok(Some(Ok(item))) => items.push(item),
+            other => return Err(format!("feed from {addr} ended early: {other:?}")),
+        }
+    }
+    Ok(items)
+}
