@@ -51,3 +51,23 @@ fn stale_reads_are_caught() {
     }
     panic!("three runs with --unsafe-stale-reads were judged valid: the checker missed it");
 }
+
+#[test]
+fn acknowledging_before_commit_is_caught() {
+    for seed in [4, 6, 9] {
+        let (ok, stdout) = jepsen(&[
+            "--time-limit",
+            "15",
+            "--nemesis",
+            "kill-leader",
+            "--seed",
+            &seed.to_string(),
+            "--unsafe-ack-before-commit",
+        ]);
+        if !ok {
+            assert!(stdout.contains("INVALID"), "{stdout}");
+            return;
+        }
+    }
+    panic!("three runs with --unsafe-ack-before-commit were judged valid: the checkers missed it");
+}

@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub clock_offset_ms: i64,
     /// UNSAFE (jepsen only): serve "linearizable" reads without a read index.
     pub unsafe_stale_reads: bool,
+    /// UNSAFE (jepsen only): acknowledge writes before they are committed.
+    pub unsafe_ack_before_commit: bool,
 }
 
 impl NodeConfig {
@@ -132,7 +134,7 @@ impl Node {
         let raft =
             Raft::new(config.id, raft_config, Network, log, sm).await.map_err(|e| NodeError::Raft(e.to_string()))?;
         let clock = Arc::new(Clock::new(config.clock_offset_ms));
-        let proposer = Proposer::start(raft.clone(), shared.clone(), clock.clone());
+        let proposer = Proposer::start(raft.clone(), shared.clone(), clock.clone(), config.unsafe_ack_before_commit);
         let inner = Arc::new(NodeInner { config: config.clone(), raft, shared, proposer, clock });
 
         let (stop, stopped) = watch::channel(false);

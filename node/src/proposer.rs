@@ -72,9 +72,11 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn start(raft: Raft, shared: Arc<Shared>, clock: Arc<Clock>) -> Proposer {
+    /// `unsafe_ack_before_commit` is a deliberately broken mode for the jepsen harness: it
+    /// answers from a speculative copy of the ledger before the entry is committed.
+    pub fn start(raft: Raft, shared: Arc<Shared>, clock: Arc<Clock>, unsafe_ack_before_commit: bool) -> Proposer {
         let (tx, rx) = mpsc::channel(limits::PROPOSER_QUEUE_COMMANDS_MAX);
-        tokio::spawn(run(rx, raft, shared, clock));
+        tokio::spawn(run(rx, raft, shared, clock, unsafe_ack_before_commit));
         Proposer { tx }
     }
 
@@ -97,7 +99,7 @@ impl Proposer {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, shared: Arc<Shared>, clock: Arc<Clock>) {
+async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, shared: Arc<Shared>, clock: Arc<Clock>, unsafe_ack: bool) {
     let in_flight = Arc::new(Semaphore::new(limits::ENTRIES_IN_FLIGHT_MAX));
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -120,12 +122,37 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, shared: Arc<Shared>, c
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let at_ms = clock.stamp(shared.ledger().last_at_ms());
         let raft = raft.clone();
+        let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        if unsafe_ack && raft.is_leader() {
+            ack_before_commit(&shared, at_ms, &commands, replies);
+            tokio::spawn(async move {
+                let _ = raft.client_write(pb::Proposal { at_ms, commands }).await;
+                drop(permit);
+            });
+            continue;
+        }
         tokio::spawn(async move {
-            let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
             let result = raft.client_write(pb::Proposal { at_ms, commands }).await;
             drop(permit);
             deliver(result, replies);
         });
+    }
+}
+
+/// UNSAFE: answers every command from a copy of the applied ledger, before replication. A
+/// leader crash loses these acknowledged writes, and concurrent batches see stale state.
+fn ack_before_commit(
+    shared: &Shared,
+    at_ms: i64,
+    commands: &[ledger::pb::Command],
+    replies: Vec<oneshot::Sender<Result<pb::CommandResult, ProposeError>>>,
+) {
+    let mut scratch = shared.ledger().clone();
+    for (command, reply) in commands.iter().zip(replies) {
+        let mut command = command.clone();
+        command.at_ms = at_ms;
+        let outcome = scratch.apply(&command).outcome;
+        let _ = reply.send(Ok(pb::CommandResult { log_index: 0, outcome: Some(outcome) }));
     }
 }
 

@@ -53,12 +53,26 @@ enum Cmd {
         /// Run the nodes in their deliberately unsafe stale-read mode (to see the checker fail).
         #[arg(long)]
         unsafe_stale_reads: bool,
+        /// Run the nodes acknowledging writes before commit (to see the checker fail).
+        #[arg(long)]
+        unsafe_ack_before_commit: bool,
     },
 }
 
 fn main() -> ExitCode {
-    let Cmd::Test { time_limit, nemesis, seed, nodes, clients, lots, node_bin, out, search_budget, unsafe_stale_reads } =
-        Cli::parse().command;
+    let Cmd::Test {
+        time_limit,
+        nemesis,
+        seed,
+        nodes,
+        clients,
+        lots,
+        node_bin,
+        out,
+        search_budget,
+        unsafe_stale_reads,
+        unsafe_ack_before_commit,
+    } = Cli::parse().command;
     let faults = match Fault::parse_list(&nemesis) {
         Ok(f) => f,
         Err(e) => {
@@ -81,7 +95,14 @@ fn main() -> ExitCode {
         seed,
         clients,
         lots: lots.max(1),
-        node_args: if unsafe_stale_reads { vec!["--unsafe-stale-reads".into()] } else { Vec::new() },
+        node_args: [
+            (unsafe_stale_reads, "--unsafe-stale-reads"),
+            (unsafe_ack_before_commit, "--unsafe-ack-before-commit"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, flag)| flag.to_owned())
+        .collect(),
         search_budget,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -58,6 +58,9 @@ struct Args {
     /// UNSAFE, for the jepsen harness only: serve reads without a read index.
     #[arg(long)]
     unsafe_stale_reads: bool,
+    /// UNSAFE, for the jepsen harness only: acknowledge writes before a majority commit.
+    #[arg(long)]
+    unsafe_ack_before_commit: bool,
 }
 
 fn parse_members(members: &[String]) -> Result<Vec<(u64, String)>, String> {
@@ -112,6 +115,9 @@ fn main() -> ExitCode {
     if args.unsafe_stale_reads {
         tracing::warn!("--unsafe-stale-reads: reads are NOT linearizable on this node");
     }
+    if args.unsafe_ack_before_commit {
+        tracing::warn!("--unsafe-ack-before-commit: acknowledged writes can be LOST on this node");
+    }
     let config = NodeConfig {
         id: args.id,
         listen: args.listen,
@@ -125,6 +131,7 @@ fn main() -> ExitCode {
         logs_kept_after_snapshot: args.logs_kept_after_snapshot,
         clock_offset_ms: args.clock_offset_ms,
         unsafe_stale_reads: args.unsafe_stale_reads,
+        unsafe_ack_before_commit: args.unsafe_ack_before_commit,
     };
     // The runtime starts only now: the config file above was loaded while single-threaded.
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
