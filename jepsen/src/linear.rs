@@ -8,6 +8,7 @@
 //! rather than running for ever.
 
 use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use ledger::bidding::Book;
 use ledger::ladder::Ladder;
@@ -113,6 +114,19 @@ pub fn check(model: &Model, ops: &[Operation], budget: u64) -> Verdict {
     search(model, ops, &events, budget)
 }
 
+fn splitmix64(i: u64) -> u64 {
+    let mut z = i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn state_hash(book: &Book) -> u64 {
+    let mut h = DefaultHasher::new();
+    book.hash(&mut h);
+    h.finish()
+}
+
 /// Lowe's search over a doubly linked list of events.
 fn search(model: &Model, ops: &[Operation], events: &[Event], budget: u64) -> Verdict {
     let n = events.len();
@@ -127,8 +141,13 @@ fn search(model: &Model, ops: &[Operation], events: &[Event], budget: u64) -> Ve
         }
     }
     let unknown = |op: usize| ops[op].ret.is_none() || ops[op].output == Output::Unknown;
-    let mut linearized = vec![false; ops.len()];
-    let mut cache: HashSet<(Vec<bool>, Book)> = HashSet::new();
+    // Memo of (linearized set, state) as 128 bits: a Zobrist hash of the set (XOR of one random
+    // key per operation, updated in O(1)) and a hash of the state. Storing the sets themselves
+    // costs O(n) per entry and ran a 300k-operation history into 10 GB. A false "seen" needs a
+    // 128-bit collision.
+    let keys: Vec<u64> = (0..ops.len() as u64).map(splitmix64).collect();
+    let mut set_hash = 0u64;
+    let mut cache: HashSet<(u64, u64)> = HashSet::new();
     // (call position, state before it)
     let mut stack: Vec<(usize, Book)> = Vec::new();
     let mut state = model.initial.clone();
@@ -172,7 +191,7 @@ fn search(model: &Model, ops: &[Operation], events: &[Event], budget: u64) -> Ve
             // Nothing left to try at this level: backtrack.
             let Some((pos, saved)) = stack.pop() else { return Verdict::NotLinearizable };
             let op = events[pos].op;
-            linearized[op] = false;
+            set_hash ^= keys[op];
             state = saved;
             unlift(pos, ret_pos[op], &mut next, &mut prev, &mut head);
             cursor = next[pos];
@@ -182,15 +201,14 @@ fn search(model: &Model, ops: &[Operation], events: &[Event], budget: u64) -> Ve
         if event.is_call {
             let op = &ops[event.op];
             if let Some(after) = model.step(&state, &op.input, &op.output) {
-                linearized[event.op] = true;
-                let key = (linearized.clone(), after.clone());
+                let key = (set_hash ^ keys[event.op], state_hash(&after));
                 if cache.insert(key) {
+                    set_hash ^= keys[event.op];
                     stack.push((cursor, std::mem::replace(&mut state, after)));
                     lift(cursor, ret_pos[event.op], &mut next, &mut prev, &mut head);
                     cursor = head;
                     continue;
                 }
-                linearized[event.op] = false;
             }
             cursor = next[cursor];
         } else if unknown(event.op) {
@@ -200,7 +218,7 @@ fn search(model: &Model, ops: &[Operation], events: &[Event], budget: u64) -> Ve
             // A completed operation's return with its call not yet linearized: backtrack.
             let Some((pos, saved)) = stack.pop() else { return Verdict::NotLinearizable };
             let op = events[pos].op;
-            linearized[op] = false;
+            set_hash ^= keys[op];
             state = saved;
             unlift(pos, ret_pos[op], &mut next, &mut prev, &mut head);
             cursor = next[pos];
