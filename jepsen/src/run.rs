@@ -98,6 +98,8 @@ struct History {
     file: std::fs::File,
     started: Instant,
     ops: Vec<(String, Operation)>,
+    /// The client (process) of each operation in `ops`, for the timeline.
+    processes: Vec<usize>,
 }
 
 impl History {
@@ -187,6 +189,7 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
         file: std::fs::File::create(dir.join("history.jsonl"))?,
         started: Instant::now(),
         ops: Vec::new(),
+        processes: Vec::new(),
     }));
     let deadline = Instant::now() + opts.time_limit;
     let mut workers = Vec::new();
@@ -203,7 +206,12 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
     cluster.leader(Duration::from_secs(30)).await?;
     let (applied, _) = cluster.converge(Duration::from_secs(60)).await?;
 
-    let ops = std::mem::take(&mut history.lock().map_err(|_| RunError::Setup("poisoned".into()))?.ops);
+    let (ops, processes) = {
+        let mut h = history.lock().map_err(|_| RunError::Setup("poisoned".into()))?;
+        (std::mem::take(&mut h.ops), std::mem::take(&mut h.processes))
+    };
+    let end_ns = ops.iter().filter_map(|(_, op)| op.ret).max().unwrap_or(0);
+    std::fs::write(dir.join("timeline.svg"), timeline(&ops, &processes, &nemesis_log, opts.clients, end_ns))?;
     let report = check(&cluster, &ops, &opts, applied, nemesis_log, dir).await?;
     Ok(report)
 }
@@ -220,6 +228,8 @@ async fn client_loop(
     let mut rng = StdRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let bidder = format!("bidder{c}");
     let mut seq = 0u64;
+    let Some(ladder) = Ladder::default_for(Currency::USD) else { return };
+    let mut last_seen: BTreeMap<String, i64> = BTreeMap::new();
     while Instant::now() < deadline {
         seq += 1;
         let lot = format!("lot-{}", rng.gen_range(0..lots));
@@ -227,8 +237,11 @@ async fn client_loop(
         let input = if read {
             Input::Read
         } else {
-            // Maxima on the $5 grid up to $2,000: rising pressure, many ties and defences.
-            Input::Bid { bidder: bidder.clone(), bid_id: format!("c{c}-{seq}"), max: rng.gen_range(20..400) * 500 }
+            // Like a real bidder: a few ladder steps above the last price this client saw, so
+            // bids compete (overtakes, defences, ties) instead of falling below the minimum.
+            let seen = *last_seen.get(&lot).unwrap_or(&START_PRICE);
+            let max = seen + ladder.step_at(seen) * rng.gen_range(0..6);
+            Input::Bid { bidder: bidder.clone(), bid_id: format!("c{c}-{seq}"), max }
         };
         let call = {
             let Ok(mut h) = history.lock() else { return };
@@ -237,11 +250,15 @@ async fn client_loop(
             t
         };
         let (output, kind) = perform(&client, &lot, &input).await;
+        if let Output::Bid { price, .. } | Output::Read { price, .. } = &output {
+            last_seen.insert(lot.clone(), *price);
+        }
         let Ok(mut h) = history.lock() else { return };
         let ret = h.now();
         h.line(json!({"process": c, "type": kind, "lot": lot, "op": format!("{input:?}"), "result": format!("{output:?}"), "time_ns": ret}));
         let ret = (kind != "info").then_some(ret);
         h.ops.push((lot, Operation { input, output, call, ret }));
+        h.processes.push(c);
     }
 }
 
@@ -403,4 +420,63 @@ async fn read_feed(addr: &str, upto: u64) -> Result<Vec<node::pb::FeedItem>, Str
         }
     }
     Ok(items)
+}
+
+/// Operations per client over time (green ok, orange refused, grey unanswered), with the
+/// nemesis's faults shaded red. At most `TIMELINE_OPS_MAX` operations are drawn (evenly
+/// sampled) so the file stays small enough to open.
+fn timeline(
+    ops: &[(String, Operation)],
+    processes: &[usize],
+    faults: &[serde_json::Value],
+    clients: usize,
+    end_ns: u64,
+) -> String {
+    const TIMELINE_OPS_MAX: usize = 20_000;
+    const WIDTH: f64 = 1600.0;
+    const ROW: f64 = 14.0;
+    const LEFT: f64 = 70.0;
+    let span = end_ns.max(1) as f64;
+    let x = |ns: u64| LEFT + (ns as f64 / span) * (WIDTH - LEFT - 10.0);
+    let height = 30.0 + ROW * clients as f64;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" font-family=\"monospace\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for f in faults {
+        let start = f["start_ms"].as_u64().unwrap_or(0) * 1_000_000;
+        let end = f["end_ms"].as_u64().unwrap_or(0) * 1_000_000;
+        let label = format!("{} n{}", f["fault"].as_str().unwrap_or("?"), f["node"]);
+        svg.push_str(&format!(
+            "<rect x=\"{:.1}\" y=\"0\" width=\"{:.1}\" height=\"{height}\" fill=\"#f4cccc\"><title>{label}</title></rect>\n",
+            x(start),
+            (x(end) - x(start)).max(1.0)
+        ));
+    }
+    for c in 0..clients {
+        svg.push_str(&format!("<text x=\"4\" y=\"{:.1}\">client {c}</text>\n", 24.0 + ROW * c as f64));
+    }
+    let step = ops.len().div_ceil(TIMELINE_OPS_MAX).max(1);
+    for (i, ((lot, op), process)) in ops.iter().zip(processes).enumerate().step_by(step) {
+        let ret = op.ret.unwrap_or(end_ns);
+        let colour = match (&op.output, op.ret) {
+            (_, None) | (Output::Unknown, _) => "#999999",
+            (Output::Rejected { .. }, _) => "#e69138",
+            _ => "#6aa84f",
+        };
+        svg.push_str(&format!(
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{colour}\"><title>#{i} {lot} {:?} -> {:?}</title></rect>\n",
+            x(op.call),
+            14.0 + ROW * *process as f64,
+            (x(ret) - x(op.call)).max(0.5),
+            ROW - 3.0,
+            op.input,
+            op.output
+        ));
+    }
+    svg.push_str(&format!(
+        "<text x=\"{LEFT}\" y=\"10\">0 s</text><text x=\"{:.1}\" y=\"10\">{:.1} s</text>\n</svg>\n",
+        WIDTH - 60.0,
+        span / 1e9
+    ));
+    svg
 }
