@@ -26,18 +26,23 @@ pub enum Fault {
     KillRandom,
     KillLeader,
     Pause,
+    /// Demote a voter to learner under load, then promote it back.
+    Membership,
 }
 
 impl Fault {
     pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
         s.split(',')
             .flat_map(|name| match name.trim() {
-                "all" => vec![Ok(Fault::KillRandom), Ok(Fault::KillLeader), Ok(Fault::Pause)],
+                "all" => vec![Ok(Fault::KillRandom), Ok(Fault::KillLeader), Ok(Fault::Pause), Ok(Fault::Membership)],
+                "membership" => vec![Ok(Fault::Membership)],
                 "kill" => vec![Ok(Fault::KillRandom)],
                 "kill-leader" => vec![Ok(Fault::KillLeader)],
                 "pause" => vec![Ok(Fault::Pause)],
                 "none" | "" => vec![],
-                other => vec![Err(format!("unknown nemesis {other:?} (all, kill, kill-leader, pause, none)"))],
+                other => {
+                    vec![Err(format!("unknown nemesis {other:?} (all, kill, kill-leader, pause, membership, none)"))]
+                }
             })
             .collect()
     }
@@ -318,12 +323,26 @@ async fn nemesis(
         let Some(target) = target else { continue };
         let hold = Duration::from_millis(rng.gen_range(500..2_500));
         let start = started.elapsed().as_millis() as u64;
+        let admin = Client::new(cluster.addrs.values().cloned().collect()).with_deadline(Duration::from_secs(10));
+        let voters_without: Vec<u64> = ids.iter().copied().filter(|&id| id != target).collect();
         match fault {
             Fault::KillRandom | Fault::KillLeader => cluster.kill(target)?,
             Fault::Pause => cluster.pause(target)?,
+            // Keep the node as a learner; a failed change is logged, not fatal (it is a fault).
+            Fault::Membership if ids.len() > 1 => {
+                if let Err(e) = admin.change_membership(voters_without, true).await {
+                    writeln!(file, "{}", json!({"fault": "Membership", "node": target, "error": e.to_string()}))?;
+                }
+            }
+            Fault::Membership => {}
         }
         tokio::time::sleep(hold).await;
         cluster.heal()?;
+        if fault == Fault::Membership
+            && let Err(e) = admin.change_membership(ids.clone(), false).await
+        {
+            writeln!(file, "{}", json!({"fault": "Membership", "node": target, "heal_error": e.to_string()}))?;
+        }
         let entry = json!({"fault": format!("{fault:?}"), "node": target, "start_ms": start, "end_ms": started.elapsed().as_millis() as u64});
         writeln!(file, "{entry}")?;
         log.push(entry);
