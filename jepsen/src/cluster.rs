@@ -26,28 +26,45 @@ pub struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
     pub addrs: BTreeMap<u64, String>,
+    /// The loopback /24 the nodes live in (`127.x.y`).
+    pub prefix: String,
     members: String,
     children: BTreeMap<u64, Child>,
     paused: BTreeMap<u64, bool>,
     extra_args: Vec<String>,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Each node gets its own loopback address, `<prefix>.(10 + id)`, so that a link between two
+/// nodes is an address pair the nemesis can cut (nodes send from their listen address).
+pub fn node_ip(prefix: &str, id: u64) -> String {
+    format!("{prefix}.{}", 10 + id)
+}
+
+/// A loopback /24 of this process's own (127.x.y), so concurrent runs never share addresses.
+pub fn run_prefix() -> String {
+    let pid = std::process::id();
+    format!("127.{}.{}", 1 + (pid >> 8) % 250, 1 + pid % 250)
+}
+
+fn free_port(ip: &str) -> std::io::Result<u16> {
+    Ok(TcpListener::bind(format!("{ip}:0"))?.local_addr()?.port())
 }
 
 impl Cluster {
     /// Starts `n` nodes from `bin` with data under `dir`.
     pub fn start(bin: &Path, dir: &Path, n: u64, extra_args: Vec<String>) -> Result<Cluster, ClusterError> {
+        let prefix = run_prefix();
         let mut addrs = BTreeMap::new();
         for id in 1..=n {
-            addrs.insert(id, format!("127.0.0.1:{}", free_port()?));
+            let ip = node_ip(&prefix, id);
+            addrs.insert(id, format!("{ip}:{}", free_port(&ip)?));
         }
         let members = addrs.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
         let mut cluster = Cluster {
             bin: bin.to_owned(),
             dir: dir.to_owned(),
             addrs,
+            prefix,
             members,
             children: BTreeMap::new(),
             paused: BTreeMap::new(),

@@ -2,13 +2,14 @@
 //! recorded history, and checkers that can fail.
 //!
 //! - [`cluster`]: start, kill -9, restart, pause and resume node processes.
+//! - [`net`]: network partitions on loopback with nftables.
 //! - [`run`]: one test: workload + nemesis, heal, check, report directory.
 //! - [`linear`]: the linearizability checker for one lot's history, with the ledger's own
 //!   bidding rules as the sequential model.
 //!
-//! Not yet here (see the jepsen issue): network partitions (namespaces + nftables),
-//! membership changes and clock skew as faults, the timeline plot, unsafe node modes.
+//! Not yet here (see the jepsen issue): clock skew as a fault.
 
 pub mod cluster;
 pub mod linear;
+pub mod net;
 pub mod run;

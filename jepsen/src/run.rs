@@ -28,14 +28,38 @@ pub enum Fault {
     Pause,
     /// Demote a voter to learner under load, then promote it back.
     Membership,
+    /// Cut the leader off from every other node.
+    PartitionLeader,
+    /// Split the nodes into a random minority and majority.
+    PartitionHalves,
+    /// Two sides that cannot talk, joined by one node that reaches both.
+    PartitionBridge,
+}
+
+impl Fault {
+    fn is_partition(self) -> bool {
+        matches!(self, Fault::PartitionLeader | Fault::PartitionHalves | Fault::PartitionBridge)
+    }
 }
 
 impl Fault {
     pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
         s.split(',')
             .flat_map(|name| match name.trim() {
-                "all" => vec![Ok(Fault::KillRandom), Ok(Fault::KillLeader), Ok(Fault::Pause), Ok(Fault::Membership)],
+                "all" => vec![
+                    Ok(Fault::KillRandom),
+                    Ok(Fault::KillLeader),
+                    Ok(Fault::Pause),
+                    Ok(Fault::Membership),
+                    Ok(Fault::PartitionLeader),
+                    Ok(Fault::PartitionHalves),
+                    Ok(Fault::PartitionBridge),
+                ],
                 "membership" => vec![Ok(Fault::Membership)],
+                "partition" => vec![Ok(Fault::PartitionLeader), Ok(Fault::PartitionHalves), Ok(Fault::PartitionBridge)],
+                "partition-leader" => vec![Ok(Fault::PartitionLeader)],
+                "partition-halves" => vec![Ok(Fault::PartitionHalves)],
+                "partition-bridge" => vec![Ok(Fault::PartitionBridge)],
                 "kill" => vec![Ok(Fault::KillRandom)],
                 "kill-leader" => vec![Ok(Fault::KillLeader)],
                 "pause" => vec![Ok(Fault::Pause)],
@@ -94,6 +118,8 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     #[error("setup failed: {0}")]
     Setup(String),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 const START_PRICE: i64 = 10_000;
@@ -309,6 +335,8 @@ async fn nemesis(
     dir: &Path,
 ) -> Result<Vec<serde_json::Value>, RunError> {
     let mut rng = StdRng::seed_from_u64(opts.seed);
+    let net =
+        if opts.faults.iter().any(|f| f.is_partition()) { Some(crate::net::Net::new(&cluster.prefix)?) } else { None };
     let mut log = Vec::new();
     let mut file = std::fs::File::create(dir.join("nemesis.jsonl"))?;
     let started = Instant::now();
@@ -317,7 +345,7 @@ async fn nemesis(
         let fault = opts.faults[rng.gen_range(0..opts.faults.len())];
         let ids = cluster.ids();
         let target = match fault {
-            Fault::KillLeader => cluster.leader(Duration::from_secs(5)).await.ok(),
+            Fault::KillLeader | Fault::PartitionLeader => cluster.leader(Duration::from_secs(5)).await.ok(),
             _ => Some(ids[rng.gen_range(0..ids.len())]),
         };
         let Some(target) = target else { continue };
@@ -325,6 +353,7 @@ async fn nemesis(
         let start = started.elapsed().as_millis() as u64;
         let admin = Client::new(cluster.addrs.values().cloned().collect()).with_deadline(Duration::from_secs(10));
         let voters_without: Vec<u64> = ids.iter().copied().filter(|&id| id != target).collect();
+        let mut sides = serde_json::Value::Null;
         match fault {
             Fault::KillRandom | Fault::KillLeader => cluster.kill(target)?,
             Fault::Pause => cluster.pause(target)?,
@@ -335,19 +364,52 @@ async fn nemesis(
                 }
             }
             Fault::Membership => {}
+            Fault::PartitionLeader | Fault::PartitionHalves | Fault::PartitionBridge => {
+                if let Some(net) = &net {
+                    let (a, b) = partition_sides(fault, target, &ids, &mut rng);
+                    net.cut(&a, &b)?;
+                    sides = json!([a, b]);
+                }
+            }
         }
         tokio::time::sleep(hold).await;
+        if let Some(net) = &net {
+            net.heal()?;
+        }
         cluster.heal()?;
         if fault == Fault::Membership
             && let Err(e) = admin.change_membership(ids.clone(), false).await
         {
             writeln!(file, "{}", json!({"fault": "Membership", "node": target, "heal_error": e.to_string()}))?;
         }
-        let entry = json!({"fault": format!("{fault:?}"), "node": target, "start_ms": start, "end_ms": started.elapsed().as_millis() as u64});
+        let entry = json!({"fault": format!("{fault:?}"), "node": target, "sides": sides, "start_ms": start, "end_ms": started.elapsed().as_millis() as u64});
         writeln!(file, "{entry}")?;
         log.push(entry);
     }
     Ok(log)
+}
+
+/// The two sides of a partition; `target` is the isolated leader, the minority's first node,
+/// or the bridge (which belongs to neither side and reaches both).
+fn partition_sides(fault: Fault, target: u64, ids: &[u64], rng: &mut StdRng) -> (Vec<u64>, Vec<u64>) {
+    let others: Vec<u64> = ids.iter().copied().filter(|&id| id != target).collect();
+    match fault {
+        Fault::PartitionHalves => {
+            let mut shuffled = others;
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, rng.gen_range(0..=i));
+            }
+            let minority_extra = (ids.len().saturating_sub(1) / 2).saturating_sub(1);
+            let mut minority = vec![target];
+            minority.extend(shuffled.drain(..minority_extra.min(shuffled.len())));
+            (minority, shuffled)
+        }
+        Fault::PartitionBridge => {
+            let half = others.len() / 2;
+            (others[..half].to_vec(), others[half..].to_vec())
+        }
+        _ => (vec![target], others),
+    }
 }
 
 async fn check(

@@ -42,7 +42,7 @@ const BACKOFF_MIN_MS: u64 = 10;
 const BACKOFF_MAX_MS: u64 = 500;
 
 fn connect(addr: &str) -> Result<Channel, ClientError> {
-    crate::network::channel(addr).map_err(|e| ClientError::Address(addr.to_owned(), e.to_string()))
+    crate::network::channel(addr, None).map_err(|e| ClientError::Address(addr.to_owned(), e.to_string()))
 }
 
 /// Whether a failed call may succeed on another node or later.

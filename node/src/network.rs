@@ -15,7 +15,11 @@ use crate::raft::{self, NodeId, TypeConfig};
 
 /// Builds one lazily connecting client per peer.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// Source address for connections to peers (the node's own listen IP), so that traffic
+    /// between two nodes is identifiable by address pair (the jepsen harness cuts links so).
+    pub local_ip: Option<std::net::IpAddr>,
+}
 
 /// A connection to one peer.
 pub struct Connection {
@@ -23,9 +27,11 @@ pub struct Connection {
     client: Result<RaftServiceClient<Channel>, String>,
 }
 
-/// A lazily connecting channel to `addr` (`host:port`), with our message limits and timeouts.
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+/// A lazily connecting channel to `addr` (`host:port`) from `local_ip` (any when `None`),
+/// with our message limits and timeouts.
+pub fn channel(addr: &str, local_ip: Option<std::net::IpAddr>) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .local_address(local_ip)
         .connect_timeout(Duration::from_millis(limits::CONNECT_TIMEOUT_MS))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -37,7 +43,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
-        let client = channel(&node.addr).map_err(|e| e.to_string()).map(|ch| {
+        let client = channel(&node.addr, self.local_ip).map_err(|e| e.to_string()).map(|ch| {
             RaftServiceClient::new(ch)
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)

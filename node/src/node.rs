@@ -88,7 +88,17 @@ pub(crate) struct NodeInner {
     pub(crate) clock: Arc<Clock>,
 }
 
+/// Outgoing peer connections leave from the listen IP unless it is a wildcard.
+fn source_ip(config: &NodeConfig) -> Option<std::net::IpAddr> {
+    let ip = config.listen.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
 impl NodeInner {
+    pub(crate) fn local_ip(&self) -> Option<std::net::IpAddr> {
+        source_ip(&self.config)
+    }
+
     pub(crate) fn metrics(&self) -> pb::MetricsResponse {
         let m = self.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
@@ -131,8 +141,9 @@ impl Node {
         let sm = StateMachine::open(db)?;
         let shared = sm.shared();
         let raft_config = Arc::new(config.raft_config()?);
-        let raft =
-            Raft::new(config.id, raft_config, Network, log, sm).await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft = Raft::new(config.id, raft_config, Network { local_ip: source_ip(&config) }, log, sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
         let clock = Arc::new(Clock::new(config.clock_offset_ms));
         let proposer = Proposer::start(raft.clone(), shared.clone(), clock.clone(), config.unsafe_ack_before_commit);
         let inner = Arc::new(NodeInner { config: config.clone(), raft, shared, proposer, clock });

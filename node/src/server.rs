@@ -70,7 +70,8 @@ impl Services {
             match cached.as_ref() {
                 Some((a, ch)) if *a == addr => ch.clone(),
                 _ => {
-                    let ch = crate::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+                    let ch = crate::network::channel(&addr, self.node.local_ip())
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
                     *cached = Some((addr, ch.clone()));
                     ch
                 }
