@@ -34,11 +34,14 @@ pub enum Fault {
     PartitionHalves,
     /// Two sides that cannot talk, joined by one node that reaches both.
     PartitionBridge,
+    /// Each node reaches only its two ring neighbours (every node still sees a majority when
+    /// there are 5: the "majorities ring"). With 3 nodes nothing is cut.
+    PartitionRing,
 }
 
 impl Fault {
     fn is_partition(self) -> bool {
-        matches!(self, Fault::PartitionLeader | Fault::PartitionHalves | Fault::PartitionBridge)
+        matches!(self, Fault::PartitionLeader | Fault::PartitionHalves | Fault::PartitionBridge | Fault::PartitionRing)
     }
 }
 
@@ -54,9 +57,16 @@ impl Fault {
                     Ok(Fault::PartitionLeader),
                     Ok(Fault::PartitionHalves),
                     Ok(Fault::PartitionBridge),
+                    Ok(Fault::PartitionRing),
                 ],
                 "membership" => vec![Ok(Fault::Membership)],
-                "partition" => vec![Ok(Fault::PartitionLeader), Ok(Fault::PartitionHalves), Ok(Fault::PartitionBridge)],
+                "partition" => vec![
+                    Ok(Fault::PartitionLeader),
+                    Ok(Fault::PartitionHalves),
+                    Ok(Fault::PartitionBridge),
+                    Ok(Fault::PartitionRing),
+                ],
+                "partition-ring" => vec![Ok(Fault::PartitionRing)],
                 "partition-leader" => vec![Ok(Fault::PartitionLeader)],
                 "partition-halves" => vec![Ok(Fault::PartitionHalves)],
                 "partition-bridge" => vec![Ok(Fault::PartitionBridge)],
@@ -364,6 +374,15 @@ async fn nemesis(
                 }
             }
             Fault::Membership => {}
+            Fault::PartitionRing => {
+                if let Some(net) = &net {
+                    let cuts = ring_cuts(&ids);
+                    for (x, y) in &cuts {
+                        net.cut(&[*x], &[*y])?;
+                    }
+                    sides = json!(cuts);
+                }
+            }
             Fault::PartitionLeader | Fault::PartitionHalves | Fault::PartitionBridge => {
                 if let Some(net) = &net {
                     let (a, b) = partition_sides(fault, target, &ids, &mut rng);
@@ -387,6 +406,21 @@ async fn nemesis(
         log.push(entry);
     }
     Ok(log)
+}
+
+/// The node pairs a ring partition cuts: all but ring neighbours.
+fn ring_cuts(ids: &[u64]) -> Vec<(u64, u64)> {
+    let n = ids.len();
+    let mut cuts = Vec::new();
+    for i in 0..n {
+        for j in (i + 1)..n {
+            let distance = j - i;
+            if distance != 1 && distance != n - 1 {
+                cuts.push((ids[i], ids[j]));
+            }
+        }
+    }
+    cuts
 }
 
 /// The two sides of a partition; `target` is the isolated leader, the minority's first node,
@@ -560,4 +594,27 @@ fn timeline(
         span / 1e9
     ));
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_cuts_all_but_neighbours() {
+        assert!(ring_cuts(&[1, 2, 3]).is_empty());
+        assert_eq!(ring_cuts(&[1, 2, 3, 4, 5]), vec![(1, 3), (1, 4), (2, 4), (2, 5), (3, 5)]);
+    }
+
+    #[test]
+    fn partitions_leave_a_majority_and_a_minority() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let (a, b) = partition_sides(Fault::PartitionHalves, 3, &[1, 2, 3, 4, 5], &mut rng);
+        assert_eq!((a.len(), b.len()), (2, 3));
+        assert!(a.contains(&3));
+        let (a, b) = partition_sides(Fault::PartitionLeader, 2, &[1, 2, 3], &mut rng);
+        assert_eq!((a, b), (vec![2], vec![1, 3]));
+        let (a, b) = partition_sides(Fault::PartitionBridge, 2, &[1, 2, 3], &mut rng);
+        assert_eq!((a, b), (vec![1], vec![3]), "node 2 bridges the two sides");
+    }
 }
