@@ -85,6 +85,16 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.spawn_with(id, &[])
+    }
+
+    /// Restarts `id` (kill -9 if running) with `extra` flags on top of the usual ones.
+    pub fn restart_with(&mut self, id: u64, extra: &[String]) -> Result<(), ClusterError> {
+        self.kill(id)?;
+        self.spawn_with(id, extra)
+    }
+
+    fn spawn_with(&mut self, id: u64, extra: &[String]) -> Result<(), ClusterError> {
         let addr = &self.addrs[&id];
         let log = std::fs::File::create(self.dir.join(format!("node-{id}.log")))?;
         let child = Command::new(&self.bin)
@@ -92,6 +102,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.join(format!("node-{id}")))
             .args(&self.extra_args)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)

@@ -29,8 +29,9 @@ pub enum Output {
     Bid { leading: bool, price: i64 },
     /// A bid was refused by the rules, with its code.
     Rejected { code: String },
-    /// A read: the visible price and the leader (empty when nobody bids yet).
-    Read { price: i64, leader: String },
+    /// A read: the visible price, the leader (empty when nobody bids yet) and whether the lot
+    /// has closed.
+    Read { price: i64, leader: String, closed: bool },
     /// No answer (timeout, crash): the operation may or may not have taken effect.
     Unknown,
 }
@@ -55,27 +56,55 @@ pub enum Verdict {
 }
 
 /// The sequential model: one lot's bidding book and its ladder.
+///
+/// The end of bidding is not a client operation (it comes with ledger time and the leader's
+/// closing timer), so the model lets it happen at any point, once: after it every bid is
+/// refused `lot_closed`. A bid accepted after a client saw bidding over (a `lot_closed`
+/// refusal or a closed status) is therefore a violation.
 #[derive(Clone)]
 pub struct Model {
     pub ladder: Ladder,
     pub initial: Book,
 }
 
+/// The model's state: the book and whether the lot has closed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct State {
+    pub book: Book,
+    pub closed: bool,
+}
+
 impl Model {
     /// Applies `input` to `state`; `Some(next)` when the outcome matches `output`.
-    fn step(&self, state: &Book, input: &Input, output: &Output) -> Option<Book> {
+    fn step(&self, state: &State, input: &Input, output: &Output) -> Option<State> {
+        let closed = || State { book: state.book.clone(), closed: true };
         match input {
             Input::Read => match output {
-                Output::Read { price, leader } => {
-                    let current = state.leader.as_ref().map_or("", |l| l.bidder.as_str());
-                    (state.price == *price && current == leader).then(|| state.clone())
+                Output::Read { price, leader, closed: seen_closed } => {
+                    let current = state.book.leader.as_ref().map_or("", |l| l.bidder.as_str());
+                    let same = state.book.price == *price && current == leader;
+                    // A read may still show InAuction after bidding ended (`lot_closed`): the
+                    // leader's timer closes the lot a moment later. A closed status does imply
+                    // that bidding is over.
+                    match (state.closed, *seen_closed) {
+                        (false, true) => same.then(closed),
+                        _ => same.then(|| state.clone()),
+                    }
                 }
                 Output::Unknown => Some(state.clone()),
                 _ => None,
             },
+            Input::Bid { .. } if state.closed => match output {
+                Output::Rejected { code } if code == "lot_closed" => Some(state.clone()),
+                Output::Unknown => Some(state.clone()),
+                _ => None,
+            },
+            // The close happened just before this bid.
+            Input::Bid { .. } if matches!(output, Output::Rejected { code } if code == "lot_closed") => Some(closed()),
             Input::Bid { bidder, bid_id, max } => {
-                let mut next = state.clone();
+                let mut next = state.book.clone();
                 let result = next.place(&self.ladder, bidder, bid_id, *max);
+                let next = State { book: next, closed: false };
                 match (result, output) {
                     (Ok(_), Output::Unknown) => Some(next),
                     (Err(_), Output::Unknown) => Some(state.clone()),
@@ -121,9 +150,9 @@ fn splitmix64(i: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn state_hash(book: &Book) -> u64 {
+fn state_hash(state: &State) -> u64 {
     let mut h = DefaultHasher::new();
-    book.hash(&mut h);
+    state.hash(&mut h);
     h.finish()
 }
 
@@ -149,8 +178,8 @@ fn search(model: &Model, ops: &[Operation], events: &[Event], budget: u64) -> Ve
     let mut set_hash = 0u64;
     let mut cache: HashSet<(u64, u64)> = HashSet::new();
     // (call position, state before it)
-    let mut stack: Vec<(usize, Book)> = Vec::new();
-    let mut state = model.initial.clone();
+    let mut stack: Vec<(usize, State)> = Vec::new();
+    let mut state = State { book: model.initial.clone(), closed: false };
     let mut cursor = head;
     let mut steps = 0u64;
 
@@ -241,7 +270,12 @@ mod tests {
     }
 
     fn read(price: i64, leader: &str, call: u64, ret: u64) -> Operation {
-        Operation { input: Input::Read, output: Output::Read { price, leader: leader.into() }, call, ret: Some(ret) }
+        Operation {
+            input: Input::Read,
+            output: Output::Read { price, leader: leader.into(), closed: false },
+            call,
+            ret: Some(ret),
+        }
     }
 
     fn leading(price: i64) -> Output {
@@ -327,6 +361,34 @@ mod tests {
             bid("ben", "b1", 20_000, Output::Rejected { code: "below_minimum".into() }, 2, Some(3)),
         ];
         assert_eq!(check(&model(), &wrong, 10_000), Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn no_bid_is_accepted_after_the_lot_was_seen_closed() {
+        let closed_read = |call, ret| Operation {
+            input: Input::Read,
+            output: Output::Read { price: 10_000, leader: "ana".into(), closed: true },
+            call,
+            ret: Some(ret),
+        };
+        let fine = vec![
+            bid("ana", "a1", 10_000, leading(10_000), 0, Some(1)),
+            closed_read(2, 3),
+            bid("ben", "b1", 20_000, Output::Rejected { code: "lot_closed".into() }, 4, Some(5)),
+        ];
+        assert_eq!(check(&model(), &fine, 10_000), Verdict::Linearizable);
+        let late = vec![
+            bid("ana", "a1", 10_000, leading(10_000), 0, Some(1)),
+            closed_read(2, 3),
+            bid("ben", "b1", 20_000, leading(10_500), 4, Some(5)),
+        ];
+        assert_eq!(check(&model(), &late, 10_000), Verdict::NotLinearizable, "accepted after it was seen closed");
+        let reopened = vec![
+            bid("ana", "a1", 10_000, Output::Rejected { code: "lot_closed".into() }, 0, Some(1)),
+            read(10_000, "", 2, 3),
+            bid("ben", "b1", 10_000, leading(10_000), 4, Some(5)),
+        ];
+        assert_eq!(check(&model(), &reopened, 10_000), Verdict::NotLinearizable, "bidding never reopens");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum Fault {
     PartitionHalves,
     /// Two sides that cannot talk, joined by one node that reaches both.
     PartitionBridge,
+    /// Restart a node with its clock (the time it stamps entries with when leading) shifted by
+    /// up to ±8 s, then restart it with a true clock.
+    ClockSkew,
     /// Each node reaches only its two ring neighbours (every node still sees a majority when
     /// there are 5: the "majorities ring"). With 3 nodes nothing is cut.
     PartitionRing,
@@ -58,7 +61,9 @@ impl Fault {
                     Ok(Fault::PartitionHalves),
                     Ok(Fault::PartitionBridge),
                     Ok(Fault::PartitionRing),
+                    Ok(Fault::ClockSkew),
                 ],
+                "clock" => vec![Ok(Fault::ClockSkew)],
                 "membership" => vec![Ok(Fault::Membership)],
                 "partition" => vec![
                     Ok(Fault::PartitionLeader),
@@ -107,6 +112,8 @@ pub struct Report {
     pub duplicated_bids: Vec<String>,
     pub digests_equal: bool,
     pub feeds_equal: bool,
+    /// Lots past their end time that the leader's timer never closed.
+    pub unclosed_lots: Vec<String>,
 }
 
 impl Report {
@@ -117,6 +124,7 @@ impl Report {
             && self.duplicated_bids.is_empty()
             && self.digests_equal
             && self.feeds_equal
+            && self.unclosed_lots.is_empty()
     }
 }
 
@@ -157,7 +165,9 @@ fn cmd(actor: &str, body: Body) -> lp::Command {
     lp::Command { at_ms: 0, actor: actor.into(), body: Some(body) }
 }
 
-fn setup_commands(clients: usize, lots: usize, now_ms: i64) -> Vec<lp::Command> {
+/// Users and lots; `lot-0` closes `close_after_ms` from now (so closing happens under faults),
+/// the others stay open for the whole run.
+fn setup_commands(clients: usize, lots: usize, now_ms: i64, close_after_ms: i64) -> Vec<lp::Command> {
     let user = |id: String, role: lp::Role| {
         cmd(
             "",
@@ -181,8 +191,7 @@ fn setup_commands(clients: usize, lots: usize, now_ms: i64) -> Vec<lp::Command> 
                 currency: "USD".into(),
                 start_price: START_PRICE,
                 starts_at_ms: now_ms - 60_000,
-                // Far in the future: closing is not part of this workload's model.
-                ends_at_ms: now_ms + 24 * 3_600_000,
+                ends_at_ms: if l == 0 { now_ms + close_after_ms } else { now_ms + 24 * 3_600_000 },
                 seller_id: "seller".into(),
                 ..Default::default()
             }),
@@ -216,7 +225,8 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
     cluster.leader(Duration::from_secs(30)).await?;
     let addrs: Vec<String> = cluster.addrs.values().cloned().collect();
     let setup_client = Client::new(addrs.clone()).with_deadline(Duration::from_secs(30));
-    for chunk in setup_commands(opts.clients, opts.lots, now_ms()).chunks(500) {
+    let close_after_ms = i64::try_from(opts.time_limit.as_millis() * 6 / 10).unwrap_or(i64::MAX);
+    for chunk in setup_commands(opts.clients, opts.lots, now_ms(), close_after_ms).chunks(500) {
         let results = setup_client.propose(chunk.to_vec()).await.map_err(|e| RunError::Setup(e.to_string()))?;
         if let Some(r) = results
             .iter()
@@ -308,7 +318,10 @@ async fn perform(client: &Client, lot: &str, input: &Input) -> (Output, &'static
     match input {
         Input::Read => match client.read_lot(lot, false, false).await {
             Ok(r) => match r.lot {
-                Some(v) => (Output::Read { price: v.current_price, leader: v.leading_bidder }, "ok"),
+                Some(v) => {
+                    let closed = v.status != lp::LotStatus::InAuction as i32;
+                    (Output::Read { price: v.current_price, leader: v.leading_bidder, closed }, "ok")
+                }
                 None => (Output::Unknown, "info"),
             },
             Err(_) => (Output::Unknown, "info"),
@@ -374,6 +387,11 @@ async fn nemesis(
                 }
             }
             Fault::Membership => {}
+            Fault::ClockSkew => {
+                let offset_ms = rng.gen_range(1_000..8_000) * if rng.gen_bool(0.5) { 1 } else { -1 };
+                cluster.restart_with(target, &["--clock-offset-ms".into(), offset_ms.to_string()])?;
+                sides = json!({"clock_offset_ms": offset_ms});
+            }
             Fault::PartitionRing => {
                 if let Some(net) = &net {
                     let cuts = ring_cuts(&ids);
@@ -394,6 +412,9 @@ async fn nemesis(
         tokio::time::sleep(hold).await;
         if let Some(net) = &net {
             net.heal()?;
+        }
+        if fault == Fault::ClockSkew {
+            cluster.restart_with(target, &[])?;
         }
         cluster.heal()?;
         if fault == Fault::Membership
@@ -465,9 +486,13 @@ async fn check(
 
     // Every acknowledged accepted bid is in the final ledger exactly once (as a placed line).
     let client = Client::new(cluster.addrs.values().cloned().collect()).with_deadline(Duration::from_secs(30));
-    let (mut lost_bids, mut duplicated_bids) = (Vec::new(), Vec::new());
+    let (mut lost_bids, mut duplicated_bids, mut unclosed_lots) = (Vec::new(), Vec::new(), Vec::new());
     for (lot, lot_ops) in &by_lot {
         let r = client.read_lot(lot, false, true).await.map_err(|e| RunError::Setup(e.to_string()))?;
+        // lot-0 ended mid-run (in ledger time, which is never behind real time at the end).
+        if *lot == "lot-0" && r.lot.as_ref().is_some_and(|v| v.status == lp::LotStatus::InAuction as i32) {
+            unclosed_lots.push((*lot).to_owned());
+        }
         let mut placed: BTreeMap<&str, usize> = BTreeMap::new();
         for line in &r.bids {
             if line.kind == lp::BidKind::Placed as i32 {
@@ -507,6 +532,7 @@ async fn check(
         // `converge` returned only once every node reported the same digest at one index.
         digests_equal: true,
         feeds_equal,
+        unclosed_lots,
     };
     let results = json!({
         "valid": report.valid(),
@@ -518,6 +544,7 @@ async fn check(
         "duplicated_bids": report.duplicated_bids,
         "digests_equal": report.digests_equal,
         "feeds_equal": report.feeds_equal,
+        "unclosed_lots": report.unclosed_lots,
         "applied_index": applied,
         "lots_checked": by_lot.keys().collect::<BTreeSet<_>>(),
     });

@@ -27,7 +27,8 @@ enum Cmd {
         /// Seconds of workload under faults.
         #[arg(long, default_value_t = 60)]
         time_limit: u64,
-        /// Faults: all, kill, kill-leader, pause, none (comma separated).
+        /// Faults: all, kill, kill-leader, pause, membership, partition[-leader|-halves|-bridge|-ring],
+        /// clock, none (comma separated).
         #[arg(long, default_value = "all")]
         nemesis: String,
         #[arg(long, default_value_t = 1)]
