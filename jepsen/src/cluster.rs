@@ -1,14 +1,15 @@
-//! Cluster control: real `gavel-node` processes on loopback ports, each with its own data
-//! directory, that the nemesis can kill -9, restart, pause (SIGSTOP) and resume (SIGCONT).
-//! Every process is killed when the `Cluster` is dropped.
+//! Cluster control: real `gavel-node` processes, each on its own host (see [`crate::net`]) with
+//! its own data directory, that the nemesis can kill -9, restart, pause (SIGSTOP) and resume
+//! (SIGCONT). Every process is killed when the `Cluster` is dropped, then the network torn down.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use node::Client;
+
+use crate::net::{Mode, Net, NetError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -16,6 +17,8 @@ pub enum ClusterError {
     Spawn { bin: String, source: std::io::Error },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("no leader within {0:?}")]
     NoLeader(Duration),
     #[error("replicas did not converge within {0:?}: {1}")]
@@ -25,50 +28,37 @@ pub enum ClusterError {
 pub struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
+    /// Where clients and other nodes reach each node.
     pub addrs: BTreeMap<u64, String>,
-    /// The loopback /24 the nodes live in (`127.x.y`).
-    pub prefix: String,
     members: String,
     children: BTreeMap<u64, Child>,
     paused: BTreeMap<u64, bool>,
     extra_args: Vec<String>,
-}
-
-/// Each node gets its own loopback address, `<prefix>.(10 + id)`, so that a link between two
-/// nodes is an address pair the nemesis can cut (nodes send from their listen address).
-pub fn node_ip(prefix: &str, id: u64) -> String {
-    format!("{prefix}.{}", 10 + id)
-}
-
-/// A loopback /24 of this process's own (127.x.y), so concurrent runs never share addresses.
-pub fn run_prefix() -> String {
-    let pid = std::process::id();
-    format!("127.{}.{}", 1 + (pid >> 8) % 250, 1 + pid % 250)
-}
-
-fn free_port(ip: &str) -> std::io::Result<u16> {
-    Ok(TcpListener::bind(format!("{ip}:0"))?.local_addr()?.port())
+    /// Declared last: dropped after `Drop::drop` has killed the processes.
+    pub net: Net,
 }
 
 impl Cluster {
     /// Starts `n` nodes from `bin` with data under `dir`.
-    pub fn start(bin: &Path, dir: &Path, n: u64, extra_args: Vec<String>) -> Result<Cluster, ClusterError> {
-        let prefix = run_prefix();
-        let mut addrs = BTreeMap::new();
-        for id in 1..=n {
-            let ip = node_ip(&prefix, id);
-            addrs.insert(id, format!("{ip}:{}", free_port(&ip)?));
-        }
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        n: u64,
+        extra_args: Vec<String>,
+        mode: Mode,
+    ) -> Result<Cluster, ClusterError> {
+        let net = Net::new(mode, n).await?;
+        let addrs: BTreeMap<u64, String> = net.hosts().iter().map(|(id, h)| (*id, h.advertise.clone())).collect();
         let members = addrs.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
         let mut cluster = Cluster {
             bin: bin.to_owned(),
             dir: dir.to_owned(),
             addrs,
-            prefix,
             members,
             children: BTreeMap::new(),
             paused: BTreeMap::new(),
             extra_args,
+            net,
         };
         for id in 1..=n {
             cluster.spawn(id)?;
@@ -95,10 +85,13 @@ impl Cluster {
     }
 
     fn spawn_with(&mut self, id: u64, extra: &[String]) -> Result<(), ClusterError> {
-        let addr = &self.addrs[&id];
+        let host = &self.net.hosts()[&id];
         let log = std::fs::File::create(self.dir.join(format!("node-{id}.log")))?;
-        let child = Command::new(&self.bin)
-            .args(["--id", &id.to_string(), "--listen", addr, "--members", &self.members])
+        let child = self
+            .net
+            .command(id, &self.bin)
+            .args(["--id", &id.to_string(), "--listen", &host.listen, "--advertise", &host.advertise])
+            .args(["--members", &self.members])
             .arg("--data-dir")
             .arg(self.dir.join(format!("node-{id}")))
             .args(&self.extra_args)

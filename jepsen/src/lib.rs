@@ -2,12 +2,11 @@
 //! recorded history, and checkers that can fail.
 //!
 //! - [`cluster`]: start, kill -9, restart, pause and resume node processes.
-//! - [`net`]: network partitions on loopback with nftables.
+//! - [`net`]: a host per node (network namespaces, or loopback behind a proxy) and the links
+//!   partitions cut.
 //! - [`run`]: one test: workload + nemesis, heal, check, report directory.
 //! - [`linear`]: the linearizability checker for one lot's history, with the ledger's own
 //!   bidding rules as the sequential model.
-//!
-//! Not yet here (see the jepsen issue): clock skew as a fault.
 
 pub mod cluster;
 pub mod linear;

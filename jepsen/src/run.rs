@@ -25,8 +25,11 @@ use crate::linear::{self, Input, Model, Operation, Output, Verdict};
 pub enum Fault {
     KillRandom,
     KillLeader,
+    /// kill -9 a majority at once (writes stop until they are back).
+    KillMajority,
     Pause,
-    /// Demote a voter to learner under load, then promote it back.
+    /// Under load, either demote a voter to learner or remove it from the cluster; then add it
+    /// back as a learner (if removed) and promote it to voter.
     Membership,
     /// Cut the leader off from every other node.
     PartitionLeader,
@@ -55,6 +58,7 @@ impl Fault {
                 "all" => vec![
                     Ok(Fault::KillRandom),
                     Ok(Fault::KillLeader),
+                    Ok(Fault::KillMajority),
                     Ok(Fault::Pause),
                     Ok(Fault::Membership),
                     Ok(Fault::PartitionLeader),
@@ -77,6 +81,7 @@ impl Fault {
                 "partition-bridge" => vec![Ok(Fault::PartitionBridge)],
                 "kill" => vec![Ok(Fault::KillRandom)],
                 "kill-leader" => vec![Ok(Fault::KillLeader)],
+                "kill-majority" => vec![Ok(Fault::KillMajority)],
                 "pause" => vec![Ok(Fault::Pause)],
                 "none" | "" => vec![],
                 other => {
@@ -97,6 +102,8 @@ pub struct Options {
     pub clients: usize,
     pub lots: usize,
     pub node_args: Vec<String>,
+    /// How nodes get hosts of their own (namespaces or the proxy).
+    pub net: crate::net::Mode,
     /// Search steps per lot before the linearizability checker answers "unknown".
     pub search_budget: u64,
 }
@@ -221,7 +228,7 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
     let dir = opts.out_dir.join(format!("run-{}-seed{}", now_ms(), opts.seed));
     std::fs::create_dir_all(&dir)?;
     let data = tempfile::tempdir()?;
-    let mut cluster = Cluster::start(&opts.node_bin, data.path(), opts.nodes, opts.node_args.clone())?;
+    let mut cluster = Cluster::start(&opts.node_bin, data.path(), opts.nodes, opts.node_args.clone(), opts.net).await?;
     cluster.leader(Duration::from_secs(30)).await?;
     let addrs: Vec<String> = cluster.addrs.values().cloned().collect();
     let setup_client = Client::new(addrs.clone()).with_deadline(Duration::from_secs(30));
@@ -358,8 +365,6 @@ async fn nemesis(
     dir: &Path,
 ) -> Result<Vec<serde_json::Value>, RunError> {
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let net =
-        if opts.faults.iter().any(|f| f.is_partition()) { Some(crate::net::Net::new(&cluster.prefix)?) } else { None };
     let mut log = Vec::new();
     let mut file = std::fs::File::create(dir.join("nemesis.jsonl"))?;
     let started = Instant::now();
@@ -377,12 +382,26 @@ async fn nemesis(
         let admin = Client::new(cluster.addrs.values().cloned().collect()).with_deadline(Duration::from_secs(10));
         let voters_without: Vec<u64> = ids.iter().copied().filter(|&id| id != target).collect();
         let mut sides = serde_json::Value::Null;
+        let mut removed = false;
         match fault {
             Fault::KillRandom | Fault::KillLeader => cluster.kill(target)?,
+            Fault::KillMajority => {
+                let mut victims = ids.clone();
+                for i in (1..victims.len()).rev() {
+                    victims.swap(i, rng.gen_range(0..=i));
+                }
+                victims.truncate(ids.len() / 2 + 1);
+                for id in &victims {
+                    cluster.kill(*id)?;
+                }
+                sides = json!(victims);
+            }
             Fault::Pause => cluster.pause(target)?,
-            // Keep the node as a learner; a failed change is logged, not fatal (it is a fault).
+            // A failed change is logged, not fatal (it happens under faults).
             Fault::Membership if ids.len() > 1 => {
-                if let Err(e) = admin.change_membership(voters_without, true).await {
+                removed = rng.gen_bool(0.5);
+                sides = json!({"change": if removed { "remove" } else { "demote" }});
+                if let Err(e) = admin.change_membership(voters_without, !removed).await {
                     writeln!(file, "{}", json!({"fault": "Membership", "node": target, "error": e.to_string()}))?;
                 }
             }
@@ -393,34 +412,33 @@ async fn nemesis(
                 sides = json!({"clock_offset_ms": offset_ms});
             }
             Fault::PartitionRing => {
-                if let Some(net) = &net {
-                    let cuts = ring_cuts(&ids);
-                    for (x, y) in &cuts {
-                        net.cut(&[*x], &[*y])?;
-                    }
-                    sides = json!(cuts);
+                let cuts = ring_cuts(&ids);
+                for (x, y) in &cuts {
+                    cluster.net.cut(&[*x], &[*y])?;
                 }
+                sides = json!(cuts);
             }
             Fault::PartitionLeader | Fault::PartitionHalves | Fault::PartitionBridge => {
-                if let Some(net) = &net {
-                    let (a, b) = partition_sides(fault, target, &ids, &mut rng);
-                    net.cut(&a, &b)?;
-                    sides = json!([a, b]);
-                }
+                let (a, b) = partition_sides(fault, target, &ids, &mut rng);
+                cluster.net.cut(&a, &b)?;
+                sides = json!([a, b]);
             }
         }
         tokio::time::sleep(hold).await;
-        if let Some(net) = &net {
-            net.heal()?;
+        if fault.is_partition() {
+            cluster.net.heal()?;
         }
         if fault == Fault::ClockSkew {
             cluster.restart_with(target, &[])?;
         }
         cluster.heal()?;
-        if fault == Fault::Membership
-            && let Err(e) = admin.change_membership(ids.clone(), false).await
-        {
-            writeln!(file, "{}", json!({"fault": "Membership", "node": target, "heal_error": e.to_string()}))?;
+        if fault == Fault::Membership {
+            // A removed node comes back as a learner first, then every node is a voter again.
+            let learner = node::pb::Node { id: target, addr: cluster.addrs[&target].clone() };
+            let back = if removed { admin.add_learner(learner).await.map(|_| ()) } else { Ok(()) };
+            if let Err(e) = back.and(admin.change_membership(ids.clone(), false).await.map(|_| ())) {
+                writeln!(file, "{}", json!({"fault": "Membership", "node": target, "heal_error": e.to_string()}))?;
+            }
         }
         let entry = json!({"fault": format!("{fault:?}"), "node": target, "sides": sides, "start_ms": start, "end_ms": started.elapsed().as_millis() as u64});
         writeln!(file, "{entry}")?;

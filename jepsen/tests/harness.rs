@@ -83,3 +83,59 @@ fn a_short_run_under_partitions_is_valid() {
     assert!(ok, "correct nodes must pass under partitions:\n{stdout}");
     assert!(stdout.contains("Partition"), "partitions were injected:\n{stdout}");
 }
+
+/// A cut must really cut: isolating the leader makes the others elect a new one, in both
+/// host modes; healing lets the old leader rejoin.
+async fn isolating_the_leader_elects_another(mode: jepsen::net::Mode) {
+    use std::time::Duration;
+    let data = tempfile::tempdir().unwrap();
+    let mut cluster = jepsen::cluster::Cluster::start(&node_bin(), data.path(), 3, vec![], mode).await.unwrap();
+    let old = cluster.leader(Duration::from_secs(30)).await.unwrap();
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != old).collect();
+    cluster.net.cut(&[old], &others).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let new = loop {
+        let mut leaders = Vec::new();
+        for id in &others {
+            if let Ok(m) = node::Client::metrics(&cluster.addrs[id]).await
+                && m.state == "Leader"
+            {
+                leaders.push(*id);
+            }
+        }
+        if let Some(id) = leaders.first() {
+            break *id;
+        }
+        assert!(std::time::Instant::now() < deadline, "{mode:?}: the majority never elected a new leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(new, old);
+    cluster.net.heal().unwrap();
+    let (index, _) = cluster.converge(Duration::from_secs(30)).await.unwrap();
+    assert!(index > 0);
+    cluster.heal().unwrap();
+}
+
+fn serially(mode: jepsen::net::Mode) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(isolating_the_leader_elects_another(mode));
+}
+
+#[test]
+fn a_proxy_cut_isolates_the_leader() {
+    serially(jepsen::net::Mode::Proxy);
+}
+
+#[test]
+fn a_namespace_cut_isolates_the_leader() {
+    // Needs root, `ip` and nftables (CI runs as root; scripts/setup installs nftables).
+    serially(jepsen::net::Mode::Netns);
+}
+
+#[test]
+fn a_short_run_with_the_proxy_under_partitions_is_valid() {
+    let (ok, stdout) = jepsen(&["--time-limit", "12", "--nemesis", "partition,kill", "--seed", "6", "--net", "proxy"]);
+    assert!(ok, "correct nodes must pass under proxy partitions:\n{stdout}");
+    assert!(stdout.contains("Proxy hosts"), "{stdout}");
+}

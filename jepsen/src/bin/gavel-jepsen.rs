@@ -1,4 +1,4 @@
-//! `gavel-jepsen test`: one chaos run against real `gavel-node` processes on loopback.
+//! `gavel-jepsen test`: one chaos run against real `gavel-node` processes, each on its own host.
 //!
 //! ```sh
 //! cargo build --release -p gavel-node -p gavel-jepsen
@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use jepsen::net::Mode;
 use jepsen::run::{Fault, Options, run};
 
 #[derive(Parser)]
@@ -27,8 +28,8 @@ enum Cmd {
         /// Seconds of workload under faults.
         #[arg(long, default_value_t = 60)]
         time_limit: u64,
-        /// Faults: all, kill, kill-leader, pause, membership, partition[-leader|-halves|-bridge|-ring],
-        /// clock, none (comma separated).
+        /// Faults: all, kill, kill-leader, kill-majority, pause, membership,
+        /// partition[-leader|-halves|-bridge|-ring], clock, none (comma separated).
         #[arg(long, default_value = "all")]
         nemesis: String,
         #[arg(long, default_value_t = 1)]
@@ -51,6 +52,10 @@ enum Cmd {
         /// Linearizability search steps per lot before answering "unknown".
         #[arg(long, default_value_t = 5_000_000)]
         search_budget: u64,
+        /// Node hosts: netns (a network namespace per node; root), proxy (loopback addresses
+        /// behind a fault-injecting TCP proxy; no root), auto (netns as root, else proxy).
+        #[arg(long, default_value = "auto", value_parser = Mode::parse)]
+        net: Mode,
         /// Run the nodes in their deliberately unsafe stale-read mode (to see the checker fail).
         #[arg(long)]
         unsafe_stale_reads: bool,
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
         node_bin,
         out,
         search_budget,
+        net,
         unsafe_stale_reads,
         unsafe_ack_before_commit,
     } = Cli::parse().command;
@@ -105,6 +111,7 @@ fn main() -> ExitCode {
         .map(|(_, flag)| flag.to_owned())
         .collect(),
         search_budget,
+        net,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -115,7 +122,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(opts)) {
         Ok(report) => {
-            println!("run directory: {}", report.dir.display());
+            println!("run directory: {}  (nodes on {net:?} hosts)", report.dir.display());
             println!("operations: {}  faults: {:?}", report.operations, report.faults);
             println!("linearizability: {:?}", report.linearizability);
             println!("lost bids: {}  duplicated bids: {}", report.lost_bids.len(), report.duplicated_bids.len());
