@@ -5,9 +5,12 @@
 //! - [`net`]: a host per node (network namespaces, or loopback behind a proxy) and the links
 //!   partitions cut.
 //! - [`run`]: one test: workload + nemesis, heal, check, report directory.
+//! - [`bench`]: the `gavel-bench` load driver (closed and open loop), etcd side by side,
+//!   failover, plots.
 //! - [`linear`]: the linearizability checker for one lot's history, with the ledger's own
 //!   bidding rules as the sequential model.
 
+pub mod bench;
 pub mod cluster;
 pub mod linear;
 pub mod net;

@@ -28,6 +28,8 @@ pub enum NetError {
     Command { command: String, message: String },
     #[error("proxy: {0}")]
     Io(#[from] std::io::Error),
+    #[error("links cannot be cut with --net direct")]
+    CannotCut,
 }
 
 /// How nodes get hosts of their own.
@@ -35,6 +37,8 @@ pub enum NetError {
 pub enum Mode {
     Netns,
     Proxy,
+    /// Plain loopback ports, nothing in between and nothing to cut (for benchmarks).
+    Direct,
 }
 
 impl Mode {
@@ -52,7 +56,8 @@ impl Mode {
             "auto" => Ok(Mode::auto()),
             "netns" => Ok(Mode::Netns),
             "proxy" => Ok(Mode::Proxy),
-            other => Err(format!("unknown --net {other:?} (auto, netns, proxy)")),
+            "direct" => Ok(Mode::Direct),
+            other => Err(format!("unknown --net {other:?} (auto, netns, proxy, direct)")),
         }
     }
 }
@@ -73,6 +78,7 @@ pub struct Net {
 enum Kind {
     Netns(Netns),
     Proxy(Proxy),
+    Direct,
 }
 
 /// The port every node listens on inside its namespace (each has its own address).
@@ -96,6 +102,14 @@ impl Net {
                 let (proxy, hosts) = Proxy::start(n).await?;
                 Ok(Net { hosts, kind: Kind::Proxy(proxy) })
             }
+            Mode::Direct => {
+                let mut hosts = BTreeMap::new();
+                for id in 1..=n {
+                    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+                    hosts.insert(id, Host { listen: addr.clone(), advertise: addr });
+                }
+                Ok(Net { hosts, kind: Kind::Direct })
+            }
         }
     }
 
@@ -103,6 +117,7 @@ impl Net {
         match self.kind {
             Kind::Netns(_) => Mode::Netns,
             Kind::Proxy(_) => Mode::Proxy,
+            Kind::Direct => Mode::Direct,
         }
     }
 
@@ -118,7 +133,7 @@ impl Net {
                 cmd.args(["netns", "exec", &netns.ns(id)]).arg(program);
                 cmd
             }
-            Kind::Proxy(_) => Command::new(program),
+            Kind::Proxy(_) | Kind::Direct => Command::new(program),
         }
     }
 
@@ -142,6 +157,7 @@ impl Net {
                 });
                 Ok(())
             }
+            Kind::Direct => Err(NetError::CannotCut),
         }
     }
 
@@ -153,6 +169,7 @@ impl Net {
                 proxy.cuts.send_modify(|cuts| cuts.clear());
                 Ok(())
             }
+            Kind::Direct => Ok(()),
         }
     }
 }

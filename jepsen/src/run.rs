@@ -174,7 +174,7 @@ fn cmd(actor: &str, body: Body) -> lp::Command {
 
 /// Users and lots; `lot-0` closes `close_after_ms` from now (so closing happens under faults),
 /// the others stay open for the whole run.
-fn setup_commands(clients: usize, lots: usize, now_ms: i64, close_after_ms: i64) -> Vec<lp::Command> {
+pub(crate) fn setup_commands(clients: usize, lots: usize, now_ms: i64, close_after_ms: i64) -> Vec<lp::Command> {
     let user = |id: String, role: lp::Role| {
         cmd(
             "",
@@ -218,7 +218,7 @@ fn setup_commands(clients: usize, lots: usize, now_ms: i64, close_after_ms: i64)
     cmds
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

@@ -94,7 +94,7 @@ impl Client {
     async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Status>>,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         if self.addrs.is_empty() {
             return Err(ClientError::Deadline(Duration::ZERO, "no node addresses given".into()));
@@ -112,9 +112,13 @@ impl Client {
                 Err(e) => Err(Status::unavailable(e.to_string())),
             };
             match result {
-                Ok(value) => {
-                    self.prefer(Some(addr));
-                    return Ok(value);
+                Ok(response) => {
+                    // A follower that forwarded the call names the leader: go there next time
+                    // and save the extra hop.
+                    let leader =
+                        response.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    self.prefer(Some(leader.unwrap_or(addr)));
+                    return Ok(response.into_inner());
                 }
                 Err(status) if retryable(&status) => {
                     let hint =
@@ -151,9 +155,10 @@ impl Client {
     pub async fn propose(&self, commands: Vec<ledger::pb::Command>) -> Result<Vec<pb::CommandResult>, ClientError> {
         self.with_retries(|ch| {
             let request = self.request(pb::ProposeRequest { commands: commands.clone() });
-            async move { Self::client(ch).propose(request).await.map(|r| r.into_inner().results) }
+            async move { Self::client(ch).propose(request).await }
         })
         .await
+        .map(|r| r.results)
     }
 
     /// Reads a lot (linearizable unless `stale`).
@@ -165,7 +170,7 @@ impl Client {
     ) -> Result<pb::ReadLotResponse, ClientError> {
         self.with_retries(|ch| {
             let request = self.request(pb::ReadLotRequest { lot_id: lot_id.to_owned(), stale, include_bids });
-            async move { Self::client(ch).read_lot(request).await.map(|r| r.into_inner()) }
+            async move { Self::client(ch).read_lot(request).await }
         })
         .await
     }
@@ -180,7 +185,7 @@ impl Client {
         self.with_retries(|ch| {
             let request =
                 self.request(pb::ReadUserRequest { user_id: user_id.to_owned(), username: username.to_owned(), stale });
-            async move { Self::client(ch).read_user(request).await.map(|r| r.into_inner()) }
+            async move { Self::client(ch).read_user(request).await }
         })
         .await
     }
@@ -217,7 +222,7 @@ impl Client {
     pub async fn add_learner(&self, node: pb::Node) -> Result<pb::MembershipResponse, ClientError> {
         self.with_retries(|ch| {
             let request = pb::AddLearnerRequest { node: Some(node.clone()) };
-            async move { AdminServiceClient::new(ch).add_learner(request).await.map(|r| r.into_inner()) }
+            async move { AdminServiceClient::new(ch).add_learner(request).await }
         })
         .await
     }
@@ -230,7 +235,7 @@ impl Client {
     ) -> Result<pb::MembershipResponse, ClientError> {
         self.with_retries(|ch| {
             let request = pb::ChangeMembershipRequest { voters: voters.clone(), retain };
-            async move { AdminServiceClient::new(ch).change_membership(request).await.map(|r| r.into_inner()) }
+            async move { AdminServiceClient::new(ch).change_membership(request).await }
         })
         .await
     }

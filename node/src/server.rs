@@ -56,7 +56,7 @@ fn is_forwarded<T>(request: &Request<T>) -> bool {
 
 impl Services {
     /// A client to the current leader, if it is another node.
-    fn leader_client(&self) -> Result<ClientServiceClient<tonic::transport::Channel>, Status> {
+    fn leader_client(&self) -> Result<(ClientServiceClient<tonic::transport::Channel>, String), Status> {
         let metrics = self.node.raft.metrics().borrow_watched().clone();
         let leader = metrics.current_leader.ok_or_else(|| not_leader(None))?;
         let addr = metrics
@@ -72,14 +72,15 @@ impl Services {
                 _ => {
                     let ch = crate::network::channel(&addr, self.node.local_ip())
                         .map_err(|e| Status::unavailable(e.to_string()))?;
-                    *cached = Some((addr, ch.clone()));
+                    *cached = Some((addr.clone(), ch.clone()));
                     ch
                 }
             }
         };
-        Ok(ClientServiceClient::new(channel)
+        let client = ClientServiceClient::new(channel)
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX))
+            .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
+        Ok((client, addr))
     }
 
     fn forward<T>(message: T) -> Request<T> {
@@ -191,8 +192,13 @@ impl pb::client_service_server::ClientService for Services {
             Ok(results) => Ok(Response::new(pb::ProposeResponse { results })),
             // Writes through a follower are forwarded to the leader, once.
             Err(ProposeError::NotLeader { .. }) if !forwarded => {
-                let mut leader = self.leader_client()?;
-                leader.propose(Self::forward(pb::ProposeRequest { commands })).await
+                let (mut leader, addr) = self.leader_client()?;
+                let mut response = leader.propose(Self::forward(pb::ProposeRequest { commands })).await?;
+                // Tell the client who leads, so its next write skips this hop.
+                if let Ok(value) = addr.parse() {
+                    response.metadata_mut().insert(LEADER_ADDR_HEADER, value);
+                }
+                Ok(response)
             }
             Err(e) => Err(propose_status(e)),
         }
@@ -202,7 +208,7 @@ impl pb::client_service_server::ClientService for Services {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         if !self.read_here(req.stale, forwarded).await? {
-            return self.leader_client()?.read_lot(Self::forward(req)).await;
+            return self.leader_client()?.0.read_lot(Self::forward(req)).await;
         }
         let shared = &self.node.shared;
         let applied_index = shared.applied_index();
@@ -225,7 +231,7 @@ impl pb::client_service_server::ClientService for Services {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         if !self.read_here(req.stale, forwarded).await? {
-            return self.leader_client()?.read_user(Self::forward(req)).await;
+            return self.leader_client()?.0.read_user(Self::forward(req)).await;
         }
         let shared = &self.node.shared;
         let applied_index = shared.applied_index();

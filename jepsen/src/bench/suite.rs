@@ -1,0 +1,210 @@
+//! Starting the systems under test and the measurements `gavel-bench` offers: one run on a
+//! fresh cluster, an open-loop sweep, and leader failover under load.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use node::Client;
+
+use super::etcd::{EtcdCluster, EtcdError};
+use super::target::{Etcd, Gavel, Target};
+use super::{Failover, Resume, RunResult, Spec, drive, failover_summary, steady_writers};
+use crate::cluster::{Cluster, ClusterError};
+use crate::net::Mode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error("etcd client: {0}")]
+    EtcdClient(#[from] etcd_client::Error),
+    #[error("setup: {0}")]
+    Setup(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no {0} leader found")]
+    NoLeader(&'static str),
+}
+
+/// Which system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Gavel,
+    Etcd,
+}
+
+pub struct Env {
+    pub node_bin: PathBuf,
+    pub etcd_bin: PathBuf,
+    /// Per-client deadline for one operation (retries included).
+    pub op_deadline: Duration,
+}
+
+/// A running system, torn down when dropped.
+pub enum Running {
+    Gavel { cluster: Cluster, target: Arc<Target>, _dir: tempfile::TempDir },
+    Etcd { cluster: EtcdCluster, target: Arc<Target>, _dir: tempfile::TempDir },
+}
+
+impl Running {
+    pub fn target(&self) -> Arc<Target> {
+        match self {
+            Running::Gavel { target, .. } | Running::Etcd { target, .. } => target.clone(),
+        }
+    }
+}
+
+/// Starts a fresh 3-node cluster of `system` with `lots` open lots and `bidders` users.
+pub async fn start(env: &Env, system: System, lots: usize, bidders: usize) -> Result<Running, SuiteError> {
+    let dir = tempfile::tempdir()?;
+    match system {
+        System::Gavel => {
+            let cluster = Cluster::start(&env.node_bin, dir.path(), 3, vec![], Mode::Direct).await?;
+            cluster.leader(Duration::from_secs(30)).await?;
+            let addrs: Vec<String> = cluster.addrs.values().cloned().collect();
+            let setup = Client::new(addrs.clone()).with_deadline(Duration::from_secs(60));
+            let day_ms = 24 * 3_600_000;
+            for chunk in crate::run::setup_commands(bidders, lots, crate::run::now_ms(), day_ms).chunks(1000) {
+                setup.propose(chunk.to_vec()).await.map_err(|e| SuiteError::Setup(e.to_string()))?;
+            }
+            let target = Arc::new(Target::Gavel(Gavel::new(addrs, env.op_deadline)));
+            Ok(Running::Gavel { cluster, target, _dir: dir })
+        }
+        System::Etcd => {
+            let cluster = EtcdCluster::start(&env.etcd_bin, dir.path(), 3)?;
+            let etcd = connect_etcd(&cluster.endpoints(), env.op_deadline).await?;
+            etcd.setup(lots).await?;
+            let target = Arc::new(Target::Etcd(etcd));
+            Ok(Running::Etcd { cluster, target, _dir: dir })
+        }
+    }
+}
+
+/// etcd takes a moment to form its cluster: retry the first connection and setup.
+async fn connect_etcd(endpoints: &[String], deadline: Duration) -> Result<Etcd, SuiteError> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let etcd = Etcd::connect(endpoints, deadline).await?;
+            etcd.leader().await?;
+            Ok::<_, etcd_client::Error>(etcd)
+        };
+        match attempt.await {
+            Ok(etcd) => return Ok(etcd),
+            Err(e) if Instant::now() > until => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// One run on a fresh cluster.
+pub async fn run_once(env: &Env, system: System, spec: &Spec) -> Result<RunResult, SuiteError> {
+    let running = start(env, system, spec.lots, spec.bidders).await?;
+    Ok(drive(running.target(), spec).await)
+}
+
+/// Open-loop runs at each rate, on one fresh cluster.
+pub async fn sweep(env: &Env, system: System, spec: &Spec, rates: &[u64]) -> Result<Vec<RunResult>, SuiteError> {
+    let running = start(env, system, spec.lots, spec.bidders).await?;
+    let mut results = Vec::new();
+    for rate in rates {
+        let spec = Spec { load: super::Load::Open { rate: *rate }, ..spec.clone() };
+        results.push(drive(running.target(), &spec).await);
+    }
+    Ok(results)
+}
+
+/// Under `clients` closed-loop bidders, kills the leader `kills` times (kill -9); each time
+/// measures until a bid sent after the kill is acknowledged, then restarts the old leader and
+/// lets it catch up before the next kill.
+pub async fn failover(
+    env: &Env,
+    system: System,
+    spec: &Spec,
+    clients: usize,
+    kills: usize,
+) -> Result<Failover, SuiteError> {
+    let mut running = start(env, system, spec.lots, spec.bidders).await?;
+    let resume = Arc::new(Resume::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = steady_writers(running.target(), spec, clients, resume.clone(), stop.clone());
+    let mut recovery = Vec::new();
+    for k in 0..kills {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let killed = match &mut running {
+            Running::Gavel { cluster, .. } => {
+                let leader = cluster.leader(Duration::from_secs(10)).await?;
+                resume.arm(Instant::now());
+                cluster.kill(leader)?;
+                Killed::Gavel(leader)
+            }
+            Running::Etcd { cluster, target, .. } => {
+                let Target::Etcd(etcd) = target.as_ref() else { return Err(SuiteError::NoLeader("etcd")) };
+                let (leader, urls) = etcd.leader().await?;
+                let url = urls.iter().find(|(id, _)| *id == leader).map(|(_, u)| u.clone());
+                let name = url.and_then(|u| cluster.name_of(&u)).ok_or(SuiteError::NoLeader("etcd"))?;
+                resume.arm(Instant::now());
+                cluster.kill(&name)?;
+                Killed::Etcd(name)
+            }
+        };
+        let until = Instant::now() + Duration::from_secs(30);
+        let took = loop {
+            if let Some(d) = resume.resumed() {
+                break d;
+            }
+            if Instant::now() > until {
+                break Duration::from_secs(30);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        eprintln!("[{system:?} failover] kill {}: writes resumed after {:.0} ms", k + 1, took.as_secs_f64() * 1000.0);
+        recovery.push(took);
+        match (&mut running, killed) {
+            (Running::Gavel { cluster, .. }, Killed::Gavel(id)) => {
+                cluster.restart(id)?;
+                caught_up(cluster, id).await?;
+            }
+            (Running::Etcd { cluster, .. }, Killed::Etcd(name)) => {
+                cluster.restart(&name)?;
+                // Give the member time to rejoin before the next kill (a kill while it is
+                // still catching up would cost the quorum).
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            _ => {}
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+    Ok(failover_summary(recovery))
+}
+
+/// Waits until node `id` has applied what the leader had applied when it was restarted
+/// (under load the replicas are never all equal at one instant).
+async fn caught_up(cluster: &Cluster, id: u64) -> Result<(), SuiteError> {
+    let leader = cluster.leader(Duration::from_secs(10)).await?;
+    let target = Client::metrics(&cluster.addrs[&leader]).await.map(|m| m.last_applied_index).unwrap_or(0);
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(m) = Client::metrics(&cluster.addrs[&id]).await
+            && m.last_applied_index >= target
+        {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            return Err(SuiteError::Setup(format!("node {id} did not catch up")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+enum Killed {
+    Gavel(u64),
+    Etcd(String),
+}

@@ -1,0 +1,265 @@
+//! What the load driver talks to: a Gavel cluster through the node client library, or an etcd
+//! cluster doing proxy bidding the way a team would build it on etcd (read the lot's state,
+//! apply the same rules, compare-and-swap on the key's revision, retry on conflict).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+use ledger::bidding::{Book, Leader};
+use ledger::ladder::Ladder;
+use ledger::pb::{self as lp, command::Body, outcome::Result as Res};
+use ledger::{Currency, Rejection};
+
+/// One operation of a workload.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Bid { lot: usize, bidder: usize, max: i64 },
+    Read { lot: usize },
+}
+
+/// How an operation ended when the system answered.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The bid was accepted and is committed.
+    Accepted,
+    /// Refused by the auction rules (still an answer; the code says why).
+    Rejected(String),
+    Read,
+}
+
+/// No answer: the error class (for "errors by code").
+pub type Failure = String;
+
+pub const START_PRICE: i64 = 10_000;
+
+pub fn lot_id(lot: usize) -> String {
+    format!("lot-{lot}")
+}
+
+pub fn bidder_id(bidder: usize) -> String {
+    format!("bidder{bidder}")
+}
+
+pub enum Target {
+    Gavel(Gavel),
+    Etcd(Etcd),
+}
+
+impl Target {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Gavel(_) => "gavel",
+            Target::Etcd(_) => "etcd",
+        }
+    }
+
+    pub async fn perform(&self, op: Op) -> Result<Outcome, Failure> {
+        match self {
+            Target::Gavel(g) => g.perform(op).await,
+            Target::Etcd(e) => e.perform(op).await,
+        }
+    }
+}
+
+/// Gavel through `node::Client`: one bid per request, as a bidder's client would send it.
+pub struct Gavel {
+    client: Arc<node::Client>,
+    seq: AtomicU64,
+}
+
+impl Gavel {
+    pub fn new(addrs: Vec<String>, deadline: Duration) -> Gavel {
+        Gavel { client: Arc::new(node::Client::new(addrs).with_deadline(deadline)), seq: AtomicU64::new(0) }
+    }
+
+    async fn perform(&self, op: Op) -> Result<Outcome, Failure> {
+        match op {
+            Op::Read { lot } => match self.client.read_lot(&lot_id(lot), false, false).await {
+                Ok(_) => Ok(Outcome::Read),
+                Err(e) => Err(failure(&e)),
+            },
+            Op::Bid { lot, bidder, max } => {
+                let bid_id = format!("b{}", self.seq.fetch_add(1, Ordering::Relaxed));
+                let command = lp::Command {
+                    at_ms: 0,
+                    actor: bidder_id(bidder),
+                    body: Some(Body::PlaceBid(lp::PlaceBid { lot_id: lot_id(lot), bid_id, max_amount: max })),
+                };
+                match self.client.propose(vec![command]).await {
+                    Ok(results) => {
+                        match results.first().and_then(|r| r.outcome.as_ref()).and_then(|o| o.result.as_ref()) {
+                            Some(Res::Bid(_)) => Ok(Outcome::Accepted),
+                            Some(Res::Rejected(r)) => Ok(Outcome::Rejected(r.code.clone())),
+                            _ => Err("no_outcome".into()),
+                        }
+                    }
+                    Err(e) => Err(failure(&e)),
+                }
+            }
+        }
+    }
+}
+
+fn failure(e: &node::ClientError) -> Failure {
+    match e {
+        node::ClientError::Deadline(..) => "deadline".into(),
+        node::ClientError::Refused(status) => format!("grpc_{:?}", status.code()).to_lowercase(),
+        node::ClientError::Address(..) => "address".into(),
+    }
+}
+
+/// etcd: each lot is a key holding its book; a bid is `get` + the ledger's own rules + one
+/// transaction comparing the key's `mod_revision`, retried on conflict with the state the
+/// failed transaction returned. Bidders and bid ids are not deduplicated (that would cost etcd
+/// more; Gavel does it).
+pub struct Etcd {
+    clients: Vec<etcd_client::Client>,
+    next: AtomicU64,
+    ladder: Ladder,
+}
+
+/// Attempts per bid before giving up on a hot key.
+const CAS_ATTEMPTS: usize = 64;
+
+impl Etcd {
+    pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Etcd, etcd_client::Error> {
+        // One client per endpoint: the crate does not fail over between endpoints by itself,
+        // so requests rotate over them and a dead one only fails its share, which is retried.
+        let mut clients = Vec::new();
+        for endpoint in endpoints {
+            let options = etcd_client::ConnectOptions::new().with_timeout(timeout).with_connect_timeout(timeout);
+            clients.push(etcd_client::Client::connect([endpoint.as_str()], Some(options)).await?);
+        }
+        let ladder =
+            Ladder::default_for(Currency::USD).ok_or_else(|| etcd_client::Error::InvalidArgs("ladder".into()))?;
+        Ok(Etcd { clients, next: AtomicU64::new(0), ladder })
+    }
+
+    fn client(&self) -> etcd_client::Client {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.clients.len();
+        self.clients[i].clone()
+    }
+
+    /// Creates the lots (an empty book each).
+    pub async fn setup(&self, lots: usize) -> Result<(), etcd_client::Error> {
+        let mut client = self.client();
+        for chunk in (0..lots).collect::<Vec<_>>().chunks(100) {
+            let puts: Vec<TxnOp> =
+                chunk.iter().map(|l| TxnOp::put(lot_id(*l), encode(&Book::new(START_PRICE, None)), None)).collect();
+            client.txn(Txn::new().and_then(puts)).await?;
+        }
+        Ok(())
+    }
+
+    async fn perform(&self, op: Op) -> Result<Outcome, Failure> {
+        let mut client = self.client();
+        match op {
+            Op::Read { lot } => client.get(lot_id(lot), None).await.map(|_| Outcome::Read).map_err(etcd_failure),
+            Op::Bid { lot, bidder, max } => {
+                let key = lot_id(lot);
+                let bidder = bidder_id(bidder);
+                let bid_id = format!("b{}", self.next.fetch_add(1, Ordering::Relaxed));
+                let got = client.get(key.as_str(), None).await.map_err(etcd_failure)?;
+                let Some(kv) = got.kvs().first() else { return Err("no_lot".into()) };
+                let (mut value, mut revision) = (kv.value().to_vec(), kv.mod_revision());
+                for _ in 0..CAS_ATTEMPTS {
+                    let mut book = decode(&value).ok_or("bad_value")?;
+                    if let Err(rejection) = book.place(&self.ladder, &bidder, &bid_id, max) {
+                        return Ok(Outcome::Rejected(code(&rejection)));
+                    }
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
+                        .and_then([TxnOp::put(key.as_str(), encode(&book), None)])
+                        .or_else([TxnOp::get(key.as_str(), None)]);
+                    let answer = client.txn(txn).await.map_err(etcd_failure)?;
+                    if answer.succeeded() {
+                        return Ok(Outcome::Accepted);
+                    }
+                    // Lost the race: the failed transaction carries the current state.
+                    let current = answer.op_responses().into_iter().find_map(|r| match r {
+                        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())),
+                        _ => None,
+                    });
+                    (value, revision) = current.ok_or("no_lot")?;
+                }
+                Err("cas_exhausted".into())
+            }
+        }
+    }
+
+    /// The member id of the current leader and each member's client URL.
+    pub async fn leader(&self) -> Result<(u64, Vec<(u64, String)>), etcd_client::Error> {
+        let mut last = None;
+        for c in &self.clients {
+            let mut c = c.clone();
+            match (c.status().await, c.member_list().await) {
+                (Ok(status), Ok(members)) => {
+                    let urls = members
+                        .members()
+                        .iter()
+                        .map(|m| (m.id(), m.client_urls().first().cloned().unwrap_or_default()))
+                        .collect();
+                    return Ok((status.leader(), urls));
+                }
+                (Err(e), _) | (_, Err(e)) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no endpoints".into())))
+    }
+}
+
+fn etcd_failure(e: etcd_client::Error) -> Failure {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => format!("grpc_{:?}", status.code()).to_lowercase(),
+        etcd_client::Error::TransportError(_) => "transport".into(),
+        _ => "etcd_other".into(),
+    }
+}
+
+fn code(rejection: &Rejection) -> String {
+    rejection.code.as_str().to_owned()
+}
+
+/// `price;reserve;start;bidder;bid_id;max` (empty leader fields when there is none).
+fn encode(book: &Book) -> String {
+    let reserve = book.reserve.map(|r| r.to_string()).unwrap_or_default();
+    match &book.leader {
+        Some(l) => format!("{};{reserve};{};{};{};{}", book.price, book.start_price, l.bidder, l.bid_id, l.max),
+        None => format!("{};{reserve};{};;;", book.price, book.start_price),
+    }
+}
+
+fn decode(bytes: &[u8]) -> Option<Book> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut parts = text.split(';');
+    let price = parts.next()?.parse().ok()?;
+    let reserve = match parts.next()? {
+        "" => None,
+        r => Some(r.parse().ok()?),
+    };
+    let start_price = parts.next()?.parse().ok()?;
+    let (bidder, bid_id, max) = (parts.next()?, parts.next()?, parts.next()?);
+    let leader = if bidder.is_empty() {
+        None
+    } else {
+        Some(Leader { bidder: bidder.to_owned(), bid_id: bid_id.to_owned(), max: max.parse().ok()? })
+    };
+    Some(Book { start_price, reserve, price, leader })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_book_survives_the_etcd_encoding() {
+        let ladder = Ladder::default_for(Currency::USD).unwrap();
+        let mut book = Book::new(START_PRICE, Some(50_000));
+        assert_eq!(decode(encode(&book).as_bytes()), Some(book.clone()));
+        book.place(&ladder, "bidder1", "b1", 60_000).unwrap();
+        assert_eq!(decode(encode(&book).as_bytes()), Some(book));
+        assert_eq!(decode(b"garbage"), None);
+    }
+}

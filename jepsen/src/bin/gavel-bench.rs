@@ -1,0 +1,372 @@
+//! `gavel-bench`: throughput, latency and failover of Gavel, side by side with etcd.
+//!
+//! ```sh
+//! cargo build --release -p gavel-node -p gavel-jepsen
+//! target/release/gavel-bench all                       # everything BENCHMARKS.md reports
+//! target/release/gavel-bench run --system both --workload zipf --clients 256
+//! target/release/gavel-bench sweep --system gavel --rates 1000,5000,10000
+//! target/release/gavel-bench failover --system gavel --kills 20
+//! ```
+//! Every cluster is started fresh on loopback (3 members, fsync on) and killed at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use jepsen::bench::suite::{self, Env, System};
+use jepsen::bench::{Failover, Load, RunResult, Spec, Workload, plot};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "gavel-bench", version, about = "Throughput, latency and failover: Gavel and etcd")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+    /// The gavel-node binary (default: next to this one).
+    #[arg(long, global = true)]
+    node_bin: Option<PathBuf>,
+    /// The etcd server binary (Debian's etcd-server).
+    #[arg(long, global = true, default_value = "/usr/bin/etcd")]
+    etcd_bin: PathBuf,
+    /// Where results (JSON, SVG, summary.md) go.
+    #[arg(long, global = true, default_value = "bench-results")]
+    out: PathBuf,
+}
+
+#[derive(Args, Clone)]
+struct WorkloadArgs {
+    /// hot (a few lots), zipf (many lots, Zipf popularity), read-heavy (90% reads).
+    #[arg(long, default_value = "zipf", value_parser = Workload::parse)]
+    workload: Workload,
+    /// Lots (default: 4 for hot, 10,000 otherwise).
+    #[arg(long)]
+    lots: Option<usize>,
+    /// Distinct bidders.
+    #[arg(long, default_value_t = 1000)]
+    bidders: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl WorkloadArgs {
+    fn spec(&self, load: Load) -> Spec {
+        let lots = self.lots.unwrap_or(if self.workload == Workload::Hot { 4 } else { 10_000 }).max(1);
+        Spec {
+            workload: self.workload,
+            lots,
+            bidders: self.bidders.max(1),
+            load,
+            duration: Duration::from_secs(self.seconds),
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One measurement per system, closed loop (--clients) or open loop (--rate).
+    Run {
+        /// gavel, etcd or both (back to back, with the ratio).
+        #[arg(long, default_value = "both")]
+        system: String,
+        #[command(flatten)]
+        workload: WorkloadArgs,
+        /// Closed loop: concurrent clients.
+        #[arg(long, default_value_t = 256, conflicts_with = "rate")]
+        clients: usize,
+        /// Open loop: operations per second, latency from intended send time.
+        #[arg(long)]
+        rate: Option<u64>,
+    },
+    /// Open loop at each rate: latency against offered load.
+    Sweep {
+        #[arg(long, default_value = "both")]
+        system: String,
+        #[command(flatten)]
+        workload: WorkloadArgs,
+        #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000,10000,20000")]
+        rates: Vec<u64>,
+    },
+    /// Kill the leader repeatedly under load; time until writes succeed again.
+    Failover {
+        #[arg(long, default_value = "gavel")]
+        system: String,
+        #[command(flatten)]
+        workload: WorkloadArgs,
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+    },
+    /// Everything BENCHMARKS.md reports, with plots and summary.md.
+    All {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 256)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    #[error(transparent)]
+    Suite(#[from] suite::SuiteError),
+    #[error(transparent)]
+    Plot(#[from] plot::PlotError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn systems(s: &str) -> Result<Vec<System>, BenchError> {
+    match s {
+        "gavel" => Ok(vec![System::Gavel]),
+        "etcd" => Ok(vec![System::Etcd]),
+        "both" => Ok(vec![System::Gavel, System::Etcd]),
+        other => Err(BenchError::Usage(format!("unknown --system {other:?} (gavel, etcd, both)"))),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let node_bin = cli
+        .node_bin
+        .clone()
+        .or_else(|| std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("gavel-node"))));
+    let Some(node_bin) = node_bin.filter(|p| p.exists()) else {
+        eprintln!(
+            "gavel-bench: gavel-node not found; build it (cargo build --release -p gavel-node) or pass --node-bin"
+        );
+        return ExitCode::from(2);
+    };
+    let env = Env { node_bin, etcd_bin: cli.etcd_bin.clone(), op_deadline: Duration::from_secs(10) };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gavel-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_async(&env, cli.command, &cli.out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(BenchError::Usage(e)) => {
+            eprintln!("gavel-bench: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("gavel-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchError> {
+    std::fs::create_dir_all(out)?;
+    match command {
+        Cmd::Run { system, workload, clients, rate } => {
+            let load = rate.map_or(Load::Closed { clients }, |rate| Load::Open { rate });
+            let spec = workload.spec(load);
+            let results = compare(env, &systems(&system)?, &spec, out, "run").await?;
+            if let [g, e] = results.as_slice() {
+                println!(
+                    "ratio gavel/etcd (accepted bids/s): {:.1}x",
+                    ratio(g.accepted_bids_per_s, e.accepted_bids_per_s)
+                );
+            }
+        }
+        Cmd::Sweep { system, workload, rates } => {
+            let spec = workload.spec(Load::Open { rate: 0 });
+            let mut sweeps = Vec::new();
+            for s in systems(&system)? {
+                let results = suite::sweep(env, s, &spec, &rates).await?;
+                print_sweep(s, &results);
+                sweeps.push((name(s).to_owned(), results));
+            }
+            write_json(&out.join("sweep.json"), &json!(sweeps))?;
+            plot::latency_vs_load(&out.join("latency-vs-load.svg"), &sweeps)?;
+        }
+        Cmd::Failover { system, workload, kills, clients } => {
+            let spec = workload.spec(Load::Closed { clients });
+            let mut all = Vec::new();
+            for s in systems(&system)? {
+                let f = suite::failover(env, s, &spec, clients, kills).await?;
+                print_failover(s, &f);
+                all.push((name(s).to_owned(), f));
+            }
+            write_json(&out.join("failover.json"), &json!(all))?;
+            let refs: Vec<(String, &Failover)> = all.iter().map(|(n, f)| (n.clone(), f)).collect();
+            plot::failover(&out.join("failover.svg"), &refs)?;
+        }
+        Cmd::All { seconds, clients, kills } => all(env, out, seconds, clients, kills).await?,
+    }
+    println!("results in {}", out.display());
+    Ok(())
+}
+
+fn name(s: System) -> &'static str {
+    match s {
+        System::Gavel => "gavel",
+        System::Etcd => "etcd",
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::INFINITY }
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), BenchError> {
+    std::fs::write(path, serde_json::to_string_pretty(value).unwrap_or_default())?;
+    Ok(())
+}
+
+fn print_run(r: &RunResult) {
+    println!(
+        "{:<6} {:<10} {:<24} {:>10.0} accepted bids/s {:>10.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p999 {:>7.2} ms  max {:>8.2} ms  rejected {:?}  errors {:?}",
+        r.target,
+        format!("{:?}", r.workload),
+        format!("{:?}", r.load),
+        r.accepted_bids_per_s,
+        r.ops_per_s,
+        r.p50_ms,
+        r.p99_ms,
+        r.p999_ms,
+        r.max_ms,
+        r.rejections_by_code,
+        r.errors_by_code
+    );
+}
+
+fn print_sweep(s: System, results: &[RunResult]) {
+    for r in results {
+        print_run(r);
+    }
+    let _ = s;
+}
+
+fn print_failover(s: System, f: &Failover) {
+    println!(
+        "{:<6} failover over {} leader kills: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
+        name(s),
+        f.kills,
+        f.p50_ms,
+        f.p99_ms,
+        f.max_ms
+    );
+}
+
+/// Each system on a fresh cluster, back to back; JSON and a time-series plot under `out`.
+async fn compare(
+    env: &Env,
+    systems: &[System],
+    spec: &Spec,
+    out: &Path,
+    tag: &str,
+) -> Result<Vec<RunResult>, BenchError> {
+    let mut results = Vec::new();
+    for s in systems {
+        let r = suite::run_once(env, *s, spec).await?;
+        print_run(&r);
+        results.push(r);
+    }
+    let file = format!("{tag}-{:?}-{}", spec.workload, load_tag(spec.load)).to_lowercase();
+    write_json(&out.join(format!("{file}.json")), &json!(results))?;
+    let refs: Vec<&RunResult> = results.iter().collect();
+    plot::timeseries(
+        &out.join(format!("{file}.svg")),
+        &format!("{:?} workload, {:?}", spec.workload, spec.load),
+        &refs,
+    )?;
+    Ok(results)
+}
+
+fn load_tag(load: Load) -> String {
+    match load {
+        Load::Closed { clients } => format!("closed{clients}"),
+        Load::Open { rate } => format!("open{rate}"),
+    }
+}
+
+/// The whole suite, and `summary.md` with one line per goal.
+async fn all(env: &Env, out: &Path, seconds: u64, clients: usize, kills: usize) -> Result<(), BenchError> {
+    let both = [System::Gavel, System::Etcd];
+    let base = |workload: Workload, lots: usize| Spec {
+        workload,
+        lots,
+        bidders: 1000,
+        load: Load::Closed { clients },
+        duration: Duration::from_secs(seconds),
+        seed: 1,
+    };
+    let mut summary = String::from(
+        "| system | workload | load | accepted bids/s | ops/s | p50 ms | p99 ms | p999 ms | max ms | failed |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut closed = Vec::new();
+    for (workload, lots) in [(Workload::Zipf, 10_000), (Workload::Hot, 4), (Workload::ReadHeavy, 10_000)] {
+        let results = compare(env, &both, &base(workload, lots), out, "closed").await?;
+        closed.push(results);
+    }
+    let rates = [1_000, 2_500, 5_000, 10_000, 20_000];
+    let mut sweeps = Vec::new();
+    for s in both {
+        let results = suite::sweep(env, s, &base(Workload::Zipf, 10_000), &rates).await?;
+        print_sweep(s, &results);
+        sweeps.push((name(s).to_owned(), results));
+    }
+    write_json(&out.join("sweep.json"), &json!(sweeps))?;
+    plot::latency_vs_load(&out.join("latency-vs-load.svg"), &sweeps)?;
+    let mut failovers = Vec::new();
+    for s in both {
+        let f = suite::failover(env, s, &base(Workload::Zipf, 10_000), 32, kills).await?;
+        print_failover(s, &f);
+        failovers.push((name(s).to_owned(), f));
+    }
+    write_json(&out.join("failover.json"), &json!(failovers))?;
+    let refs: Vec<(String, &Failover)> = failovers.iter().map(|(n, f)| (n.clone(), f)).collect();
+    plot::failover(&out.join("failover.svg"), &refs)?;
+
+    for r in closed.iter().flatten().chain(sweeps.iter().flat_map(|(_, rs)| rs.iter())) {
+        summary.push_str(&format!(
+            "| {} | {:?} | {:?} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
+            r.target,
+            r.workload,
+            r.load,
+            r.accepted_bids_per_s,
+            r.ops_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.max_ms,
+            r.failed
+        ));
+    }
+    summary.push_str("\n| system | leader kills | recovery p50 ms | p99 ms | max ms |\n|---|---|---|---|---|\n");
+    for (n, f) in &failovers {
+        summary.push_str(&format!("| {n} | {} | {:.0} | {:.0} | {:.0} |\n", f.kills, f.p50_ms, f.p99_ms, f.max_ms));
+    }
+    let (g, e) = (&closed[0][0], &closed[0][1]);
+    let r = ratio(g.accepted_bids_per_s, e.accepted_bids_per_s);
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let at_10k = sweeps[0].1.iter().find(|r| matches!(r.load, Load::Open { rate: 10_000 }));
+    let p99_10k = at_10k.map_or(f64::INFINITY, |r| r.p99_ms);
+    let gavel_failover = &failovers[0].1;
+    summary.push_str(&format!(
+        "\nGoals:\n\n- Committed bids/s (gRPC, many lots) >= 100,000: {:.0} -> {}\n- At least 5x etcd in the same run: {r:.1}x -> {}\n- p99 <= 5 ms at 10,000 bids/s offered (open loop): {p99_10k:.2} ms -> {}\n- Leader failover p99 <= 1 s over {} kills: {:.0} ms -> {}\n",
+        g.accepted_bids_per_s,
+        met(g.accepted_bids_per_s >= 100_000.0),
+        met(r >= 5.0),
+        met(p99_10k <= 5.0),
+        gavel_failover.kills,
+        gavel_failover.p99_ms,
+        met(gavel_failover.p99_ms <= 1000.0),
+    ));
+    std::fs::write(out.join("summary.md"), &summary)?;
+    println!("\n{summary}");
+    Ok(())
+}
