@@ -282,6 +282,10 @@ async fn client_loop(
     history: Arc<Mutex<History>>,
     deadline: Instant,
 ) {
+    // Reads go to one node per client (as clients spread over gateways would), so every node
+    // serves reads, not only the leader that writes soon prefer.
+    let reader = Client::new(addrs.get(c % addrs.len().max(1)).cloned().into_iter().collect())
+        .with_deadline(Duration::from_secs(3));
     let client = Client::new(addrs).with_deadline(Duration::from_secs(3));
     let mut rng = StdRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let bidder = format!("bidder{c}");
@@ -307,7 +311,7 @@ async fn client_loop(
             h.line(json!({"process": c, "type": "invoke", "lot": lot, "op": format!("{input:?}"), "time_ns": t}));
             t
         };
-        let (output, kind) = perform(&client, &lot, &input).await;
+        let (output, kind) = perform(if read { &reader } else { &client }, &lot, &input).await;
         if let Output::Bid { price, .. } | Output::Read { price, .. } = &output {
             last_seen.insert(lot.clone(), *price);
         }

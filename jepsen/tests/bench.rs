@@ -64,7 +64,19 @@ fn a_closed_loop_run_measures_gavel_and_etcd_side_by_side() {
 fn an_open_loop_sweep_offers_each_rate() {
     let out = tempfile::tempdir().unwrap();
     bench(
-        &["sweep", "--system", "gavel", "--workload", "read-heavy", "--lots", "100", "--rates", "100,400", "--seconds", "2"],
+        &[
+            "sweep",
+            "--system",
+            "gavel",
+            "--workload",
+            "read-heavy",
+            "--lots",
+            "100",
+            "--rates",
+            "100,400",
+            "--seconds",
+            "2",
+        ],
         out.path(),
     );
     let sweep = json(&out.path().join("sweep.json"));
@@ -82,10 +94,7 @@ fn an_open_loop_sweep_offers_each_rate() {
 #[test]
 fn failover_is_timed_for_each_leader_kill() {
     let out = tempfile::tempdir().unwrap();
-    let text = bench(
-        &["failover", "--system", "gavel", "--lots", "100", "--kills", "2", "--clients", "8"],
-        out.path(),
-    );
+    let text = bench(&["failover", "--system", "gavel", "--lots", "100", "--kills", "2", "--clients", "8"], out.path());
     assert!(text.contains("failover over 2 leader kills"), "{text}");
     let failover = json(&out.path().join("failover.json"));
     let times = failover[0][1]["recovery_ms"].as_array().unwrap();

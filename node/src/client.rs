@@ -39,7 +39,9 @@ pub struct Client {
 }
 
 const BACKOFF_MIN_MS: u64 = 10;
-const BACKOFF_MAX_MS: u64 = 500;
+// Short: during a leader election every node answers "no leader" until one wins (a few
+// hundred ms); a long backoff would add its own wait on top of the election.
+const BACKOFF_MAX_MS: u64 = 100;
 
 fn connect(addr: &str) -> Result<Channel, ClientError> {
     crate::network::channel(addr, None).map_err(|e| ClientError::Address(addr.to_owned(), e.to_string()))

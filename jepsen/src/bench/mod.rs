@@ -69,8 +69,11 @@ pub struct Spec {
 struct Generator {
     spec: Spec,
     zipf: Option<Zipf<f64>>,
-    counter: Arc<AtomicU64>,
 }
+
+/// Shared by every run of this process, so a later run on the same cluster (a sweep) keeps
+/// outbidding the prices an earlier run left.
+static MAXIMA: AtomicU64 = AtomicU64::new(0);
 
 impl Generator {
     fn new(spec: &Spec) -> Generator {
@@ -78,7 +81,7 @@ impl Generator {
             Workload::Hot => None,
             Workload::Zipf | Workload::ReadHeavy => Zipf::new(spec.lots as u64, 1.0).ok(),
         };
-        Generator { spec: spec.clone(), zipf, counter: Arc::new(AtomicU64::new(0)) }
+        Generator { spec: spec.clone(), zipf }
     }
 
     fn next(&self, rng: &mut StdRng) -> Op {
@@ -89,7 +92,7 @@ impl Generator {
         if self.spec.workload == Workload::ReadHeavy && rng.gen_bool(0.9) {
             return Op::Read { lot };
         }
-        let k = self.counter.fetch_add(1, Ordering::Relaxed) as i64;
+        let k = MAXIMA.fetch_add(1, Ordering::Relaxed) as i64;
         Op::Bid { lot, bidder: rng.gen_range(0..self.spec.bidders), max: 100 * START_PRICE + k * 10_000 }
     }
 }

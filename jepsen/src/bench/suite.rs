@@ -37,11 +37,16 @@ pub enum System {
     Etcd,
 }
 
+#[derive(Clone)]
 pub struct Env {
     pub node_bin: PathBuf,
     pub etcd_bin: PathBuf,
     /// Per-client deadline for one operation (retries included).
     pub op_deadline: Duration,
+    /// Extra `gavel-node` flags (none: the shipped defaults).
+    pub node_args: Vec<String>,
+    /// Bids per Gavel request (1: one bid per request; more: gathered as a gateway would).
+    pub batch: usize,
 }
 
 /// A running system, torn down when dropped.
@@ -63,7 +68,7 @@ pub async fn start(env: &Env, system: System, lots: usize, bidders: usize) -> Re
     let dir = tempfile::tempdir()?;
     match system {
         System::Gavel => {
-            let cluster = Cluster::start(&env.node_bin, dir.path(), 3, vec![], Mode::Direct).await?;
+            let cluster = Cluster::start(&env.node_bin, dir.path(), 3, env.node_args.clone(), Mode::Direct).await?;
             cluster.leader(Duration::from_secs(30)).await?;
             let addrs: Vec<String> = cluster.addrs.values().cloned().collect();
             let setup = Client::new(addrs.clone()).with_deadline(Duration::from_secs(60));
@@ -71,7 +76,7 @@ pub async fn start(env: &Env, system: System, lots: usize, bidders: usize) -> Re
             for chunk in crate::run::setup_commands(bidders, lots, crate::run::now_ms(), day_ms).chunks(1000) {
                 setup.propose(chunk.to_vec()).await.map_err(|e| SuiteError::Setup(e.to_string()))?;
             }
-            let target = Arc::new(Target::Gavel(Gavel::new(addrs, env.op_deadline)));
+            let target = Arc::new(Target::Gavel(Gavel::new(addrs, env.op_deadline, env.batch)));
             Ok(Running::Gavel { cluster, target, _dir: dir })
         }
         System::Etcd => {

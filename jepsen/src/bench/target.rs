@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
+
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use ledger::bidding::{Book, Leader};
 use ledger::ladder::Ladder;
@@ -63,15 +65,32 @@ impl Target {
     }
 }
 
-/// Gavel through `node::Client`: one bid per request, as a bidder's client would send it.
+/// Gavel through `node::Client`: one bid per request, as a bidder's client would send it;
+/// or, with `batch > 1`, bids from many clients gathered into one request the way a gateway
+/// in front of the cluster would (each bid still has its own outcome and latency).
 pub struct Gavel {
     client: Arc<node::Client>,
     seq: AtomicU64,
+    batcher: Option<mpsc::Sender<Pending>>,
 }
 
+type Pending = (lp::Command, oneshot::Sender<Result<Outcome, Failure>>);
+
+/// Requests a batching gateway keeps in flight at once.
+const BATCH_SENDERS: usize = 16;
+
 impl Gavel {
-    pub fn new(addrs: Vec<String>, deadline: Duration) -> Gavel {
-        Gavel { client: Arc::new(node::Client::new(addrs).with_deadline(deadline)), seq: AtomicU64::new(0) }
+    pub fn new(addrs: Vec<String>, deadline: Duration, batch: usize) -> Gavel {
+        let client = Arc::new(node::Client::new(addrs).with_deadline(deadline));
+        let batcher = (batch > 1).then(|| {
+            let (tx, rx) = mpsc::channel::<Pending>(batch * BATCH_SENDERS * 4);
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            for _ in 0..BATCH_SENDERS {
+                tokio::spawn(send_batches(client.clone(), rx.clone(), batch));
+            }
+            tx
+        });
+        Gavel { client, seq: AtomicU64::new(0), batcher }
     }
 
     async fn perform(&self, op: Op) -> Result<Outcome, Failure> {
@@ -87,15 +106,49 @@ impl Gavel {
                     actor: bidder_id(bidder),
                     body: Some(Body::PlaceBid(lp::PlaceBid { lot_id: lot_id(lot), bid_id, max_amount: max })),
                 };
+                if let Some(batcher) = &self.batcher {
+                    let (tx, rx) = oneshot::channel();
+                    batcher.send((command, tx)).await.map_err(|_| "batcher_gone")?;
+                    return rx.await.map_err(|_| "batcher_gone")?;
+                }
                 match self.client.propose(vec![command]).await {
-                    Ok(results) => {
-                        match results.first().and_then(|r| r.outcome.as_ref()).and_then(|o| o.result.as_ref()) {
-                            Some(Res::Bid(_)) => Ok(Outcome::Accepted),
-                            Some(Res::Rejected(r)) => Ok(Outcome::Rejected(r.code.clone())),
-                            _ => Err("no_outcome".into()),
-                        }
-                    }
+                    Ok(results) => Ok(outcome(results.first())),
                     Err(e) => Err(failure(&e)),
+                }
+            }
+        }
+    }
+}
+
+fn outcome(result: Option<&node::pb::CommandResult>) -> Outcome {
+    match result.and_then(|r| r.outcome.as_ref()).and_then(|o| o.result.as_ref()) {
+        Some(Res::Bid(_)) => Outcome::Accepted,
+        Some(Res::Rejected(r)) => Outcome::Rejected(r.code.clone()),
+        _ => Outcome::Rejected("no_outcome".into()),
+    }
+}
+
+/// One gateway sender: waits for a bid, takes whatever else is queued (up to `batch`), sends
+/// them as one request and answers each bid.
+async fn send_batches(client: Arc<node::Client>, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>, batch: usize) {
+    let mut pending: Vec<Pending> = Vec::with_capacity(batch);
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut pending, batch).await == 0 {
+                return;
+            }
+        }
+        let (commands, answers): (Vec<_>, Vec<_>) = pending.drain(..).unzip();
+        match client.propose(commands).await {
+            Ok(results) => {
+                for (i, answer) in answers.into_iter().enumerate() {
+                    let _ = answer.send(Ok(outcome(results.get(i))));
+                }
+            }
+            Err(e) => {
+                for answer in answers {
+                    let _ = answer.send(Err(failure(&e)));
                 }
             }
         }
