@@ -18,12 +18,12 @@ use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use target::{Op, Outcome, START_PRICE, Target};
 
 /// What the operations look like.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
     /// Every operation a bid, on a few lots picked uniformly.
@@ -46,7 +46,7 @@ impl Workload {
 }
 
 /// How operations arrive.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Load {
     Closed { clients: usize },
@@ -168,7 +168,7 @@ impl Recorder {
 }
 
 /// One second of a run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Second {
     pub t: f64,
     /// Answered operations per second (bids accepted or refused by the rules, reads).
@@ -177,7 +177,7 @@ pub struct Second {
     pub p99_ms: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunResult {
     pub target: String,
     pub workload: Workload,
@@ -325,7 +325,7 @@ async fn progress(recorder: Arc<Recorder>, started: Instant, deadline: Instant, 
 }
 
 /// Leader failover under load: how long after each kill -9 of the leader writes succeed again.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Failover {
     pub kills: usize,
     /// Per kill: milliseconds from the kill to the first acknowledged bid sent after it.

@@ -18,8 +18,15 @@ fn err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> PlotError + '_ {
     move |e| PlotError { path: path.display().to_string(), message: e.to_string() }
 }
 
-const COLOURS: [RGBColor; 4] =
-    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+/// Blues and green first (Gavel's lines come first), then red, orange and purple (etcd's).
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(23, 190, 207),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+];
 
 type Metric = fn(&super::Second) -> f64;
 
@@ -47,7 +54,7 @@ pub fn timeseries(path: &Path, title: &str, runs: &[&RunResult]) -> Result<(), P
             .map_err(|x| e(&x))?;
         chart.configure_mesh().x_desc("seconds").y_desc(y_desc).draw().map_err(|x| e(&x))?;
         for (k, run) in runs.iter().enumerate() {
-            let colour = COLOURS[k % COLOURS.len()];
+            let colour = COLOURS[(k * 3) % COLOURS.len()];
             chart
                 .draw_series(LineSeries::new(run.series.iter().map(|s| (s.t, value(s))), colour.stroke_width(2)))
                 .map_err(|x| e(&x))?
@@ -127,7 +134,7 @@ pub fn failover(path: &Path, failovers: &[(String, &Failover)]) -> Result<(), Pl
         .map_err(|x| e(&x))?;
     chart.configure_mesh().x_desc("kill").y_desc("recovery (ms)").draw().map_err(|x| e(&x))?;
     for (k, (name, f)) in failovers.iter().enumerate() {
-        let colour = COLOURS[k % COLOURS.len()];
+        let colour = COLOURS[(k * 3) % COLOURS.len()];
         chart
             .draw_series(
                 f.recovery_ms.iter().enumerate().map(|(i, ms)| Circle::new((i as f64 + 1.0, *ms), 4, colour.filled())),

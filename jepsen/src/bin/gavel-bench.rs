@@ -109,6 +109,8 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         clients: usize,
     },
+    /// Redraw the plots of a results directory from its JSON files.
+    Replot,
     /// Everything BENCHMARKS.md reports, with plots and summary.md.
     All {
         #[arg(long, default_value_t = 10)]
@@ -218,6 +220,7 @@ async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchErro
             plot::failover(&out.join("failover.svg"), &refs)?;
         }
         Cmd::All { seconds, clients, kills } => all(env, out, seconds, clients, kills).await?,
+        Cmd::Replot => replot(out)?,
     }
     println!("results in {}", out.display());
     Ok(())
@@ -297,6 +300,41 @@ async fn compare(
         &refs,
     )?;
     Ok(results)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BenchError> {
+    let text = std::fs::read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|e| BenchError::Usage(format!("{}: {e}", path.display())))
+}
+
+fn replot(out: &Path) -> Result<(), BenchError> {
+    for entry in std::fs::read_dir(out)? {
+        let path = entry?.path();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        match stem.as_str() {
+            "sweep" => {
+                let sweeps: Vec<(String, Vec<RunResult>)> = read_json(&path)?;
+                plot::latency_vs_load(&out.join("latency-vs-load.svg"), &sweeps)?;
+            }
+            "failover" => {
+                let all: Vec<(String, Failover)> = read_json(&path)?;
+                let refs: Vec<(String, &Failover)> = all.iter().map(|(n, f)| (n.clone(), f)).collect();
+                plot::failover(&out.join("failover.svg"), &refs)?;
+            }
+            _ => {
+                let results: Vec<RunResult> = read_json(&path)?;
+                if let Some(first) = results.first() {
+                    let refs: Vec<&RunResult> = results.iter().collect();
+                    let title = format!("{:?} workload, {:?}", first.workload, first.load);
+                    plot::timeseries(&out.join(format!("{stem}.svg")), &title, &refs)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load_tag(load: Load) -> String {
