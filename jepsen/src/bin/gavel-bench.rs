@@ -201,7 +201,7 @@ async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchErro
             let mut sweeps = Vec::new();
             for s in systems(&system)? {
                 let results = suite::sweep(env, s, &spec, &rates).await?;
-                print_sweep(s, &results);
+                print_sweep(&results);
                 sweeps.push((name(s).to_owned(), results));
             }
             write_json(&out.join("sweep.json"), &json!(sweeps))?;
@@ -259,11 +259,10 @@ fn print_run(r: &RunResult) {
     );
 }
 
-fn print_sweep(s: System, results: &[RunResult]) {
+fn print_sweep(results: &[RunResult]) {
     for r in results {
         print_run(r);
     }
-    let _ = s;
 }
 
 fn print_failover(s: System, f: &Failover) {
@@ -371,7 +370,7 @@ async fn all(env: &Env, out: &Path, seconds: u64, clients: usize, kills: usize) 
     let mut sweeps = Vec::new();
     for s in both {
         let results = suite::sweep(env, s, &base(Workload::Zipf, 10_000), &rates).await?;
-        print_sweep(s, &results);
+        print_sweep(&results);
         sweeps.push((name(s).to_owned(), results));
     }
     write_json(&out.join("sweep.json"), &json!(sweeps))?;
