@@ -96,7 +96,7 @@ impl Cluster {
             .arg(self.dir.join(format!("node-{id}")))
             .args(&self.extra_args)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("GAVEL_NODE_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -87,6 +87,9 @@ fn an_open_loop_sweep_offers_each_rate() {
         // Open loop: the driver offers the rate whatever the latency (within 25%).
         assert!((answered - rate).abs() < rate * 0.25, "offered {rate}/s, answered {answered}/s: {run}");
         assert!(run["reads"].as_u64().unwrap() > run["accepted"].as_u64().unwrap(), "read-heavy: {run}");
+        // Latency from the intended send time includes the driver's lag; from the real send it does not.
+        let (from_intended, from_send) = (run["p99_ms"].as_f64().unwrap(), run["service_p99_ms"].as_f64().unwrap());
+        assert!(from_send > 0.0 && from_send <= from_intended * 1.01 + 0.01, "{run}");
     }
     assert!(out.path().join("latency-vs-load.svg").exists());
 }

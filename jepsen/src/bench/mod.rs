@@ -106,6 +106,10 @@ fn histogram() -> Histogram<u64> {
 /// Counts and latencies, shared by every in-flight operation.
 struct Recorder {
     total: Mutex<Histogram<u64>>,
+    /// Open loop: from the actual send (the system's own time, without the driver's lag).
+    service: Mutex<Histogram<u64>>,
+    /// Open loop: the most an operation was sent after its intended time (the driver's lag).
+    send_lag_max_us: AtomicU64,
     interval: Mutex<Histogram<u64>>,
     accepted: AtomicU64,
     rejected: AtomicU64,
@@ -119,6 +123,8 @@ impl Recorder {
     fn new() -> Recorder {
         Recorder {
             total: Mutex::new(histogram()),
+            service: Mutex::new(histogram()),
+            send_lag_max_us: AtomicU64::new(0),
             interval: Mutex::new(histogram()),
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -160,6 +166,14 @@ impl Recorder {
         }
     }
 
+    /// Open loop: how late the driver sent and how long the system took from the real send.
+    fn record_service(&self, lag: Duration, service: Duration) {
+        self.send_lag_max_us.fetch_max(lag.as_micros() as u64, Ordering::Relaxed);
+        if let Ok(mut h) = self.service.lock() {
+            let _ = h.record((service.as_micros() as u64).clamp(1, 600_000_000));
+        }
+    }
+
     fn answered(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
             + self.rejected.load(Ordering::Relaxed)
@@ -196,6 +210,12 @@ pub struct RunResult {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// Open loop only: p99 from the actual send, and the driver's worst lag behind schedule
+    /// (if the lag is small, the latency is the system's, not the driver's).
+    #[serde(default)]
+    pub service_p99_ms: f64,
+    #[serde(default)]
+    pub send_lag_max_ms: f64,
     pub rejections_by_code: BTreeMap<String, u64>,
     pub errors_by_code: BTreeMap<String, u64>,
     pub series: Vec<Second>,
@@ -253,8 +273,10 @@ pub async fn drive(target: Arc<Target>, spec: &Spec) -> RunResult {
                 let op = generator.next(&mut rng);
                 let (target, recorder) = (target.clone(), recorder.clone());
                 tasks.spawn(async move {
+                    let sent = Instant::now();
                     let result = target.perform(op).await;
                     recorder.record(intended.elapsed(), result);
+                    recorder.record_service(sent.duration_since(intended), sent.elapsed());
                     drop(permit);
                 });
                 // Reap finished tasks as we go so the set stays small.
@@ -267,6 +289,7 @@ pub async fn drive(target: Arc<Target>, spec: &Spec) -> RunResult {
     let seconds = started.elapsed().as_secs_f64();
     let total = recorder.total.lock().map(|h| h.clone()).unwrap_or_else(|_| histogram());
     let accepted = recorder.accepted.load(Ordering::Relaxed);
+    let service = recorder.service.lock().map(|h| h.clone()).unwrap_or_else(|_| histogram());
     RunResult {
         target: target.name().into(),
         workload: spec.workload,
@@ -283,6 +306,8 @@ pub async fn drive(target: Arc<Target>, spec: &Spec) -> RunResult {
         p99_ms: ms(total.value_at_quantile(0.99)),
         p999_ms: ms(total.value_at_quantile(0.999)),
         max_ms: ms(total.max()),
+        service_p99_ms: ms(service.value_at_quantile(0.99)),
+        send_lag_max_ms: ms(recorder.send_lag_max_us.load(Ordering::Relaxed)),
         rejections_by_code: recorder.codes.lock().map(|m| m.clone()).unwrap_or_default(),
         errors_by_code: recorder.errors.lock().map(|m| m.clone()).unwrap_or_default(),
         series,

@@ -257,6 +257,12 @@ fn print_run(r: &RunResult) {
         r.rejections_by_code,
         r.errors_by_code
     );
+    if let Load::Open { .. } = r.load {
+        println!(
+            "       open loop: p99 from the actual send {:.2} ms; the driver sent at most {:.2} ms late",
+            r.service_p99_ms, r.send_lag_max_ms
+        );
+    }
 }
 
 fn print_sweep(results: &[RunResult]) {
