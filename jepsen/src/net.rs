@@ -335,7 +335,11 @@ async fn accept_loop(
     cuts: watch::Receiver<BTreeSet<(u64, u64)>>,
 ) {
     loop {
-        let Ok((conn, peer)) = front.accept().await else { continue };
+        let Ok((conn, peer)) = front.accept().await else {
+            // Out of file descriptors and the like: back off rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
         // Anything not from a node's address is a client: never cut.
         let link = sources.get(&peer.ip()).map(|from| (*from, to));
         let cuts = cuts.clone();
