@@ -81,6 +81,11 @@ enum Kind {
     Direct,
 }
 
+/// A loopback address with a port nothing listens on right now.
+pub fn free_loopback_addr() -> std::io::Result<std::net::SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
 /// The port every node listens on inside its namespace (each has its own address).
 const NETNS_PORT: u16 = 7000;
 
@@ -105,7 +110,7 @@ impl Net {
             Mode::Direct => {
                 let mut hosts = BTreeMap::new();
                 for id in 1..=n {
-                    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+                    let addr = free_loopback_addr()?.to_string();
                     hosts.insert(id, Host { listen: addr.clone(), advertise: addr });
                 }
                 Ok(Net { hosts, kind: Kind::Direct })

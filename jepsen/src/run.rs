@@ -13,6 +13,7 @@ use ledger::money::Currency;
 use ledger::pb::{self as lp, command::Body, outcome::Result as Res};
 use node::Client;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -46,35 +47,32 @@ pub enum Fault {
 }
 
 impl Fault {
-    fn is_partition(self) -> bool {
-        matches!(self, Fault::PartitionLeader | Fault::PartitionHalves | Fault::PartitionBridge | Fault::PartitionRing)
-    }
-}
+    const PARTITIONS: [Fault; 4] =
+        [Fault::PartitionLeader, Fault::PartitionHalves, Fault::PartitionBridge, Fault::PartitionRing];
+    const ALL: [Fault; 10] = [
+        Fault::KillRandom,
+        Fault::KillLeader,
+        Fault::KillMajority,
+        Fault::Pause,
+        Fault::Membership,
+        Fault::PartitionLeader,
+        Fault::PartitionHalves,
+        Fault::PartitionBridge,
+        Fault::PartitionRing,
+        Fault::ClockSkew,
+    ];
 
-impl Fault {
+    fn is_partition(self) -> bool {
+        Fault::PARTITIONS.contains(&self)
+    }
+
     pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
         s.split(',')
             .flat_map(|name| match name.trim() {
-                "all" => vec![
-                    Ok(Fault::KillRandom),
-                    Ok(Fault::KillLeader),
-                    Ok(Fault::KillMajority),
-                    Ok(Fault::Pause),
-                    Ok(Fault::Membership),
-                    Ok(Fault::PartitionLeader),
-                    Ok(Fault::PartitionHalves),
-                    Ok(Fault::PartitionBridge),
-                    Ok(Fault::PartitionRing),
-                    Ok(Fault::ClockSkew),
-                ],
+                "all" => Fault::ALL.map(Ok).to_vec(),
+                "partition" => Fault::PARTITIONS.map(Ok).to_vec(),
                 "clock" => vec![Ok(Fault::ClockSkew)],
                 "membership" => vec![Ok(Fault::Membership)],
-                "partition" => vec![
-                    Ok(Fault::PartitionLeader),
-                    Ok(Fault::PartitionHalves),
-                    Ok(Fault::PartitionBridge),
-                    Ok(Fault::PartitionRing),
-                ],
                 "partition-ring" => vec![Ok(Fault::PartitionRing)],
                 "partition-leader" => vec![Ok(Fault::PartitionLeader)],
                 "partition-halves" => vec![Ok(Fault::PartitionHalves)],
@@ -84,9 +82,10 @@ impl Fault {
                 "kill-majority" => vec![Ok(Fault::KillMajority)],
                 "pause" => vec![Ok(Fault::Pause)],
                 "none" | "" => vec![],
-                other => {
-                    vec![Err(format!("unknown nemesis {other:?} (all, kill, kill-leader, pause, membership, none)"))]
-                }
+                other => vec![Err(format!(
+                    "unknown nemesis {other:?} (all, kill, kill-leader, kill-majority, pause, membership, \
+                     partition, partition-leader, partition-halves, partition-bridge, partition-ring, clock, none)"
+                ))],
             })
             .collect()
     }
@@ -218,6 +217,11 @@ pub(crate) fn setup_commands(clients: usize, lots: usize, now_ms: i64, close_aft
     cmds
 }
 
+/// Client `c`'s own random stream, derived from the run's seed.
+pub(crate) fn client_rng(seed: u64, c: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -287,7 +291,7 @@ async fn client_loop(
     let reader = Client::new(addrs.get(c % addrs.len().max(1)).cloned().into_iter().collect())
         .with_deadline(Duration::from_secs(3));
     let client = Client::new(addrs).with_deadline(Duration::from_secs(3));
-    let mut rng = StdRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = client_rng(seed, c);
     let bidder = format!("bidder{c}");
     let mut seq = 0u64;
     let Some(ladder) = Ladder::default_for(Currency::USD) else { return };
@@ -391,9 +395,7 @@ async fn nemesis(
             Fault::KillRandom | Fault::KillLeader => cluster.kill(target)?,
             Fault::KillMajority => {
                 let mut victims = ids.clone();
-                for i in (1..victims.len()).rev() {
-                    victims.swap(i, rng.gen_range(0..=i));
-                }
+                victims.shuffle(&mut rng);
                 victims.truncate(ids.len() / 2 + 1);
                 for id in &victims {
                     cluster.kill(*id)?;
@@ -473,9 +475,7 @@ fn partition_sides(fault: Fault, target: u64, ids: &[u64], rng: &mut StdRng) -> 
     match fault {
         Fault::PartitionHalves => {
             let mut shuffled = others;
-            for i in (1..shuffled.len()).rev() {
-                shuffled.swap(i, rng.gen_range(0..=i));
-            }
+            shuffled.shuffle(rng);
             let minority_extra = (ids.len().saturating_sub(1) / 2).saturating_sub(1);
             let mut minority = vec![target];
             minority.extend(shuffled.drain(..minority_extra.min(shuffled.len())));

@@ -691,7 +691,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let guard = shared.ledger();
             let (applied, membership) = lock(&shared.applied).clone();
             // Copy under the lock, encode after it: applying waits for the copy only, not for
-            // the (several times slower) canonical encoding.
+            // the canonical encoding too.
             let ledger = guard.clone();
             let view = db.snapshot();
             drop(guard);

@@ -22,16 +22,12 @@ pub struct EtcdCluster {
     children: BTreeMap<String, Child>,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl EtcdCluster {
     pub fn start(bin: &Path, dir: &Path, n: usize) -> Result<EtcdCluster, EtcdError> {
         let mut members = BTreeMap::new();
         for i in 1..=n {
-            let client = format!("http://127.0.0.1:{}", free_port()?);
-            let peer = format!("http://127.0.0.1:{}", free_port()?);
+            let client = format!("http://{}", crate::net::free_loopback_addr()?);
+            let peer = format!("http://{}", crate::net::free_loopback_addr()?);
             members.insert(format!("e{i}"), (client, peer));
         }
         let mut cluster = EtcdCluster { bin: bin.to_owned(), dir: dir.to_owned(), members, children: BTreeMap::new() };

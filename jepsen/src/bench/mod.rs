@@ -243,9 +243,8 @@ pub async fn drive(target: Arc<Target>, spec: &Spec) -> RunResult {
             let mut tasks = Vec::new();
             for c in 0..clients {
                 let (target, generator, recorder) = (target.clone(), generator.clone(), recorder.clone());
-                let seed = spec.seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut rng = crate::run::client_rng(spec.seed, c);
                 tasks.push(tokio::spawn(async move {
-                    let mut rng = StdRng::seed_from_u64(seed);
                     while Instant::now() < deadline {
                         let op = generator.next(&mut rng);
                         let sent = Instant::now();
@@ -402,9 +401,8 @@ pub fn steady_writers(
     (0..clients)
         .map(|c| {
             let (target, generator, resume, stop) = (target.clone(), generator.clone(), resume.clone(), stop.clone());
-            let seed = spec.seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut rng = crate::run::client_rng(spec.seed, c);
             tokio::spawn(async move {
-                let mut rng = StdRng::seed_from_u64(seed);
                 while !stop.load(Ordering::Relaxed) {
                     let op = generator.next(&mut rng);
                     let sent = Instant::now();

@@ -112,7 +112,7 @@ impl Gavel {
                     return rx.await.map_err(|_| "batcher_gone")?;
                 }
                 match self.client.propose(vec![command]).await {
-                    Ok(results) => Ok(outcome(results.first())),
+                    Ok(results) => outcome(results.first()),
                     Err(e) => Err(failure(&e)),
                 }
             }
@@ -120,11 +120,11 @@ impl Gavel {
     }
 }
 
-fn outcome(result: Option<&node::pb::CommandResult>) -> Outcome {
+fn outcome(result: Option<&node::pb::CommandResult>) -> Result<Outcome, Failure> {
     match result.and_then(|r| r.outcome.as_ref()).and_then(|o| o.result.as_ref()) {
-        Some(Res::Bid(_)) => Outcome::Accepted,
-        Some(Res::Rejected(r)) => Outcome::Rejected(r.code.clone()),
-        _ => Outcome::Rejected("no_outcome".into()),
+        Some(Res::Bid(_)) => Ok(Outcome::Accepted),
+        Some(Res::Rejected(r)) => Ok(Outcome::Rejected(r.code.clone())),
+        _ => Err("no_outcome".into()),
     }
 }
 
@@ -143,7 +143,7 @@ async fn send_batches(client: Arc<node::Client>, rx: Arc<tokio::sync::Mutex<mpsc
         match client.propose(commands).await {
             Ok(results) => {
                 for (i, answer) in answers.into_iter().enumerate() {
-                    let _ = answer.send(Ok(outcome(results.get(i))));
+                    let _ = answer.send(outcome(results.get(i)));
                 }
             }
             Err(e) => {
