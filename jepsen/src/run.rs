@@ -168,7 +168,7 @@ impl History {
 }
 
 fn cmd(actor: &str, body: Body) -> lp::Command {
-    lp::Command { at_ms: 0, actor: actor.into(), body: Some(body) }
+    lp::Command { at_ms: 0, actor: actor.into(), body: Some(body), log_index: 0 }
 }
 
 /// Users and lots; `lot-0` closes `close_after_ms` from now (so closing happens under faults),

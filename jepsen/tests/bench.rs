@@ -1,7 +1,7 @@
 //! `gavel-bench` end to end, as a process, against real clusters: short runs of each mode
 //! produce figures, JSON and plots. (Speed itself is measured by `gavel-bench all`, not here.)
 //!
-//! Needs `target/<profile>/gavel-node` (built by `cargo test --workspace`) and Debian's
+//! Needs `target/<profile>/gavel-node` and `gavel` (built by `cargo test --workspace`) and Debian's
 //! `etcd-server` (`scripts/setup` installs it).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
@@ -37,17 +37,18 @@ fn json(path: &Path) -> serde_json::Value {
 }
 
 #[test]
-fn a_closed_loop_run_measures_gavel_and_etcd_side_by_side() {
+fn a_closed_loop_run_measures_gavel_over_grpc_and_http_and_etcd_side_by_side() {
     let out = tempfile::tempdir().unwrap();
     let text = bench(
-        &["run", "--system", "both", "--workload", "zipf", "--lots", "200", "--clients", "16", "--seconds", "3"],
+        &["run", "--system", "all", "--workload", "zipf", "--lots", "200", "--clients", "16", "--seconds", "3"],
         out.path(),
     );
     assert!(text.contains("ratio gavel/etcd"), "{text}");
+    assert!(text.contains("ratio http/gavel"), "{text}");
     assert!(text.contains("ops/s  p50"), "a progress line every second:\n{text}");
     let results = json(&out.path().join("run-zipf-closed16.json"));
     let results = results.as_array().unwrap();
-    assert_eq!(results.len(), 2);
+    assert_eq!(results.len(), 3);
     for r in results {
         assert!(r["accepted"].as_u64().unwrap() > 0, "{r}");
         assert!(r["p99_ms"].as_f64().unwrap() > 0.0, "{r}");
@@ -55,7 +56,8 @@ fn a_closed_loop_run_measures_gavel_and_etcd_side_by_side() {
         assert!(!r["series"].as_array().unwrap().is_empty());
     }
     assert_eq!(results[0]["target"], "gavel");
-    assert_eq!(results[1]["target"], "etcd");
+    assert_eq!(results[1]["target"], "http");
+    assert_eq!(results[2]["target"], "etcd");
     let svg = std::fs::read_to_string(out.path().join("run-zipf-closed16.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "a plot with lines");
 }

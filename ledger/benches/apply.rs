@@ -18,7 +18,7 @@ const T0: i64 = 1_800_000_000_000;
 const BIDDERS: usize = 8;
 
 fn cmd(at_ms: i64, actor: &str, body: Body) -> pb::Command {
-    pb::Command { at_ms, actor: actor.to_owned(), body: Some(body) }
+    pb::Command { at_ms, actor: actor.to_owned(), body: Some(body), log_index: 0 }
 }
 
 /// A ledger with bidders and `lots` open lots (start $100, reserve $500, 60 s soft close).

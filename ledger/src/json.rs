@@ -1,43 +1,31 @@
-//! JSON at the edge: commands as JSON objects (the replay format, `ledger/README.md`) and
-//! outcomes, views and events rendered with API.md's field names. Times are RFC 3339 UTC
-//! strings; amounts are integer minor units.
+//! Commands as JSON objects: the replay format (`ledger/README.md`) read by `gavel-ledger
+//! replay` and `gavel-ctl propose`. Views are rendered by [`crate::view`].
 //!
-//! The state machine never sees JSON: this module only converts to and from [`pb`] types.
+//! The state machine never sees JSON: this module only converts JSON into [`pb`] commands.
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::lifecycle;
-use crate::pb::{self, BidKind, BidOutcomeKind, LotStatus, command::Body, outcome::Result as Res};
-use crate::state::{Ledger, Lot, lot_view, parse_role, role_name};
+use crate::pb::{self, command::Body};
+use crate::state::{Ledger, lot_view, parse_role};
+use crate::time::{TimeError, parse_time};
+use crate::view;
 
 /// Why a JSON command could not be read. Reported as `invalid_input`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ParseError(String);
 
+impl From<TimeError> for ParseError {
+    fn from(e: TimeError) -> ParseError {
+        ParseError(e.to_string())
+    }
+}
+
 fn parse_err<T>(message: impl Into<String>) -> Result<T, ParseError> {
     Err(ParseError(message.into()))
-}
-
-// ---- times -----------------------------------------------------------------------------
-
-/// Parses an RFC 3339 time into Unix milliseconds.
-pub fn parse_time(field: &str, s: &str) -> Result<i64, ParseError> {
-    let t = OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|e| ParseError(format!("{field}: {s:?} is not an RFC 3339 time: {e}")))?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).or_else(|_| parse_err(format!("{field} is out of range")))
-}
-
-/// Formats Unix milliseconds as RFC 3339 UTC (`2026-11-22T18:00:00Z`).
-pub fn format_time(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("@{ms}ms"))
 }
 
 // ---- commands --------------------------------------------------------------------------
@@ -255,135 +243,18 @@ pub fn parse_command(line: &str) -> Result<pb::Command, ParseError> {
         }
         other => return parse_err(format!("unknown cmd {other:?}")),
     };
-    Ok(pb::Command { at_ms, actor, body: Some(body) })
-}
-
-// ---- views -----------------------------------------------------------------------------
-
-fn opt_str(s: &str) -> Value {
-    if s.is_empty() { Value::Null } else { Value::String(s.to_owned()) }
-}
-
-fn lot_status_name(status: i32) -> &'static str {
-    lifecycle::name(LotStatus::try_from(status).unwrap_or(LotStatus::Unspecified))
-}
-
-/// The API's lot object (public: no reserve amount, no maxima).
-pub fn lot(v: &pb::LotView) -> Value {
-    json!({
-        "lot_id": v.lot_id,
-        "title": v.title,
-        "description": v.description,
-        "artist": v.artist,
-        "category": v.category,
-        "currency": v.currency,
-        "status": lot_status_name(v.status),
-        "start_price": v.start_price,
-        "current_price": v.current_price,
-        "leading_bidder": opt_str(&v.leading_bidder),
-        "bid_count": v.bid_count,
-        "reserve_met": v.reserve_met,
-        "starts_at": format_time(v.starts_at_ms),
-        "ends_at": format_time(v.ends_at_ms),
-        "seller_id": v.seller_id,
-        "version": v.version,
-    })
-}
-
-pub fn user(v: &pb::UserView) -> Value {
-    let role = role_name(pb::Role::try_from(v.role).unwrap_or(pb::Role::Unspecified));
-    json!({"user_id": v.user_id, "username": v.username, "role": role})
-}
-
-pub fn auction(v: &pb::AuctionView) -> Value {
-    let status =
-        lifecycle::auction_name(pb::AuctionStatus::try_from(v.status).unwrap_or(pb::AuctionStatus::Unspecified));
-    json!({
-        "auction_id": v.auction_id,
-        "title": v.title,
-        "currency": v.currency,
-        "status": status,
-        "starts_at": format_time(v.starts_at_ms),
-        "ends_at": format_time(v.ends_at_ms),
-        "lot_interval_secs": v.lot_interval_secs,
-        "lot_ids": v.lot_ids,
-    })
-}
-
-/// The API's bid answer (without `log_index`, which only a replicated node knows).
-pub fn bid(v: &pb::BidResult) -> Value {
-    let outcome = match BidOutcomeKind::try_from(v.outcome) {
-        Ok(BidOutcomeKind::Outbid) => "outbid",
-        _ => "leading",
-    };
-    json!({
-        "bid_id": v.bid_id,
-        "lot_id": v.lot_id,
-        "outcome": outcome,
-        "current_price": v.current_price,
-        "leading_bidder": opt_str(&v.leading_bidder),
-        "ends_at": format_time(v.ends_at_ms),
-    })
-}
-
-pub fn closed(v: &pb::LotClosed) -> Value {
-    let sold = !v.winner.is_empty();
-    json!({
-        "lot_id": v.lot_id,
-        "status": lot_status_name(v.status),
-        "winner": opt_str(&v.winner),
-        "price": if sold { json!(v.price) } else { Value::Null },
-    })
-}
-
-pub fn error(code: &str, message: &str) -> Value {
-    json!({"error": {"code": code, "message": message}})
-}
-
-/// One command's answer as JSON: the view it returned, or `{"error": {...}}`.
-pub fn outcome(o: &pb::Outcome) -> Value {
-    match &o.result {
-        None => error("invalid_input", "empty outcome"),
-        Some(Res::Rejected(r)) => error(&r.code, &r.message),
-        Some(Res::User(v)) => user(v),
-        Some(Res::Lot(v)) => lot(v),
-        Some(Res::Bid(v)) => bid(v),
-        Some(Res::Closed(v)) => closed(v),
-        Some(Res::Auction(v)) => auction(v),
-    }
-}
-
-/// A lot's public bid history, in ledger order.
-pub fn bids(l: &Lot) -> Value {
-    let lines: Vec<Value> = l
-        .history
-        .iter()
-        .map(|h| {
-            let kind = if h.kind == BidKind::Proxy { "proxy" } else { "placed" };
-            json!({"bid_id": h.bid_id, "bidder": h.bidder, "amount": h.amount, "at": format_time(h.at_ms), "kind": kind})
-        })
-        .collect();
-    json!({ "bids": lines })
+    Ok(pb::Command { at_ms, actor, body: Some(body), log_index: 0 })
 }
 
 /// The replay's closing line: the digest and every lot's public view.
 pub fn summary(ledger: &Ledger) -> Value {
-    let lots: Vec<Value> = ledger.lots().map(|l| lot(&lot_view(l))).collect();
+    let lots: Vec<Value> = ledger.lots().map(|l| view::lot(&lot_view(l))).collect();
     json!({"digest": ledger.digest().to_string(), "lots": lots})
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_round_trip() {
-        let ms = parse_time("at", "2026-11-22T18:00:00Z").unwrap();
-        assert_eq!(ms, 1_795_370_400_000);
-        assert_eq!(format_time(ms), "2026-11-22T18:00:00Z");
-        assert_eq!(format_time(ms + 250), "2026-11-22T18:00:00.25Z");
-        assert!(parse_time("at", "yesterday").is_err());
-    }
 
     #[test]
     fn unknown_fields_and_commands_are_errors() {

@@ -13,9 +13,13 @@
 //! - [`state`]: the [`Ledger`] and its `apply`.
 //! - [`snapshot`]: canonical encoding, restore and the state digest.
 //! - [`limits`]: the bound on every input.
-//! - [`json`]: commands and views as JSON (API.md field names), for the CLI and the gateway.
+//! - [`checks`]: input checks (ids, texts, amounts, windows) shared with the gateway.
+//! - [`time`]: RFC 3339 at the edge, Unix milliseconds inside.
+//! - [`view`]: public views as JSON (API.md field names), for the CLI and the gateway.
+//! - [`json`]: commands as JSON, the replay format.
 
 pub mod bidding;
+pub mod checks;
 pub mod error;
 pub mod json;
 pub mod ladder;
@@ -24,6 +28,8 @@ pub mod limits;
 pub mod money;
 pub mod snapshot;
 pub mod state;
+pub mod time;
+pub mod view;
 
 /// Generated protobuf types (`proto/gavel/ledger/v1/ledger.proto`): commands, outcomes,
 /// events and snapshots as they are written to the Raft log and sent on the wire.

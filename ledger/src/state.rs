@@ -10,13 +10,14 @@ use std::collections::BTreeMap;
 use prost::Message;
 
 use crate::bidding::{Book, Decision, Leader};
+use crate::checks::{check_amount, check_id, check_secs, check_text, check_window};
 use crate::error::{Code, Rejection, reject};
-use crate::json::format_time;
 use crate::ladder::{Ladder, Tier};
 use crate::lifecycle;
 use crate::limits;
 use crate::money::Currency;
 use crate::pb::{self, AuctionStatus, BidKind, BidOutcomeKind, LotStatus, Role, command::Body, outcome::Result as Res};
+use crate::time::format_time;
 
 /// A registered user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +118,8 @@ impl Applied {
 struct Ctx<'a> {
     at: i64,
     actor: &'a str,
+    /// The replica's log index for this command (0 outside a replica).
+    log_index: u64,
 }
 
 type Events = Vec<pb::Event>;
@@ -151,7 +154,7 @@ impl Ledger {
             return reject(Code::InvalidTime, format!("command time {} ms is out of range", cmd.at_ms));
         }
         self.last_at_ms = self.last_at_ms.max(cmd.at_ms);
-        let ctx = Ctx { at: self.last_at_ms, actor: &cmd.actor };
+        let ctx = Ctx { at: self.last_at_ms, actor: &cmd.actor, log_index: cmd.log_index };
         let Some(body) = &cmd.body else {
             return reject(Code::InvalidInput, "the command has no body");
         };
@@ -484,6 +487,7 @@ impl Ledger {
             current_price: lot.book.price,
             leading_bidder: leader_name(&lot.book),
             ends_at_ms: lot.ends_at_ms,
+            log_index: ctx.log_index,
         })
     }
 
@@ -799,50 +803,7 @@ pub fn parse_role(s: &str) -> Option<Role> {
     [Role::User, Role::Curator, Role::Admin].into_iter().find(|&r| role_name(r) == s)
 }
 
-// ---- input checks ----------------------------------------------------------------------
-
-/// Ids are 1..=64 bytes of `[A-Za-z0-9_.:@-]`: safe in URLs, keys and logs.
-pub fn check_id(field: &str, id: &str) -> Result<(), Rejection> {
-    let ok = !id.is_empty()
-        && id.len() <= limits::ID_BYTES_MAX
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        reject(
-            Code::InvalidInput,
-            format!("{field} must be 1 to {} characters of A-Z a-z 0-9 _ . : @ -", limits::ID_BYTES_MAX),
-        )
-    }
-}
-
-fn check_text(field: &str, text: &str, min: usize, max: usize) -> Result<(), Rejection> {
-    if text.len() < min || text.len() > max {
-        return reject(Code::InvalidInput, format!("{field} must be {min} to {max} bytes"));
-    }
-    Ok(())
-}
-
-fn check_amount(field: &str, amount: i64, min: i64) -> Result<(), Rejection> {
-    if amount < min || amount > limits::AMOUNT_MAX {
-        return reject(Code::InvalidAmount, format!("{field} must be between {min} and {}", limits::AMOUNT_MAX));
-    }
-    Ok(())
-}
-
-fn check_window(starts_at_ms: i64, ends_at_ms: i64) -> Result<(), Rejection> {
-    if starts_at_ms < 0 || ends_at_ms > limits::TIME_MS_MAX || starts_at_ms >= ends_at_ms {
-        return reject(Code::InvalidTime, "starts_at must come before ends_at, both within years 1970..9999");
-    }
-    Ok(())
-}
-
-fn check_secs(field: &str, secs: u32) -> Result<(), Rejection> {
-    if secs > limits::WINDOW_SECS_MAX {
-        return reject(Code::InvalidInput, format!("{field} must be at most {}", limits::WINDOW_SECS_MAX));
-    }
-    Ok(())
-}
+// ---- conversions ---------------------------------------------------------------------
 
 fn role_of(role: i32) -> Result<Role, Rejection> {
     match Role::try_from(role) {

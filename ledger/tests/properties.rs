@@ -249,5 +249,10 @@ fn body() -> impl Strategy<Value = Body> {
 }
 
 fn any_command() -> impl Strategy<Value = pb::Command> {
-    (time(), id(), proptest::option::of(body())).prop_map(|(at_ms, actor, body)| pb::Command { at_ms, actor, body })
+    (time(), id(), proptest::option::of(body())).prop_map(|(at_ms, actor, body)| pb::Command {
+        at_ms,
+        actor,
+        body,
+        log_index: 0,
+    })
 }

@@ -54,7 +54,7 @@ impl Drop for Nodes {
 }
 
 fn cmd(actor: &str, body: Body) -> lp::Command {
-    lp::Command { at_ms: 0, actor: actor.into(), body: Some(body) }
+    lp::Command { at_ms: 0, actor: actor.into(), body: Some(body), log_index: 0 }
 }
 
 fn now_ms() -> i64 {

@@ -192,6 +192,15 @@ impl Client {
         .await
     }
 
+    /// Reads an auction (linearizable unless `stale`).
+    pub async fn read_auction(&self, auction_id: &str, stale: bool) -> Result<pb::ReadAuctionResponse, ClientError> {
+        self.with_retries(|ch| {
+            let request = self.request(pb::ReadAuctionRequest { auction_id: auction_id.to_owned(), stale });
+            async move { Self::client(ch).read_auction(request).await }
+        })
+        .await
+    }
+
     /// Subscribes to one node's committed-event feed after `from_index`.
     pub async fn subscribe(addr: &str, from_index: u64) -> Result<tonic::Streaming<pb::FeedItem>, ClientError> {
         let channel = connect(addr)?;

@@ -8,9 +8,11 @@
 //! - [`server`]: the gRPC services (Raft, client, admin).
 //! - [`node`]: a running node: wiring, bootstrap, the lot-closing timer.
 //! - [`client`]: the client library (leader discovery, retries, deadlines).
+//! - [`follow`]: a resumable, gap-checked follower of the committed-event feed.
 //! - [`limits`]: every bound the node enforces.
 
 pub mod client;
+pub mod follow;
 pub mod limits;
 pub mod network;
 pub mod node;
@@ -26,4 +28,5 @@ pub mod pb {
 }
 
 pub use client::{Client, ClientError};
+pub use follow::{FollowError, Follower};
 pub use node::{Node, NodeConfig, NodeError};

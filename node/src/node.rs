@@ -150,7 +150,8 @@ impl Node {
 
         let (stop, stopped) = watch::channel(false);
         let leader_channel = Arc::new(std::sync::Mutex::new(None));
-        let services = || Services { node: inner.clone(), leader_channel: leader_channel.clone() };
+        let services =
+            || Services { node: inner.clone(), leader_channel: leader_channel.clone(), stopped: stopped.clone() };
         let router = Server::builder()
             .tcp_nodelay(true)
             .add_service(
@@ -262,6 +263,7 @@ async fn close_lots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
                 .map(|lot_id| ledger::pb::Command {
                     at_ms: 0,
                     actor: String::new(),
+                    log_index: 0,
                     body: Some(ledger::pb::command::Body::CloseLot(ledger::pb::CloseLot { lot_id: lot_id.to_owned() })),
                 })
                 .collect()

@@ -30,6 +30,9 @@ pub struct Services {
     pub(crate) node: Arc<NodeInner>,
     /// The channel to the current leader for forwarded requests, reused while it leads.
     pub(crate) leader_channel: Arc<std::sync::Mutex<Option<(String, tonic::transport::Channel)>>>,
+    /// Turns true when the node stops: open feed streams end, so shutdown does not wait on
+    /// subscribers that never hang up.
+    pub(crate) stopped: tokio::sync::watch::Receiver<bool>,
 }
 
 fn not_leader(leader_addr: Option<String>) -> Status {
@@ -245,6 +248,25 @@ impl pb::client_service_server::ClientService for Services {
         }))
     }
 
+    async fn read_auction(
+        &self,
+        request: Request<pb::ReadAuctionRequest>,
+    ) -> Result<Response<pb::ReadAuctionResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        if !self.read_here(req.stale, forwarded).await? {
+            return self.leader_client()?.0.read_auction(Self::forward(req)).await;
+        }
+        let shared = &self.node.shared;
+        let applied_index = shared.applied_index();
+        let ledger = shared.ledger();
+        Ok(Response::new(pb::ReadAuctionResponse {
+            auction: ledger.auction(&req.auction_id).map(ledger::state::auction_view),
+            applied_index,
+            stale: req.stale,
+        }))
+    }
+
     type SubscribeStream = FeedStream;
 
     async fn subscribe(
@@ -253,7 +275,7 @@ impl pb::client_service_server::ClientService for Services {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let from_index = request.into_inner().from_index;
         let (tx, rx) = mpsc::channel(limits::FEED_BUFFER_ITEMS);
-        tokio::spawn(feed(self.node.clone(), from_index, tx));
+        tokio::spawn(feed(self.node.clone(), from_index, tx, self.stopped.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -261,9 +283,18 @@ impl pb::client_service_server::ClientService for Services {
 /// Streams committed feed items after `cursor`, gap-free, until the client goes away. Reads
 /// from RocksDB in bounded steps; the bounded channel makes a slow client slow down its own
 /// reader only.
-async fn feed(node: Arc<NodeInner>, mut cursor: u64, tx: mpsc::Sender<Result<pb::FeedItem, Status>>) {
+async fn feed(
+    node: Arc<NodeInner>,
+    mut cursor: u64,
+    tx: mpsc::Sender<Result<pb::FeedItem, Status>>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     let mut applied = node.shared.watch_applied();
     loop {
+        if *stopped.borrow() {
+            let _ = tx.try_send(Err(Status::unavailable("the node is shutting down; resume on another node")));
+            return;
+        }
         let scanned_to = *applied.borrow_and_update();
         let shared = node.shared.clone();
         let after = cursor;
@@ -283,8 +314,9 @@ async fn feed(node: Arc<NodeInner>, mut cursor: u64, tx: mpsc::Sender<Result<pb:
         for item in items {
             debug_assert!(item.index > cursor, "feed must move forward");
             cursor = item.index;
-            if tx.send(Ok(item)).await.is_err() {
-                return;
+            tokio::select! {
+                sent = tx.send(Ok(item)) => if sent.is_err() { return },
+                _ = stopped.wait_for(|&s| s) => return,
             }
         }
         if full_step {
@@ -295,6 +327,7 @@ async fn feed(node: Arc<NodeInner>, mut cursor: u64, tx: mpsc::Sender<Result<pb:
         tokio::select! {
             changed = wait => if changed.is_err() { return },
             _ = tx.closed() => return,
+            _ = stopped.wait_for(|&s| s) => {},
         }
     }
 }

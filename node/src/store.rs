@@ -471,6 +471,7 @@ fn apply_proposal(
     batch: &mut WriteBatch,
     state: &rocksdb::ColumnFamily,
     proposal: &pb::Proposal,
+    index: u64,
 ) -> (Vec<ledger::pb::Outcome>, Vec<ledger::pb::Event>) {
     let mut outcomes = Vec::with_capacity(proposal.commands.len());
     let mut events = Vec::new();
@@ -478,6 +479,7 @@ fn apply_proposal(
         // The leader's stamp is the only clock; whatever the client sent is ignored.
         let mut command = command.clone();
         command.at_ms = proposal.at_ms;
+        command.log_index = index;
         let lots_before: Vec<(String, usize)> = ledger
             .footprint(&command)
             .lots
@@ -529,7 +531,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Err(poisoned) => poisoned.into_inner(),
                     };
                     let state = cf(&db, CF_SM_STATE)?;
-                    let (outcomes, events) = apply_proposal(&mut ledger, &mut batch, state, proposal);
+                    let (outcomes, events) = apply_proposal(&mut ledger, &mut batch, state, proposal, index);
                     let clock = ledger.last_at_ms();
                     drop(ledger);
                     batch.put_cf(cf(&db, CF_SM_META)?, b"clock", clock.to_be_bytes());

@@ -112,7 +112,7 @@ fn now_ms() -> i64 {
 }
 
 fn cmd(actor: &str, body: Body) -> lp::Command {
-    lp::Command { at_ms: 0, actor: actor.into(), body: Some(body) }
+    lp::Command { at_ms: 0, actor: actor.into(), body: Some(body), log_index: 0 }
 }
 
 fn user(id: &str, role: lp::Role) -> lp::Command {

@@ -43,6 +43,7 @@ fn user(id: &str) -> lp::Command {
     lp::Command {
         at_ms: 0,
         actor: String::new(),
+        log_index: 0,
         body: Some(Body::CreateUser(lp::CreateUser {
             user_id: id.into(),
             username: id.into(),

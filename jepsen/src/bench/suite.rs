@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use node::Client;
 
 use super::etcd::{EtcdCluster, EtcdError};
-use super::target::{Etcd, Gavel, Target};
+use super::target::{Etcd, Gavel, Http, Target};
 use super::{Failover, Resume, RunResult, Spec, drive, failover_summary, steady_writers};
 use crate::cluster::{Cluster, ClusterError};
 use crate::net::Mode;
@@ -33,7 +33,10 @@ pub enum SuiteError {
 /// Which system.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum System {
+    /// Gavel through the node client library (gRPC).
     Gavel,
+    /// Gavel through `gavel gateway` (HTTP + JSON + JWT).
+    Http,
     Etcd,
 }
 
@@ -47,11 +50,26 @@ pub struct Env {
     pub node_args: Vec<String>,
     /// Bids per Gavel request (1: one bid per request; more: gathered as a gateway would).
     pub batch: usize,
+    /// The `gavel` binary (for the HTTP target), if built.
+    pub gavel_bin: Option<PathBuf>,
 }
+
+/// A `gavel gateway` process, killed when dropped.
+pub struct GatewayProcess(std::process::Child);
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The signing secret the bench gives its gateway and signs its bidders' tokens with.
+const BENCH_JWT_SECRET: &str = "gavel-bench-secret-of-at-least-32-bytes";
 
 /// A running system, torn down when dropped.
 pub enum Running {
-    Gavel { cluster: Cluster, target: Arc<Target>, _dir: tempfile::TempDir },
+    Gavel { cluster: Cluster, target: Arc<Target>, _gateway: Option<GatewayProcess>, _dir: tempfile::TempDir },
     Etcd { cluster: EtcdCluster, target: Arc<Target>, _dir: tempfile::TempDir },
 }
 
@@ -67,7 +85,7 @@ impl Running {
 pub async fn start(env: &Env, system: System, lots: usize, bidders: usize) -> Result<Running, SuiteError> {
     let dir = tempfile::tempdir()?;
     match system {
-        System::Gavel => {
+        System::Gavel | System::Http => {
             let cluster = Cluster::start(&env.node_bin, dir.path(), 3, env.node_args.clone(), Mode::Direct).await?;
             cluster.leader(Duration::from_secs(30)).await?;
             let addrs: Vec<String> = cluster.addrs.values().cloned().collect();
@@ -76,8 +94,14 @@ pub async fn start(env: &Env, system: System, lots: usize, bidders: usize) -> Re
             for chunk in crate::run::setup_commands(bidders, lots, crate::run::now_ms(), day_ms).chunks(1000) {
                 setup.propose(chunk.to_vec()).await.map_err(|e| SuiteError::Setup(e.to_string()))?;
             }
-            let target = Arc::new(Target::Gavel(Gavel::new(addrs, env.op_deadline, env.batch)));
-            Ok(Running::Gavel { cluster, target, _dir: dir })
+            if system == System::Gavel {
+                let target = Arc::new(Target::Gavel(Gavel::new(addrs, env.op_deadline, env.batch)));
+                return Ok(Running::Gavel { cluster, target, _gateway: None, _dir: dir });
+            }
+            let (gateway, url) = start_gateway(env, &addrs).await?;
+            let tokens = (0..bidders).map(bidder_token).collect::<Result<Vec<_>, _>>()?;
+            let http = Http::new(url, tokens, env.op_deadline).map_err(|e| SuiteError::Setup(e.to_string()))?;
+            Ok(Running::Gavel { cluster, target: Arc::new(Target::Http(http)), _gateway: Some(gateway), _dir: dir })
         }
         System::Etcd => {
             let cluster = EtcdCluster::start(&env.etcd_bin, dir.path(), 3)?;
@@ -87,6 +111,51 @@ pub async fn start(env: &Env, system: System, lots: usize, bidders: usize) -> Re
             Ok(Running::Etcd { cluster, target, _dir: dir })
         }
     }
+}
+
+/// Starts `gavel gateway` in front of `addrs` with rate limits off (the bench is one client
+/// address sending far more than a person would) and waits until it answers.
+async fn start_gateway(env: &Env, addrs: &[String]) -> Result<(GatewayProcess, String), SuiteError> {
+    let bin = env.gavel_bin.as_ref().ok_or_else(|| {
+        SuiteError::Setup("the gavel binary was not found; build it (cargo build --release -p gavel-gateway)".into())
+    })?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = std::process::Command::new(bin)
+        .arg("gateway")
+        .args(["--nodes", &addrs.join(",")])
+        .args(["--http-listen", &format!("127.0.0.1:{port}")])
+        .args(["--rate-ip-per-sec", "0", "--rate-user-per-sec", "0"])
+        .env("GAVEL_JWT_SECRET", BENCH_JWT_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let gateway = GatewayProcess(child);
+    let url = format!("http://127.0.0.1:{port}");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = reqwest::get(format!("{url}/healthz")).await.is_ok_and(|r| r.status().is_success());
+        if up {
+            return Ok((gateway, url));
+        }
+        if Instant::now() > until {
+            return Err(SuiteError::Setup("gavel gateway did not answer within 30 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A real HS256 token for bench bidder `n`, as the gateway issues them.
+fn bidder_token(n: usize) -> Result<String, SuiteError> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let claims = serde_json::json!({
+        "sub": super::target::bidder_id(n), "role": "user", "iss": "gavel", "iat": now, "exp": now + 24 * 3600,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(BENCH_JWT_SECRET.as_bytes()),
+    )
+    .map_err(|e| SuiteError::Setup(format!("token: {e}")))
 }
 
 /// etcd takes a moment to form its cluster: retry the first connection and setup.

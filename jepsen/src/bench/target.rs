@@ -46,6 +46,7 @@ pub fn bidder_id(bidder: usize) -> String {
 
 pub enum Target {
     Gavel(Gavel),
+    Http(Http),
     Etcd(Etcd),
 }
 
@@ -53,6 +54,7 @@ impl Target {
     pub fn name(&self) -> &'static str {
         match self {
             Target::Gavel(_) => "gavel",
+            Target::Http(_) => "http",
             Target::Etcd(_) => "etcd",
         }
     }
@@ -60,6 +62,7 @@ impl Target {
     pub async fn perform(&self, op: Op) -> Result<Outcome, Failure> {
         match self {
             Target::Gavel(g) => g.perform(op).await,
+            Target::Http(h) => h.perform(op).await,
             Target::Etcd(e) => e.perform(op).await,
         }
     }
@@ -103,6 +106,7 @@ impl Gavel {
                 let bid_id = format!("b{}", self.seq.fetch_add(1, Ordering::Relaxed));
                 let command = lp::Command {
                     at_ms: 0,
+                    log_index: 0,
                     actor: bidder_id(bidder),
                     body: Some(Body::PlaceBid(lp::PlaceBid { lot_id: lot_id(lot), bid_id, max_amount: max })),
                 };
@@ -160,6 +164,52 @@ fn failure(e: &node::ClientError) -> Failure {
         node::ClientError::Deadline(..) => "deadline".into(),
         node::ClientError::Refused(status) => format!("grpc_{:?}", status.code()).to_lowercase(),
         node::ClientError::Address(..) => "address".into(),
+    }
+}
+
+/// Gavel through its HTTP gateway (`gavel gateway`), as bidders' browsers and apps reach it:
+/// JSON over keep-alive HTTP/1.1 connections, each bidder with a real JWT. The gateway gathers
+/// concurrent bids into `Propose` batches itself.
+pub struct Http {
+    http: reqwest::Client,
+    url: String,
+    /// A bearer token per bidder index.
+    tokens: Vec<String>,
+    seq: AtomicU64,
+}
+
+impl Http {
+    pub fn new(url: String, tokens: Vec<String>, deadline: Duration) -> Result<Http, reqwest::Error> {
+        let http = reqwest::Client::builder().timeout(deadline).tcp_nodelay(true).build()?;
+        Ok(Http { http, url, tokens, seq: AtomicU64::new(0) })
+    }
+
+    async fn perform(&self, op: Op) -> Result<Outcome, Failure> {
+        let request = match op {
+            Op::Read { lot } => self.http.get(format!("{}/v1/lots/{}", self.url, lot_id(lot))),
+            Op::Bid { lot, bidder, max } => {
+                let token = self.tokens.get(bidder).ok_or("no_token")?;
+                let bid_id = format!("b{}", self.seq.fetch_add(1, Ordering::Relaxed));
+                self.http
+                    .post(format!("{}/v1/lots/{}/bids", self.url, lot_id(lot)))
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({"bid_id": bid_id, "max_amount": max}))
+            }
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| if e.is_timeout() { "timeout".to_owned() } else { "http_send".to_owned() })?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.map_err(|_| "http_body".to_owned())?;
+        match (op, status.as_u16()) {
+            (Op::Read { .. }, 200) => Ok(Outcome::Read),
+            (Op::Bid { .. }, 200) => Ok(Outcome::Accepted),
+            (Op::Bid { .. }, 400 | 403 | 404 | 409) => {
+                Ok(Outcome::Rejected(body["error"]["code"].as_str().unwrap_or("unknown").to_owned()))
+            }
+            (_, code) => Err(format!("http_{code}_{}", body["error"]["code"].as_str().unwrap_or(""))),
+        }
     }
 }
 

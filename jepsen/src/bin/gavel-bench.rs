@@ -1,9 +1,10 @@
 //! `gavel-bench`: throughput, latency and failover of Gavel, side by side with etcd.
 //!
 //! ```sh
-//! cargo build --release -p gavel-node -p gavel-jepsen
+//! cargo build --release -p gavel-node -p gavel-gateway -p gavel-jepsen
 //! target/release/gavel-bench all                       # everything BENCHMARKS.md reports
 //! target/release/gavel-bench run --system both --workload zipf --clients 256
+//! target/release/gavel-bench run --system all --batch 256 --clients 1024   # gRPC, HTTP, etcd
 //! target/release/gavel-bench sweep --system gavel --rates 1000,5000,10000
 //! target/release/gavel-bench failover --system gavel --kills 20
 //! ```
@@ -26,6 +27,9 @@ struct Cli {
     /// The gavel-node binary (default: next to this one).
     #[arg(long, global = true)]
     node_bin: Option<PathBuf>,
+    /// The gavel binary, for the HTTP target (default: next to this one).
+    #[arg(long, global = true)]
+    gavel_bin: Option<PathBuf>,
     /// The etcd server binary (Debian's etcd-server).
     #[arg(long, global = true, default_value = "/usr/bin/etcd")]
     etcd_bin: PathBuf,
@@ -77,7 +81,8 @@ impl WorkloadArgs {
 enum Cmd {
     /// One measurement per system, closed loop (--clients) or open loop (--rate).
     Run {
-        /// gavel, etcd or both (back to back, with the ratio).
+        /// gavel (gRPC), http (through `gavel gateway`), etcd, both (gavel and etcd, with the
+        /// ratio) or all three, back to back.
         #[arg(long, default_value = "both")]
         system: String,
         #[command(flatten)]
@@ -137,9 +142,11 @@ enum BenchError {
 fn systems(s: &str) -> Result<Vec<System>, BenchError> {
     match s {
         "gavel" => Ok(vec![System::Gavel]),
+        "http" => Ok(vec![System::Http]),
         "etcd" => Ok(vec![System::Etcd]),
         "both" => Ok(vec![System::Gavel, System::Etcd]),
-        other => Err(BenchError::Usage(format!("unknown --system {other:?} (gavel, etcd, both)"))),
+        "all" => Ok(vec![System::Gavel, System::Http, System::Etcd]),
+        other => Err(BenchError::Usage(format!("unknown --system {other:?} (gavel, http, etcd, both, all)"))),
     }
 }
 
@@ -155,7 +162,13 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    let gavel_bin = cli
+        .gavel_bin
+        .clone()
+        .or_else(|| std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("gavel"))))
+        .filter(|p| p.exists());
     let env = Env {
+        gavel_bin,
         node_bin,
         etcd_bin: cli.etcd_bin.clone(),
         op_deadline: Duration::from_secs(10),
@@ -189,7 +202,13 @@ async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchErro
             let load = rate.map_or(Load::Closed { clients }, |rate| Load::Open { rate });
             let spec = workload.spec(load);
             let results = compare(env, &systems(&system)?, &spec, out, "run").await?;
-            if let [g, e] = results.as_slice() {
+            if let [g, h, _] = results.as_slice() {
+                println!(
+                    "ratio http/gavel (accepted bids/s): {:.2}x",
+                    ratio(h.accepted_bids_per_s, g.accepted_bids_per_s)
+                );
+            }
+            if let [g, .., e] = results.as_slice() {
                 println!(
                     "ratio gavel/etcd (accepted bids/s): {:.1}x",
                     ratio(g.accepted_bids_per_s, e.accepted_bids_per_s)
@@ -229,6 +248,7 @@ async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchErro
 fn name(s: System) -> &'static str {
     match s {
         System::Gavel => "gavel",
+        System::Http => "http",
         System::Etcd => "etcd",
     }
 }
@@ -372,6 +392,11 @@ async fn all(env: &Env, out: &Path, seconds: u64, clients: usize, kills: usize) 
     let batched_env = Env { batch: 256, ..env.clone() };
     let batched_spec = Spec { load: Load::Closed { clients: 1024 }, ..base(Workload::Zipf, 10_000) };
     let batched = compare(&batched_env, &[System::Gavel], &batched_spec, out, "batched256").await?;
+    // The same load through the HTTP gateway, which does its own batching.
+    let http = compare(env, &[System::Http], &batched_spec, out, "http").await?;
+    let http_open = suite::sweep(env, System::Http, &base(Workload::Zipf, 10_000), &[1_000, 5_000]).await?;
+    print_sweep(&http_open);
+    write_json(&out.join("http-sweep.json"), &json!(http_open))?;
     let rates = [1_000, 2_500, 5_000, 10_000, 20_000];
     let mut sweeps = Vec::new();
     for s in both {
@@ -391,7 +416,14 @@ async fn all(env: &Env, out: &Path, seconds: u64, clients: usize, kills: usize) 
     let refs: Vec<(String, &Failover)> = failovers.iter().map(|(n, f)| (n.clone(), f)).collect();
     plot::failover(&out.join("failover.svg"), &refs)?;
 
-    for r in closed.iter().flatten().chain(sweeps.iter().flat_map(|(_, rs)| rs.iter())) {
+    for r in closed
+        .iter()
+        .flatten()
+        .chain(&batched)
+        .chain(&http)
+        .chain(sweeps.iter().flat_map(|(_, rs)| rs.iter()))
+        .chain(&http_open)
+    {
         summary.push_str(&format!(
             "| {} | {:?} | {:?} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
             r.target,
@@ -416,8 +448,12 @@ async fn all(env: &Env, out: &Path, seconds: u64, clients: usize, kills: usize) 
     let at_10k = sweeps[0].1.iter().find(|r| matches!(r.load, Load::Open { rate: 10_000 }));
     let p99_10k = at_10k.map_or(f64::INFINITY, |r| r.p99_ms);
     let gavel_failover = &failovers[0].1;
+    let batched_rate = batched.first().map_or(0.0, |b| b.accepted_bids_per_s);
+    let http_rate = http.first().map_or(0.0, |h| h.accepted_bids_per_s);
+    let http_p99_5k =
+        http_open.iter().find(|r| matches!(r.load, Load::Open { rate: 5_000 })).map_or(f64::INFINITY, |r| r.p99_ms);
     summary.push_str(&format!(
-        "\nGoals:\n\n- Committed bids/s (gRPC, many lots) >= 100,000: {:.0} one bid per request, {:.0} with 256 per request -> {}\n- At least 5x etcd in the same run: {r:.1}x -> {}\n- p99 <= 5 ms at 10,000 bids/s offered (open loop): {p99_10k:.2} ms -> {}\n- Leader failover p99 <= 1 s over {} kills: {:.0} ms -> {}\n",
+        "\nGoals:\n\n- Committed bids/s (gRPC, many lots) >= 100,000: {:.0} one bid per request, {:.0} with 256 per request -> {}\n- At least 5x etcd in the same run: {r:.1}x -> {}\n- p99 <= 5 ms at 10,000 bids/s offered (open loop): {p99_10k:.2} ms -> {}\n- Leader failover p99 <= 1 s over {} kills: {:.0} ms -> {}\n- HTTP bids/s >= 0.8x the batched gRPC figure: {http_rate:.0} vs {batched_rate:.0} ({:.2}x) -> {}\n- HTTP p99 <= 10 ms at 5,000 bids/s offered (open loop): {http_p99_5k:.2} ms -> {}\n",
         g.accepted_bids_per_s,
         batched.first().map_or(0.0, |b| b.accepted_bids_per_s),
         met(g.accepted_bids_per_s.max(batched.first().map_or(0.0, |b| b.accepted_bids_per_s)) >= 100_000.0),
@@ -426,6 +462,9 @@ async fn all(env: &Env, out: &Path, seconds: u64, clients: usize, kills: usize) 
         gavel_failover.kills,
         gavel_failover.p99_ms,
         met(gavel_failover.p99_ms <= 1000.0),
+        ratio(http_rate, batched_rate),
+        met(http_rate >= 0.8 * batched_rate),
+        met(http_p99_5k <= 10.0),
     ));
     std::fs::write(out.join("summary.md"), &summary)?;
     println!("\n{summary}");

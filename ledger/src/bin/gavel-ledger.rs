@@ -8,7 +8,7 @@ use std::io::{self, BufRead, BufWriter, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ledger::{Ledger, json};
+use ledger::{Ledger, json, view};
 
 /// Longest input line accepted; longer ones get an error line and are skipped.
 const LINE_BYTES_MAX: usize = 1 << 20;
@@ -51,14 +51,14 @@ fn replay(mut input: impl BufRead, output: impl Write) -> io::Result<()> {
         }
         let answer = if line.len() > LINE_BYTES_MAX && line.last() != Some(&b'\n') {
             skip_rest_of_line(&mut input)?;
-            json::error("invalid_input", &format!("line longer than {LINE_BYTES_MAX} bytes"))
+            view::error("invalid_input", &format!("line longer than {LINE_BYTES_MAX} bytes"))
         } else {
             match std::str::from_utf8(&line) {
-                Err(_) => json::error("invalid_input", "line is not UTF-8"),
+                Err(_) => view::error("invalid_input", "line is not UTF-8"),
                 Ok(text) if text.trim().is_empty() => continue,
                 Ok(text) => match json::parse_command(text) {
-                    Ok(cmd) => json::outcome(&ledger.apply(&cmd).outcome),
-                    Err(e) => json::error("invalid_input", &e.to_string()),
+                    Ok(cmd) => view::outcome(&ledger.apply(&cmd).outcome),
+                    Err(e) => view::error("invalid_input", &e.to_string()),
                 },
             }
         };

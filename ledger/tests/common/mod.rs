@@ -33,7 +33,7 @@ impl World {
     }
 
     pub fn run(&mut self, actor: &str, body: Body) -> Applied {
-        let cmd = pb::Command { at_ms: self.at, actor: actor.to_owned(), body: Some(body) };
+        let cmd = pb::Command { at_ms: self.at, actor: actor.to_owned(), body: Some(body), log_index: 0 };
         self.ledger.apply(&cmd)
     }
 

@@ -15,7 +15,7 @@ use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ledger::json;
+use ledger::{json, view};
 use node::{Client, pb};
 use serde_json::json;
 
@@ -82,10 +82,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     continue;
                 }
                 let answer = match json::parse_command(&line) {
-                    Err(e) => json::error("invalid_input", &e.to_string()),
+                    Err(e) => view::error("invalid_input", &e.to_string()),
                     Ok(cmd) => match client.propose(vec![cmd]).await {
                         Ok(results) => result_json(results.first()),
-                        Err(e) => json::error("unavailable", &e.to_string()),
+                        Err(e) => view::error("unavailable", &e.to_string()),
                     },
                 };
                 writeln!(out, "{answer}")?;
@@ -93,11 +93,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Cmd::Lot { lot_id, stale } => {
             let r = client.read_lot(&lot_id, stale, true).await?;
-            let Some(view) = r.lot else {
+            let Some(lot_view) = r.lot else {
                 return Err(format!("no lot {lot_id}").into());
             };
-            let mut lot = json::lot(&view);
-            lot["bids"] = r.bids.iter().map(|b| json!({"bid_id": b.bid_id, "bidder": b.bidder, "amount": b.amount, "at": json::format_time(b.at_ms), "kind": if b.kind == 2 { "proxy" } else { "placed" }})).collect();
+            let mut lot = view::lot(&lot_view);
+            lot["bids"] = view::bids(&r.bids)["bids"].take();
             lot["applied_index"] = json!(r.applied_index);
             lot["stale"] = json!(r.stale);
             writeln!(out, "{lot}")?;
@@ -115,8 +115,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn result_json(result: Option<&pb::CommandResult>) -> serde_json::Value {
-    let Some(result) = result else { return json::error("internal", "no result") };
-    let mut value = result.outcome.as_ref().map_or_else(|| json::error("internal", "no outcome"), json::outcome);
+    let Some(result) = result else { return view::error("internal", "no result") };
+    let mut value = result.outcome.as_ref().map_or_else(|| view::error("internal", "no outcome"), view::outcome);
     if value.get("error").is_none() {
         value["log_index"] = json!(result.log_index);
     }

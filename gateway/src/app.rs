@@ -1,0 +1,99 @@
+//! The router: every route of API.md's HTTP part, and the middleware in one stack.
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use axum::middleware;
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_governor::GovernorLayer;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::GatewayConfig;
+use crate::metrics;
+use crate::protect::{self, CallerKey, IpKey};
+use crate::routes::{auctions, bids, lots, ops, users};
+use crate::state::AppState;
+
+/// Why a router could not be built (a bad setting).
+#[derive(Debug, thiserror::Error)]
+#[error("gateway configuration: {0}")]
+pub struct AppConfigError(pub String);
+
+/// The gateway as one `Router`: API routes behind rate limits, operations routes without.
+pub fn app(state: AppState, config: &GatewayConfig) -> Result<Router, AppConfigError> {
+    let ip_limits = protect::governor(IpKey, config.rate_ip).map_err(AppConfigError)?;
+    let caller_limits = protect::governor(CallerKey(state.jwt.clone()), config.rate_user).map_err(AppConfigError)?;
+    spawn_limit_cleanup(ip_limits.clone(), caller_limits.clone());
+
+    // Anyone may call these: limited per IP only (a venue's many bidders share one address).
+    let public = Router::new()
+        .route("/v1/users", post(users::sign_up))
+        .route("/v1/sessions", post(users::sign_in))
+        .route("/v1/lots/{lot_id}", get(lots::read))
+        .route("/v1/lots/{lot_id}/bids", get(lots::bids))
+        .route("/v1/auctions/{auction_id}", get(auctions::read));
+    // These need a token: limited per caller too, so one account cannot flood the sale.
+    let signed_in = Router::new()
+        .route("/v1/users/{user_id}/role", post(users::set_role))
+        .route("/v1/lots", post(lots::create))
+        .route("/v1/lots/{lot_id}/status", post(lots::set_status))
+        .route("/v1/lots/{lot_id}/bids", post(bids::place))
+        .route("/v1/auctions", post(auctions::create))
+        .route("/v1/auctions/{auction_id}/lots", post(auctions::add_lot))
+        .route("/v1/auctions/{auction_id}/status", post(auctions::set_status))
+        .layer(GovernorLayer::new(caller_limits).error_handler(protect::rate_limited));
+    let api = public.merge(signed_in).layer(GovernorLayer::new(ip_limits).error_handler(protect::rate_limited));
+
+    let ops = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics));
+
+    let cors = protect::cors(&config.cors_origins).map_err(AppConfigError)?;
+    let router = api
+        .merge(ops)
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .route_layer(middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(config.body_bytes_max))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+                }))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(CatchPanicLayer::custom(protect::panicked))
+                .layer(cors)
+                .layer(HandleErrorLayer::new(protect::overloaded))
+                .load_shed()
+                .concurrency_limit(config.concurrency_max.max(1))
+                .timeout(config.request_timeout),
+        )
+        .with_state(state);
+    Ok(router)
+}
+
+/// Forgets idle rate-limit keys now and then, so the limiters' memory stays bounded; stops
+/// once the router (and so the limiters) is gone.
+fn spawn_limit_cleanup<A, B>(a: std::sync::Arc<A>, b: std::sync::Arc<B>)
+where
+    A: protect::Forget + Send + Sync + 'static,
+    B: protect::Forget + Send + Sync + 'static,
+{
+    let (a, b) = (std::sync::Arc::downgrade(&a), std::sync::Arc::downgrade(&b));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let (Some(a), Some(b)) = (a.upgrade(), b.upgrade()) else { return };
+            a.forget_idle();
+            b.forget_idle();
+        }
+    });
+}

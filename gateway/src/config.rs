@@ -1,0 +1,108 @@
+//! The gateway's settings: flags, `GAVEL_*` environment variables, or a `--config` file of
+//! `GAVEL_*=value` lines (precedence in that order). Every bound has a name and a default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::batcher::BatchLimits;
+use crate::protect::Rate;
+
+/// Settings shared by `gavel gateway` and `gavel dev`.
+#[derive(Args, Clone, Debug)]
+pub struct HttpArgs {
+    /// Address the HTTP server binds.
+    #[arg(long, env = "GAVEL_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// Signing secret for tokens (HS256), at least 32 bytes.
+    #[arg(long, env = "GAVEL_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Password of the first admin (username `admin`), created when missing.
+    #[arg(long, env = "GAVEL_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// How long a token is valid.
+    #[arg(long, env = "GAVEL_TOKEN_TTL_SECS", default_value_t = 12 * 3600)]
+    pub token_ttl_secs: u64,
+    /// Largest request body.
+    #[arg(long, env = "GAVEL_BODY_BYTES_MAX", default_value_t = 64 * 1024)]
+    pub body_bytes_max: usize,
+    /// Longest a request may take before `503 timeout`.
+    #[arg(long, env = "GAVEL_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Requests served at once; more are shed with `503 overloaded`.
+    #[arg(long, env = "GAVEL_CONCURRENCY_MAX", default_value_t = 8_192)]
+    pub concurrency_max: usize,
+    /// Sustained requests per second per client IP (0: no limit).
+    #[arg(long, env = "GAVEL_RATE_IP_PER_SEC", default_value_t = 2_000)]
+    pub rate_ip_per_sec: u64,
+    /// Burst per client IP.
+    #[arg(long, env = "GAVEL_RATE_IP_BURST", default_value_t = 4_000)]
+    pub rate_ip_burst: u32,
+    /// Sustained requests per second per signed-in user (0: no limit).
+    #[arg(long, env = "GAVEL_RATE_USER_PER_SEC", default_value_t = 50)]
+    pub rate_user_per_sec: u64,
+    /// Burst per signed-in user.
+    #[arg(long, env = "GAVEL_RATE_USER_BURST", default_value_t = 100)]
+    pub rate_user_burst: u32,
+    /// Allowed CORS origins, comma-separated (default: any).
+    #[arg(long, env = "GAVEL_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Most commands in one `Propose` call.
+    #[arg(long, env = "GAVEL_BATCH_COMMANDS_MAX", default_value_t = 1024)]
+    pub batch_commands_max: usize,
+    /// Longest wait for more commands while other batches are in flight.
+    #[arg(long, env = "GAVEL_BATCH_LINGER_US", default_value_t = 500)]
+    pub batch_linger_us: u64,
+    /// `Propose` calls in flight at once.
+    #[arg(long, env = "GAVEL_BATCHES_IN_FLIGHT_MAX", default_value_t = 8)]
+    pub batches_in_flight_max: usize,
+    /// Password hashes computed at once (each takes a core for tens of ms).
+    #[arg(long, env = "GAVEL_HASHES_CONCURRENT_MAX", default_value_t = 2)]
+    pub hashes_concurrent_max: usize,
+}
+
+/// Everything a gateway needs to start.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Cluster nodes (`host:port`), any of them.
+    pub nodes: Vec<String>,
+    pub http_listen: SocketAddr,
+    pub jwt_secret: Vec<u8>,
+    pub admin_password: Option<String>,
+    pub token_ttl: Duration,
+    pub body_bytes_max: usize,
+    pub request_timeout: Duration,
+    pub concurrency_max: usize,
+    pub rate_ip: Rate,
+    pub rate_user: Rate,
+    pub cors_origins: Vec<String>,
+    pub batch: BatchLimits,
+    pub hashes_concurrent_max: usize,
+}
+
+impl GatewayConfig {
+    /// From the flags, given the cluster and a secret (the flag's, or one chosen by the caller).
+    pub fn from_args(args: &HttpArgs, nodes: Vec<String>, jwt_secret: Vec<u8>) -> GatewayConfig {
+        GatewayConfig {
+            nodes,
+            http_listen: args.http_listen,
+            jwt_secret,
+            admin_password: args.admin_password.clone(),
+            token_ttl: Duration::from_secs(args.token_ttl_secs),
+            body_bytes_max: args.body_bytes_max,
+            request_timeout: Duration::from_millis(args.request_timeout_ms),
+            concurrency_max: args.concurrency_max,
+            rate_ip: Rate { per_sec: args.rate_ip_per_sec, burst: args.rate_ip_burst },
+            rate_user: Rate { per_sec: args.rate_user_per_sec, burst: args.rate_user_burst },
+            cors_origins: args.cors_origins.iter().filter(|o| !o.is_empty()).cloned().collect(),
+            batch: BatchLimits {
+                batch_commands_max: args.batch_commands_max,
+                linger_us_max: args.batch_linger_us,
+                batches_in_flight_max: args.batches_in_flight_max,
+                ..BatchLimits::default()
+            },
+            hashes_concurrent_max: args.hashes_concurrent_max,
+        }
+    }
+}

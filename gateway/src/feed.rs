@@ -1,0 +1,113 @@
+//! The gateway's view of the cluster: one feed follower per process (the seam live
+//! notifications will hang from) and a poller that learns who leads and how far it has
+//! applied, so `/readyz` and `/metrics` can say whether the feed is caught up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use node::{Client, Follower};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::metrics::Metrics;
+
+/// How often the leader's progress is polled.
+const POLL_MS: u64 = 500;
+/// The feed counts as caught up within this many entries of the leader.
+pub const READY_LAG_ENTRIES_MAX: u64 = 1_000;
+
+/// What the background tasks know; read by `/readyz`.
+#[derive(Default)]
+pub struct ClusterView {
+    leader_known: AtomicBool,
+    leader_applied_index: AtomicU64,
+    feed_index: AtomicU64,
+    feed_broken: AtomicBool,
+}
+
+impl ClusterView {
+    pub fn leader_known(&self) -> bool {
+        self.leader_known.load(Ordering::Acquire)
+    }
+
+    pub fn feed_index(&self) -> u64 {
+        self.feed_index.load(Ordering::Acquire)
+    }
+
+    pub fn feed_lag_entries(&self) -> u64 {
+        self.leader_applied_index.load(Ordering::Acquire).saturating_sub(self.feed_index())
+    }
+
+    /// Why the gateway is not ready, if it is not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.feed_broken.load(Ordering::Acquire) {
+            return Some("the feed follower stopped on an inconsistent feed".into());
+        }
+        if !self.leader_known() {
+            return Some("no leader known".into());
+        }
+        let lag = self.feed_lag_entries();
+        (lag > READY_LAG_ENTRIES_MAX).then(|| format!("feed is {lag} entries behind the leader"))
+    }
+}
+
+/// Starts the follower and the poller; both stop when `stop` turns true.
+pub fn start(addrs: Vec<String>, metrics: Arc<Metrics>, stop: watch::Receiver<bool>) -> Arc<ClusterView> {
+    let view = Arc::new(ClusterView::default());
+    tokio::spawn(follow(addrs.clone(), view.clone(), metrics.clone(), stop.clone()));
+    tokio::spawn(poll(addrs, view.clone(), metrics, stop));
+    view
+}
+
+async fn follow(addrs: Vec<String>, view: Arc<ClusterView>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    let mut follower = Follower::new(addrs, 0);
+    loop {
+        let item = tokio::select! {
+            item = follower.next() => item,
+            _ = stop.wait_for(|&s| s) => return,
+        };
+        match item {
+            Ok(item) => {
+                view.feed_index.store(item.index, Ordering::Release);
+                metrics.feed_index.set(i64::try_from(item.index).unwrap_or(i64::MAX));
+            }
+            Err(e) => {
+                // Never skip past an inconsistency: report it and stay not-ready.
+                error!(error = %e, "feed follower stopped");
+                view.feed_broken.store(true, Ordering::Release);
+                return;
+            }
+        }
+    }
+}
+
+async fn poll(addrs: Vec<String>, view: Arc<ClusterView>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(POLL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut had_leader = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = stop.wait_for(|&s| s) => return,
+        }
+        let mut leader = None;
+        for addr in &addrs {
+            let Ok(m) = Client::metrics(addr).await else { continue };
+            if m.state == "Leader" {
+                leader = Some(m.last_applied_index);
+                break;
+            }
+        }
+        view.leader_known.store(leader.is_some(), Ordering::Release);
+        if let Some(applied) = leader {
+            view.leader_applied_index.store(applied, Ordering::Release);
+            metrics.leader_applied_index.set(i64::try_from(applied).unwrap_or(i64::MAX));
+        }
+        metrics.feed_lag_entries.set(i64::try_from(view.feed_lag_entries()).unwrap_or(i64::MAX));
+        if leader.is_some() != had_leader {
+            info!(leader_known = leader.is_some(), "cluster leadership seen");
+            had_leader = leader.is_some();
+        }
+    }
+}

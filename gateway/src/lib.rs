@@ -1,0 +1,32 @@
+//! Gavel's HTTP edge: the API of `shared/API.md` over the replicated ledger.
+//!
+//! - [`config`]: flags, environment and config file; every bound with its default.
+//! - [`server`]: a running gateway (start, admin bootstrap, graceful shutdown).
+//! - [`app`]: the router and its middleware stack.
+//! - [`routes`]: the handlers, one module per API section.
+//! - [`auth`]: JWTs, Argon2id passwords, role extractors.
+//! - [`extract`]: JSON, path and query extractors that answer with API errors.
+//! - [`error`]: the one error type and its HTTP mapping.
+//! - [`protect`]: rate limits, timeouts, load shedding, CORS.
+//! - [`batcher`]: commands of concurrent requests proposed together.
+//! - [`feed`]: the feed follower and the cluster view behind `/readyz`.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`dev`]: `gavel dev`, a local cluster with demo data.
+
+pub mod app;
+pub mod auth;
+pub mod batcher;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod extract;
+pub mod feed;
+pub mod metrics;
+pub mod protect;
+pub mod routes;
+pub mod server;
+pub mod state;
+
+pub use config::{GatewayConfig, HttpArgs};
+pub use error::AppError;
+pub use server::{Gateway, GatewayError};

@@ -1,0 +1,21 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use node::Client;
+
+use crate::auth::{Jwt, Passwords};
+use crate::batcher::Batcher;
+use crate::feed::ClusterView;
+use crate::metrics::Metrics;
+
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub client: Arc<Client>,
+    pub batcher: Batcher,
+    pub jwt: Arc<Jwt>,
+    pub passwords: Arc<Passwords>,
+    pub metrics: Arc<Metrics>,
+    pub cluster: Arc<ClusterView>,
+}
