@@ -27,7 +27,6 @@ pub struct AppConfigError(pub String);
 pub fn app(state: AppState, config: &GatewayConfig) -> Result<Router, AppConfigError> {
     let ip_limits = protect::governor(IpKey, config.rate_ip).map_err(AppConfigError)?;
     let caller_limits = protect::governor(CallerKey(state.jwt.clone()), config.rate_user).map_err(AppConfigError)?;
-    spawn_limit_cleanup(ip_limits.clone(), caller_limits.clone());
 
     // Anyone may call these: limited per IP only (a venue's many bidders share one address).
     let public = Router::new()
@@ -44,9 +43,22 @@ pub fn app(state: AppState, config: &GatewayConfig) -> Result<Router, AppConfigE
         .route("/v1/lots/{lot_id}/bids", post(bids::place))
         .route("/v1/auctions", post(auctions::create))
         .route("/v1/auctions/{auction_id}/lots", post(auctions::add_lot))
-        .route("/v1/auctions/{auction_id}/status", post(auctions::set_status))
-        .layer(GovernorLayer::new(caller_limits).error_handler(protect::rate_limited));
-    let api = public.merge(signed_in).layer(GovernorLayer::new(ip_limits).error_handler(protect::rate_limited));
+        .route("/v1/auctions/{auction_id}/status", post(auctions::set_status));
+    let signed_in = match caller_limits {
+        Some(limits) => {
+            spawn_limit_cleanup(&limits);
+            signed_in.layer(GovernorLayer::new(limits).error_handler(protect::rate_limited))
+        }
+        None => signed_in,
+    };
+    let api = public.merge(signed_in);
+    let api = match ip_limits {
+        Some(limits) => {
+            spawn_limit_cleanup(&limits);
+            api.layer(GovernorLayer::new(limits).error_handler(protect::rate_limited))
+        }
+        None => api,
+    };
 
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
@@ -79,21 +91,16 @@ pub fn app(state: AppState, config: &GatewayConfig) -> Result<Router, AppConfigE
     Ok(router)
 }
 
-/// Forgets idle rate-limit keys now and then, so the limiters' memory stays bounded; stops
-/// once the router (and so the limiters) is gone.
-fn spawn_limit_cleanup<A, B>(a: std::sync::Arc<A>, b: std::sync::Arc<B>)
-where
-    A: protect::Forget + Send + Sync + 'static,
-    B: protect::Forget + Send + Sync + 'static,
-{
-    let (a, b) = (std::sync::Arc::downgrade(&a), std::sync::Arc::downgrade(&b));
+/// Forgets idle rate-limit keys now and then, so the limiter's memory stays bounded; stops
+/// once the router (and so the limiter) is gone.
+fn spawn_limit_cleanup<L: protect::Forget + Send + Sync + 'static>(limits: &std::sync::Arc<L>) {
+    let limits = std::sync::Arc::downgrade(limits);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tick.tick().await;
-            let (Some(a), Some(b)) = (a.upgrade(), b.upgrade()) else { return };
-            a.forget_idle();
-            b.forget_idle();
+            let Some(limits) = limits.upgrade() else { return };
+            limits.forget_idle();
         }
     });
 }

@@ -45,6 +45,8 @@ pub enum DevError {
     Gateway(#[from] crate::GatewayError),
     #[error("demo data: {0}")]
     Seed(String),
+    #[error("shutdown: {0}")]
+    Shutdown(String),
 }
 
 /// The demo logins, kept in the data directory so a restart prints the same ones.
@@ -158,9 +160,15 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     Node::until_signal().await;
     info!("shutting down");
     let result = gateway.shutdown().await;
-    for node in nodes {
-        let id = node.id();
-        node.shutdown().await.map_err(|e| DevError::Node(id, e))?;
+    // All at once: stopped one by one, the last ones would hold elections among themselves.
+    let stopping: Vec<_> =
+        nodes.into_iter().map(|node| tokio::spawn(async move { (node.id(), node.shutdown().await) })).collect();
+    for stop in stopping {
+        match stop.await {
+            Ok((_, Ok(()))) => {}
+            Ok((id, Err(e))) => return Err(DevError::Node(id, e)),
+            Err(e) => return Err(DevError::Shutdown(format!("node shutdown task failed: {e}"))),
+        }
     }
     result?;
     Ok(())
@@ -188,48 +196,57 @@ fn command(body: Body) -> Command {
     Command { at_ms: 0, actor: String::new(), log_index: 0, body: Some(body) }
 }
 
-/// (title, artist, category, description, start price, reserve) in US cents.
-const DEMO_LOTS: [(&str, &str, &str, &str, i64, Option<i64>); 5] = [
-    (
-        "Harbour at Dusk",
-        "Mirela Voss",
-        "painting",
-        "Oil on canvas, 1962. A quiet harbour under a violet evening sky.",
-        200_000,
-        Some(450_000),
-    ),
-    (
-        "Untitled (Blue Study)",
-        "Tomas Ferreira",
-        "painting",
-        "Acrylic on paper, 1987. Layered blues in loose horizontal bands.",
-        50_000,
-        None,
-    ),
-    (
-        "Seated Figure",
-        "Ines Okafor",
-        "sculpture",
-        "Bronze with dark patina, edition 3 of 8, 2004.",
-        800_000,
-        Some(1_200_000),
-    ),
-    (
-        "Market Street, Rain",
-        "Henrik Aalto",
-        "photography",
-        "Gelatin silver print, 1955, printed by the artist.",
-        30_000,
-        None,
-    ),
-    (
-        "Garden Vessel",
-        "Akiko Mori",
-        "ceramics",
-        "Stoneware with ash glaze, 1979. Wheel-thrown, 41 cm high.",
-        120_000,
-        Some(150_000),
-    ),
+/// One demo lot; amounts in US cents.
+struct DemoLot {
+    title: &'static str,
+    artist: &'static str,
+    category: &'static str,
+    description: &'static str,
+    start_price: i64,
+    reserve_price: Option<i64>,
+}
+
+const DEMO_LOTS: [DemoLot; 5] = [
+    DemoLot {
+        title: "Harbour at Dusk",
+        artist: "Mirela Voss",
+        category: "painting",
+        description: "Oil on canvas, 1962. A quiet harbour under a violet evening sky.",
+        start_price: 200_000,
+        reserve_price: Some(450_000),
+    },
+    DemoLot {
+        title: "Untitled (Blue Study)",
+        artist: "Tomas Ferreira",
+        category: "painting",
+        description: "Acrylic on paper, 1987. Layered blues in loose horizontal bands.",
+        start_price: 50_000,
+        reserve_price: None,
+    },
+    DemoLot {
+        title: "Seated Figure",
+        artist: "Ines Okafor",
+        category: "sculpture",
+        description: "Bronze with dark patina, edition 3 of 8, 2004.",
+        start_price: 800_000,
+        reserve_price: Some(1_200_000),
+    },
+    DemoLot {
+        title: "Market Street, Rain",
+        artist: "Henrik Aalto",
+        category: "photography",
+        description: "Gelatin silver print, 1955, printed by the artist.",
+        start_price: 30_000,
+        reserve_price: None,
+    },
+    DemoLot {
+        title: "Garden Vessel",
+        artist: "Akiko Mori",
+        category: "ceramics",
+        description: "Stoneware with ash glaze, 1979. Wheel-thrown, 41 cm high.",
+        start_price: 120_000,
+        reserve_price: Some(150_000),
+    },
 ];
 
 /// Creates the demo users and a live sale of five lots with soft close, once.
@@ -262,17 +279,17 @@ async fn seed(client: &Client, users: &[DemoUser], sale_minutes: u32) -> Result<
         lot_interval_secs: 60,
         increment_ladder: Vec::new(),
     })));
-    for (i, (title, artist, category, description, start_price, reserve_price)) in DEMO_LOTS.iter().enumerate() {
+    for (i, lot) in DEMO_LOTS.iter().enumerate() {
         let lot_id = format!("demo-lot-{}", i + 1);
         commands.push(command(Body::CreateLot(pb::CreateLot {
             lot_id: lot_id.clone(),
-            title: (*title).into(),
-            description: (*description).into(),
-            artist: (*artist).into(),
-            category: (*category).into(),
+            title: lot.title.into(),
+            description: lot.description.into(),
+            artist: lot.artist.into(),
+            category: lot.category.into(),
             currency: "USD".into(),
-            start_price: *start_price,
-            reserve_price: *reserve_price,
+            start_price: lot.start_price,
+            reserve_price: lot.reserve_price,
             starts_at_ms,
             ends_at_ms,
             soft_close_secs: 120,

@@ -72,20 +72,21 @@ impl KeyExtractor for CallerKey {
     }
 }
 
-/// A governor configuration for `rate` (off: a quota no client can reach).
+/// A governor configuration for `rate`; `None` when the limit is off.
 pub fn governor<K: KeyExtractor>(
     key: K,
     rate: Rate,
-) -> Result<Arc<GovernorConfig<K, StateInformationMiddleware>>, String> {
-    let (period_ns, burst) =
-        if rate.per_sec == 0 { (1, u32::MAX) } else { (1_000_000_000 / rate.per_sec.max(1), rate.burst.max(1)) };
+) -> Result<Option<Arc<GovernorConfig<K, StateInformationMiddleware>>>, String> {
+    if rate.per_sec == 0 {
+        return Ok(None);
+    }
     GovernorConfigBuilder::default()
         .key_extractor(key)
-        .per_nanosecond(period_ns.max(1))
-        .burst_size(burst)
+        .per_nanosecond((1_000_000_000 / rate.per_sec).max(1))
+        .burst_size(rate.burst.max(1))
         .use_headers()
         .finish()
-        .map(Arc::new)
+        .map(|config| Some(Arc::new(config)))
         .ok_or_else(|| format!("invalid rate limit {rate:?}"))
 }
 

@@ -20,7 +20,18 @@ struct Dev {
     logins: Vec<(String, String)>,
 }
 
+impl Drop for Dev {
+    /// A failed test does not leave `gavel dev` running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts `gavel dev` and reads its banner until the URL line (at most 120 s).
+#[allow(clippy::zombie_processes, reason = "Dev owns the child: stop() waits for it, Drop reaps it on failure")]
 fn start(dir: &Path, http_port: u16, grpc_base: u16) -> Dev {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gavel"))
         .arg("dev")
@@ -59,6 +70,7 @@ fn start(dir: &Path, http_port: u16, grpc_base: u16) -> Dev {
 }
 
 fn stop(mut dev: Dev) {
+    // (Dev's Drop then finds the child already reaped.)
     let pid = dev.child.id().to_string();
     let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
     assert!(sent.success());

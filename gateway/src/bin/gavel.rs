@@ -78,7 +78,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn,tower_http=warn".into()),
+                // openraft's warnings (a peer unreachable while `gavel dev` stops its nodes one
+                // by one) are noise to a newcomer; RUST_LOG brings them back.
+                .unwrap_or_else(|_| "info,openraft=error,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

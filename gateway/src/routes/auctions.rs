@@ -10,7 +10,7 @@ use ledger::pb::outcome::Result as Res;
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
-use super::{ReadQuery, id, label_read, ladder, new_id, run, time_ms};
+use super::{ReadQuery, chosen_or_new_id, id, label_read, ladder, run, time_ms};
 use crate::auth::Admin;
 use crate::error::AppError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -45,13 +45,7 @@ pub async fn create(
     Admin(admin): Admin,
     ApiJson(body): ApiJson<NewAuction>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
-    let auction_id = match body.auction_id {
-        Some(auction_id) => {
-            id("auction_id", &auction_id)?;
-            auction_id
-        }
-        None => new_id("auc-"),
-    };
+    let auction_id = chosen_or_new_id("auction_id", body.auction_id, "auc-")?;
     let create = pb::CreateAuction {
         auction_id,
         title: body.title,

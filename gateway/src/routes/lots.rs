@@ -10,7 +10,7 @@ use ledger::pb::{self, Role};
 use serde::Deserialize;
 use serde_json::{Number, Value, json};
 
-use super::{ReadQuery, amount, id, label_read, ladder, new_id, run, time_ms};
+use super::{ReadQuery, amount, chosen_or_new_id, id, label_read, ladder, run, time_ms};
 use crate::auth::{Curator, MaybeCaller};
 use crate::error::AppError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -54,13 +54,7 @@ pub async fn create(
     Curator(curator): Curator,
     ApiJson(body): ApiJson<NewLot>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
-    let lot_id = match body.lot_id {
-        Some(lot_id) => {
-            id("lot_id", &lot_id)?;
-            lot_id
-        }
-        None => new_id("lot-"),
-    };
+    let lot_id = chosen_or_new_id("lot_id", body.lot_id, "lot-")?;
     if let Some(seller_id) = &body.seller_id {
         id("seller_id", seller_id)?;
     }

@@ -35,6 +35,14 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
 
+/// The client's id for a new entity (checked), or a fresh one.
+pub fn chosen_or_new_id(field: &str, chosen: Option<String>, prefix: &str) -> Result<String, AppError> {
+    match chosen {
+        Some(chosen) => id(field, &chosen).map(|()| chosen),
+        None => Ok(new_id(prefix)),
+    }
+}
+
 /// An amount in minor units: a JSON integer from `min` to `limits::AMOUNT_MAX`.
 pub fn amount(field: &str, n: &Number, min: i64) -> Result<i64, AppError> {
     n.as_i64().filter(|a| (min..=limits::AMOUNT_MAX).contains(a)).ok_or_else(|| {
