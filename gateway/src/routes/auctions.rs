@@ -10,7 +10,7 @@ use ledger::pb::outcome::Result as Res;
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
-use super::{ReadQuery, chosen_or_new_id, id, label_read, ladder, run, time_ms};
+use super::{ReadQuery, StatusChange, chosen_or_new_id, id, label_read, ladder, run, time_ms};
 use crate::auth::Admin;
 use crate::error::AppError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -77,12 +77,6 @@ pub async fn add_lot(
     let add = pb::AddLotToAuction { auction_id, lot_id: body.lot_id };
     let (_, res) = run(&state, &admin.user_id, Body::AddLotToAuction(add)).await?;
     Ok(Json(ledger::view::auction(&auction_of(res)?)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatusChange {
-    status: String,
 }
 
 /// `POST /v1/auctions/{auction_id}/status` (admin): `Live` or `Cancelled`.

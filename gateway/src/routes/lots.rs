@@ -10,7 +10,7 @@ use ledger::pb::{self, Role};
 use serde::Deserialize;
 use serde_json::{Number, Value, json};
 
-use super::{ReadQuery, amount, chosen_or_new_id, id, label_read, ladder, run, time_ms};
+use super::{ReadQuery, StatusChange, amount, chosen_or_new_id, id, label_read, ladder, run, time_ms};
 use crate::auth::{Curator, MaybeCaller};
 use crate::error::AppError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -75,12 +75,6 @@ pub async fn create(
     };
     let (_, res) = run(&state, &curator.user_id, Body::CreateLot(create)).await?;
     Ok((StatusCode::CREATED, Json(ledger::view::lot(&lot_of(res)?))))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatusChange {
-    status: String,
 }
 
 /// `POST /v1/lots/{lot_id}/status` (curator or admin).

@@ -78,6 +78,13 @@ pub fn id(field: &str, value: &str) -> Result<(), AppError> {
     ledger::checks::check_id(field, value).map_err(AppError::from)
 }
 
+/// `{"status": "..."}`: a lot's or an auction's next status.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    pub status: String,
+}
+
 /// `?consistency=linearizable|stale` on reads (default linearizable).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
