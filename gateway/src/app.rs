@@ -15,8 +15,9 @@ use tower_http::trace::TraceLayer;
 use crate::config::GatewayConfig;
 use crate::metrics;
 use crate::protect::{self, CallerKey, IpKey};
-use crate::routes::{auctions, bids, lots, ops, users};
+use crate::routes::{auctions, bids, lots, ops, users, ws};
 use crate::state::AppState;
+use crate::web;
 
 /// Why a router could not be built (a bad setting).
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +35,9 @@ pub fn app(state: AppState, config: &GatewayConfig) -> Result<Router, AppConfigE
         .route("/v1/sessions", post(users::sign_in))
         .route("/v1/lots/{lot_id}", get(lots::read))
         .route("/v1/lots/{lot_id}/bids", get(lots::bids))
-        .route("/v1/auctions/{auction_id}", get(auctions::read));
+        .route("/v1/auctions/{auction_id}", get(auctions::read))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/live/lots", get(lots::open));
     // These need a token: limited per caller too, so one account cannot flood the sale.
     let signed_in = Router::new()
         .route("/v1/users/{user_id}/role", post(users::set_role))
@@ -61,6 +64,9 @@ pub fn app(state: AppState, config: &GatewayConfig) -> Result<Router, AppConfigE
     };
 
     let ops = Router::new()
+        .route("/", get(web::index))
+        .route("/app.js", get(web::app_js))
+        .route("/app.css", get(web::app_css))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics));

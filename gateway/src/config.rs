@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::batcher::BatchLimits;
+use crate::hub::HubLimits;
 use crate::protect::Rate;
+use crate::routes::ws::WsLimits;
 
 /// Settings shared by `gavel gateway` and `gavel dev`.
 #[derive(Args, Clone, Debug)]
@@ -60,6 +62,18 @@ pub struct HttpArgs {
     /// Password hashes computed at once (each takes a core for tens of ms).
     #[arg(long, env = "GAVEL_HASHES_CONCURRENT_MAX", default_value_t = 2)]
     pub hashes_concurrent_max: usize,
+    /// WebSocket connections open at once; more are refused with `503 overloaded`.
+    #[arg(long, env = "GAVEL_WS_CONNECTIONS_MAX", default_value_t = 20_000)]
+    pub ws_connections_max: usize,
+    /// Messages a socket may have queued before it is closed as `lagging`.
+    #[arg(long, env = "GAVEL_WS_OUTBOX_MAX", default_value_t = 1_024)]
+    pub ws_outbox_max: usize,
+    /// Event messages kept for `since` replays, across all topics.
+    #[arg(long, env = "GAVEL_WS_HISTORY_MAX", default_value_t = 200_000)]
+    pub ws_history_max: usize,
+    /// Seconds between server pings; a peer silent for two of these is dropped.
+    #[arg(long, env = "GAVEL_WS_HEARTBEAT_SECS", default_value_t = 15)]
+    pub ws_heartbeat_secs: u64,
 }
 
 /// Everything a gateway needs to start.
@@ -79,6 +93,8 @@ pub struct GatewayConfig {
     pub cors_origins: Vec<String>,
     pub batch: BatchLimits,
     pub hashes_concurrent_max: usize,
+    pub hub: HubLimits,
+    pub ws: WsLimits,
 }
 
 impl GatewayConfig {
@@ -103,6 +119,12 @@ impl GatewayConfig {
                 ..BatchLimits::default()
             },
             hashes_concurrent_max: args.hashes_concurrent_max,
+            hub: HubLimits { history_max: args.ws_history_max, outbox_max: args.ws_outbox_max },
+            ws: WsLimits {
+                connections_max: args.ws_connections_max,
+                heartbeat: Duration::from_secs(args.ws_heartbeat_secs.max(1)),
+                ..WsLimits::default()
+            },
         }
     }
 }

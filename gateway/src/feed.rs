@@ -1,16 +1,36 @@
-//! The gateway's view of the cluster: one feed follower per process (the seam live
-//! notifications will hang from) and a poller that learns who leads and how far it has
+//! The gateway's view of the cluster: one feed follower per process, which feeds the live
+//! projection and the socket hub, and a poller that learns who leads and how far it has
 //! applied, so `/readyz` and `/metrics` can say whether the feed is caught up.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use node::{Client, Follower};
 use tokio::sync::watch;
 use tracing::{error, info};
 
+use crate::events::Projection;
+use crate::hub::{Hub, HubLimits};
 use crate::metrics::Metrics;
+
+/// What the feed follower keeps current for sockets and the page.
+pub struct Live {
+    pub hub: Hub,
+    pub projection: Mutex<Projection>,
+}
+
+impl Live {
+    pub fn new(limits: HubLimits) -> Live {
+        Live { hub: Hub::new(limits), projection: Mutex::new(Projection::default()) }
+    }
+
+    /// Runs `f` on the projection (a panic elsewhere leaves it usable: each apply is whole).
+    pub fn with_projection<T>(&self, f: impl FnOnce(&mut Projection) -> T) -> T {
+        let mut guard = self.projection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    }
+}
 
 /// How often the leader's progress is polled.
 const POLL_MS: u64 = 500;
@@ -53,14 +73,25 @@ impl ClusterView {
 }
 
 /// Starts the follower and the poller; both stop when `stop` turns true.
-pub fn start(addrs: Vec<String>, metrics: Arc<Metrics>, stop: watch::Receiver<bool>) -> Arc<ClusterView> {
+pub fn start(
+    addrs: Vec<String>,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> Arc<ClusterView> {
     let view = Arc::new(ClusterView::default());
-    tokio::spawn(follow(addrs.clone(), view.clone(), metrics.clone(), stop.clone()));
+    tokio::spawn(follow(addrs.clone(), live, view.clone(), metrics.clone(), stop.clone()));
     tokio::spawn(poll(addrs, view.clone(), metrics, stop));
     view
 }
 
-async fn follow(addrs: Vec<String>, view: Arc<ClusterView>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+async fn follow(
+    addrs: Vec<String>,
+    live: Arc<Live>,
+    view: Arc<ClusterView>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut follower = Follower::new(addrs, 0);
     loop {
         let item = tokio::select! {
@@ -69,6 +100,8 @@ async fn follow(addrs: Vec<String>, view: Arc<ClusterView>, metrics: Arc<Metrics
         };
         match item {
             Ok(item) => {
+                let messages = live.with_projection(|p| p.apply(&item));
+                live.hub.publish(item.index, messages);
                 view.feed_index.store(item.index, Ordering::Release);
                 metrics.feed_index.set(i64::try_from(item.index).unwrap_or(i64::MAX));
             }

@@ -10,7 +10,10 @@
 //! - [`protect`]: rate limits, timeouts, load shedding, CORS.
 //! - [`batcher`]: commands of concurrent requests proposed together.
 //! - [`feed`]: the feed follower and the cluster view behind `/readyz`.
+//! - [`events`]: the live projection: feed items to WebSocket messages.
+//! - [`hub`]: fan-out of those messages to sockets, with replay history.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`web`]: the bidder page, embedded.
 //! - [`dev`]: `gavel dev`, a local cluster with demo data.
 
 pub mod app;
@@ -19,13 +22,16 @@ pub mod batcher;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod feed;
+pub mod hub;
 pub mod metrics;
 pub mod protect;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod web;
 
 pub use config::{GatewayConfig, HttpArgs};
 pub use error::AppError;

@@ -8,7 +8,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -19,6 +19,9 @@ pub struct Metrics {
     pub feed_index: IntGauge,
     pub feed_lag_entries: IntGauge,
     pub leader_applied_index: IntGauge,
+    pub ws_connections: IntGauge,
+    pub ws_messages_sent: IntCounter,
+    pub ws_lagging: IntCounter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,13 @@ impl Metrics {
             IntGauge::new("gavel_feed_lag_entries", "Entries the gateway's feed is behind the leader's applied index")?;
         let leader_applied_index =
             IntGauge::new("gavel_leader_applied_index", "The leader's applied index, as last polled")?;
+        let ws_connections = IntGauge::new("gavel_ws_connections", "WebSocket connections open")?;
+        let ws_messages_sent = IntCounter::new("gavel_ws_messages_sent_total", "Event messages sent to sockets")?;
+        let ws_lagging =
+            IntCounter::new("gavel_ws_lagging_total", "Sockets closed because they fell behind (`lagging`)")?;
+        registry.register(Box::new(ws_connections.clone()))?;
+        registry.register(Box::new(ws_messages_sent.clone()))?;
+        registry.register(Box::new(ws_lagging.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(bids.clone()))?;
         registry.register(Box::new(batch_commands.clone()))?;
@@ -60,6 +70,9 @@ impl Metrics {
             feed_index,
             feed_lag_entries,
             leader_applied_index,
+            ws_connections,
+            ws_messages_sent,
+            ws_lagging,
         })
     }
 

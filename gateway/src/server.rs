@@ -17,8 +17,9 @@ use crate::app::app;
 use crate::auth::{Jwt, Passwords, check_password};
 use crate::batcher::Batcher;
 use crate::config::GatewayConfig;
-use crate::feed;
+use crate::feed::{self, Live};
 use crate::metrics::Metrics;
+use crate::routes::ws::Sockets;
 use crate::state::AppState;
 
 /// The first admin's user id and username.
@@ -57,9 +58,11 @@ impl Gateway {
             ensure_admin(&client, &passwords, password).await?;
         }
         let (stop, stopped) = watch::channel(false);
-        let cluster = feed::start(config.nodes.clone(), metrics.clone(), stopped.clone());
+        let live = Arc::new(Live::new(config.hub));
+        let cluster = feed::start(config.nodes.clone(), live.clone(), metrics.clone(), stopped.clone());
+        let sockets = Arc::new(Sockets::new(config.ws, stopped.clone()));
         let batcher = Batcher::start(client.clone(), config.batch, metrics.clone());
-        let state = AppState { client, batcher, jwt, passwords, metrics, cluster };
+        let state = AppState { client, batcher, jwt, passwords, metrics, cluster, live, sockets };
         let router = app(state, &config).map_err(|e| GatewayError::Config(e.to_string()))?;
         let listener =
             TcpListener::bind(config.http_listen).await.map_err(|e| GatewayError::Listen(config.http_listen, e))?;

@@ -7,8 +7,9 @@ use node::Client;
 
 use crate::auth::{Jwt, Passwords};
 use crate::batcher::Batcher;
-use crate::feed::ClusterView;
+use crate::feed::{ClusterView, Live};
 use crate::metrics::Metrics;
+use crate::routes::ws::Sockets;
 
 #[derive(Clone, FromRef)]
 pub struct AppState {
@@ -18,4 +19,6 @@ pub struct AppState {
     pub passwords: Arc<Passwords>,
     pub metrics: Arc<Metrics>,
     pub cluster: Arc<ClusterView>,
+    pub live: Arc<Live>,
+    pub sockets: Arc<Sockets>,
 }

@@ -721,6 +721,7 @@ fn push_history(lot: &mut Lot, line: HistoryLine, events: &mut Events) {
         current_price: lot.book.price,
         leading_bidder: leader_name(&lot.book),
         reserve_met: lot.book.reserve_met(),
+        minimum_bid: lot.book.minimum_bid(&lot.ladder),
     })));
     lot.history.push(line);
 }
@@ -760,6 +761,7 @@ pub fn lot_view(lot: &Lot) -> pb::LotView {
         version: lot.version,
         auction_id: lot.auction_id.clone(),
         has_reserve: lot.book.reserve.is_some(),
+        minimum_bid: lot.book.minimum_bid(&lot.ladder),
     }
 }
 

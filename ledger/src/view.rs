@@ -30,6 +30,7 @@ pub fn lot(v: &pb::LotView) -> Value {
         "current_price": v.current_price,
         "leading_bidder": opt_str(&v.leading_bidder),
         "bid_count": v.bid_count,
+        "minimum_bid": v.minimum_bid,
         "reserve_met": v.reserve_met,
         "starts_at": format_time(v.starts_at_ms),
         "ends_at": format_time(v.ends_at_ms),

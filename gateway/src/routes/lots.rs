@@ -124,3 +124,11 @@ pub async fn bids(
     }
     Ok(label_read(Json(ledger::view::bids(&answer.bids)).into_response(), answer.applied_index, answer.stale))
 }
+
+/// `GET /v1/live/lots` (extension): lots open for bidding, soonest end first, from the live
+/// projection (eventually consistent, with the index it reflects). The page's list until the
+/// catalog lands.
+pub async fn open(State(state): State<AppState>) -> Json<Value> {
+    let (as_of_index, items) = state.live.with_projection(|p| (p.index(), p.open_lots()));
+    Json(json!({"items": items, "as_of_index": as_of_index}))
+}

@@ -5,6 +5,7 @@ pub mod bids;
 pub mod lots;
 pub mod ops;
 pub mod users;
+pub mod ws;
 
 use axum::http::HeaderValue;
 use axum::response::Response;

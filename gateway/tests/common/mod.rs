@@ -6,7 +6,9 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gateway::batcher::BatchLimits;
+use gateway::hub::HubLimits;
 use gateway::protect::Rate;
+use gateway::routes::ws::WsLimits;
 use gateway::{Gateway, GatewayConfig};
 use node::{Client, Node, NodeConfig};
 use reqwest::{Method, StatusCode};
@@ -33,6 +35,7 @@ pub struct TestCluster {
     pub addrs: Vec<String>,
     pub nodes: Vec<Option<Node>>,
     pub gateway: Option<Gateway>,
+    pub gateway_config: GatewayConfig,
     pub url: String,
     pub http: reqwest::Client,
 }
@@ -52,6 +55,8 @@ pub fn config(addrs: Vec<String>) -> GatewayConfig {
         cors_origins: Vec::new(),
         batch: BatchLimits::default(),
         hashes_concurrent_max: 2,
+        hub: HubLimits::default(),
+        ws: WsLimits::default(),
     }
 }
 
@@ -84,10 +89,10 @@ impl TestCluster {
         }
         let mut config = config(addrs.clone());
         tune(&mut config);
-        let gateway = Gateway::start(config).await.unwrap();
+        let gateway = Gateway::start(config.clone()).await.unwrap();
         let url = format!("http://{}", gateway.addr());
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        TestCluster { _dir: dir, addrs, nodes, gateway: Some(gateway), url, http }
+        TestCluster { _dir: dir, addrs, nodes, gateway: Some(gateway), gateway_config: config, url, http }
     }
 
     pub async fn start() -> TestCluster {
@@ -231,6 +236,34 @@ impl TestCluster {
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["status"], "Live");
         auction_id
+    }
+
+    /// Stops the gateway and starts a fresh one (empty memory) on the same cluster.
+    pub async fn restart_gateway(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await.unwrap();
+        }
+        let gateway = Gateway::start(self.gateway_config.clone()).await.unwrap();
+        self.url = format!("http://{}", gateway.addr());
+        self.gateway = Some(gateway);
+    }
+
+    /// The WebSocket URL, with a token when given.
+    pub fn ws_url(&self, token: Option<&str>) -> String {
+        let base = self.url.replacen("http://", "ws://", 1);
+        match token {
+            Some(t) => format!("{base}/v1/ws?token={t}"),
+            None => format!("{base}/v1/ws"),
+        }
+    }
+
+    /// A metric's value from `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.http.get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// The node currently leading, by index into `nodes`.

@@ -5,6 +5,7 @@
 //! every second; the result is JSON and SVG.
 
 pub mod etcd;
+pub mod fanout;
 pub mod plot;
 pub mod suite;
 pub mod target;

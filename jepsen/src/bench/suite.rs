@@ -55,12 +55,26 @@ pub struct Env {
 }
 
 /// A `gavel gateway` process, killed when dropped.
-pub struct GatewayProcess(std::process::Child);
+pub struct GatewayProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl GatewayProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its base URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
 
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -129,8 +143,8 @@ async fn start_gateway(env: &Env, addrs: &[String]) -> Result<(GatewayProcess, S
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()?;
-    let gateway = GatewayProcess(child);
     let url = format!("http://127.0.0.1:{port}");
+    let gateway = GatewayProcess { child, url: url.clone() };
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let up = reqwest::get(format!("{url}/healthz")).await.is_ok_and(|r| r.status().is_success());
@@ -145,7 +159,7 @@ async fn start_gateway(env: &Env, addrs: &[String]) -> Result<(GatewayProcess, S
 }
 
 /// A real HS256 token for bench bidder `n`, as the gateway issues them.
-fn bidder_token(n: usize) -> Result<String, SuiteError> {
+pub fn bidder_token(n: usize) -> Result<String, SuiteError> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let claims = serde_json::json!({
         "sub": super::target::bidder_id(n), "role": "user", "iss": "gavel", "iat": now, "exp": now + 24 * 3600,

@@ -7,6 +7,7 @@
 //! target/release/gavel-bench run --system all --batch 256 --clients 1024   # gRPC, HTTP, etcd
 //! target/release/gavel-bench sweep --system gavel --rates 1000,5000,10000
 //! target/release/gavel-bench failover --system gavel --kills 20
+//! target/release/gavel-bench fanout --sockets 10000 --bids 200 --rate 10   # WebSocket fan-out
 //! ```
 //! Every cluster is started fresh on loopback (3 members, fsync on) and killed at the end.
 
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use jepsen::bench::fanout::{self, FanoutSpec};
 use jepsen::bench::suite::{self, Env, System};
 use jepsen::bench::{Failover, Load, RunResult, Spec, Workload, plot};
 use serde_json::json;
@@ -113,6 +115,16 @@ enum Cmd {
         kills: usize,
         #[arg(long, default_value_t = 32)]
         clients: usize,
+    },
+    /// WebSocket fan-out: sockets on one hot lot of `gavel gateway` while bids arrive.
+    Fanout {
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 200)]
+        bids: usize,
+        /// Bids per second.
+        #[arg(long, default_value_t = 10)]
+        rate: u64,
     },
     /// Redraw the plots of a results directory from its JSON files.
     Replot,
@@ -237,6 +249,20 @@ async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchErro
             write_json(&out.join("failover.json"), &json!(all))?;
             let refs: Vec<(String, &Failover)> = all.iter().map(|(n, f)| (n.clone(), f)).collect();
             plot::failover(&out.join("failover.svg"), &refs)?;
+        }
+        Cmd::Fanout { sockets, bids, rate } => {
+            let r = fanout::run(env, &FanoutSpec { sockets, bids, rate }).await?;
+            println!(
+                "fanout {} sockets ({} connected in {:.1} s), {} bids at {}/s: delivered {}/{}  \
+                 p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  (bid round trip p50 {:.2} ms p99 {:.2} ms)",
+                r.sockets, r.connected, r.connect_seconds, r.bids, r.rate, r.delivered, r.expected,
+                r.p50_ms, r.p99_ms, r.p999_ms, r.max_ms, r.bid_p50_ms, r.bid_p99_ms
+            );
+            println!(
+                "gateway memory: {} KiB before, {} KiB with the sockets: {} bytes per connection; lagging disconnects {}",
+                r.gateway_rss_before_kib, r.gateway_rss_connected_kib, r.bytes_per_connection, r.lagging
+            );
+            write_json(&out.join(format!("fanout-{sockets}.json")), &json!(r))?;
         }
         Cmd::All { seconds, clients, kills } => all(env, out, seconds, clients, kills).await?,
         Cmd::Replot => replot(out)?,

@@ -1,0 +1,284 @@
+//! The fan-out hub: one feed follower per gateway publishes here, every socket subscribes here.
+//!
+//! Each socket has one bounded outbox; publishing puts each message into the outbox of every
+//! socket subscribed to its topic, so a socket receives its topics' messages in log order. An
+//! outbox that is full means its socket fell behind: it is marked lagging and gets nothing
+//! more (a later message after a dropped one would be a silent gap), and the socket tells its
+//! client to resume from the last index it was sent.
+//!
+//! Each topic keeps a bounded history for `since` replays. Joining takes the replay and
+//! registers the outbox under the lock publishing holds, so the seam between replayed and
+//! live messages has no gap and no duplicate. History is evicted oldest-first across all
+//! topics; a topic remembers the newest index it dropped, and a `since` below that is refused
+//! (`history_gone`), never answered with a hole.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::events::Message;
+
+/// One framed message, shared by every socket that sends it.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub index: u64,
+    /// The hub key of its topic.
+    pub key: Arc<str>,
+    pub text: Utf8Bytes,
+}
+
+/// Bounds of the hub.
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    /// Messages kept for replay, across all topics.
+    pub history_max: usize,
+    /// Messages a socket may have queued before it counts as lagging.
+    pub outbox_max: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        HubLimits { history_max: 200_000, outbox_max: 1_024 }
+    }
+}
+
+/// A `since` the hub can no longer answer without a hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("history up to index {floor} is gone")]
+pub struct HistoryGone {
+    pub floor: u64,
+}
+
+/// A socket's side of the hub: its queue of frames and whether it fell behind.
+pub struct Outbox {
+    id: u64,
+    tx: mpsc::Sender<Frame>,
+    lagging: AtomicBool,
+}
+
+impl Outbox {
+    /// True once a message could not be queued: nothing after it will be.
+    pub fn is_lagging(&self) -> bool {
+        self.lagging.load(Ordering::Acquire)
+    }
+}
+
+struct TopicState {
+    history: VecDeque<Frame>,
+    /// The newest index evicted from `history` (0: nothing evicted). A topic that ever
+    /// lost history is kept for good (a few bytes per lot or user).
+    dropped_upto: u64,
+    subscribers: HashMap<u64, Arc<Outbox>>,
+}
+
+impl TopicState {
+    fn new() -> TopicState {
+        TopicState { history: VecDeque::new(), dropped_upto: 0, subscribers: HashMap::new() }
+    }
+}
+
+struct Inner {
+    topics: HashMap<String, TopicState>,
+    /// Every history entry's topic, oldest first: the global eviction order.
+    order: VecDeque<String>,
+    /// The last index published.
+    index: u64,
+}
+
+pub struct Hub {
+    limits: HubLimits,
+    next_id: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+impl Hub {
+    pub fn new(limits: HubLimits) -> Hub {
+        Hub {
+            limits,
+            next_id: AtomicU64::new(1),
+            inner: Mutex::new(Inner { topics: HashMap::new(), order: VecDeque::new(), index: 0 }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every step under the lock is a push, pop or insert: a panic leaves the data usable.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The last index published.
+    pub fn index(&self) -> u64 {
+        self.lock().index
+    }
+
+    /// A new socket's outbox and the receiving end of its queue.
+    pub fn outbox(&self) -> (Arc<Outbox>, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(self.limits.outbox_max.max(1));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        (Arc::new(Outbox { id, tx, lagging: AtomicBool::new(false) }), rx)
+    }
+
+    /// Publishes the messages of feed entry `index` (greater than every earlier one).
+    pub fn publish(&self, index: u64, messages: Vec<Message>) {
+        let mut inner = self.lock();
+        inner.index = index;
+        for m in messages {
+            let key = m.topic.key();
+            let text = json!({"topic": m.topic.wire_name(), "index": index, "event": m.event}).to_string();
+            let frame = Frame { index, key: Arc::from(key.as_str()), text: Utf8Bytes::from(text) };
+            let topic = inner.topics.entry(key.clone()).or_insert_with(TopicState::new);
+            for outbox in topic.subscribers.values() {
+                if outbox.is_lagging() {
+                    continue;
+                }
+                if outbox.tx.try_send(frame.clone()).is_err() {
+                    // Full (or the socket is gone): drop it from everything after this point.
+                    outbox.lagging.store(true, Ordering::Release);
+                }
+            }
+            topic.history.push_back(frame);
+            inner.order.push_back(key);
+        }
+        while inner.order.len() > self.limits.history_max {
+            let Some(key) = inner.order.pop_front() else { break };
+            let Some(topic) = inner.topics.get_mut(&key) else { continue };
+            if let Some(old) = topic.history.pop_front() {
+                topic.dropped_upto = old.index;
+            }
+        }
+    }
+
+    /// Subscribes `outbox` to `key` and returns the replay of every message after `since`
+    /// (oldest first; empty without `since`).
+    pub fn join(&self, outbox: &Arc<Outbox>, key: &str, since: Option<u64>) -> Result<Vec<Frame>, HistoryGone> {
+        let mut inner = self.lock();
+        let topic = inner.topics.entry(key.to_owned()).or_insert_with(TopicState::new);
+        let mut replay = Vec::new();
+        if let Some(since) = since {
+            // Messages up to `dropped_upto` are gone: a `since` below it would skip some.
+            if since < topic.dropped_upto {
+                return Err(HistoryGone { floor: topic.dropped_upto });
+            }
+            replay.extend(topic.history.iter().filter(|f| f.index > since).cloned());
+        }
+        topic.subscribers.insert(outbox.id, outbox.clone());
+        Ok(replay)
+    }
+
+    /// Unsubscribes `outbox` from `key`, and forgets the topic when it remembers nothing.
+    pub fn leave(&self, outbox: &Outbox, key: &str) {
+        let mut inner = self.lock();
+        let Some(topic) = inner.topics.get_mut(key) else { return };
+        topic.subscribers.remove(&outbox.id);
+        if topic.subscribers.is_empty() && topic.history.is_empty() && topic.dropped_upto == 0 {
+            inner.topics.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::events::Topic;
+
+    fn lot_msg(lot: &str, n: u64) -> Message {
+        Message { topic: Topic::Lot(lot.into()), event: json!({"type": "bid", "n": n}) }
+    }
+
+    fn indices(frames: &[Frame]) -> Vec<u64> {
+        frames.iter().map(|f| f.index).collect()
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Frame>) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            out.push(f.index);
+        }
+        out
+    }
+
+    #[test]
+    fn replay_then_live_has_no_gap_and_no_duplicate() {
+        let hub = Hub::new(HubLimits::default());
+        for i in 1..=5 {
+            hub.publish(i, vec![lot_msg("a", i)]);
+        }
+        let (outbox, mut rx) = hub.outbox();
+        let replay = hub.join(&outbox, "lot:a", Some(2));
+        hub.publish(6, vec![lot_msg("a", 6), lot_msg("b", 6)]);
+        let replay = replay.unwrap_or_default();
+        assert_eq!(indices(&replay), [3, 4, 5]);
+        assert_eq!(drain(&mut rx), [6], "lot b is not subscribed");
+        let v: serde_json::Value = serde_json::from_str(replay[0].text.as_str()).unwrap_or_default();
+        assert_eq!(v, json!({"topic": "lot:a", "index": 3, "event": {"type": "bid", "n": 3}}));
+    }
+
+    #[test]
+    fn one_outbox_gets_all_its_topics_in_log_order() {
+        let hub = Hub::new(HubLimits::default());
+        let (outbox, mut rx) = hub.outbox();
+        assert!(hub.join(&outbox, "lot:a", None).is_ok());
+        assert!(hub.join(&outbox, "lot:b", None).is_ok());
+        for i in 1..=6 {
+            hub.publish(i, vec![lot_msg(if i % 2 == 0 { "a" } else { "b" }, i)]);
+        }
+        assert_eq!(drain(&mut rx), [1, 2, 3, 4, 5, 6]);
+        hub.leave(&outbox, "lot:a");
+        hub.publish(7, vec![lot_msg("a", 7)]);
+        hub.publish(8, vec![lot_msg("b", 8)]);
+        assert_eq!(drain(&mut rx), [8]);
+    }
+
+    #[test]
+    fn evicted_history_refuses_an_older_since_per_topic() {
+        let hub = Hub::new(HubLimits { history_max: 3, ..HubLimits::default() });
+        let (outbox, _rx) = hub.outbox();
+        hub.publish(1, vec![lot_msg("a", 1)]);
+        hub.publish(2, vec![lot_msg("b", 2)]);
+        hub.publish(3, vec![lot_msg("a", 3)]);
+        hub.publish(4, vec![lot_msg("a", 4)]);
+        // Index 1 (lot a) was evicted; lot b lost nothing.
+        assert_eq!(hub.join(&outbox, "lot:a", Some(0)).err(), Some(HistoryGone { floor: 1 }));
+        assert!(hub.join(&outbox, "lot:a", Some(1)).is_ok_and(|r| indices(&r) == [3, 4]));
+        assert!(hub.join(&outbox, "lot:b", Some(0)).is_ok_and(|r| indices(&r) == [2]));
+        hub.publish(5, vec![lot_msg("c", 5)]);
+        hub.publish(6, vec![lot_msg("c", 6)]);
+        // Lot b's only message is gone now, and it says so.
+        assert_eq!(hub.join(&outbox, "lot:b", Some(0)).err(), Some(HistoryGone { floor: 2 }));
+        // A topic that never had a message has nothing to miss.
+        assert!(hub.join(&outbox, "lot:never", Some(0)).is_ok_and(|r| r.is_empty()));
+    }
+
+    #[test]
+    fn a_full_outbox_is_lagging_and_gets_nothing_after_the_gap() {
+        let hub = Hub::new(HubLimits { outbox_max: 2, ..HubLimits::default() });
+        let (slow, mut slow_rx) = hub.outbox();
+        let (fast, mut fast_rx) = hub.outbox();
+        assert!(hub.join(&slow, "lot:a", None).is_ok());
+        assert!(hub.join(&fast, "lot:a", None).is_ok());
+        hub.publish(1, vec![lot_msg("a", 1)]);
+        hub.publish(2, vec![lot_msg("a", 2)]);
+        assert_eq!(drain(&mut fast_rx), [1, 2]);
+        hub.publish(3, vec![lot_msg("a", 3)]);
+        assert!(slow.is_lagging());
+        assert_eq!(drain(&mut slow_rx), [1, 2]);
+        hub.publish(4, vec![lot_msg("a", 4)]);
+        assert_eq!(drain(&mut slow_rx), Vec::<u64>::new(), "nothing after the gap");
+        assert_eq!(drain(&mut fast_rx), [3, 4], "the others are unaffected");
+    }
+
+    #[test]
+    fn a_topic_is_forgotten_when_it_remembers_nothing() {
+        let hub = Hub::new(HubLimits::default());
+        let (outbox, _rx) = hub.outbox();
+        assert!(hub.join(&outbox, "lot:a", None).is_ok());
+        hub.leave(&outbox, "lot:a");
+        assert!(hub.lock().topics.is_empty());
+    }
+}
