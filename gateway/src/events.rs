@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use ledger::lifecycle;
 use ledger::pb::{self, BidKind, LotStatus, event::Kind};
+use node::pb::FeedItem;
 use ledger::time::format_time;
 use serde_json::{Value, json};
 
@@ -113,7 +114,7 @@ fn with(mut base: serde_json::Map<String, Value>, kind: &str, extra: Value) -> V
 
 impl Projection {
     /// The messages one committed feed item causes, in the order of its events.
-    pub fn apply(&mut self, item: &pb::FeedItem) -> Vec<Message> {
+    pub fn apply(&mut self, item: &FeedItem) -> Vec<Message> {
         self.index = item.index;
         let at = format_time(item.at_ms);
         let mut out = Vec::new();
@@ -274,8 +275,8 @@ impl Projection {
 mod tests {
     use super::*;
 
-    fn item(index: u64, events: Vec<Kind>) -> pb::FeedItem {
-        pb::FeedItem {
+    fn item(index: u64, events: Vec<Kind>) -> FeedItem {
+        FeedItem {
             index,
             at_ms: 1_700_000_000_000,
             events: events.into_iter().map(|k| pb::Event { kind: Some(k) }).collect(),

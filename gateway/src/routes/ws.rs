@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::stream::SplitSink;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -24,6 +24,7 @@ use tracing::debug;
 use crate::auth::{Caller, bearer};
 use crate::error::AppError;
 use crate::events::Topic;
+use crate::extract::ApiQuery;
 use crate::hub::{Frame, Outbox};
 use crate::state::AppState;
 
@@ -86,7 +87,7 @@ pub struct WsQuery {
 /// must be valid, and only a signed-in socket may take its `user` topic.
 pub async fn upgrade(
     State(state): State<AppState>,
-    Query(query): Query<WsQuery>,
+    ApiQuery(query): ApiQuery<WsQuery>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
@@ -166,7 +167,7 @@ impl Session {
 
         let end = loop {
             let step = tokio::select! {
-                _ = stopped.wait_for(|&s| s) => Err(End::Close(close_code::AWAY, "the gateway is shutting down; reconnect with since".into())),
+                () = stopping(&mut stopped) => Err(End::Close(close_code::AWAY, "the gateway is shutting down; reconnect with since".into())),
                 frame = queue.recv() => match frame {
                     Some(frame) => session.deliver(frame).await,
                     None => Err(End::Gone),
@@ -241,10 +242,18 @@ impl Session {
     }
 
     async fn send(&mut self, message: WsMessage) -> Result<(), End> {
-        match tokio::time::timeout(self.state.sockets.limits.send_timeout, self.sink.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(End::Gone),
-        }
+        let send = self.sink.send(message);
+        tokio::pin!(send);
+        // Nearly every send completes at once (the kernel takes it): arm the timer only for
+        // one that waits, so ten thousand sockets do not each register a timer per event.
+        let sent = match (&mut send).now_or_never() {
+            Some(sent) => sent,
+            None => match tokio::time::timeout(self.state.sockets.limits.send_timeout, send).await {
+                Ok(sent) => sent,
+                Err(_) => return Err(End::Gone),
+            },
+        };
+        sent.map_err(|_| End::Gone)
     }
 
     async fn deliver(&mut self, frame: Frame) -> Result<(), End> {
@@ -261,7 +270,8 @@ impl Session {
         let action: Action = match serde_json::from_str(text) {
             Ok(a) => a,
             Err(e) => {
-                let code = if e.is_data() && text.contains("\"action\"") { "unknown_action" } else { "invalid_input" };
+                // serde names an unknown tag "unknown variant"; anything else is malformed.
+                let code = if e.to_string().starts_with("unknown variant") { "unknown_action" } else { "invalid_input" };
                 return self.send(error_frame(code, format!("bad action: {e}"), json!({}))).await;
             }
         };
@@ -352,6 +362,11 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Resolves once the gateway stops (the guard `wait_for` returns must not live across awaits).
+async fn stopping(stopped: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|&s| s).await;
 }
 
 fn now_ms() -> i64 {

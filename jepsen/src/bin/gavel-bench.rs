@@ -7,7 +7,7 @@
 //! target/release/gavel-bench run --system all --batch 256 --clients 1024   # gRPC, HTTP, etcd
 //! target/release/gavel-bench sweep --system gavel --rates 1000,5000,10000
 //! target/release/gavel-bench failover --system gavel --kills 20
-//! target/release/gavel-bench fanout --sockets 10000 --bids 200 --rate 10   # WebSocket fan-out
+//! target/release/gavel-bench fanout --sockets 10000 --bids 60 --rate 2   # WebSocket fan-out
 //! ```
 //! Every cluster is started fresh on loopback (3 members, fsync on) and killed at the end.
 
@@ -120,10 +120,10 @@ enum Cmd {
     Fanout {
         #[arg(long, default_value_t = 10_000)]
         sockets: usize,
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 60)]
         bids: usize,
-        /// Bids per second.
-        #[arg(long, default_value_t = 10)]
+        /// Bids per second (a hot lot in a live sale sees one every second or two).
+        #[arg(long, default_value_t = 2)]
         rate: u64,
     },
     /// Redraw the plots of a results directory from its JSON files.
