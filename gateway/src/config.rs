@@ -74,6 +74,11 @@ pub struct HttpArgs {
     /// Seconds between server pings; a peer silent for two of these is dropped.
     #[arg(long, env = "GAVEL_WS_HEARTBEAT_SECS", default_value_t = 15)]
     pub ws_heartbeat_secs: u64,
+    /// Kernel send buffer per connection in bytes (0: the kernel's autotuning, up to
+    /// net.ipv4.tcp_wmem's maximum). Bounds what a slow socket can hold in the kernel, and
+    /// so how soon it counts as lagging.
+    #[arg(long, env = "GAVEL_TCP_SEND_BUFFER_BYTES", default_value_t = 0)]
+    pub tcp_send_buffer_bytes: usize,
 }
 
 /// Everything a gateway needs to start.
@@ -95,6 +100,8 @@ pub struct GatewayConfig {
     pub hashes_concurrent_max: usize,
     pub hub: HubLimits,
     pub ws: WsLimits,
+    /// Kernel send buffer per connection (`None`: autotuning).
+    pub tcp_send_buffer_bytes: Option<usize>,
 }
 
 impl GatewayConfig {
@@ -125,6 +132,7 @@ impl GatewayConfig {
                 heartbeat: Duration::from_secs(args.ws_heartbeat_secs.max(1)),
                 ..WsLimits::default()
             },
+            tcp_send_buffer_bytes: (args.tcp_send_buffer_bytes > 0).then_some(args.tcp_send_buffer_bytes),
         }
     }
 }

@@ -308,6 +308,7 @@ mod tests {
             current_price: price,
             leading_bidder: bidder.into(),
             reserve_met: true,
+            minimum_bid: price + 1_000,
         })
     }
 
@@ -331,6 +332,7 @@ mod tests {
         assert_eq!(second["current_price"], 110);
         assert_eq!(second["leading_bidder"], "u-b");
         assert_eq!(second["bid_count"], 2);
+        assert_eq!(second["minimum_bid"], 1_110, "taken from the ledger's line");
         assert_eq!(second["ends_at"], "2023-11-14T22:14:20Z");
         assert_eq!(out[2].event["type"], "outbid");
         assert_eq!(out[2].topic.wire_name(), "user");

@@ -9,6 +9,7 @@ use ledger::pb::command::Body;
 use ledger::pb::outcome::Result as Res;
 use ledger::pb::{self, Command, Role};
 use node::Client;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -68,6 +69,14 @@ impl Gateway {
             TcpListener::bind(config.http_listen).await.map_err(|e| GatewayError::Listen(config.http_listen, e))?;
         let addr = listener.local_addr().map_err(|e| GatewayError::Listen(config.http_listen, e))?;
         let mut server_stop = stopped;
+        let send_buffer = config.tcp_send_buffer_bytes;
+        let listener = listener.tap_io(move |tcp| {
+            if let Some(bytes) = send_buffer
+                && let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(bytes)
+            {
+                warn!(error = %e, "cannot set the connection's send buffer");
+            }
+        });
         let server = tokio::spawn(async move {
             axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move {

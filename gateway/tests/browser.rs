@@ -181,7 +181,7 @@ async fn two_bidders_on_one_lot_in_real_browsers() {
 
     // A refused bid shows the rule's message.
     bid(&alice, "815").await;
-    let (refused, _) = until_text(&alice, "bid-message", Duration::from_secs(5), |t| !t.starts_with("You")).await;
+    let (refused, _) = until_text(&alice, "bid-message", Duration::from_secs(5), |t| !t.is_empty() && !t.starts_with("You")).await;
     assert!(refused.contains("820") || refused.to_lowercase().contains("increment") || refused.to_lowercase().contains("minimum"), "{refused}");
 
     // Bob leaves the page; bids happen while he is away; his reload shows the right state.

@@ -32,6 +32,8 @@ use crate::state::AppState;
 pub const CLOSE_LAGGING: u16 = 4000;
 /// Close code for a client that keeps flooding after being told.
 pub const CLOSE_FLOODING: u16 = 4001;
+/// How long a closing socket waits for the peer's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Bounds of the socket protocol.
 #[derive(Debug, Clone, Copy)]
@@ -220,7 +222,19 @@ impl Session {
         };
         if let End::Close(code, reason) = end {
             let close = WsMessage::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }));
-            let _ = tokio::time::timeout(limits.send_timeout, session.sink.send(close)).await;
+            if let Ok(Ok(())) = tokio::time::timeout(limits.send_timeout, session.sink.send(close)).await {
+                // The closing handshake: read until the peer's close (briefly). Dropping a
+                // socket with unread input makes the kernel reset it, and a reset discards
+                // what the peer had not read yet, our close frame and error included.
+                let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                    while let Some(Ok(m)) = stream.next().await {
+                        if matches!(m, WsMessage::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
         }
         for key in std::mem::take(&mut session.keys).into_keys() {
             session.state.live.hub.leave(&session.outbox, &key);

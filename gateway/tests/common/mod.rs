@@ -57,6 +57,7 @@ pub fn config(addrs: Vec<String>) -> GatewayConfig {
         hashes_concurrent_max: 2,
         hub: HubLimits::default(),
         ws: WsLimits::default(),
+        tcp_send_buffer_bytes: None,
     }
 }
 
