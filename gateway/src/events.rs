@@ -9,8 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use ledger::lifecycle;
 use ledger::pb::{self, BidKind, LotStatus, event::Kind};
-use node::pb::FeedItem;
 use ledger::time::format_time;
+use node::pb::FeedItem;
 use serde_json::{Value, json};
 
 /// A topic as the hub keys it. On the wire a user's topic is just `"user"`.

@@ -65,7 +65,10 @@ async fn next(ws: &mut Socket, wait: Duration) -> Option<Got> {
 }
 
 /// Events until `done` says enough (or 10 s pass, which fails the test).
-async fn events_until(ws: &mut Socket, mut done: impl FnMut(&[(String, u64, Value)]) -> bool) -> Vec<(String, u64, Value)> {
+async fn events_until(
+    ws: &mut Socket,
+    mut done: impl FnMut(&[(String, u64, Value)]) -> bool,
+) -> Vec<(String, u64, Value)> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !done(&out) {
@@ -207,7 +210,8 @@ async fn reconnecting_with_since_gets_exactly_the_missed_events() {
     let b3 = bid(&c, &bob_token, &lot, "b3", 200_000).await["log_index"].as_u64().unwrap();
 
     // The soft close extends the lot after every bid: the extension ends b3's entry.
-    let entry_done = |e: &[(String, u64, Value)]| e.last().is_some_and(|(_, i, ev)| *i == b3 && ev["type"] == "extended");
+    let entry_done =
+        |e: &[(String, u64, Value)]| e.last().is_some_and(|(_, i, ev)| *i == b3 && ev["type"] == "extended");
     let truth = events_until(&mut observer, entry_done).await;
     let expected: Vec<_> = truth.into_iter().filter(|(_, index, _)| *index > last_seen).collect();
     let got = events_until(&mut resumed, |e| e.len() >= expected.len()).await;
@@ -278,7 +282,8 @@ async fn a_slow_reader_is_told_it_lags_and_the_others_are_unaffected() {
     assert_eq!(error["code"], "lagging");
     assert_eq!(got[n - 1], Got::Closed(Some(4000)));
     let last_index = error["last_index"].as_u64().unwrap();
-    let sent: Vec<u64> = got.iter().filter_map(|g| if let Got::Event { index, .. } = g { Some(*index) } else { None }).collect();
+    let sent: Vec<u64> =
+        got.iter().filter_map(|g| if let Got::Event { index, .. } = g { Some(*index) } else { None }).collect();
     assert_eq!(sent.last().copied().unwrap_or(0), last_index, "last_index is the last event it was sent");
 
     // The fast socket still works, and a resume from last_index misses nothing.
@@ -319,11 +324,16 @@ async fn a_gateway_restart_loses_nothing_asked_for_with_since() {
 
     let mut resumed = connect(&c, None).await;
     send(&mut resumed, json!({"action": "subscribe", "topics": [topic], "since": last_seen})).await;
-    let got = events_until(&mut resumed, |e| e.iter().any(|(_, _, ev)| ev["bid_id"] == "a2" && ev["kind"] == "placed"))
-        .await;
+    let got =
+        events_until(&mut resumed, |e| e.iter().any(|(_, _, ev)| ev["bid_id"] == "a2" && ev["kind"] == "placed")).await;
     let (_, history) = c.get(&format!("/v1/lots/{lot}/bids"), None).await;
-    let expected: Vec<String> =
-        history["bids"].as_array().unwrap().iter().skip(1).map(|b| format!("{}@{}", b["bid_id"], b["amount"])).collect();
+    let expected: Vec<String> = history["bids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|b| format!("{}@{}", b["bid_id"], b["amount"]))
+        .collect();
     let lines: Vec<String> = got
         .iter()
         .filter(|(_, _, e)| e["type"] == "bid")
@@ -360,7 +370,10 @@ async fn bad_input_gets_a_clear_error_or_close_never_a_panic() {
     let Some(Got::Error(e)) = next(&mut anon, Duration::from_secs(5)).await else { panic!("no error frame") };
     assert_eq!(e["code"], "invalid_input");
     assert_eq!(error_for(&mut anon, json!({"action": "shout"})).await["code"], "unknown_action");
-    assert_eq!(error_for(&mut anon, json!({"action": "subscribe", "topics": ["weather:today"]})).await["code"], "unknown_topic");
+    assert_eq!(
+        error_for(&mut anon, json!({"action": "subscribe", "topics": ["weather:today"]})).await["code"],
+        "unknown_topic"
+    );
     assert_eq!(error_for(&mut anon, json!({"action": "subscribe", "topics": ["lot:"]})).await["code"], "unknown_topic");
     assert_eq!(error_for(&mut anon, json!({"action": "subscribe"})).await["code"], "invalid_input");
     anon.send(Message::binary(vec![1, 2, 3])).await.unwrap();
@@ -402,5 +415,20 @@ async fn bad_input_gets_a_clear_error_or_close_never_a_panic() {
     // Through all of it the gateway kept serving.
     let (status, _) = c.get(&format!("/v1/lots/{lot}"), None).await;
     assert_eq!(status, StatusCode::OK);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_find_dead_peers_and_keep_live_ones() {
+    let c = TestCluster::start_with(|config| config.ws.heartbeat = Duration::from_millis(500)).await;
+    // A live client answers pings (tungstenite does, while it reads); a dead one never reads.
+    let mut live = connect(&c, None).await;
+    let dead = connect(&c, None).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(c.metric("gavel_ws_connections").await, 2.0);
+    // The live one keeps reading (and so answering pings) for well past two intervals.
+    assert_eq!(drain(&mut live, Duration::from_millis(3_000)).await, []);
+    assert_eq!(c.metric("gavel_ws_connections").await, 1.0, "the silent peer was dropped, the live one kept");
+    drop(dead);
     c.shutdown().await;
 }

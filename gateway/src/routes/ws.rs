@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::stream::SplitSink;
@@ -157,11 +157,12 @@ impl Session {
         let (sink, mut stream) = socket.split();
         let limits = state.sockets.limits;
         let mut stopped = state.sockets.stopped.clone();
-        let mut session =
-            Session { state, caller, outbox, keys: BTreeMap::new(), last_index: 0, sink };
+        let mut session = Session { state, caller, outbox, keys: BTreeMap::new(), last_index: 0, sink };
         session.state.metrics.ws_connections.inc();
-        let quota = Quota::per_second(std::num::NonZeroU32::new(limits.actions_per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN))
-            .allow_burst(std::num::NonZeroU32::new(limits.actions_burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN));
+        let quota = Quota::per_second(
+            std::num::NonZeroU32::new(limits.actions_per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
+        )
+        .allow_burst(std::num::NonZeroU32::new(limits.actions_burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN));
         let actions = RateLimiter::direct(quota);
         let mut warned_flood = false;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + limits.heartbeat, limits.heartbeat);
@@ -203,7 +204,9 @@ impl Session {
                 }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > limits.heartbeat * 2 {
-                        Err(End::Close(close_code::POLICY, "no answer to pings".into()))
+                        // Dead: nothing to say to it, and no closing handshake to wait for.
+                        debug!("socket silent for two heartbeats; dropping it");
+                        Err(End::Gone)
                     } else {
                         session.send(WsMessage::Ping(axum::body::Bytes::new())).await
                     }
@@ -285,7 +288,8 @@ impl Session {
             Ok(a) => a,
             Err(e) => {
                 // serde names an unknown tag "unknown variant"; anything else is malformed.
-                let code = if e.to_string().starts_with("unknown variant") { "unknown_action" } else { "invalid_input" };
+                let code =
+                    if e.to_string().starts_with("unknown variant") { "unknown_action" } else { "invalid_input" };
                 return self.send(error_frame(code, format!("bad action: {e}"), json!({}))).await;
             }
         };
@@ -327,7 +331,9 @@ impl Session {
         match name.split_once(':') {
             Some(("lot", id)) => checked("lot id", id).map(|()| Topic::Lot(id.to_owned())),
             Some(("auction", id)) => checked("auction id", id).map(|()| Topic::Auction(id.to_owned())),
-            Some(("user", _)) => Err(("forbidden", "a socket may only take its own notifications: topic `user`".into())),
+            Some(("user", _)) => {
+                Err(("forbidden", "a socket may only take its own notifications: topic `user`".into()))
+            }
             _ => Err(("unknown_topic", format!("unknown topic {name:?}; use lot:<id>, auction:<id> or user"))),
         }
     }

@@ -255,6 +255,10 @@ async function lotView(page: Page, lotId: string): Promise<HTMLElement> {
     event(topic, index, e: LiveEvent) {
       if (topic === "user") {
         if (e.type === "outbid") {
+          if (e.lot_id === lotId) {
+            message.textContent = "";
+            message.className = "";
+          }
           const where = e.lot_id === lotId ? "on this lot" : `on ${String(e.title ?? e.lot_id)}`;
           notify(`You have been outbid ${where}: now ${money(Number(e.current_price), lot.currency)}.`, "alert");
         } else if (e.type === "won") {
@@ -274,7 +278,8 @@ async function lotView(page: Page, lotId: string): Promise<HTMLElement> {
         renderHistory();
       }
       // Every event carries the lot's state after it; the lot read may already be newer.
-      if (index > lotIndex) {
+      // Events of one entry share its index and come in order: apply each of them.
+      if (index >= lotIndex) {
         lotIndex = index;
         lot = {
           ...lot,
@@ -304,7 +309,9 @@ async function lotView(page: Page, lotId: string): Promise<HTMLElement> {
 
   const form = el(
     "form",
-    { id: "bid-form", class: "bid" },
+    // The ledger's rules are the truth: let every bid reach it and show its message, rather
+    // than the browser's own range check.
+    { id: "bid-form", class: "bid", novalidate: "" },
     el("label", { for: "amount" }, `Your maximum (${lot.currency})`),
     el("div", { class: "row" }, amount, bidButton),
     help,

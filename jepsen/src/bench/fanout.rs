@@ -104,7 +104,8 @@ pub async fn run(env: &Env, spec: &FanoutSpec) -> Result<FanoutResult, SuiteErro
             let topic = topic.clone();
             let progress = progress.clone();
             async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true).await.ok()?;
+                let (mut ws, _) =
+                    tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true).await.ok()?;
                 let subscribe = serde_json::json!({"action": "subscribe", "topics": [topic]}).to_string();
                 ws.send(Message::text(subscribe)).await.ok()?;
                 ws.send(Message::text(r#"{"action":"ping"}"#)).await.ok()?;
@@ -165,7 +166,8 @@ pub async fn run(env: &Env, spec: &FanoutSpec) -> Result<FanoutResult, SuiteErro
 
     // Bids at a steady rate, alternating two bidders with ever higher maxima.
     let mut sent: HashMap<u64, Instant> = HashMap::new();
-    let mut bid_hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| SuiteError::Setup(e.to_string()))?;
+    let mut bid_hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| SuiteError::Setup(e.to_string()))?;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / spec.rate.max(1)));
     for k in 0..spec.bids {
         tick.tick().await;
@@ -192,7 +194,8 @@ pub async fn run(env: &Env, spec: &FanoutSpec) -> Result<FanoutResult, SuiteErro
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _ = stop_tx.send(true);
 
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| SuiteError::Setup(e.to_string()))?;
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| SuiteError::Setup(e.to_string()))?;
     let mut delivered = 0u64;
     for reader in readers {
         let got = reader.await.unwrap_or_default();

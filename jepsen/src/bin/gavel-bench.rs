@@ -255,8 +255,19 @@ async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchErro
             println!(
                 "fanout {} sockets ({} connected in {:.1} s), {} bids at {}/s: delivered {}/{}  \
                  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  (bid round trip p50 {:.2} ms p99 {:.2} ms)",
-                r.sockets, r.connected, r.connect_seconds, r.bids, r.rate, r.delivered, r.expected,
-                r.p50_ms, r.p99_ms, r.p999_ms, r.max_ms, r.bid_p50_ms, r.bid_p99_ms
+                r.sockets,
+                r.connected,
+                r.connect_seconds,
+                r.bids,
+                r.rate,
+                r.delivered,
+                r.expected,
+                r.p50_ms,
+                r.p99_ms,
+                r.p999_ms,
+                r.max_ms,
+                r.bid_p50_ms,
+                r.bid_p99_ms
             );
             println!(
                 "gateway memory: {} KiB before, {} KiB with the sockets: {} bytes per connection; lagging disconnects {}",
