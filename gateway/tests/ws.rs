@@ -243,7 +243,8 @@ async fn a_slow_reader_is_told_it_lags_and_the_others_are_unaffected() {
         assert_eq!(next(ws, Duration::from_secs(5)).await, Some(Got::Pong));
     }
 
-    // The slow reader reads one message every 20 ms, on its own task, until it is closed.
+    // The slow reader reads one message every 100 ms (far slower than the bids come), on its
+    // own task, until it is closed.
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
         while let Some(g) = next(&mut slow, Duration::from_secs(30)).await {
@@ -252,7 +253,7 @@ async fn a_slow_reader_is_told_it_lags_and_the_others_are_unaffected() {
             if closed {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         got
     });
