@@ -260,13 +260,12 @@ async fn a_slow_reader_is_told_it_lags_and_the_others_are_unaffected() {
 
     // Alice and bob raise each other, as fast as they can, until the slow socket lags.
     let mut accepted = 0;
-    let mut amount = 0;
     while c.metric("gavel_ws_lagging_total").await < 1.0 {
         assert!(accepted < 3_000, "the slow socket never lagged");
         for _ in 0..25 {
             // The one not leading bids the least it may: every bid is accepted and is an event.
             let (_, now) = c.get(&format!("/v1/lots/{lot}"), None).await;
-            amount = now["minimum_bid"].as_i64().unwrap();
+            let amount = now["minimum_bid"].as_i64().unwrap();
             let token = if accepted % 2 == 0 { &alice_token } else { &bob_token };
             bid(&c, token, &lot, &format!("r{accepted}"), amount).await;
             accepted += 1;
@@ -288,7 +287,10 @@ async fn a_slow_reader_is_told_it_lags_and_the_others_are_unaffected() {
     assert_eq!(sent.last().copied().unwrap_or(0), last_index, "last_index is the last event it was sent");
 
     // The fast socket still works, and a resume from last_index misses nothing.
-    let final_bid = bid(&c, if accepted % 2 == 0 { &alice_token } else { &bob_token }, &lot, "final", amount * 2).await;
+    let (_, now) = c.get(&format!("/v1/lots/{lot}"), None).await;
+    let minimum = now["minimum_bid"].as_i64().unwrap();
+    let next_bidder = if accepted % 2 == 0 { &alice_token } else { &bob_token };
+    let final_bid = bid(&c, next_bidder, &lot, "final", minimum).await;
     let final_index = final_bid["log_index"].as_u64().unwrap();
     let seen = events_until(&mut fast, |e| e.iter().any(|(_, i, _)| *i == final_index)).await;
     assert!(!seen.is_empty());
