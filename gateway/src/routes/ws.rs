@@ -277,6 +277,11 @@ impl Session {
         if self.keys.get(frame.key.as_ref()).is_none_or(|&after| frame.index <= after) {
             return Ok(());
         }
+        self.send_frame(frame).await
+    }
+
+    /// Sends one event frame and records it as the resume point.
+    async fn send_frame(&mut self, frame: Frame) -> Result<(), End> {
         self.send(WsMessage::Text(frame.text)).await?;
         self.last_index = self.last_index.max(frame.index);
         self.state.metrics.ws_messages_sent.inc();
@@ -376,9 +381,7 @@ impl Session {
         // own order.
         replay.sort_by_key(|f| f.index);
         for frame in replay {
-            self.send(WsMessage::Text(frame.text)).await?;
-            self.last_index = self.last_index.max(frame.index);
-            self.state.metrics.ws_messages_sent.inc();
+            self.send_frame(frame).await?;
         }
         Ok(())
     }
