@@ -15,7 +15,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::GatewayConfig;
 use crate::metrics;
 use crate::protect::{self, CallerKey, IpKey};
-use crate::routes::{auctions, bids, lots, ops, users, ws};
+use crate::routes::{auctions, bids, catalog, lots, ops, users, ws};
 use crate::state::AppState;
 use crate::web;
 
@@ -37,7 +37,8 @@ pub fn app(state: AppState, config: &GatewayConfig) -> Result<Router, AppConfigE
         .route("/v1/lots/{lot_id}/bids", get(lots::bids))
         .route("/v1/auctions/{auction_id}", get(auctions::read))
         .route("/v1/ws", get(ws::upgrade))
-        .route("/v1/live/lots", get(lots::open));
+        .route("/v1/live/lots", get(lots::open))
+        .route("/v1/catalog", get(catalog::list));
     // These need a token: limited per caller too, so one account cannot flood the sale.
     let signed_in = Router::new()
         .route("/v1/users/{user_id}/role", post(users::set_role))
@@ -46,7 +47,9 @@ pub fn app(state: AppState, config: &GatewayConfig) -> Result<Router, AppConfigE
         .route("/v1/lots/{lot_id}/bids", post(bids::place))
         .route("/v1/auctions", post(auctions::create))
         .route("/v1/auctions/{auction_id}/lots", post(auctions::add_lot))
-        .route("/v1/auctions/{auction_id}/status", post(auctions::set_status));
+        .route("/v1/auctions/{auction_id}/status", post(auctions::set_status))
+        .route("/v1/admin/dead-letters", get(catalog::dead_letters))
+        .route("/v1/admin/dead-letters/{id}/retry", post(catalog::retry));
     let signed_in = match caller_limits {
         Some(limits) => {
             spawn_limit_cleanup(&limits);

@@ -2,6 +2,7 @@
 //! `GAVEL_*=value` lines (precedence in that order). Every bound has a name and a default.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -79,6 +80,14 @@ pub struct HttpArgs {
     /// so how soon it counts as lagging.
     #[arg(long, env = "GAVEL_TCP_SEND_BUFFER_BYTES", default_value_t = 0)]
     pub tcp_send_buffer_bytes: usize,
+    /// Directory of the catalog's embedded store (created if missing; rebuilt from the feed
+    /// when empty). Default: `gavel-catalog` in the working directory.
+    #[arg(long, env = "GAVEL_CATALOG_DIR")]
+    pub catalog_dir: Option<PathBuf>,
+    /// Longest a catalog read with `min_index` waits for the catalog to catch up before
+    /// `503 catalog_behind`.
+    #[arg(long, env = "GAVEL_CATALOG_WAIT_MS", default_value_t = 2_000)]
+    pub catalog_wait_ms: u64,
 }
 
 /// Everything a gateway needs to start.
@@ -102,6 +111,8 @@ pub struct GatewayConfig {
     pub ws: WsLimits,
     /// Kernel send buffer per connection (`None`: autotuning).
     pub tcp_send_buffer_bytes: Option<usize>,
+    pub catalog_dir: PathBuf,
+    pub catalog_wait: Duration,
 }
 
 impl GatewayConfig {
@@ -133,6 +144,8 @@ impl GatewayConfig {
                 ..WsLimits::default()
             },
             tcp_send_buffer_bytes: (args.tcp_send_buffer_bytes > 0).then_some(args.tcp_send_buffer_bytes),
+            catalog_dir: args.catalog_dir.clone().unwrap_or_else(|| PathBuf::from("gavel-catalog")),
+            catalog_wait: Duration::from_millis(args.catalog_wait_ms),
         }
     }
 }

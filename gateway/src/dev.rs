@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Args;
 use ledger::pb::command::Body;
@@ -16,6 +16,7 @@ use tracing::info;
 
 use crate::auth::{Passwords, random_bytes};
 use crate::config::{GatewayConfig, HttpArgs};
+use crate::feed::now_ms;
 use crate::server::{ADMIN, Gateway};
 
 #[derive(Args, Clone, Debug)]
@@ -150,6 +151,9 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     let addrs: Vec<String> = (1..=NODE_COUNT).map(|id| node_config(&args, id).advertise).collect();
     let secret = args.http.jwt_secret.clone().unwrap_or_else(|| credentials.jwt_secret.clone()).into_bytes();
     let mut config = GatewayConfig::from_args(&args.http, addrs.clone(), secret);
+    if args.http.catalog_dir.is_none() {
+        config.catalog_dir = args.data_dir.join("catalog");
+    }
     let admin_password = args.http.admin_password.clone().unwrap_or_else(|| credentials.admin_password.clone());
     config.admin_password = Some(admin_password.clone());
     let gateway = Gateway::start(config).await?;
@@ -186,10 +190,6 @@ fn print_banner(gateway: &Gateway, dir: &Path, admin_password: &str, users: &[De
     let _ = writeln!(out, "Demo sale: GET {url}/v1/auctions/{SALE_ID}");
     let _ = writeln!(out, "Gavel is running at {url}  (Ctrl-C to stop)");
     let _ = out.flush();
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn command(body: Body) -> Command {

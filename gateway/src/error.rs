@@ -35,6 +35,9 @@ pub mod code {
     pub const TIMEOUT: &str = "timeout";
     pub const NOT_READY: &str = "not_ready";
     pub const INTERNAL: &str = "internal";
+    pub const NOT_IMPLEMENTED: &str = "not_implemented";
+    pub const CATALOG_BEHIND: &str = "catalog_behind";
+    pub const STILL_FAILING: &str = "still_failing";
 }
 
 impl AppError {

@@ -1,13 +1,16 @@
 //! The gateway's view of the cluster: one feed follower per process, which feeds the live
-//! projection and the socket hub, and a poller that learns who leads and how far it has
-//! applied, so `/readyz` and `/metrics` can say whether the feed is caught up.
+//! projection and the socket hub; the catalog's subscriber; and a poller that learns who
+//! leads and how far it has applied, so `/readyz` and `/metrics` can say whether the feed and
+//! the catalog are caught up.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use node::{Client, Follower};
+use catalog::{Catalog, Embedded, Projector};
+use node::{Client, Follower, Progress, Subscriber};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{error, info};
 
 use crate::events::Projection;
@@ -44,6 +47,7 @@ pub struct ClusterView {
     leader_applied_index: AtomicU64,
     feed_index: AtomicU64,
     feed_broken: AtomicBool,
+    catalog: Mutex<Option<watch::Receiver<Progress>>>,
 }
 
 impl ClusterView {
@@ -59,17 +63,60 @@ impl ClusterView {
         self.leader_applied_index.load(Ordering::Acquire).saturating_sub(self.feed_index())
     }
 
+    /// The catalog subscriber's progress (default until it has started).
+    pub fn catalog(&self) -> Progress {
+        let guard = self.catalog.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.as_ref().map(|rx| *rx.borrow()).unwrap_or_default()
+    }
+
+    pub fn catalog_lag_entries(&self) -> u64 {
+        self.leader_applied_index.load(Ordering::Acquire).saturating_sub(self.catalog().index)
+    }
+
+    /// How old the newest entry the catalog has applied is, while it is behind (else 0).
+    pub fn catalog_lag_seconds(&self, now_ms: i64) -> f64 {
+        let progress = self.catalog();
+        if self.catalog_lag_entries() == 0 || progress.at_ms == 0 {
+            return 0.0;
+        }
+        (now_ms - progress.at_ms).max(0) as f64 / 1000.0
+    }
+
     /// Why the gateway is not ready, if it is not.
     pub fn not_ready_reason(&self) -> Option<String> {
         if self.feed_broken.load(Ordering::Acquire) {
             return Some("the feed follower stopped on an inconsistent feed".into());
         }
+        if self.catalog().broken {
+            return Some("the catalog's subscriber stopped on an inconsistent feed".into());
+        }
         if !self.leader_known() {
             return Some("no leader known".into());
         }
         let lag = self.feed_lag_entries();
-        (lag > READY_LAG_ENTRIES_MAX).then(|| format!("feed is {lag} entries behind the leader"))
+        if lag > READY_LAG_ENTRIES_MAX {
+            return Some(format!("feed is {lag} entries behind the leader"));
+        }
+        let lag = self.catalog_lag_entries();
+        (lag > READY_LAG_ENTRIES_MAX).then(|| format!("catalog is {lag} entries behind the leader"))
     }
+}
+
+/// Starts the catalog's subscriber from the catalog's checkpoint; it stops when `stop`
+/// turns true (join the handle to know the store is no longer written).
+pub fn start_catalog(
+    addrs: Vec<String>,
+    catalog: Arc<Catalog<Embedded>>,
+    view: &ClusterView,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let subscriber = Subscriber::new(addrs, Projector(catalog));
+    *view.catalog.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(subscriber.progress());
+    tokio::spawn(async move {
+        if let Err(e) = subscriber.run(stop).await {
+            error!(error = %e, "catalog subscriber stopped");
+        }
+    })
 }
 
 /// Starts the follower and the poller; both stop when `stop` turns true.
@@ -138,9 +185,22 @@ async fn poll(addrs: Vec<String>, view: Arc<ClusterView>, metrics: Arc<Metrics>,
             metrics.leader_applied_index.set(i64::try_from(applied).unwrap_or(i64::MAX));
         }
         metrics.feed_lag_entries.set(i64::try_from(view.feed_lag_entries()).unwrap_or(i64::MAX));
+        let catalog = view.catalog();
+        metrics.catalog_index.set(i64::try_from(catalog.index).unwrap_or(i64::MAX));
+        metrics.catalog_lag_entries.set(i64::try_from(view.catalog_lag_entries()).unwrap_or(i64::MAX));
+        metrics.catalog_lag_seconds.set(view.catalog_lag_seconds(now_ms()));
+        metrics.catalog_dead_letters_parked.set(i64::try_from(catalog.parked).unwrap_or(i64::MAX));
+        metrics.catalog_retries.set(i64::try_from(catalog.retries).unwrap_or(i64::MAX));
         if leader.is_some() != had_leader {
             info!(leader_known = leader.is_some(), "cluster leadership seen");
             had_leader = leader.is_some();
         }
     }
+}
+
+/// Wall-clock Unix milliseconds (lag is measured against the leader's stamps).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -9,12 +9,14 @@
 //! - [`error`]: the one error type and its HTTP mapping.
 //! - [`protect`]: rate limits, timeouts, load shedding, CORS.
 //! - [`batcher`]: commands of concurrent requests proposed together.
-//! - [`feed`]: the feed follower and the cluster view behind `/readyz`.
+//! - [`feed`]: the feed follower, the catalog's subscriber, and the cluster view behind
+//!   `/readyz`.
 //! - [`events`]: the live projection: feed items to WebSocket messages.
 //! - [`hub`]: fan-out of those messages to sockets, with replay history.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`web`]: the bidder page, embedded.
 //! - [`dev`]: `gavel dev`, a local cluster with demo data.
+//! - [`tools`]: operator commands (catalog rebuild, dead letters).
 
 pub mod app;
 pub mod auth;
@@ -31,6 +33,7 @@ pub mod protect;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod tools;
 pub mod web;
 
 pub use config::{GatewayConfig, HttpArgs};

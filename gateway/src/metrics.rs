@@ -8,7 +8,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -22,6 +23,11 @@ pub struct Metrics {
     pub ws_connections: IntGauge,
     pub ws_messages_sent: IntCounter,
     pub ws_lagging: IntCounter,
+    pub catalog_index: IntGauge,
+    pub catalog_lag_entries: IntGauge,
+    pub catalog_lag_seconds: Gauge,
+    pub catalog_dead_letters_parked: IntGauge,
+    pub catalog_retries: IntGauge,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +59,24 @@ impl Metrics {
         let ws_messages_sent = IntCounter::new("gavel_ws_messages_sent_total", "Event messages sent to sockets")?;
         let ws_lagging =
             IntCounter::new("gavel_ws_lagging_total", "Sockets closed because they fell behind (`lagging`)")?;
+        let catalog_index = IntGauge::new("gavel_catalog_index", "Last feed index the catalog has applied")?;
+        let catalog_lag_entries =
+            IntGauge::new("gavel_catalog_lag_entries", "Entries the catalog is behind the leader's applied index")?;
+        let catalog_lag_seconds = Gauge::new(
+            "gavel_catalog_lag_seconds",
+            "Age of the newest entry the catalog has applied, while it is behind (0 when caught up)",
+        )?;
+        let catalog_dead_letters_parked = IntGauge::new(
+            "gavel_catalog_dead_letters_parked",
+            "Feed items the catalog parked as dead letters since this gateway started",
+        )?;
+        let catalog_retries =
+            IntGauge::new("gavel_catalog_retries", "Transient catalog store failures retried since start")?;
+        registry.register(Box::new(catalog_index.clone()))?;
+        registry.register(Box::new(catalog_lag_entries.clone()))?;
+        registry.register(Box::new(catalog_lag_seconds.clone()))?;
+        registry.register(Box::new(catalog_dead_letters_parked.clone()))?;
+        registry.register(Box::new(catalog_retries.clone()))?;
         registry.register(Box::new(ws_connections.clone()))?;
         registry.register(Box::new(ws_messages_sent.clone()))?;
         registry.register(Box::new(ws_lagging.clone()))?;
@@ -73,6 +97,11 @@ impl Metrics {
             ws_connections,
             ws_messages_sent,
             ws_lagging,
+            catalog_index,
+            catalog_lag_entries,
+            catalog_lag_seconds,
+            catalog_dead_letters_parked,
+            catalog_retries,
         })
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
+use catalog::{Catalog, Embedded};
 use ledger::pb::command::Body;
 use ledger::pb::outcome::Result as Res;
 use ledger::pb::{self, Command, Role};
@@ -45,6 +46,8 @@ pub struct Gateway {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+    /// The catalog's subscriber; joined on shutdown so the store is closed when it returns.
+    projector: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -58,12 +61,18 @@ impl Gateway {
         if let Some(password) = &config.admin_password {
             ensure_admin(&client, &passwords, password).await?;
         }
+        let store = Embedded::open(&config.catalog_dir)
+            .map_err(|e| GatewayError::Config(format!("catalog store in {}: {e}", config.catalog_dir.display())))?;
+        let catalog = Catalog::new(store).map_err(|e| GatewayError::Config(e.to_string()))?;
         let (stop, stopped) = watch::channel(false);
         let live = Arc::new(Live::new(config.hub));
         let cluster = feed::start(config.nodes.clone(), live.clone(), metrics.clone(), stopped.clone());
+        let projector = feed::start_catalog(config.nodes.clone(), catalog.clone(), &cluster, stopped.clone());
         let sockets = Arc::new(Sockets::new(config.ws, stopped.clone()));
         let batcher = Batcher::start(client.clone(), config.batch, metrics.clone());
-        let state = AppState { client, batcher, jwt, passwords, metrics, cluster, live, sockets };
+        let catalog_wait = config.catalog_wait;
+        let state =
+            AppState { client, batcher, jwt, passwords, metrics, cluster, live, sockets, catalog, catalog_wait };
         let router = app(state, &config).map_err(|e| GatewayError::Config(e.to_string()))?;
         let listener =
             TcpListener::bind(config.http_listen).await.map_err(|e| GatewayError::Listen(config.http_listen, e))?;
@@ -85,7 +94,7 @@ impl Gateway {
                 .await
         });
         info!(%addr, "gateway serving");
-        Ok(Gateway { addr, stop, server })
+        Ok(Gateway { addr, stop, server, projector })
     }
 
     /// The address the gateway listens on.
@@ -96,10 +105,14 @@ impl Gateway {
     /// Stops accepting, finishes the requests in flight, then returns.
     pub async fn shutdown(self) -> Result<(), GatewayError> {
         let _ = self.stop.send(true);
-        match self.server.await {
+        let served = match self.server.await {
             Ok(result) => result.map_err(GatewayError::Serve),
             Err(e) => Err(GatewayError::Serve(std::io::Error::other(e.to_string()))),
+        };
+        if let Err(e) = self.projector.await {
+            warn!(error = %e, "catalog subscriber ended abnormally");
         }
+        served
     }
 }
 

@@ -1,8 +1,10 @@
 //! What every handler shares.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::FromRef;
+use catalog::{Catalog, Embedded};
 use node::Client;
 
 use crate::auth::{Jwt, Passwords};
@@ -21,4 +23,7 @@ pub struct AppState {
     pub cluster: Arc<ClusterView>,
     pub live: Arc<Live>,
     pub sockets: Arc<Sockets>,
+    pub catalog: Arc<Catalog<Embedded>>,
+    /// Longest a catalog read waits for its `min_index`.
+    pub catalog_wait: Duration,
 }

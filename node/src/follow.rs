@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use futures::FutureExt;
 use tonic::Streaming;
 use tracing::debug;
 
@@ -64,12 +65,7 @@ impl Follower {
             };
             match stream.message().await {
                 Ok(Some(item)) => {
-                    let expected = self.index + 1;
-                    if item.index != expected {
-                        self.stream = None;
-                        return Err(FollowError::Gap { expected, got: item.index });
-                    }
-                    self.index = item.index;
+                    self.accept(&item)?;
                     self.backoff = Duration::from_millis(BACKOFF_MIN_MS);
                     return Ok(item);
                 }
@@ -80,6 +76,41 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// The next item, waiting as [`Follower::next`] does, followed by as many more (up to
+    /// `max` in all) as have already arrived: a subscriber applies them in one write.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<pb::FeedItem>, FollowError> {
+        let mut batch = vec![self.next().await?];
+        while batch.len() < max {
+            // Only what is already buffered: `message()` is cancel-safe, so polling it once
+            // and dropping it when nothing is ready loses nothing.
+            let Some(stream) = self.stream.as_mut() else { break };
+            match stream.message().now_or_never() {
+                Some(Ok(Some(item))) => {
+                    self.accept(&item)?;
+                    batch.push(item);
+                }
+                // Not ready, or the stream ended or failed: `next` deals with that next time.
+                Some(Ok(None)) | Some(Err(_)) => {
+                    self.stream = None;
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Takes `item` as the checkpoint if it is exactly the next index.
+    fn accept(&mut self, item: &pb::FeedItem) -> Result<(), FollowError> {
+        let expected = self.index + 1;
+        if item.index != expected {
+            self.stream = None;
+            return Err(FollowError::Gap { expected, got: item.index });
+        }
+        self.index = item.index;
+        Ok(())
     }
 
     async fn fail(&mut self) {

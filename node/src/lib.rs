@@ -9,6 +9,7 @@
 //! - [`node`]: a running node: wiring, bootstrap, the lot-closing timer.
 //! - [`client`]: the client library (leader discovery, retries, deadlines).
 //! - [`follow`]: a resumable, gap-checked follower of the committed-event feed.
+//! - [`subscribe`]: a read model's loop on that feed: batches, retries, dead letters.
 //! - [`limits`]: every bound the node enforces.
 
 pub mod client;
@@ -20,6 +21,7 @@ pub mod proposer;
 pub mod raft;
 pub mod server;
 pub mod store;
+pub mod subscribe;
 
 /// Generated protobuf types and gRPC stubs (`proto/gavel/node/v1/node.proto`).
 #[allow(clippy::all, missing_docs)]
@@ -30,3 +32,4 @@ pub mod pb {
 pub use client::{Client, ClientError};
 pub use follow::{FollowError, Follower};
 pub use node::{Node, NodeConfig, NodeError};
+pub use subscribe::{HandleError, Handler, Progress, SubscribeError, Subscriber};

@@ -2,6 +2,7 @@
 
 pub mod auctions;
 pub mod bids;
+pub mod catalog;
 pub mod lots;
 pub mod ops;
 pub mod users;

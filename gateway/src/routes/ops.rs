@@ -26,6 +26,8 @@ pub async fn readyz(State(cluster): State<Arc<ClusterView>>) -> Result<Json<Valu
             "status": "ready",
             "feed_index": cluster.feed_index(),
             "feed_lag_entries": cluster.feed_lag_entries(),
+            "catalog_index": cluster.catalog().index,
+            "catalog_lag_entries": cluster.catalog_lag_entries(),
         }))),
     }
 }

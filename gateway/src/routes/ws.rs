@@ -25,6 +25,7 @@ use crate::auth::{Caller, bearer};
 use crate::error::AppError;
 use crate::events::Topic;
 use crate::extract::ApiQuery;
+use crate::feed::now_ms;
 use crate::hub::{Frame, Outbox};
 use crate::state::AppState;
 
@@ -390,9 +391,4 @@ impl Session {
 /// Resolves once the gateway stops (the guard `wait_for` returns must not live across awaits).
 async fn stopping(stopped: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|&s| s).await;
-}
-
-fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }

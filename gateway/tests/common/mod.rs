@@ -40,7 +40,7 @@ pub struct TestCluster {
     pub http: reqwest::Client,
 }
 
-pub fn config(addrs: Vec<String>) -> GatewayConfig {
+pub fn config(addrs: Vec<String>, catalog_dir: std::path::PathBuf) -> GatewayConfig {
     GatewayConfig {
         nodes: addrs,
         http_listen: "127.0.0.1:0".parse().unwrap(),
@@ -58,6 +58,8 @@ pub fn config(addrs: Vec<String>) -> GatewayConfig {
         hub: HubLimits::default(),
         ws: WsLimits::default(),
         tcp_send_buffer_bytes: None,
+        catalog_dir,
+        catalog_wait: Duration::from_secs(5),
     }
 }
 
@@ -88,7 +90,7 @@ impl TestCluster {
             };
             nodes.push(Some(Node::start(config).await.unwrap()));
         }
-        let mut config = config(addrs.clone());
+        let mut config = config(addrs.clone(), dir.path().join("catalog"));
         tune(&mut config);
         let gateway = Gateway::start(config.clone()).await.unwrap();
         let url = format!("http://{}", gateway.addr());

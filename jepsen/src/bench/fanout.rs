@@ -114,7 +114,7 @@ pub async fn run(env: &Env, spec: &FanoutSpec) -> Result<FanoutResult, SuiteErro
                         && t.as_str().contains("pong")
                     {
                         let done = progress.fetch_add(1, Ordering::Relaxed) + 1;
-                        if done % 1000 == 0 {
+                        if done.is_multiple_of(1000) {
                             println!("[fanout] {done} sockets subscribed");
                         }
                         return Some(ws);

@@ -1,7 +1,7 @@
 //! Starting the systems under test and the measurements `gavel-bench` offers: one run on a
 //! fresh cluster, an open-loop sweep, and leader failover under load.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -83,7 +83,7 @@ const BENCH_JWT_SECRET: &str = "gavel-bench-secret-of-at-least-32-bytes";
 
 /// A running system, torn down when dropped.
 pub enum Running {
-    Gavel { cluster: Cluster, target: Arc<Target>, _gateway: Option<GatewayProcess>, _dir: tempfile::TempDir },
+    Gavel { cluster: Box<Cluster>, target: Arc<Target>, _gateway: Option<GatewayProcess>, _dir: tempfile::TempDir },
     Etcd { cluster: EtcdCluster, target: Arc<Target>, _dir: tempfile::TempDir },
 }
 
@@ -110,12 +110,17 @@ pub async fn start(env: &Env, system: System, lots: usize, bidders: usize) -> Re
             }
             if system == System::Gavel {
                 let target = Arc::new(Target::Gavel(Gavel::new(addrs, env.op_deadline, env.batch)));
-                return Ok(Running::Gavel { cluster, target, _gateway: None, _dir: dir });
+                return Ok(Running::Gavel { cluster: Box::new(cluster), target, _gateway: None, _dir: dir });
             }
-            let (gateway, url) = start_gateway(env, &addrs).await?;
+            let (gateway, url) = start_gateway(env, &addrs, dir.path()).await?;
             let tokens = (0..bidders).map(bidder_token).collect::<Result<Vec<_>, _>>()?;
             let http = Http::new(url, tokens, env.op_deadline).map_err(|e| SuiteError::Setup(e.to_string()))?;
-            Ok(Running::Gavel { cluster, target: Arc::new(Target::Http(http)), _gateway: Some(gateway), _dir: dir })
+            Ok(Running::Gavel {
+                cluster: Box::new(cluster),
+                target: Arc::new(Target::Http(http)),
+                _gateway: Some(gateway),
+                _dir: dir,
+            })
         }
         System::Etcd => {
             let cluster = EtcdCluster::start(&env.etcd_bin, dir.path(), 3)?;
@@ -129,7 +134,7 @@ pub async fn start(env: &Env, system: System, lots: usize, bidders: usize) -> Re
 
 /// Starts `gavel gateway` in front of `addrs` with rate limits off (the bench is one client
 /// address sending far more than a person would) and waits until it answers.
-async fn start_gateway(env: &Env, addrs: &[String]) -> Result<(GatewayProcess, String), SuiteError> {
+async fn start_gateway(env: &Env, addrs: &[String], dir: &Path) -> Result<(GatewayProcess, String), SuiteError> {
     let bin = env.gavel_bin.as_ref().ok_or_else(|| {
         SuiteError::Setup("the gavel binary was not found; build it (cargo build --release -p gavel-gateway)".into())
     })?;
@@ -139,6 +144,8 @@ async fn start_gateway(env: &Env, addrs: &[String]) -> Result<(GatewayProcess, S
         .args(["--nodes", &addrs.join(",")])
         .args(["--http-listen", &format!("127.0.0.1:{port}")])
         .args(["--rate-ip-per-sec", "0", "--rate-user-per-sec", "0"])
+        .arg("--catalog-dir")
+        .arg(dir.join("catalog"))
         .env("GAVEL_JWT_SECRET", BENCH_JWT_SECRET)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())

@@ -1,0 +1,216 @@
+//! The catalog: a store kept in step with the feed. Items are applied in batches, each batch
+//! with its checkpoint in one atomic write, so a crash at any point neither skips nor
+//! double-applies an item; items at or below the checkpoint are ignored (redelivery).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use node::pb::FeedItem;
+use node::{HandleError, Handler};
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::query::{Page, Query};
+use crate::store::{Changes, DeadLetter, Store, StoreError};
+use crate::summary::{self, AuctionRow, Found, LotSummary, ProjectError, Rows};
+
+/// What retrying a dead letter did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    /// Applied now (or found already superseded by later items); the letter is gone.
+    Applied,
+    /// Refused again; the letter stays, with this error and one more attempt.
+    StillFailing(String),
+    NotFound,
+}
+
+/// A store and the projection that fills it.
+pub struct Catalog<S> {
+    store: S,
+    /// One writer at a time: the projector and operators' retries.
+    writer: Mutex<()>,
+    applied: watch::Sender<u64>,
+}
+
+impl<S: Store> Catalog<S> {
+    pub fn new(store: S) -> Result<Arc<Catalog<S>>, StoreError> {
+        let checkpoint = store.checkpoint()?;
+        Ok(Arc::new(Catalog { store, writer: Mutex::new(()), applied: watch::Sender::new(checkpoint) }))
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The last index applied or parked.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Waits up to `timeout` until the catalog has applied `index`; false if it has not.
+    pub async fn wait_for(&self, index: u64, timeout: Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        matches!(tokio::time::timeout(timeout, rx.wait_for(|&a| a >= index)).await, Ok(Ok(_)))
+    }
+
+    pub fn query(&self, query: &Query) -> Result<Page, StoreError> {
+        self.store.query(query)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The guard protects no data of its own; a panic while held leaves nothing half-done
+        // (the store's writes are atomic).
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies consecutive items, skipping those at or below the checkpoint; all or nothing.
+    pub fn apply(&self, items: &[FeedItem]) -> Result<(), ProjectError> {
+        let _writer = self.lock();
+        let checkpoint = self.store.checkpoint()?;
+        let fresh: Vec<&FeedItem> = items.iter().filter(|i| i.index > checkpoint).collect();
+        let Some(last) = fresh.last().map(|i| i.index) else { return Ok(()) };
+        let mut overlay = Overlay::new(&self.store);
+        for item in fresh {
+            summary::apply(&mut overlay, item)?;
+        }
+        let mut changes = overlay.into_changes();
+        changes.checkpoint = Some(last);
+        self.store.commit(changes)?;
+        self.applied.send_replace(last);
+        Ok(())
+    }
+
+    /// Parks `item` as a dead letter and moves the checkpoint past it.
+    pub fn park(&self, item: &FeedItem, error: &str) -> Result<(), StoreError> {
+        let _writer = self.lock();
+        if item.index <= self.store.checkpoint()? {
+            return Ok(());
+        }
+        let letter = DeadLetter {
+            index: item.index,
+            at_ms: item.at_ms,
+            error: error.to_owned(),
+            attempts: 1,
+            item: item.encode_to_vec(),
+        };
+        self.store.commit(Changes { checkpoint: Some(item.index), park: Some(letter), ..Changes::default() })?;
+        self.applied.send_replace(item.index);
+        Ok(())
+    }
+
+    /// Tries a dead letter again, against the rows as they are now: changes by later items
+    /// win (a row already past the letter's index is left alone).
+    pub fn retry(&self, index: u64) -> Result<Retried, StoreError> {
+        let _writer = self.lock();
+        let Some(mut letter) = self.store.dead_letter(index)? else { return Ok(Retried::NotFound) };
+        let item = FeedItem::decode(letter.item.as_slice())
+            .map_err(|e| StoreError::Corrupt { what: "dead letter's item", error: e.to_string() })?;
+        let mut overlay = Overlay::new(&self.store);
+        match summary::apply(&mut overlay, &item) {
+            Ok(()) => {
+                let mut changes = overlay.into_changes();
+                changes.unpark = Some(index);
+                self.store.commit(changes)?;
+                Ok(Retried::Applied)
+            }
+            Err(ProjectError::Store(e)) => Err(e),
+            Err(ProjectError::Refused(reason)) => {
+                letter.error = reason.clone();
+                letter.attempts = letter.attempts.saturating_add(1);
+                self.store.commit(Changes { park: Some(letter), ..Changes::default() })?;
+                Ok(Retried::StillFailing(reason))
+            }
+        }
+    }
+}
+
+/// The rows one write reads and changes, loaded from the store on first use.
+struct Overlay<'a, S> {
+    store: &'a S,
+    /// lot id -> (index stored before this write, the stored row, the row now).
+    lots: BTreeMap<String, (u64, Option<LotSummary>, LotSummary)>,
+    auctions: BTreeMap<String, (u64, AuctionRow)>,
+}
+
+impl<'a, S: Store> Overlay<'a, S> {
+    fn new(store: &'a S) -> Overlay<'a, S> {
+        Overlay { store, lots: BTreeMap::new(), auctions: BTreeMap::new() }
+    }
+
+    fn into_changes(self) -> Changes {
+        let lots = self.lots.into_values().filter(|(_, before, now)| before.as_ref() != Some(now));
+        let lots = lots.map(|(_, before, now)| (before, now)).collect();
+        let auctions = self.auctions.into_values().map(|(_, row)| row).collect();
+        Changes { lots, auctions, ..Changes::default() }
+    }
+}
+
+impl<S: Store> Rows for Overlay<'_, S> {
+    fn lot(&mut self, lot_id: &str, index: u64) -> Result<Found<'_, LotSummary>, StoreError> {
+        if !self.lots.contains_key(lot_id) {
+            let Some(row) = self.store.lot(lot_id)? else { return Ok(Found::Missing) };
+            self.lots.insert(lot_id.to_owned(), (row.index, Some(row.clone()), row));
+        }
+        Ok(match self.lots.get_mut(lot_id) {
+            Some((base, _, _)) if *base >= index => Found::Superseded,
+            Some((_, _, row)) => Found::Current(row),
+            None => Found::Missing,
+        })
+    }
+
+    fn auction(&mut self, auction_id: &str, index: u64) -> Result<Found<'_, AuctionRow>, StoreError> {
+        if !self.auctions.contains_key(auction_id) {
+            let Some(row) = self.store.auction(auction_id)? else { return Ok(Found::Missing) };
+            self.auctions.insert(auction_id.to_owned(), (row.index, row));
+        }
+        Ok(match self.auctions.get_mut(auction_id) {
+            Some((base, _)) if *base >= index => Found::Superseded,
+            Some((_, row)) => Found::Current(row),
+            None => Found::Missing,
+        })
+    }
+
+    fn put_lot(&mut self, row: LotSummary) {
+        self.lots.insert(row.lot_id.clone(), (0, None, row));
+    }
+
+    fn put_auction(&mut self, row: AuctionRow) {
+        self.auctions.insert(row.auction_id.clone(), (0, row));
+    }
+}
+
+/// Feeds a shared catalog from a [`node::Subscriber`]; the store's blocking calls run on
+/// tokio's blocking pool.
+pub struct Projector<S>(pub Arc<Catalog<S>>);
+
+fn transient(e: impl std::fmt::Display) -> HandleError {
+    HandleError::Transient(e.to_string())
+}
+
+impl<S: Store> Handler for Projector<S> {
+    async fn checkpoint(&mut self) -> Result<u64, HandleError> {
+        let catalog = self.0.clone();
+        let joined = tokio::task::spawn_blocking(move || catalog.store.checkpoint()).await;
+        joined.map_err(transient)?.map_err(transient)
+    }
+
+    async fn apply(&mut self, items: &[FeedItem]) -> Result<(), HandleError> {
+        let catalog = self.0.clone();
+        let items = items.to_vec();
+        match tokio::task::spawn_blocking(move || catalog.apply(&items)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(ProjectError::Store(e))) => Err(transient(e)),
+            Ok(Err(ProjectError::Refused(reason))) => Err(HandleError::Permanent(reason)),
+            // A panic in the projection is a bug that these items trigger: park, don't loop.
+            Err(e) => Err(HandleError::Permanent(format!("projection panicked: {e}"))),
+        }
+    }
+
+    async fn park(&mut self, item: &FeedItem, error: &str) -> Result<(), HandleError> {
+        let catalog = self.0.clone();
+        let (item, error) = (item.clone(), error.to_owned());
+        let joined = tokio::task::spawn_blocking(move || catalog.park(&item, &error)).await;
+        joined.map_err(transient)?.map_err(transient)
+    }
+}

@@ -1,0 +1,20 @@
+//! Gavel's public catalog: a CQRS read model of the lots, built from the committed-event
+//! feed, answering filtered, sorted, paged queries (`GET /v1/catalog` in `shared/API.md`).
+//!
+//! - [`summary`]: the rows (lot summaries) and how each event changes them.
+//! - [`query`]: filters, orders, pages, and which lots match (the oracle tests use too).
+//! - [`store`]: what a catalog engine must do, and the types it stores.
+//! - [`embedded`]: the default engine, RocksDB with secondary index keys.
+//! - [`catalog`]: a store kept in step with the feed: atomic checkpoints, dead letters.
+
+pub mod catalog;
+pub mod embedded;
+pub mod query;
+pub mod store;
+pub mod summary;
+
+pub use catalog::{Catalog, Projector, Retried};
+pub use embedded::Embedded;
+pub use query::{Page, Query, Sort};
+pub use store::{DeadLetter, Digest, Store, StoreError};
+pub use summary::LotSummary;

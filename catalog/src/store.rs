@@ -1,0 +1,77 @@
+//! The store behind the catalog: what any engine must do. The embedded RocksDB store is the
+//! default; another engine implements the same trait and passes the same suite
+//! (`tests/store_suite.rs`).
+
+use crate::query::{Page, Query};
+use crate::summary::{AuctionRow, LotSummary};
+
+/// A store failure. All are treated as transient by the projector (retried with backoff),
+/// except a bad cursor, which is the caller's.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("catalog store: {0}")]
+    Engine(String),
+    #[error("catalog store holds an undecodable {what}: {error}")]
+    Corrupt { what: &'static str, error: String },
+    #[error("invalid cursor: {0}")]
+    BadCursor(&'static str),
+}
+
+/// A feed item the catalog could not apply, kept with the reason. Its id is its log index.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeadLetter {
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    #[prost(int64, tag = "2")]
+    pub at_ms: i64,
+    #[prost(string, tag = "3")]
+    pub error: String,
+    /// How many times it was tried (1 when first parked).
+    #[prost(uint32, tag = "4")]
+    pub attempts: u32,
+    /// The `node::pb::FeedItem`, encoded, so a retry applies exactly what was refused.
+    #[prost(bytes = "vec", tag = "5")]
+    pub item: Vec<u8>,
+}
+
+/// One atomic write: rows (each with the version it replaces, so secondary indexes can be
+/// kept exact), the checkpoint they bring the store to, and dead-letter changes.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub lots: Vec<(Option<LotSummary>, LotSummary)>,
+    pub auctions: Vec<AuctionRow>,
+    pub checkpoint: Option<u64>,
+    pub park: Option<DeadLetter>,
+    pub unpark: Option<u64>,
+}
+
+/// What a rebuild is compared by: every byte the store holds, hashed in key order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest {
+    pub checkpoint: u64,
+    pub lots: u64,
+    pub hash: [u8; 32],
+}
+
+impl Digest {
+    pub fn hex(&self) -> String {
+        self.hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A catalog engine. Calls may block (disk or network): async callers run them off the
+/// runtime's worker threads.
+pub trait Store: Send + Sync + 'static {
+    /// The index of the last feed item applied or parked (0: none).
+    fn checkpoint(&self) -> Result<u64, StoreError>;
+    fn lot(&self, lot_id: &str) -> Result<Option<LotSummary>, StoreError>;
+    fn auction(&self, auction_id: &str) -> Result<Option<AuctionRow>, StoreError>;
+    /// Applies `changes` all or nothing.
+    fn commit(&self, changes: Changes) -> Result<(), StoreError>;
+    /// One page of lots, read from one consistent point (`as_of_index` included).
+    fn query(&self, query: &Query) -> Result<Page, StoreError>;
+    /// Dead letters by index, oldest first.
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+    fn dead_letter(&self, index: u64) -> Result<Option<DeadLetter>, StoreError>;
+    fn digest(&self) -> Result<Digest, StoreError>;
+}

@@ -1,0 +1,215 @@
+//! A random but reproducible auction day, played through the real ledger: the feed items a
+//! replica would publish, and the ledger itself as the oracle for what the catalog must show.
+//! Shared by the store suite and the benchmark.
+
+#![allow(dead_code)]
+
+use catalog::LotSummary;
+use ledger::pb::{self, command::Body};
+use ledger::state::Ledger;
+use node::pb::FeedItem;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub const ARTISTS: [&str; 8] = [
+    "Hilma af Klint",
+    "Frida Kahlo",
+    "Leonora Carrington",
+    "Doris Salcedo",
+    "Beatriz González",
+    "Sonia Delaunay",
+    "Agnes Martin",
+    "Ana Mendieta",
+];
+pub const CATEGORIES: [&str; 5] = ["painting", "sculpture", "photography", "prints", "textiles"];
+pub const BIDDERS: usize = 40;
+const T0: i64 = 1_800_000_000_000;
+
+/// The played day: its feed and the ledger that produced it.
+pub struct Day {
+    pub feed: Vec<FeedItem>,
+    pub ledger: Ledger,
+    pub lot_ids: Vec<String>,
+}
+
+struct Player {
+    ledger: Ledger,
+    feed: Vec<FeedItem>,
+    at_ms: i64,
+}
+
+impl Player {
+    /// Applies `body` as `actor`; an accepted command becomes the next feed item.
+    fn run(&mut self, actor: &str, body: Body) -> bool {
+        self.at_ms += 1_000;
+        let index = self.feed.len() as u64 + 1;
+        let cmd = pb::Command { at_ms: self.at_ms, actor: actor.into(), log_index: index, body: Some(body) };
+        let applied = self.ledger.apply(&cmd);
+        if applied.rejection().is_some() {
+            return false;
+        }
+        self.feed.push(FeedItem { index, at_ms: self.at_ms, events: applied.events });
+        true
+    }
+}
+
+fn user(id: &str, role: pb::Role) -> Body {
+    Body::CreateUser(pb::CreateUser {
+        user_id: id.into(),
+        username: id.into(),
+        role: role as i32,
+        password_hash: vec![],
+    })
+}
+
+fn move_to(lot_id: &str, status: pb::LotStatus) -> Body {
+    Body::SetLotStatus(pb::SetLotStatus { lot_id: lot_id.into(), status: status as i32 })
+}
+
+/// `lots` lots (a third of them in two sales), `bids` bid attempts, then some lots closed.
+pub fn play(seed: u64, lots: usize, bids: usize) -> Day {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut p = Player { ledger: Ledger::new(), feed: Vec::new(), at_ms: T0 };
+    p.run("", user("admin", pb::Role::Admin));
+    p.run("", user("curator", pb::Role::Curator));
+    p.run("", user("seller", pb::Role::User));
+    for b in 0..BIDDERS {
+        p.run("", user(&format!("bidder{b}"), pb::Role::User));
+    }
+    for (a, currency) in [("sale-a", "USD"), ("sale-b", "EUR")] {
+        p.run(
+            "admin",
+            Body::CreateAuction(pb::CreateAuction {
+                auction_id: a.into(),
+                title: format!("Evening sale {a}"),
+                currency: currency.into(),
+                starts_at_ms: T0,
+                ends_at_ms: T0 + 40 * 86_400_000,
+                lot_interval_secs: 30,
+                increment_ladder: vec![],
+            }),
+        );
+    }
+    let mut lot_ids = Vec::with_capacity(lots);
+    for l in 0..lots {
+        let lot_id = format!("lot-{l:06}");
+        let start_price = rng.gen_range(1..2_000) * 100;
+        let created = p.run(
+            "curator",
+            Body::CreateLot(pb::CreateLot {
+                lot_id: lot_id.clone(),
+                title: format!("Study no. {l}"),
+                description: String::new(),
+                artist: ARTISTS[rng.gen_range(0..ARTISTS.len())].into(),
+                category: CATEGORIES[rng.gen_range(0..CATEGORIES.len())].into(),
+                currency: "USD".into(),
+                start_price,
+                reserve_price: rng.gen_bool(0.3).then(|| start_price * 2),
+                starts_at_ms: T0,
+                ends_at_ms: T0 + rng.gen_range(1..30) * 86_400_000,
+                soft_close_secs: if rng.gen_bool(0.5) { 120 } else { 0 },
+                seller_id: "seller".into(),
+                increment_ladder: vec![],
+            }),
+        );
+        if !created {
+            continue;
+        }
+        lot_ids.push(lot_id.clone());
+        // Most lots go up for auction; some stay in review.
+        let steps = rng.gen_range(0..5);
+        let path = [pb::LotStatus::UnderReview, pb::LotStatus::Authenticated, pb::LotStatus::ReadyForAuction];
+        for s in path.iter().take(steps.min(3)) {
+            p.run("curator", move_to(&lot_id, *s));
+        }
+        if steps >= 3 {
+            match l % 3 {
+                0 => {
+                    p.run(
+                        "admin",
+                        Body::AddLotToAuction(pb::AddLotToAuction {
+                            auction_id: "sale-a".into(),
+                            lot_id: lot_id.clone(),
+                        }),
+                    );
+                }
+                1 => {
+                    p.run(
+                        "admin",
+                        Body::AddLotToAuction(pb::AddLotToAuction {
+                            auction_id: "sale-b".into(),
+                            lot_id: lot_id.clone(),
+                        }),
+                    );
+                }
+                _ => {
+                    p.run("curator", move_to(&lot_id, pb::LotStatus::InAuction));
+                }
+            }
+        }
+    }
+    p.run(
+        "admin",
+        Body::SetAuctionStatus(pb::SetAuctionStatus {
+            auction_id: "sale-a".into(),
+            status: pb::AuctionStatus::Live as i32,
+        }),
+    );
+    p.run(
+        "admin",
+        Body::SetAuctionStatus(pb::SetAuctionStatus {
+            auction_id: "sale-b".into(),
+            status: pb::AuctionStatus::Cancelled as i32,
+        }),
+    );
+    for n in 0..bids {
+        let Some(lot_id) = (!lot_ids.is_empty()).then(|| &lot_ids[rng.gen_range(0..lot_ids.len())]) else { break };
+        let bidder = format!("bidder{}", rng.gen_range(0..BIDDERS));
+        let floor = p.ledger.lot(lot_id).map_or(0, |l| ledger::state::lot_view(l).minimum_bid);
+        let max_amount = floor + rng.gen_range(0..20) * 500;
+        let lot_id = lot_id.clone();
+        p.run(&bidder, Body::PlaceBid(pb::PlaceBid { lot_id, bid_id: format!("b{n}"), max_amount }));
+    }
+    // A day later: close what has ended.
+    p.at_ms += 20 * 86_400_000;
+    let due: Vec<String> = p.ledger.lots_due(p.at_ms).map(str::to_owned).collect();
+    for lot_id in due {
+        p.run("", Body::CloseLot(pb::CloseLot { lot_id }));
+    }
+    Day { feed: p.feed, ledger: p.ledger, lot_ids }
+}
+
+/// What the catalog should hold for each lot, from the ledger's own public view.
+pub fn expected(ledger: &Ledger) -> Vec<LotSummary> {
+    ledger
+        .lots()
+        .map(|lot| {
+            let v = ledger::state::lot_view(lot);
+            LotSummary {
+                lot_id: v.lot_id,
+                title: v.title,
+                artist: v.artist,
+                category: v.category,
+                currency: v.currency,
+                status: v.status,
+                start_price: v.start_price,
+                current_price: v.current_price,
+                bid_count: v.bid_count,
+                reserve_met: v.reserve_met,
+                starts_at_ms: v.starts_at_ms,
+                ends_at_ms: v.ends_at_ms,
+                leading_bidder: v.leading_bidder,
+                auction_id: v.auction_id,
+                minimum_bid: v.minimum_bid,
+                // Not in the ledger's view: the caller compares without these.
+                created_index: 0,
+                index: 0,
+            }
+        })
+        .collect()
+}
+
+/// `row` without the catalog's own bookkeeping, for comparing with [`expected`].
+pub fn public(row: &LotSummary) -> LotSummary {
+    LotSummary { created_index: 0, index: 0, ..row.clone() }
+}

@@ -1,0 +1,150 @@
+//! Operator commands: `gavel catalog rebuild` and `gavel dead-letters list|retry`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use catalog::{Catalog, Embedded, Projector, Store};
+use indicatif::{ProgressBar, ProgressStyle};
+use node::{Client, Subscriber};
+use serde_json::Value;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("{0}")]
+    Catalog(String),
+    #[error("no node answered as leader: {0}")]
+    Cluster(String),
+    #[error("gateway: {0}")]
+    Http(String),
+}
+
+/// Builds (or resumes building) a catalog store in `dir` from the feed, up to `until` or the
+/// leader's applied index when it starts, with a progress bar; prints the store's digest.
+/// Stopping it (Ctrl-C, a kill) at any point is safe: running it again resumes.
+pub async fn rebuild(nodes: Vec<String>, dir: &Path, until: Option<u64>) -> Result<(), ToolError> {
+    let store = Embedded::open(dir).map_err(|e| ToolError::Catalog(format!("{}: {e}", dir.display())))?;
+    let catalog = Catalog::new(store).map_err(|e| ToolError::Catalog(e.to_string()))?;
+    let from = catalog.applied();
+    let target = match until {
+        Some(index) => index,
+        None => leader_applied(&nodes).await?,
+    };
+    if from >= target {
+        println!("catalog in {} is already at index {from} (target {target})", dir.display());
+    } else {
+        println!("rebuilding the catalog in {} from index {from} to {target}", dir.display());
+        let bar = ProgressBar::new(target - from);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} entries ({per_sec}, eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let subscriber = Subscriber::new(nodes, Projector(catalog.clone())).until(target);
+        let mut progress = subscriber.progress();
+        let (stop, stopped) = watch::channel(false);
+        let run = tokio::spawn(subscriber.run(stopped));
+        let ticker = {
+            let bar = bar.clone();
+            tokio::spawn(async move {
+                while progress.changed().await.is_ok() {
+                    let index = progress.borrow().index;
+                    bar.set_position(index.saturating_sub(from));
+                }
+            })
+        };
+        let finished = tokio::select! {
+            joined = run => joined,
+            _ = tokio::signal::ctrl_c() => {
+                let _ = stop.send(true);
+                bar.abandon_with_message("stopped");
+                return Err(ToolError::Catalog(format!("stopped at index {}; run again to resume", catalog.applied())));
+            }
+        };
+        ticker.abort();
+        match finished {
+            Ok(Ok(_)) => bar.finish(),
+            Ok(Err(e)) => return Err(ToolError::Catalog(e.to_string())),
+            Err(e) => return Err(ToolError::Catalog(e.to_string())),
+        }
+    }
+    let digest = catalog.store().digest().map_err(|e| ToolError::Catalog(e.to_string()))?;
+    let parked = catalog.store().dead_letters().map_err(|e| ToolError::Catalog(e.to_string()))?.len();
+    println!(
+        "catalog at index {}: {} lots, {parked} dead letters, digest {}",
+        digest.checkpoint,
+        digest.lots,
+        digest.hex()
+    );
+    Ok(())
+}
+
+/// The leader's applied index, asking each node in turn.
+async fn leader_applied(nodes: &[String]) -> Result<u64, ToolError> {
+    let mut last_error = String::from("no nodes given");
+    for addr in nodes {
+        match Client::metrics(addr).await {
+            Ok(m) if m.state == "Leader" => return Ok(m.last_applied_index),
+            Ok(_) => {}
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(ToolError::Cluster(last_error))
+}
+
+fn http() -> Result<reqwest::Client, ToolError> {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| ToolError::Http(e.to_string()))
+}
+
+async fn answer(response: reqwest::Response) -> Result<Value, ToolError> {
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|e| ToolError::Http(e.to_string()))?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    let code = body["error"]["code"].as_str().unwrap_or("error");
+    Err(ToolError::Http(format!("{status} {code}: {message}")))
+}
+
+/// Prints the gateway's dead letters, one per line.
+pub async fn dead_letters_list(url: &str, token: &str) -> Result<(), ToolError> {
+    let response = http()?
+        .get(format!("{}/v1/admin/dead-letters", url.trim_end_matches('/')))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| ToolError::Http(e.to_string()))?;
+    let body = answer(response).await?;
+    let letters = body["dead_letters"].as_array().cloned().unwrap_or_default();
+    if letters.is_empty() {
+        println!("no dead letters");
+        return Ok(());
+    }
+    println!("{:>10}  {:<24}  {:>8}  {:<28}  error", "id", "at", "attempts", "events");
+    for l in letters {
+        let events: Vec<&str> =
+            l["events"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        println!(
+            "{:>10}  {:<24}  {:>8}  {:<28}  {}",
+            l["id"],
+            l["at"].as_str().unwrap_or(""),
+            l["attempts"],
+            events.join(","),
+            l["error"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// Retries one dead letter; prints whether it applied.
+pub async fn dead_letters_retry(url: &str, token: &str, id: u64) -> Result<(), ToolError> {
+    let response = http()?
+        .post(format!("{}/v1/admin/dead-letters/{id}/retry", url.trim_end_matches('/')))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| ToolError::Http(e.to_string()))?;
+    answer(response).await?;
+    println!("dead letter {id} applied");
+    Ok(())
+}

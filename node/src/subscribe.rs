@@ -1,0 +1,218 @@
+//! A resumable feed subscriber: follows the committed-event feed from a handler's checkpoint,
+//! hands it items in gap-checked batches, retries transient failures with capped backoff and
+//! parks an item its handler refuses for good in the handler's dead-letter store, then goes on.
+//! Every read model (catalog, search, the gateway's fan-out) runs on this one loop.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{error, warn};
+
+use crate::follow::{FollowError, Follower};
+use crate::pb::FeedItem;
+
+/// How a handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// Worth retrying as is (a store briefly unavailable): the same items are offered again.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying cannot help (the item contradicts what the handler holds): it is parked.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// A read model fed by a [`Subscriber`]. Handlers must be idempotent by log index: an item at
+/// or below their checkpoint changes nothing.
+pub trait Handler: Send {
+    /// The index of the last item applied or parked (0: nothing yet).
+    fn checkpoint(&mut self) -> impl Future<Output = Result<u64, HandleError>> + Send;
+
+    /// Applies consecutive items and moves the checkpoint to the last of them, all or nothing.
+    fn apply(&mut self, items: &[FeedItem]) -> impl Future<Output = Result<(), HandleError>> + Send;
+
+    /// Stores `item` as a dead letter with `error` and moves the checkpoint to it, atomically.
+    fn park(&mut self, item: &FeedItem, error: &str) -> impl Future<Output = Result<(), HandleError>> + Send;
+}
+
+/// Where a subscriber stands, published after every batch (for lag metrics and reads that
+/// wait for their own write).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The last index applied or parked.
+    pub index: u64,
+    /// The leader's timestamp of that entry.
+    pub at_ms: i64,
+    /// Items parked as dead letters since start.
+    pub parked: u64,
+    /// Transient failures retried since start.
+    pub retries: u64,
+    /// True once the subscriber stopped on an inconsistent feed: it will not move again.
+    pub broken: bool,
+}
+
+/// Why a subscriber stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error(transparent)]
+    Feed(#[from] FollowError),
+}
+
+/// Items handed to a handler at most at once.
+pub const BATCH_MAX: usize = 1_024;
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Drives one handler from the feed.
+pub struct Subscriber<H> {
+    addrs: Vec<String>,
+    handler: H,
+    progress: watch::Sender<Progress>,
+    /// Stop after this index (a rebuild up to a known point); `None` follows forever.
+    until: Option<u64>,
+}
+
+impl<H: Handler> Subscriber<H> {
+    pub fn new(addrs: Vec<String>, handler: H) -> Subscriber<H> {
+        Subscriber { addrs, handler, progress: watch::Sender::new(Progress::default()), until: None }
+    }
+
+    /// Stops once the item at `index` is applied.
+    pub fn until(mut self, index: u64) -> Subscriber<H> {
+        self.until = Some(index);
+        self
+    }
+
+    /// Progress updates, current from the moment the subscriber runs.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Runs until `stop` turns true, the `until` index is reached, or the feed is inconsistent.
+    /// Returns the handler, so a caller can read or close its store.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<H, SubscribeError> {
+        let mut delay = RETRY_MIN;
+        let start = loop {
+            match self.handler.checkpoint().await {
+                Ok(index) => break index,
+                Err(e) => {
+                    if !self.backoff(&e, &mut delay, &mut stop).await {
+                        return Ok(self.handler);
+                    }
+                }
+            }
+        };
+        self.progress.send_modify(|p| p.index = start);
+        let mut follower = Follower::new(self.addrs.clone(), start);
+        loop {
+            if self.until.is_some_and(|u| follower.index() >= u) {
+                return Ok(self.handler);
+            }
+            let room = self.until.map_or(BATCH_MAX, |u| (u - follower.index()).min(BATCH_MAX as u64) as usize);
+            let batch = tokio::select! {
+                batch = follower.next_batch(room) => batch,
+                _ = stop.wait_for(|&s| s) => return Ok(self.handler),
+            };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    error!(error = %e, "feed subscriber stopped: the feed is inconsistent");
+                    self.progress.send_modify(|p| p.broken = true);
+                    return Err(e.into());
+                }
+            };
+            if !self.deliver(&batch, &mut stop).await {
+                return Ok(self.handler);
+            }
+        }
+    }
+
+    /// Applies a batch; a permanent failure is narrowed down to the items that cause it, which
+    /// are parked while the rest are applied. False when stopped meanwhile.
+    async fn deliver(&mut self, batch: &[FeedItem], stop: &mut watch::Receiver<bool>) -> bool {
+        let Some(outcome) = self.retry_apply(batch, stop).await else { return false };
+        match outcome {
+            Ok(()) => self.advanced(batch, 0),
+            Err(_) if batch.len() > 1 => {
+                for item in batch {
+                    let Some(outcome) = self.retry_apply(std::slice::from_ref(item), stop).await else { return false };
+                    match outcome {
+                        Ok(()) => self.advanced(std::slice::from_ref(item), 0),
+                        Err(reason) => {
+                            if !self.park(item, &reason, stop).await {
+                                return false;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(reason) => return self.park(&batch[0], &reason, stop).await,
+        }
+        true
+    }
+
+    async fn park(&mut self, item: &FeedItem, reason: &str, stop: &mut watch::Receiver<bool>) -> bool {
+        warn!(index = item.index, error = %reason, "feed item parked as a dead letter");
+        let mut delay = RETRY_MIN;
+        while let Err(e) = self.handler.park(item, reason).await {
+            if !self.backoff(&e, &mut delay, stop).await {
+                return false;
+            }
+        }
+        self.advanced(std::slice::from_ref(item), 1);
+        true
+    }
+
+    fn advanced(&self, items: &[FeedItem], parked: u64) {
+        if let Some(last) = items.last() {
+            self.progress.send_modify(|p| {
+                p.index = last.index;
+                p.at_ms = last.at_ms;
+                p.parked += parked;
+            });
+        }
+    }
+
+    /// `apply`, retried while it fails transiently. `None` when stopped; `Some(Err)` carries
+    /// a permanent refusal.
+    async fn retry_apply(
+        &mut self,
+        items: &[FeedItem],
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Result<(), String>> {
+        let mut delay = RETRY_MIN;
+        loop {
+            match self.handler.apply(items).await {
+                Ok(()) => return Some(Ok(())),
+                Err(HandleError::Permanent(reason)) => return Some(Err(reason)),
+                Err(HandleError::Transient(reason)) => {
+                    warn!(error = %reason, retry_in_ms = delay.as_millis() as u64, "feed handler failed; retrying");
+                    self.progress.send_modify(|p| p.retries += 1);
+                    if !pause(delay, stop).await {
+                        return None;
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Logs a failure of the handler's own store (checkpoint, dead letters) and waits before
+    /// the next attempt: there is nowhere else to put such an error. False when stopped.
+    async fn backoff(&self, e: &HandleError, delay: &mut Duration, stop: &mut watch::Receiver<bool>) -> bool {
+        error!(error = %e, retry_in_ms = delay.as_millis() as u64, "feed handler's store failed; retrying");
+        self.progress.send_modify(|p| p.retries += 1);
+        let go_on = pause(*delay, stop).await;
+        *delay = (*delay * 2).min(RETRY_MAX);
+        go_on
+    }
+}
+
+/// Sleeps `delay` unless `stop` turns true first (then false).
+async fn pause(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stop.wait_for(|&s| s) => false,
+    }
+}
