@@ -6,10 +6,14 @@
 //! - [`store`]: what a catalog engine must do, and the types it stores.
 //! - [`embedded`]: the default engine, RocksDB with secondary index keys.
 //! - [`catalog`]: a store kept in step with the feed: atomic checkpoints, dead letters.
+//! - [`sim`] (feature `sim`): a reproducible auction day through the real ledger, for tests
+//!   and benchmarks.
 
 pub mod catalog;
 pub mod embedded;
 pub mod query;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod store;
 pub mod summary;
 

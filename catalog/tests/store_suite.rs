@@ -2,12 +2,11 @@
 //! store and is run below against the embedded RocksDB store. Feeds come from the real ledger
 //! (`sim`), and the ledger's own lots are the oracle.
 
-mod sim;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use catalog::sim;
 use catalog::store::Changes;
 use catalog::summary::{AuctionRow, LotSummary};
 use catalog::{Catalog, DeadLetter, Digest, Embedded, Page, Query, Retried, Sort, Store, StoreError};

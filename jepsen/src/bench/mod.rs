@@ -4,6 +4,7 @@
 //! hidden by coordinated omission). Latencies go to HdrHistograms; a progress line prints
 //! every second; the result is JSON and SVG.
 
+pub mod catalog;
 pub mod etcd;
 pub mod fanout;
 pub mod plot;

@@ -8,6 +8,7 @@
 //! target/release/gavel-bench sweep --system gavel --rates 1000,5000,10000
 //! target/release/gavel-bench failover --system gavel --kills 20
 //! target/release/gavel-bench fanout --sockets 10000 --bids 60 --rate 2   # WebSocket fan-out
+//! taskset -c 0 target/release/gavel-bench catalog --lots 100000          # catalog read model
 //! ```
 //! Every cluster is started fresh on loopback (3 members, fsync on) and killed at the end.
 
@@ -16,6 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use jepsen::bench::catalog;
 use jepsen::bench::fanout::{self, FanoutSpec};
 use jepsen::bench::suite::{self, Env, System};
 use jepsen::bench::{Failover, Load, RunResult, Spec, Workload, plot};
@@ -126,6 +128,18 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         rate: u64,
     },
+    /// The catalog read model in-process: projection events/s and page latency of 20
+    /// filter/sort combinations on the embedded store (run under `taskset -c 0`).
+    Catalog {
+        #[arg(long, default_value_t = 100_000)]
+        lots: usize,
+        /// Bid attempts (default: three per lot).
+        #[arg(long)]
+        bids: Option<usize>,
+        /// Pages timed per combination.
+        #[arg(long, default_value_t = 500)]
+        pages: u64,
+    },
     /// Redraw the plots of a results directory from its JSON files.
     Replot,
     /// Everything BENCHMARKS.md reports, with plots and summary.md.
@@ -143,6 +157,8 @@ enum Cmd {
 enum BenchError {
     #[error(transparent)]
     Suite(#[from] suite::SuiteError),
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogBenchError),
     #[error(transparent)]
     Plot(#[from] plot::PlotError),
     #[error("io: {0}")]
@@ -274,6 +290,21 @@ async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchErro
                 r.gateway_rss_before_kib, r.gateway_rss_connected_kib, r.bytes_per_connection, r.lagging
             );
             write_json(&out.join(format!("fanout-{sockets}.json")), &json!(r))?;
+        }
+        Cmd::Catalog { lots, bids, pages } => {
+            let r = catalog::run(lots, bids.unwrap_or(lots * 3), pages)?;
+            println!(
+                "catalog {} lots: projection {:.0} events/s; {} pages p50 {} µs p99 {} µs p999 {} µs max {} µs; worst combination p99 {} µs",
+                r.lots,
+                r.projection_events_per_s,
+                r.pages,
+                r.p50_us,
+                r.p99_us,
+                r.p999_us,
+                r.max_us,
+                r.worst_combo_p99_us
+            );
+            write_json(&out.join(format!("catalog-{lots}.json")), &json!(r))?;
         }
         Cmd::All { seconds, clients, kills } => all(env, out, seconds, clients, kills).await?,
         Cmd::Replot => replot(out)?,

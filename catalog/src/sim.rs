@@ -1,10 +1,8 @@
 //! A random but reproducible auction day, played through the real ledger: the feed items a
 //! replica would publish, and the ledger itself as the oracle for what the catalog must show.
-//! Shared by the store suite and the benchmark.
+//! For the store suite and `gavel-bench catalog` (feature `sim`); not part of the catalog.
 
-#![allow(dead_code)]
-
-use catalog::LotSummary;
+use crate::LotSummary;
 use ledger::pb::{self, command::Body};
 use ledger::state::Ledger;
 use node::pb::FeedItem;
