@@ -28,6 +28,8 @@ pub struct Day {
     pub feed: Vec<FeedItem>,
     pub ledger: Ledger,
     pub lot_ids: Vec<String>,
+    /// The ledger's clock after the last item.
+    pub at_ms: i64,
 }
 
 struct Player {
@@ -174,7 +176,42 @@ pub fn play(seed: u64, lots: usize, bids: usize) -> Day {
     for lot_id in due {
         p.run("", Body::CloseLot(pb::CloseLot { lot_id }));
     }
-    Day { feed: p.feed, ledger: p.ledger, lot_ids }
+    Day { feed: p.feed, ledger: p.ledger, lot_ids, at_ms: p.at_ms }
+}
+
+/// A live sale after the day: `bids` bid attempts on the lots still open, a few hot lots
+/// drawing most of them (as in a room), a few milliseconds apart. Appends to the day's feed;
+/// returns where the sale's items start.
+pub fn live_sale(day: &mut Day, seed: u64, bids: usize) -> usize {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let first = day.feed.len();
+    let mut p =
+        Player { ledger: std::mem::take(&mut day.ledger), feed: std::mem::take(&mut day.feed), at_ms: day.at_ms };
+    let open: Vec<String> = day
+        .lot_ids
+        .iter()
+        .filter(|id| {
+            p.ledger.lot(id).is_some_and(|l| ledger::state::lot_view(l).status == pb::LotStatus::InAuction as i32)
+        })
+        .cloned()
+        .collect();
+    for n in 0..bids {
+        if open.is_empty() {
+            break;
+        }
+        // Squaring a uniform draw skews it toward the front: the hot lots.
+        let u: f64 = rng.r#gen();
+        let lot_id = open[((u * u) * open.len() as f64) as usize % open.len()].clone();
+        let floor = p.ledger.lot(&lot_id).map_or(0, |l| ledger::state::lot_view(l).minimum_bid);
+        let bidder = format!("bidder{}", rng.gen_range(0..BIDDERS));
+        let max_amount = floor + rng.gen_range(0..4) * 500;
+        p.at_ms -= 995; // `run` adds a second; a sale's bids come milliseconds apart.
+        p.run(&bidder, Body::PlaceBid(pb::PlaceBid { lot_id, bid_id: format!("sale-{seed}-{n}"), max_amount }));
+    }
+    day.ledger = p.ledger;
+    day.feed = p.feed;
+    day.at_ms = p.at_ms;
+    first
 }
 
 /// What the catalog should hold for each lot, from the ledger's own public view.

@@ -67,6 +67,8 @@ pub async fn rebuild(nodes: Vec<String>, dir: &Path, until: Option<u64>) -> Resu
             Err(e) => return Err(ToolError::Catalog(e.to_string())),
         }
     }
+    // A bulk load leaves many overlapping files; reads are faster once they are merged.
+    catalog.store().compact();
     let digest = catalog.store().digest().map_err(|e| ToolError::Catalog(e.to_string()))?;
     let parked = catalog.store().dead_letters().map_err(|e| ToolError::Catalog(e.to_string()))?.len();
     println!(

@@ -136,6 +136,9 @@ enum Cmd {
         /// Bid attempts (default: three per lot).
         #[arg(long)]
         bids: Option<usize>,
+        /// Bids of the live sale that follows the load.
+        #[arg(long, default_value_t = 200_000)]
+        sale_bids: usize,
         /// Pages timed per combination.
         #[arg(long, default_value_t = 500)]
         pages: u64,
@@ -291,12 +294,13 @@ async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchErro
             );
             write_json(&out.join(format!("fanout-{sockets}.json")), &json!(r))?;
         }
-        Cmd::Catalog { lots, bids, pages } => {
-            let r = catalog::run(lots, bids.unwrap_or(lots * 3), pages)?;
+        Cmd::Catalog { lots, bids, sale_bids, pages } => {
+            let r = catalog::run(lots, bids.unwrap_or(lots * 3), sale_bids, pages)?;
             println!(
-                "catalog {} lots: projection {:.0} events/s; {} pages p50 {} µs p99 {} µs p999 {} µs max {} µs; worst combination p99 {} µs",
+                "catalog {} lots: projection {:.0} events/s (load), {:.0} events/s (live sale); {} pages p50 {} µs p99 {} µs p999 {} µs max {} µs; worst combination p99 {} µs",
                 r.lots,
                 r.projection_events_per_s,
+                r.sale_events_per_s,
                 r.pages,
                 r.p50_us,
                 r.p99_us,
