@@ -1,24 +1,33 @@
-//! The embedded catalog store: RocksDB, with secondary index keys for every filter and order,
-//! so a filtered page is a short range scan, never a full one.
+//! The embedded catalog store: rows in RocksDB, secondary indexes in memory.
 //!
-//! Keys (one keyspace, first byte says which table):
-//! - `c`                      -> checkpoint, u64 big-endian
-//! - `l` lot_id               -> [`LotSummary`]
-//! - `a` auction_id           -> [`AuctionRow`]
-//! - `d` index (u64 BE)       -> [`DeadLetter`]
-//! - `i` sort dim value sortkey lot_id -> empty: one entry per (order, filter dimension) for
-//!   each lot, where `dim` is `*` (all lots), `s` status, `c` category, `r` artist or
-//!   `u` auction, `value` is length-prefixed and `sortkey` a big-endian u64 (see
-//!   [`Sort::key`]). A page scans the prefix of the most selective equality filter given,
-//!   bounded by a price or end-time range when the order allows.
+//! RocksDB holds what must survive a restart, in one keyspace (first byte = table):
+//! - `c`                -> checkpoint, u64 big-endian
+//! - `l` lot_id         -> [`LotSummary`]
+//! - `a` auction_id     -> [`AuctionRow`]
+//! - `d` index (u64 BE) -> [`DeadLetter`]
+//!
+//! The secondary indexes are ordered sets kept in memory and rebuilt from the rows at open:
+//! for every order (ends_at, price, newest) and every filter dimension (all lots, status,
+//! category, artist, auction, status+category, status+artist) a set of `(sort key, lot id)`.
+//! A page scans the set of the most selective equality filter given, bounded by the price
+//! range under `sort=price` or the ending window under `sort=ends_at`; other filters are
+//! checked on the rows read. Why not index keys in RocksDB too: a lot has 21 index entries and
+//! a bid moves 7 of them; as RocksDB keys that is ~15 memtable inserts per bid, which capped
+//! the projection near 50,000 events/s on the 2-vCPU machine it was measured on
+//! (BENCHMARKS.md); in memory the same updates cost a few microseconds. The price: memory
+//! (~2 KiB per lot) and an index rebuild at open (a scan of the rows).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 use std::path::Path;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message;
-use rocksdb::{DB, Options, ReadOptions, WriteBatch};
+use rocksdb::{BlockBasedOptions, Cache, DB, Options, ReadOptions, WriteBatch};
+use tracing::info;
 
 use crate::query::{Page, Query, Sort, order_i64};
 use crate::store::{Changes, DeadLetter, Digest, Store, StoreError};
@@ -28,7 +37,6 @@ const CHECKPOINT: &[u8] = b"c";
 const LOT: u8 = b'l';
 const AUCTION: u8 = b'a';
 const DEAD: u8 = b'd';
-const INDEX: u8 = b'i';
 
 /// Index entries one page may read before it returns what it has (with a cursor): bounds the
 /// cost of a page whose filters the chosen index covers poorly.
@@ -38,6 +46,11 @@ pub const SCAN_MAX: usize = 10_000;
 const CURSOR_V1: u8 = 1;
 
 const SORTS: [Sort; 3] = [Sort::EndsAt, Sort::Price, Sort::Newest];
+
+/// Filter dimensions. `C` and `R` pair the status with the category and the artist: the
+/// filters visitors combine most ("open lots in painting"), which a single-dimension index
+/// would cover poorly (most lots of a category are long closed).
+const DIMS: [u8; 7] = [b'*', b's', b'c', b'r', b'u', b'C', b'R'];
 
 fn engine(e: rocksdb::Error) -> StoreError {
     StoreError::Engine(e.into_string())
@@ -54,126 +67,203 @@ fn key(table: u8, id: &str) -> Vec<u8> {
     k
 }
 
-fn sort_byte(sort: Sort) -> u8 {
+fn sort_slot(sort: Sort) -> usize {
     match sort {
-        Sort::EndsAt => b'e',
-        Sort::Price => b'p',
-        Sort::Newest => b'n',
+        Sort::EndsAt => 0,
+        Sort::Price => 1,
+        Sort::Newest => 2,
     }
 }
 
-/// `i sort dim len(value) value`: the prefix every entry of one (order, filter value) shares.
-fn index_prefix(sort: Sort, dim: u8, value: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(6 + value.len() + 8 + 16);
-    k.extend_from_slice(&[INDEX, sort_byte(sort), dim]);
-    // Ids are bounded well below 64 KiB by the ledger's limits; saturate rather than wrap.
-    let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
-    k.extend_from_slice(&len.to_be_bytes());
-    k.extend_from_slice(value.as_bytes());
-    k
-}
-
-/// The (dimension, value) pairs a lot is indexed under.
-fn dims(lot: &LotSummary) -> Vec<(u8, String)> {
-    let mut d = vec![(b'*', String::new()), (b's', lot.status.to_string()), (b'c', lot.category.clone())];
-    d.push((b'r', lot.artist.clone()));
-    if !lot.auction_id.is_empty() {
-        d.push((b'u', lot.auction_id.clone()));
+/// A lot's value in dimension `dim` (`None`: not indexed there, a lot outside any sale).
+fn dim_value(lot: &LotSummary, dim: u8) -> Option<String> {
+    match dim {
+        b'*' => Some(String::new()),
+        b's' => Some(lot.status.to_string()),
+        b'c' => Some(lot.category.clone()),
+        b'r' => Some(lot.artist.clone()),
+        b'u' => (!lot.auction_id.is_empty()).then(|| lot.auction_id.clone()),
+        b'C' => Some(format!("{}\0{}", lot.status, lot.category)),
+        b'R' => Some(format!("{}\0{}", lot.status, lot.artist)),
+        _ => None,
     }
-    d
 }
 
-/// Every index key of a lot.
-fn index_keys(lot: &LotSummary) -> BTreeSet<Vec<u8>> {
-    let mut keys = BTreeSet::new();
-    for (dim, value) in dims(lot) {
-        for sort in SORTS {
-            let mut k = index_prefix(sort, dim, &value);
-            k.extend_from_slice(&sort.key(lot).to_be_bytes());
-            k.extend_from_slice(lot.lot_id.as_bytes());
-            keys.insert(k);
+/// One set: the lots of one (dimension, value), in one order.
+type Entries = BTreeSet<(u64, String)>;
+
+/// The in-memory secondary indexes.
+#[derive(Default)]
+struct Indexes {
+    /// (dimension, value) -> one set per order.
+    sets: HashMap<(u8, String), [Entries; 3]>,
+}
+
+impl Indexes {
+    /// Moves `lot_id` from where `before` put it to where `after` puts it.
+    fn update(&mut self, before: Option<&LotSummary>, after: &LotSummary) {
+        for dim in DIMS {
+            let old = before.and_then(|b| dim_value(b, dim));
+            let new = dim_value(after, dim);
+            for sort in SORTS {
+                let old_key = before.map(|b| sort.key(b));
+                let new_key = sort.key(after);
+                if old.is_some() && old == new && old_key == Some(new_key) {
+                    continue;
+                }
+                if let (Some(value), Some(k)) = (&old, old_key) {
+                    self.remove(dim, value, sort, k, &after.lot_id);
+                }
+                if let Some(value) = &new {
+                    let sets = self.sets.entry((dim, value.clone())).or_default();
+                    sets[sort_slot(sort)].insert((new_key, after.lot_id.clone()));
+                }
+            }
         }
     }
-    keys
+
+    fn remove(&mut self, dim: u8, value: &str, sort: Sort, k: u64, lot_id: &str) {
+        let id = (dim, value.to_owned());
+        if let Some(sets) = self.sets.get_mut(&id) {
+            sets[sort_slot(sort)].remove(&(k, lot_id.to_owned()));
+            if sets.iter().all(BTreeSet::is_empty) {
+                self.sets.remove(&id);
+            }
+        }
+    }
 }
 
-/// The embedded store. Cheap to share: RocksDB is internally synchronized.
+/// The embedded store. Share it behind an `Arc`: reads take the index's read lock, writes its
+/// write lock, so a page always sees rows and indexes of one checkpoint.
 pub struct Embedded {
     db: DB,
+    indexes: RwLock<Indexes>,
 }
 
 impl Embedded {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` and rebuilds the indexes from its rows.
     pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        // Index keys share long prefixes; whole-key bloom filters would not serve range scans.
         opts.increase_parallelism(2);
+        // Row lookups of new lots are misses: bloom filters make them cheap.
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_block_cache(&Cache::new_lru_cache(64 << 20));
+        opts.set_block_based_table_factory(&table);
         let db = DB::open(&opts, dir).map_err(engine)?;
-        Ok(Embedded { db })
+        let started = Instant::now();
+        let mut indexes = Indexes::default();
+        let mut lots = 0u64;
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(vec![LOT + 1]);
+        let mut it = db.raw_iterator_opt(read);
+        it.seek([LOT]);
+        while it.valid() {
+            if let Some(v) = it.value() {
+                let lot: LotSummary = decode("lot", v)?;
+                indexes.update(None, &lot);
+                lots += 1;
+            }
+            it.next();
+        }
+        it.status().map_err(engine)?;
+        drop(it);
+        info!(lots, took_ms = started.elapsed().as_millis() as u64, "catalog indexes rebuilt from the rows");
+        Ok(Embedded { db, indexes: RwLock::new(indexes) })
     }
 
-    /// Plans `query`: the index prefix to scan and the sort-key range within it.
-    fn plan(query: &Query) -> (Vec<u8>, u64, u64) {
-        let (dim, value) = if let Some(a) = &query.auction {
-            (b'u', a.clone())
-        } else if let Some(a) = &query.artist {
-            (b'r', a.clone())
-        } else if let Some(c) = &query.category {
-            (b'c', c.clone())
-        } else if let Some(s) = query.status {
-            (b's', (s as i32).to_string())
-        } else {
-            (b'*', String::new())
-        };
-        let (lo, hi) = match query.sort {
-            Sort::Price => (query.min_price.map_or(0, order_i64), query.max_price.map_or(u64::MAX, order_i64)),
-            Sort::EndsAt => query.ending.map_or((0, u64::MAX), |(from, to)| (order_i64(from), order_i64(to))),
-            Sort::Newest => (0, u64::MAX),
-        };
-        (index_prefix(query.sort, dim, &value), lo, hi)
+    /// Compacts the whole store: after a bulk load (a rebuild), row reads then find every key
+    /// in few sorted files.
+    pub fn compact(&self) {
+        self.db.compact_range::<&[u8], &[u8]>(None, None);
     }
-}
 
-/// The exclusive upper bound of all keys starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return end;
+    fn read(&self) -> Result<RwLockReadGuard<'_, Indexes>, StoreError> {
+        self.indexes.read().map_err(|_| StoreError::Engine("a writer panicked; reopen the catalog".into()))
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, Indexes>, StoreError> {
+        self.indexes.write().map_err(|_| StoreError::Engine("a writer panicked; reopen the catalog".into()))
+    }
+
+    fn row(&self, lot_id: &str) -> Result<Option<LotSummary>, StoreError> {
+        let raw = self.db.get(key(LOT, lot_id)).map_err(engine)?;
+        raw.map(|b| decode("lot", &b)).transpose()
+    }
+
+    fn read_checkpoint(&self) -> Result<u64, StoreError> {
+        let raw = self.db.get(CHECKPOINT).map_err(engine)?;
+        match raw.as_deref() {
+            None => Ok(0),
+            Some(b) => b
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt { what: "checkpoint", error: format!("{} bytes, not 8", b.len()) }),
         }
     }
-    vec![u8::MAX; prefix.len() + 1]
 }
 
-fn encode_cursor(index_key: &[u8]) -> String {
-    let mut raw = Vec::with_capacity(1 + index_key.len());
+/// The set a query scans and the sort-key range within it.
+fn plan(query: &Query) -> ((u8, String), u64, u64) {
+    let status = query.status.map(|s| s as i32);
+    let set = match (&query.auction, status, &query.artist, &query.category) {
+        (Some(a), ..) => (b'u', a.clone()),
+        (None, Some(s), Some(a), _) => (b'R', format!("{s}\0{a}")),
+        (None, None, Some(a), _) => (b'r', a.clone()),
+        (None, Some(s), None, Some(c)) => (b'C', format!("{s}\0{c}")),
+        (None, None, None, Some(c)) => (b'c', c.clone()),
+        (None, Some(s), None, None) => (b's', s.to_string()),
+        (None, None, None, None) => (b'*', String::new()),
+    };
+    let (lo, hi) = match query.sort {
+        Sort::Price => (query.min_price.map_or(0, order_i64), query.max_price.map_or(u64::MAX, order_i64)),
+        Sort::EndsAt => query.ending.map_or((0, u64::MAX), |(from, to)| (order_i64(from), order_i64(to))),
+        Sort::Newest => (0, u64::MAX),
+    };
+    (set, lo, hi)
+}
+
+/// What a cursor is bound to: the order and the set it pages through.
+fn cursor_scope(sort: Sort, set: &(u8, String)) -> Vec<u8> {
+    let mut scope = vec![sort_slot(sort) as u8, set.0];
+    scope.extend_from_slice(&(set.1.len() as u64).to_be_bytes());
+    scope.extend_from_slice(set.1.as_bytes());
+    scope
+}
+
+fn encode_cursor(scope: &[u8], last: &(u64, String)) -> String {
+    let mut raw = Vec::with_capacity(1 + scope.len() + 8 + last.1.len());
     raw.push(CURSOR_V1);
-    raw.extend_from_slice(index_key);
+    raw.extend_from_slice(scope);
+    raw.extend_from_slice(&last.0.to_be_bytes());
+    raw.extend_from_slice(last.1.as_bytes());
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-/// The index key a cursor resumes after; it must belong to this query's index prefix.
-fn decode_cursor(cursor: &str, prefix: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// The entry a cursor resumes after; it must belong to this query's order and set.
+fn decode_cursor(cursor: &str, scope: &[u8]) -> Result<(u64, String), StoreError> {
     let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| StoreError::BadCursor("not a cursor"))?;
-    match raw.split_first() {
-        Some((&CURSOR_V1, key)) if key.starts_with(prefix) && key.len() >= prefix.len() + 8 => Ok(key.to_vec()),
-        Some((&CURSOR_V1, _)) => Err(StoreError::BadCursor("the cursor belongs to a different filter or order")),
-        _ => Err(StoreError::BadCursor("unknown cursor version")),
-    }
+    let Some((&CURSOR_V1, rest)) = raw.split_first() else {
+        return Err(StoreError::BadCursor("unknown cursor version"));
+    };
+    let Some(rest) = rest.strip_prefix(scope) else {
+        return Err(StoreError::BadCursor("the cursor belongs to a different filter or order"));
+    };
+    let (k, id) = rest.split_at_checked(8).ok_or(StoreError::BadCursor("truncated cursor"))?;
+    let k = u64::from_be_bytes(k.try_into().map_err(|_| StoreError::BadCursor("truncated cursor"))?);
+    let id = std::str::from_utf8(id).map_err(|_| StoreError::BadCursor("not a cursor"))?;
+    Ok((k, id.to_owned()))
 }
 
 impl Store for Embedded {
     fn checkpoint(&self) -> Result<u64, StoreError> {
-        let raw = self.db.get(CHECKPOINT).map_err(engine)?;
-        read_checkpoint(raw.as_deref())
+        self.read_checkpoint()
     }
 
     fn lot(&self, lot_id: &str) -> Result<Option<LotSummary>, StoreError> {
-        let raw = self.db.get(key(LOT, lot_id)).map_err(engine)?;
-        raw.map(|b| decode("lot", &b)).transpose()
+        self.row(lot_id)
     }
 
     fn auction(&self, auction_id: &str) -> Result<Option<AuctionRow>, StoreError> {
@@ -183,15 +273,7 @@ impl Store for Embedded {
 
     fn commit(&self, changes: Changes) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        for (before, after) in &changes.lots {
-            let old = before.as_ref().map(index_keys).unwrap_or_default();
-            let new = index_keys(after);
-            for k in old.difference(&new) {
-                batch.delete(k);
-            }
-            for k in new.difference(&old) {
-                batch.put(k, []);
-            }
+        for (_, after) in &changes.lots {
             batch.put(key(LOT, &after.lot_id), after.encode_to_vec());
         }
         for auction in &changes.auctions {
@@ -210,60 +292,53 @@ impl Store for Embedded {
         if let Some(index) = changes.checkpoint {
             batch.put(CHECKPOINT, index.to_be_bytes());
         }
-        // Not fsync'd: the WAL keeps the batch whole across a process crash, and after a
-        // machine crash the checkpoint still matches the rows (the feed fills in the rest).
-        self.db.write(batch).map_err(engine)
+        // Rows and indexes change together under the write lock: a page never sees one
+        // without the other. Not fsync'd: the WAL keeps the batch whole across a process
+        // crash, and after a machine crash the checkpoint still matches the rows (the feed
+        // fills in the rest).
+        let mut indexes = self.write()?;
+        self.db.write(batch).map_err(engine)?;
+        for (before, after) in &changes.lots {
+            indexes.update(before.as_ref(), after);
+        }
+        Ok(())
     }
 
     fn query(&self, query: &Query) -> Result<Page, StoreError> {
-        let snap = self.db.snapshot();
-        let as_of_index = read_checkpoint(snap.get(CHECKPOINT).map_err(engine)?.as_deref())?;
-        let (prefix, lo, hi) = Embedded::plan(query);
-        let mut start = prefix.clone();
-        start.extend_from_slice(&lo.to_be_bytes());
-        let mut end = prefix.clone();
-        end.extend_from_slice(&hi.to_be_bytes());
-        let end = prefix_end(&end);
-        let after = query.cursor.as_deref().map(|c| decode_cursor(c, &prefix)).transpose()?;
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(end);
-        let mut it = snap.raw_iterator_opt(opts);
-        match &after {
-            Some(after) if after.as_slice() >= start.as_slice() => it.seek(after),
-            _ => it.seek(&start),
-        }
+        let indexes = self.read()?;
+        let as_of_index = self.read_checkpoint()?;
+        let (set, lo, hi) = plan(query);
+        let scope = cursor_scope(query.sort, &set);
+        let after = query.cursor.as_deref().map(|c| decode_cursor(c, &scope)).transpose()?;
+        let Some(sets) = indexes.sets.get(&set) else {
+            return Ok(Page { items: Vec::new(), next_cursor: None, as_of_index });
+        };
+        let start = (lo, String::new());
+        let from = match &after {
+            Some(after) if *after >= start => Bound::Excluded(after.clone()),
+            _ => Bound::Included(start),
+        };
         let limit = query.limit.max(1);
         let mut items = Vec::with_capacity(limit);
-        let mut scanned = 0;
-        let mut last: Option<Vec<u8>> = None;
-        while it.valid() {
-            let Some(k) = it.key() else { break };
-            if after.as_deref() == Some(k) {
-                it.next();
-                continue;
+        let mut last: Option<&(u64, String)> = None;
+        for (scanned, entry) in sets[sort_slot(query.sort)].range((from, Bound::Unbounded)).enumerate() {
+            if entry.0 > hi {
+                break;
             }
             if items.len() == limit || scanned == SCAN_MAX {
                 // More entries exist past this page.
-                return Ok(Page { items, next_cursor: last.as_deref().map(encode_cursor), as_of_index });
+                let next_cursor = last.map(|l| encode_cursor(&scope, l));
+                return Ok(Page { items, next_cursor, as_of_index });
             }
-            scanned += 1;
-            let lot_id = k
-                .get(prefix.len() + 8..)
-                .ok_or(StoreError::Corrupt { what: "index key", error: "shorter than its prefix".into() })?;
-            let lot_id = std::str::from_utf8(lot_id)
-                .map_err(|e| StoreError::Corrupt { what: "index key", error: e.to_string() })?;
-            let raw = snap.get(key(LOT, lot_id)).map_err(engine)?.ok_or_else(|| StoreError::Corrupt {
+            let lot = self.row(&entry.1)?.ok_or_else(|| StoreError::Corrupt {
                 what: "index entry",
-                error: format!("lot {lot_id} is indexed but has no row"),
+                error: format!("lot {} is indexed but has no row", entry.1),
             })?;
-            let lot: LotSummary = decode("lot", &raw)?;
             if query.matches(&lot) {
                 items.push(lot);
             }
-            last = Some(k.to_vec());
-            it.next();
+            last = Some(entry);
         }
-        it.status().map_err(engine)?;
         Ok(Page { items, next_cursor: None, as_of_index })
     }
 
@@ -291,9 +366,10 @@ impl Store for Embedded {
     }
 
     fn digest(&self) -> Result<Digest, StoreError> {
-        let snap = self.db.snapshot();
-        let checkpoint = read_checkpoint(snap.get(CHECKPOINT).map_err(engine)?.as_deref())?;
-        let mut it = snap.raw_iterator();
+        // Under the read lock: no commit in between, so checkpoint and contents agree.
+        let _indexes = self.read()?;
+        let checkpoint = self.read_checkpoint()?;
+        let mut it = self.db.raw_iterator();
         it.seek_to_first();
         let mut hasher = blake3::Hasher::new();
         let mut lots = 0;
@@ -310,15 +386,5 @@ impl Store for Embedded {
         }
         it.status().map_err(engine)?;
         Ok(Digest { checkpoint, lots, hash: *hasher.finalize().as_bytes() })
-    }
-}
-
-fn read_checkpoint(raw: Option<&[u8]>) -> Result<u64, StoreError> {
-    match raw {
-        None => Ok(0),
-        Some(b) => b
-            .try_into()
-            .map(u64::from_be_bytes)
-            .map_err(|_| StoreError::Corrupt { what: "checkpoint", error: format!("{} bytes, not 8", b.len()) }),
     }
 }

@@ -393,6 +393,23 @@ fn embedded_sparse_matches_page_through_scan_bound() {
     assert_eq!(got, want);
 }
 
+/// The embedded store's indexes live in memory: reopened, it answers exactly as before.
+#[test]
+fn embedded_reopen_rebuilds_the_indexes() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let day = sim::play(8, 300, 3_000);
+    let before: Vec<Vec<LotSummary>> = {
+        let c = catalog(&|| Embedded::open(dir.path()).unwrap_or_else(|e| panic!("{e}")));
+        apply_all(&c, &day.feed, 128);
+        queries().into_iter().map(|q| all_pages(&c, q)).collect()
+    };
+    let c = catalog(&|| Embedded::open(dir.path()).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(c.applied(), day.feed.len() as u64);
+    let after: Vec<Vec<LotSummary>> = queries().into_iter().map(|q| all_pages(&c, q)).collect();
+    assert_eq!(before, after);
+    assert!(before.iter().any(|page| !page.is_empty()));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
