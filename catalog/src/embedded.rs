@@ -92,44 +92,76 @@ fn dim_value(lot: &LotSummary, dim: u8) -> Option<String> {
 /// One set: the lots of one (dimension, value), in one order.
 type Entries = BTreeSet<(u64, String)>;
 
-/// The in-memory secondary indexes.
+/// Whether `before` and `after` differ in dimension `dim`'s value.
+fn dim_changed(before: &LotSummary, after: &LotSummary, dim: u8) -> bool {
+    let status = before.status != after.status;
+    match dim {
+        b's' => status,
+        b'c' => before.category != after.category,
+        b'r' => before.artist != after.artist,
+        b'u' => before.auction_id != after.auction_id,
+        b'C' => status || before.category != after.category,
+        b'R' => status || before.artist != after.artist,
+        _ => false,
+    }
+}
+
+/// The in-memory secondary indexes: per dimension, value -> one set per order.
 #[derive(Default)]
 struct Indexes {
-    /// (dimension, value) -> one set per order.
-    sets: HashMap<(u8, String), [Entries; 3]>,
+    sets: [HashMap<String, [Entries; 3]>; DIMS.len()],
 }
 
 impl Indexes {
-    /// Moves `lot_id` from where `before` put it to where `after` puts it.
+    /// Moves `after.lot_id` from where `before` put it to where `after` puts it, touching only
+    /// the entries that move (a bid moves the 7 price entries, nothing else).
     fn update(&mut self, before: Option<&LotSummary>, after: &LotSummary) {
-        for dim in DIMS {
-            let old = before.and_then(|b| dim_value(b, dim));
-            let new = dim_value(after, dim);
-            for sort in SORTS {
-                let old_key = before.map(|b| sort.key(b));
-                let new_key = sort.key(after);
-                if old.is_some() && old == new && old_key == Some(new_key) {
-                    continue;
+        let keys_after = SORTS.map(|sort| sort.key(after));
+        for (d, &dim) in DIMS.iter().enumerate() {
+            let sets = &mut self.sets[d];
+            match before {
+                Some(before) if !dim_changed(before, after, dim) => {
+                    let keys_before = SORTS.map(|sort| sort.key(before));
+                    if keys_before == keys_after {
+                        continue;
+                    }
+                    let Some(value) = dim_value(after, dim) else { continue };
+                    let entries = sets.entry(value).or_default();
+                    for slot in 0..SORTS.len() {
+                        if keys_before[slot] != keys_after[slot] {
+                            entries[slot].remove(&(keys_before[slot], after.lot_id.clone()));
+                            entries[slot].insert((keys_after[slot], after.lot_id.clone()));
+                        }
+                    }
                 }
-                if let (Some(value), Some(k)) = (&old, old_key) {
-                    self.remove(dim, value, sort, k, &after.lot_id);
-                }
-                if let Some(value) = &new {
-                    let sets = self.sets.entry((dim, value.clone())).or_default();
-                    sets[sort_slot(sort)].insert((new_key, after.lot_id.clone()));
+                _ => {
+                    if let Some(before) = before
+                        && let Some(value) = dim_value(before, dim)
+                    {
+                        let keys_before = SORTS.map(|sort| sort.key(before));
+                        if let Some(entries) = sets.get_mut(&value) {
+                            for slot in 0..SORTS.len() {
+                                entries[slot].remove(&(keys_before[slot], before.lot_id.clone()));
+                            }
+                            if entries.iter().all(BTreeSet::is_empty) {
+                                sets.remove(&value);
+                            }
+                        }
+                    }
+                    if let Some(value) = dim_value(after, dim) {
+                        let entries = sets.entry(value).or_default();
+                        for slot in 0..SORTS.len() {
+                            entries[slot].insert((keys_after[slot], after.lot_id.clone()));
+                        }
+                    }
                 }
             }
         }
     }
 
-    fn remove(&mut self, dim: u8, value: &str, sort: Sort, k: u64, lot_id: &str) {
-        let id = (dim, value.to_owned());
-        if let Some(sets) = self.sets.get_mut(&id) {
-            sets[sort_slot(sort)].remove(&(k, lot_id.to_owned()));
-            if sets.iter().all(BTreeSet::is_empty) {
-                self.sets.remove(&id);
-            }
-        }
+    fn entries(&self, dim: u8, value: &str) -> Option<&[Entries; 3]> {
+        let d = DIMS.iter().position(|&x| x == dim)?;
+        self.sets[d].get(value)
     }
 }
 
@@ -310,7 +342,7 @@ impl Store for Embedded {
         let (set, lo, hi) = plan(query);
         let scope = cursor_scope(query.sort, &set);
         let after = query.cursor.as_deref().map(|c| decode_cursor(c, &scope)).transpose()?;
-        let Some(sets) = indexes.sets.get(&set) else {
+        let Some(sets) = indexes.entries(set.0, &set.1) else {
             return Ok(Page { items: Vec::new(), next_cursor: None, as_of_index });
         };
         let start = (lo, String::new());
