@@ -26,6 +26,8 @@ use crate::state::AppState;
 
 /// The first admin's user id and username.
 pub const ADMIN: &str = "admin";
+/// How long shutdown waits for socket tasks to let go of the catalog store.
+const CATALOG_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long start-up waits for the cluster to accept the first admin.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -48,6 +50,8 @@ pub struct Gateway {
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     /// The catalog's subscriber; joined on shutdown so the store is closed when it returns.
     projector: tokio::task::JoinHandle<()>,
+    /// Gone once every handler and socket task has let go of the catalog: its store is closed.
+    catalog: std::sync::Weak<Catalog<Embedded>>,
 }
 
 impl Gateway {
@@ -71,6 +75,7 @@ impl Gateway {
         let sockets = Arc::new(Sockets::new(config.ws, stopped.clone()));
         let batcher = Batcher::start(client.clone(), config.batch, metrics.clone());
         let catalog_wait = config.catalog_wait;
+        let catalog_weak = Arc::downgrade(&catalog);
         let state =
             AppState { client, batcher, jwt, passwords, metrics, cluster, live, sockets, catalog, catalog_wait };
         let router = app(state, &config).map_err(|e| GatewayError::Config(e.to_string()))?;
@@ -94,7 +99,7 @@ impl Gateway {
                 .await
         });
         info!(%addr, "gateway serving");
-        Ok(Gateway { addr, stop, server, projector })
+        Ok(Gateway { addr, stop, server, projector, catalog: catalog_weak })
     }
 
     /// The address the gateway listens on.
@@ -111,6 +116,15 @@ impl Gateway {
         };
         if let Err(e) = self.projector.await {
             warn!(error = %e, "catalog subscriber ended abnormally");
+        }
+        // Sockets were told to close; their tasks let go of the catalog as they end. Wait, so
+        // that a gateway started next on the same directory can open the store.
+        let until = Instant::now() + CATALOG_CLOSE_TIMEOUT;
+        while self.catalog.strong_count() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.catalog.strong_count() > 0 {
+            warn!("the catalog store is still held after shutdown; it closes when the last socket ends");
         }
         served
     }
