@@ -408,3 +408,87 @@ async fn a_node_reads_its_settings_from_a_config_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
+
+/// What the test's handler saw: applied items in order, parked ones with their reason.
+#[derive(Default)]
+struct Seen {
+    checkpoint: u64,
+    applied: Vec<u64>,
+    parked: Vec<(u64, String)>,
+    calls: u64,
+}
+
+/// A read model that refuses every item whose index is a multiple of 10 (for good) and fails
+/// every fifth call transiently; all-or-nothing per batch, like a real store.
+struct Picky(std::sync::Arc<std::sync::Mutex<Seen>>);
+
+impl node::Handler for Picky {
+    async fn checkpoint(&mut self) -> Result<u64, node::HandleError> {
+        Ok(self.0.lock().unwrap().checkpoint)
+    }
+
+    async fn apply(&mut self, items: &[pb::FeedItem]) -> Result<(), node::HandleError> {
+        let mut seen = self.0.lock().unwrap();
+        seen.calls += 1;
+        if let Some(bad) = items.iter().find(|i| i.index % 10 == 0) {
+            return Err(node::HandleError::Permanent(format!("index {} is a multiple of 10", bad.index)));
+        }
+        if seen.calls.is_multiple_of(5) {
+            return Err(node::HandleError::Transient("store busy".into()));
+        }
+        for item in items {
+            assert!(item.index > seen.checkpoint, "item {} redelivered", item.index);
+            seen.applied.push(item.index);
+            seen.checkpoint = item.index;
+        }
+        Ok(())
+    }
+
+    async fn park(&mut self, item: &pb::FeedItem, error: &str) -> Result<(), node::HandleError> {
+        let mut seen = self.0.lock().unwrap();
+        seen.parked.push((item.index, error.to_owned()));
+        seen.checkpoint = item.index;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_parks_refusals_retries_failures_and_survives_its_node_dying() {
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+    // Node 1 first: the subscriber streams from it until it dies.
+    let subscriber = node::Subscriber::new(cluster.addrs.values().cloned().collect(), Picky(seen.clone()));
+    let mut progress = subscriber.progress();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(subscriber.run(stopped));
+    for i in 0..40 {
+        client.propose(vec![user(&format!("early{i}"), lp::Role::User)]).await.unwrap();
+    }
+    let halfway = progress.wait_for(|p| p.index >= 30).await.unwrap().index;
+    assert!(halfway >= 30);
+    cluster.kill(1);
+    for i in 0..40 {
+        client.propose(vec![user(&format!("late{i}"), lp::Role::User)]).await.unwrap();
+    }
+    let leader = cluster.leader(&[2, 3]).await;
+    let head = Client::metrics(&cluster.addrs[&leader]).await.unwrap().last_applied_index;
+    let done = tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| p.index >= head)).await;
+    let last = *done.expect("the subscriber did not catch up after its node died").unwrap();
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    let seen = seen.lock().unwrap();
+    // Every index exactly once, in order: applied or parked.
+    let mut all: Vec<u64> = seen.applied.clone();
+    all.extend(seen.parked.iter().map(|(i, _)| *i));
+    all.sort();
+    assert_eq!(all, (1..=last.index).collect::<Vec<_>>());
+    assert!(seen.applied.windows(2).all(|w| w[0] < w[1]));
+    let parked: Vec<u64> = seen.parked.iter().map(|(i, _)| *i).collect();
+    assert_eq!(parked, (1..=last.index).filter(|i| i % 10 == 0).collect::<Vec<_>>());
+    assert!(seen.parked.iter().all(|(i, why)| why.contains(&format!("index {i}"))));
+    assert_eq!(last.parked, parked.len() as u64);
+    assert!(last.retries > 0, "no transient failure was retried");
+    assert!(!last.broken);
+}
