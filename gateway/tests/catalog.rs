@@ -306,12 +306,14 @@ async fn catalog_resumes_and_rebuilds_byte_identical() {
     let mut cluster = TestCluster::start().await;
     let (curator_id, curator) = cluster.curator("resume-curator").await;
     // Bulk lots straight through the node client, so the feed is long enough to kill a
-    // rebuild part-way: 40 entries of 250 lots each, every lot created and moved twice.
+    // rebuild part-way: 60 proposals of 100 lots each, every lot created and moved once. (Entries
+    // of 500 commands left a follower unable to catch up within a minute in a debug build: see
+    // the write-path issue on append deadlines.)
     let client = node::Client::new(cluster.addrs.clone());
     let now = now_ms();
-    for batch in 0..40 {
+    for batch in 0..60 {
         let mut commands = Vec::new();
-        for n in 0..250 {
+        for n in 0..100 {
             let lot_id = format!("bulk-{batch}-{n}");
             commands.push(command(
                 &curator_id,
@@ -352,8 +354,18 @@ async fn catalog_resumes_and_rebuilds_byte_identical() {
     // The node the catalog's subscriber streams from (its first choice, node 0) dies under
     // it; writes go on (through a new leader if it led) and the catalog follows them
     // through another node.
+    // First let every node catch up with the bulk entries: with one node gone, the other two
+    // must both take each write (several clusters share two cores in this suite).
+    let head = node::Client::metrics(&cluster.addrs[cluster.leader().await]).await.unwrap().last_applied_index;
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    for addr in &cluster.addrs {
+        while node::Client::metrics(addr).await.map_or(0, |m| m.last_applied_index) < head {
+            assert!(std::time::Instant::now() < until, "{addr} did not catch up to {head}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     cluster.stop_node(0).await;
-    // If it led, wait out the election (several clusters share two cores in this suite).
+    // If it led, wait out the election.
     cluster.leader().await;
     world.play(&cluster, &[plan.clone(), plan]).await;
     let (lots, index) = world.ledger_lots(&cluster).await;
@@ -380,11 +392,16 @@ async fn catalog_resumes_and_rebuilds_byte_identical() {
 
     // Killed part-way again and again, each run resuming from the store's checkpoint.
     let dir = scratch.path().join("killed");
-    let mut killed_mid_run = 0;
-    let mut checkpoints = Vec::new();
-    for delay_ms in [300u64, 450, 600, 800, 1_000, 1_300] {
+    // The delay before each kill grows while runs make no progress (a slow machine), so some
+    // kill lands while a run is applying; two such kills are enough.
+    let target = incremental.checkpoint;
+    let (mut killed_mid_run, mut checkpoints, mut prev, mut delay_ms) = (0, Vec::new(), 0, 300u64);
+    for _ in 0..12 {
+        if killed_mid_run >= 2 || prev >= target {
+            break;
+        }
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gavel"))
-            .args(["catalog", "rebuild", "--nodes", &live.join(","), "--until", &incremental.checkpoint.to_string()])
+            .args(["catalog", "rebuild", "--nodes", &live.join(","), "--until", &target.to_string()])
             .arg("--dir")
             .arg(&dir)
             .env("RUST_LOG", "warn")
@@ -393,24 +410,23 @@ async fn catalog_resumes_and_rebuilds_byte_identical() {
             .spawn()
             .unwrap();
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        let running = child.try_wait().unwrap().is_none();
         child.kill().unwrap(); // SIGKILL: no chance to finish a batch.
         child.wait().unwrap();
         // Where the killed run left the store (it may not have opened it yet).
         let at = Embedded::open(&dir).ok().and_then(|s| s.checkpoint().ok()).unwrap_or(0);
-        if running && at > 0 && at < incremental.checkpoint {
+        if at > prev && at < target {
             killed_mid_run += 1;
+        } else if at == prev {
+            delay_ms = delay_ms * 3 / 2;
         }
+        prev = at;
         checkpoints.push(at);
     }
     let resumed = rebuild(&live, &dir, incremental.checkpoint);
     assert!(digest_line(&resumed).ends_with(&incremental.hex()), "{}", digest_line(&resumed));
     assert!(killed_mid_run > 0, "no rebuild was killed part-way ({checkpoints:?}): nothing was tested");
-    eprintln!(
-        "rebuild killed at checkpoints {checkpoints:?} of {}, then resumed to the same digest",
-        incremental.checkpoint
-    );
-    assert!(incremental.lots >= 10_000 + lots.len() as u64);
+    eprintln!("rebuild killed at checkpoints {checkpoints:?} of {target}, then resumed to the same digest");
+    assert!(incremental.lots >= 6_000 + lots.len() as u64);
     cluster.shutdown().await;
 }
 
