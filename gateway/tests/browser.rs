@@ -210,7 +210,15 @@ async fn two_bidders_on_one_lot_in_real_browsers() {
     }
     bid(&alice, "2500").await;
     // Bob's maximum is higher: alice's page says so once her bid is answered.
-    until_text(&alice, "bid-message", Duration::from_secs(5), |t| t.starts_with("Another bidder")).await;
+    let answered = tokio::time::timeout(
+        Duration::from_secs(10),
+        until_text(&alice, "bid-message", Duration::from_secs(11), |t| t.starts_with("Another bidder")),
+    )
+    .await;
+    if answered.is_err() {
+        shot(&alice, "fail-alice-2500").await;
+        panic!("alice's bid of 2500 got no answer on her page within 10 s (screenshot fail-alice-2500)");
+    }
     let (_, lot_now) = c.get(&format!("/v1/lots/{lot}"), None).await;
     bob.goto(&format!("{base}/#/lots/{lot}")).await.unwrap();
     let dollars = lot_now["current_price"].as_i64().unwrap() / 100;

@@ -255,7 +255,9 @@ async function lotView(page: Page, lotId: string): Promise<HTMLElement> {
     event(topic, index, e: LiveEvent) {
       if (topic === "user") {
         if (e.type === "outbid") {
-          if (e.lot_id === lotId) {
+          // A "you are leading" answer is stale now; any other answer (the bid that was
+          // just outbid by a proxy says so itself, and may arrive after this event) stays.
+          if (e.lot_id === lotId && message.className === "ok") {
             message.textContent = "";
             message.className = "";
           }
