@@ -468,12 +468,20 @@ async fn catalog_refuses_bad_input_clearly() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     // Ending soon: only lots that end within the window.
     let soon = cluster.ready_lot_ending(&curator, None, 0, 30_000).await;
-    let (status, body) =
-        cluster.post(&format!("/v1/lots/{soon}/status"), Some(&curator), json!({"status": "InAuction"})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (_, lot) = cluster.get(&format!("/v1/lots/{soon}"), None).await;
-    let response = cluster.http.get(format!("{}/v1/lots/{soon}", cluster.url)).send().await.unwrap();
-    let index: u64 = response.headers()["gavel-applied-index"].to_str().unwrap().parse().unwrap();
+    // The write's answer names the log index that applied it: reading the catalog with it as
+    // `min_index` sees the write.
+    let response = cluster
+        .http
+        .post(format!("{}/v1/lots/{soon}/status", cluster.url))
+        .bearer_auth(&curator)
+        .json(&json!({"status": "InAuction"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let index: u64 = response.headers()["gavel-log-index"].to_str().unwrap().parse().unwrap();
+    let lot: Value = response.json().await.unwrap();
+    assert_eq!(lot["status"], "InAuction");
     let (status, page) = cluster.get(&format!("/v1/catalog?ending_within_secs=120&min_index={index}"), None).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     let ids: Vec<&str> = page["items"].as_array().unwrap().iter().map(|i| i["lot_id"].as_str().unwrap()).collect();

@@ -8,9 +8,9 @@ use ledger::pb;
 use ledger::pb::command::Body;
 use ledger::pb::outcome::Result as Res;
 use serde::Deserialize;
-use serde_json::{Number, Value};
+use serde_json::Number;
 
-use super::{ReadQuery, StatusChange, chosen_or_new_id, id, label_read, ladder, run, time_ms};
+use super::{ReadQuery, StatusChange, chosen_or_new_id, id, label_read, label_write, ladder, run, time_ms};
 use crate::auth::Admin;
 use crate::error::AppError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -44,7 +44,7 @@ pub async fn create(
     State(state): State<AppState>,
     Admin(admin): Admin,
     ApiJson(body): ApiJson<NewAuction>,
-) -> Result<(StatusCode, Json<Value>), AppError> {
+) -> Result<Response, AppError> {
     let auction_id = chosen_or_new_id("auction_id", body.auction_id, "auc-")?;
     let create = pb::CreateAuction {
         auction_id,
@@ -55,8 +55,8 @@ pub async fn create(
         lot_interval_secs: body.lot_interval_secs,
         increment_ladder: ladder(&body.increment_ladder)?,
     };
-    let (_, res) = run(&state, &admin.user_id, Body::CreateAuction(create)).await?;
-    Ok((StatusCode::CREATED, Json(ledger::view::auction(&auction_of(res)?))))
+    let (index, res) = run(&state, &admin.user_id, Body::CreateAuction(create)).await?;
+    Ok(label_write((StatusCode::CREATED, Json(ledger::view::auction(&auction_of(res)?))), index))
 }
 
 #[derive(Deserialize)]
@@ -71,12 +71,12 @@ pub async fn add_lot(
     Admin(admin): Admin,
     ApiPath(auction_id): ApiPath<String>,
     ApiJson(body): ApiJson<AddLot>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, AppError> {
     id("auction_id", &auction_id)?;
     id("lot_id", &body.lot_id)?;
     let add = pb::AddLotToAuction { auction_id, lot_id: body.lot_id };
-    let (_, res) = run(&state, &admin.user_id, Body::AddLotToAuction(add)).await?;
-    Ok(Json(ledger::view::auction(&auction_of(res)?)))
+    let (index, res) = run(&state, &admin.user_id, Body::AddLotToAuction(add)).await?;
+    Ok(label_write(Json(ledger::view::auction(&auction_of(res)?)), index))
 }
 
 /// `POST /v1/auctions/{auction_id}/status` (admin): `Live` or `Cancelled`.
@@ -85,15 +85,15 @@ pub async fn set_status(
     Admin(admin): Admin,
     ApiPath(auction_id): ApiPath<String>,
     ApiJson(body): ApiJson<StatusChange>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, AppError> {
     id("auction_id", &auction_id)?;
     let status = match ledger::lifecycle::parse_auction_name(&body.status) {
         Some(s @ (pb::AuctionStatus::Live | pb::AuctionStatus::Cancelled)) => s,
         _ => return Err(AppError::rejected("invalid_status", "an auction can be set Live or Cancelled")),
     };
     let change = pb::SetAuctionStatus { auction_id, status: status as i32 };
-    let (_, res) = run(&state, &admin.user_id, Body::SetAuctionStatus(change)).await?;
-    Ok(Json(ledger::view::auction(&auction_of(res)?)))
+    let (index, res) = run(&state, &admin.user_id, Body::SetAuctionStatus(change)).await?;
+    Ok(label_write(Json(ledger::view::auction(&auction_of(res)?)), index))
 }
 
 /// `GET /v1/auctions/{auction_id}`.

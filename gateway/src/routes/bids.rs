@@ -2,13 +2,14 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::Response;
 use ledger::pb;
 use ledger::pb::command::Body;
 use ledger::pb::outcome::Result as Res;
 use serde::Deserialize;
-use serde_json::{Number, Value, json};
+use serde_json::{Number, json};
 
-use super::{amount, id, run};
+use super::{amount, id, label_write, run};
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::extract::{ApiJson, ApiPath};
@@ -27,7 +28,7 @@ pub async fn place(
     caller: Caller,
     ApiPath(lot_id): ApiPath<String>,
     ApiJson(body): ApiJson<NewBid>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, AppError> {
     id("lot_id", &lot_id)?;
     id("bid_id", &body.bid_id)?;
     let max_amount = amount("max_amount", &body.max_amount, 1)?;
@@ -42,8 +43,9 @@ pub async fn place(
         (log_index, Res::Bid(v)) => {
             let mut body = ledger::view::bid(&v);
             // A retry gets the index the bid was first applied at, recorded by the ledger.
-            body["log_index"] = json!(if v.log_index != 0 { v.log_index } else { log_index });
-            Ok(Json(body))
+            let index = if v.log_index != 0 { v.log_index } else { log_index };
+            body["log_index"] = json!(index);
+            Ok(label_write(Json(body), index))
         }
         _ => Err(AppError::internal("the cluster answered with something other than a bid")),
     }

@@ -10,7 +10,7 @@ use ledger::pb::{self, Role};
 use serde::Deserialize;
 use serde_json::{Number, Value, json};
 
-use super::{ReadQuery, StatusChange, amount, chosen_or_new_id, id, label_read, ladder, run, time_ms};
+use super::{ReadQuery, StatusChange, amount, chosen_or_new_id, id, label_read, label_write, ladder, run, time_ms};
 use crate::auth::{Curator, MaybeCaller};
 use crate::error::AppError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -53,7 +53,7 @@ pub async fn create(
     State(state): State<AppState>,
     Curator(curator): Curator,
     ApiJson(body): ApiJson<NewLot>,
-) -> Result<(StatusCode, Json<Value>), AppError> {
+) -> Result<Response, AppError> {
     let lot_id = chosen_or_new_id("lot_id", body.lot_id, "lot-")?;
     if let Some(seller_id) = &body.seller_id {
         id("seller_id", seller_id)?;
@@ -73,8 +73,8 @@ pub async fn create(
         seller_id: body.seller_id.unwrap_or_default(),
         increment_ladder: ladder(&body.increment_ladder)?,
     };
-    let (_, res) = run(&state, &curator.user_id, Body::CreateLot(create)).await?;
-    Ok((StatusCode::CREATED, Json(ledger::view::lot(&lot_of(res)?))))
+    let (index, res) = run(&state, &curator.user_id, Body::CreateLot(create)).await?;
+    Ok(label_write((StatusCode::CREATED, Json(ledger::view::lot(&lot_of(res)?))), index))
 }
 
 /// `POST /v1/lots/{lot_id}/status` (curator or admin).
@@ -83,13 +83,13 @@ pub async fn set_status(
     Curator(curator): Curator,
     ApiPath(lot_id): ApiPath<String>,
     ApiJson(body): ApiJson<StatusChange>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, AppError> {
     id("lot_id", &lot_id)?;
     let status = ledger::lifecycle::parse_name(&body.status)
         .ok_or_else(|| AppError::rejected("invalid_status", format!("unknown lot status {:?}", body.status)))?;
     let change = pb::SetLotStatus { lot_id, status: status as i32 };
-    let (_, res) = run(&state, &curator.user_id, Body::SetLotStatus(change)).await?;
-    Ok(Json(ledger::view::lot(&lot_of(res)?)))
+    let (index, res) = run(&state, &curator.user_id, Body::SetLotStatus(change)).await?;
+    Ok(label_write(Json(ledger::view::lot(&lot_of(res)?)), index))
 }
 
 /// `GET /v1/lots/{lot_id}`: the public lot object; admins also see the reserve and the

@@ -109,6 +109,14 @@ impl ReadQuery {
     }
 }
 
+/// Labels a write's answer with the log index that applied it (`gavel-log-index`): a client
+/// passes it as the catalog's `min_index` to read its own write.
+pub fn label_write(response: impl axum::response::IntoResponse, log_index: u64) -> Response {
+    let mut response = response.into_response();
+    response.headers_mut().insert("gavel-log-index", HeaderValue::from(log_index));
+    response
+}
+
 /// Labels a read's answer: which index it reflects and whether it may be stale.
 pub fn label_read(mut response: Response, applied_index: u64, stale: bool) -> Response {
     let headers = response.headers_mut();
