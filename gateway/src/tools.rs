@@ -93,11 +93,17 @@ async fn leader_applied(nodes: &[String]) -> Result<u64, ToolError> {
     Err(ToolError::Cluster(last_error))
 }
 
-fn http() -> Result<reqwest::Client, ToolError> {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| ToolError::Http(e.to_string()))
-}
-
-async fn answer(response: reqwest::Response) -> Result<Value, ToolError> {
+/// One admin API call: `method path` on the gateway at `url` with `token`; the JSON answer,
+/// or the API's error as `status code: message`.
+async fn admin_call(method: reqwest::Method, url: &str, path: &str, token: &str) -> Result<Value, ToolError> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build();
+    let http = http.map_err(|e| ToolError::Http(e.to_string()))?;
+    let response = http
+        .request(method, format!("{}{path}", url.trim_end_matches('/')))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| ToolError::Http(e.to_string()))?;
     let status = response.status();
     let body: Value = response.json().await.map_err(|e| ToolError::Http(e.to_string()))?;
     if status.is_success() {
@@ -110,13 +116,7 @@ async fn answer(response: reqwest::Response) -> Result<Value, ToolError> {
 
 /// Prints the gateway's dead letters, one per line.
 pub async fn dead_letters_list(url: &str, token: &str) -> Result<(), ToolError> {
-    let response = http()?
-        .get(format!("{}/v1/admin/dead-letters", url.trim_end_matches('/')))
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|e| ToolError::Http(e.to_string()))?;
-    let body = answer(response).await?;
+    let body = admin_call(reqwest::Method::GET, url, "/v1/admin/dead-letters", token).await?;
     let letters = body["dead_letters"].as_array().cloned().unwrap_or_default();
     if letters.is_empty() {
         println!("no dead letters");
@@ -140,13 +140,7 @@ pub async fn dead_letters_list(url: &str, token: &str) -> Result<(), ToolError> 
 
 /// Retries one dead letter; prints whether it applied.
 pub async fn dead_letters_retry(url: &str, token: &str, id: u64) -> Result<(), ToolError> {
-    let response = http()?
-        .post(format!("{}/v1/admin/dead-letters/{id}/retry", url.trim_end_matches('/')))
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|e| ToolError::Http(e.to_string()))?;
-    answer(response).await?;
+    admin_call(reqwest::Method::POST, url, &format!("/v1/admin/dead-letters/{id}/retry"), token).await?;
     println!("dead letter {id} applied");
     Ok(())
 }
