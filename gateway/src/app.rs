@@ -15,7 +15,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::GatewayConfig;
 use crate::metrics;
 use crate::protect::{self, CallerKey, IpKey};
-use crate::routes::{auctions, bids, catalog, lots, ops, users, ws};
+use crate::routes::{auctions, bids, catalog, lots, ops, semantic, users, ws};
 use crate::state::AppState;
 use crate::web;
 
@@ -38,7 +38,9 @@ pub fn app(state: AppState, config: &GatewayConfig) -> Result<Router, AppConfigE
         .route("/v1/auctions/{auction_id}", get(auctions::read))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/live/lots", get(lots::open))
-        .route("/v1/catalog", get(catalog::list));
+        .route("/v1/catalog", get(catalog::list))
+        .route("/v1/search", get(semantic::lots))
+        .route("/v1/search/artists", get(semantic::artists));
     // These need a token: limited per caller too, so one account cannot flood the sale.
     let signed_in = Router::new()
         .route("/v1/users/{user_id}/role", post(users::set_role))

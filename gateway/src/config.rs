@@ -88,6 +88,22 @@ pub struct HttpArgs {
     /// `503 catalog_behind`.
     #[arg(long, env = "GAVEL_CATALOG_WAIT_MS", default_value_t = 2_000)]
     pub catalog_wait_ms: u64,
+    /// The search model: multilingual-e5-small packed as `e5-small-q4.bin` (`scripts/setup`
+    /// installs it). If the file is missing the gateway still serves, and `/v1/search`
+    /// answers `503 search_unavailable` naming it.
+    #[arg(long, env = "GAVEL_MODEL", default_value = "models/e5-small-q4.bin")]
+    pub model: PathBuf,
+    /// Directory of search's embedded vector store (created if missing; reindexed from the
+    /// feed when empty). Default: `gavel-search` in the working directory.
+    #[arg(long, env = "GAVEL_SEARCH_DIR")]
+    pub search_dir: Option<PathBuf>,
+}
+
+/// Where search's model and vectors are.
+#[derive(Clone, Debug)]
+pub struct SearchConfig {
+    pub model: PathBuf,
+    pub dir: PathBuf,
 }
 
 /// Everything a gateway needs to start.
@@ -113,6 +129,8 @@ pub struct GatewayConfig {
     pub tcp_send_buffer_bytes: Option<usize>,
     pub catalog_dir: PathBuf,
     pub catalog_wait: Duration,
+    /// `None`: search off (`503 search_unavailable`).
+    pub search: Option<SearchConfig>,
 }
 
 impl GatewayConfig {
@@ -146,6 +164,10 @@ impl GatewayConfig {
             tcp_send_buffer_bytes: (args.tcp_send_buffer_bytes > 0).then_some(args.tcp_send_buffer_bytes),
             catalog_dir: args.catalog_dir.clone().unwrap_or_else(|| PathBuf::from("gavel-catalog")),
             catalog_wait: Duration::from_millis(args.catalog_wait_ms),
+            search: Some(SearchConfig {
+                model: args.model.clone(),
+                dir: args.search_dir.clone().unwrap_or_else(|| PathBuf::from("gavel-search")),
+            }),
         }
     }
 }

@@ -154,6 +154,11 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     if args.http.catalog_dir.is_none() {
         config.catalog_dir = args.data_dir.join("catalog");
     }
+    if let Some(search) = config.search.as_mut()
+        && args.http.search_dir.is_none()
+    {
+        search.dir = args.data_dir.join("search");
+    }
     let admin_password = args.http.admin_password.clone().unwrap_or_else(|| credentials.admin_password.clone());
     config.admin_password = Some(admin_password.clone());
     let gateway = Gateway::start(config).await?;

@@ -37,6 +37,7 @@ pub mod code {
     pub const INTERNAL: &str = "internal";
     pub const NOT_IMPLEMENTED: &str = "not_implemented";
     pub const CATALOG_BEHIND: &str = "catalog_behind";
+    pub const SEARCH_UNAVAILABLE: &str = "search_unavailable";
     pub const STILL_FAILING: &str = "still_failing";
 }
 

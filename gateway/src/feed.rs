@@ -48,6 +48,7 @@ pub struct ClusterView {
     feed_index: AtomicU64,
     feed_broken: AtomicBool,
     catalog: Mutex<Option<watch::Receiver<Progress>>>,
+    search: Mutex<Option<watch::Receiver<Progress>>>,
 }
 
 impl ClusterView {
@@ -67,6 +68,16 @@ impl ClusterView {
     pub fn catalog(&self) -> Progress {
         let guard = self.catalog.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         guard.as_ref().map(|rx| *rx.borrow()).unwrap_or_default()
+    }
+
+    /// The search indexer's progress (default until it has started, or with search off).
+    pub fn search(&self) -> Progress {
+        let guard = self.search.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.as_ref().map(|rx| *rx.borrow()).unwrap_or_default()
+    }
+
+    pub fn search_lag_entries(&self) -> u64 {
+        self.leader_applied_index.load(Ordering::Acquire).saturating_sub(self.search().index)
     }
 
     pub fn catalog_lag_entries(&self) -> u64 {
@@ -115,6 +126,22 @@ pub fn start_catalog(
     tokio::spawn(async move {
         if let Err(e) = subscriber.run(stop).await {
             error!(error = %e, "catalog subscriber stopped");
+        }
+    })
+}
+
+/// Starts search's indexer from its checkpoint; it stops when `stop` turns true.
+pub fn start_search(
+    addrs: Vec<String>,
+    index: Arc<search::Index<search::Embedded>>,
+    view: &ClusterView,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let subscriber = Subscriber::new(addrs, search::Indexer(index));
+    *view.search.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(subscriber.progress());
+    tokio::spawn(async move {
+        if let Err(e) = subscriber.run(stop).await {
+            error!(error = %e, "search indexer stopped");
         }
     })
 }
@@ -191,6 +218,10 @@ async fn poll(addrs: Vec<String>, view: Arc<ClusterView>, metrics: Arc<Metrics>,
         metrics.catalog_lag_seconds.set(view.catalog_lag_seconds(now_ms()));
         metrics.catalog_dead_letters_parked.set(i64::try_from(catalog.parked).unwrap_or(i64::MAX));
         metrics.catalog_retries.set(i64::try_from(catalog.retries).unwrap_or(i64::MAX));
+        let search = view.search();
+        metrics.search_index.set(i64::try_from(search.index).unwrap_or(i64::MAX));
+        metrics.search_lag_entries.set(i64::try_from(view.search_lag_entries()).unwrap_or(i64::MAX));
+        metrics.search_dead_letters_parked.set(i64::try_from(search.parked).unwrap_or(i64::MAX));
         if leader.is_some() != had_leader {
             info!(leader_known = leader.is_some(), "cluster leadership seen");
             had_leader = leader.is_some();

@@ -28,6 +28,11 @@ pub struct Metrics {
     pub catalog_lag_seconds: Gauge,
     pub catalog_dead_letters_parked: IntGauge,
     pub catalog_retries: IntGauge,
+    pub search_index: IntGauge,
+    pub search_lag_entries: IntGauge,
+    pub search_dead_letters_parked: IntGauge,
+    /// Seconds per search query, embedding included.
+    pub search_seconds: Histogram,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +82,21 @@ impl Metrics {
         registry.register(Box::new(catalog_lag_seconds.clone()))?;
         registry.register(Box::new(catalog_dead_letters_parked.clone()))?;
         registry.register(Box::new(catalog_retries.clone()))?;
+        let search_index = IntGauge::new("gavel_search_index", "Last feed index search has indexed")?;
+        let search_lag_entries =
+            IntGauge::new("gavel_search_lag_entries", "Entries search is behind the leader's applied index")?;
+        let search_dead_letters_parked = IntGauge::new(
+            "gavel_search_dead_letters_parked",
+            "Feed items search's indexer parked as dead letters since this gateway started",
+        )?;
+        let search_seconds = Histogram::with_opts(
+            HistogramOpts::new("gavel_search_seconds", "Search queries' time, the query's embedding included")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        )?;
+        registry.register(Box::new(search_index.clone()))?;
+        registry.register(Box::new(search_lag_entries.clone()))?;
+        registry.register(Box::new(search_dead_letters_parked.clone()))?;
+        registry.register(Box::new(search_seconds.clone()))?;
         registry.register(Box::new(ws_connections.clone()))?;
         registry.register(Box::new(ws_messages_sent.clone()))?;
         registry.register(Box::new(ws_lagging.clone()))?;
@@ -102,6 +122,10 @@ impl Metrics {
             catalog_lag_seconds,
             catalog_dead_letters_parked,
             catalog_retries,
+            search_index,
+            search_lag_entries,
+            search_dead_letters_parked,
+            search_seconds,
         })
     }
 

@@ -11,6 +11,7 @@ use ledger::pb::command::Body;
 use ledger::pb::outcome::Result as Res;
 use ledger::pb::{self, Command, Role};
 use node::Client;
+use search::{Encoder, Index};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -18,15 +19,15 @@ use tracing::{info, warn};
 use crate::app::app;
 use crate::auth::{Jwt, Passwords, check_password};
 use crate::batcher::Batcher;
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, SearchConfig};
 use crate::feed::{self, Live};
 use crate::metrics::Metrics;
 use crate::routes::ws::Sockets;
-use crate::state::AppState;
+use crate::state::{AppState, Search};
 
 /// The first admin's user id and username.
 pub const ADMIN: &str = "admin";
-/// How long shutdown waits for socket tasks to let go of the catalog store.
+/// How long shutdown waits for socket tasks to let go of the catalog and search stores.
 const CATALOG_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long start-up waits for the cluster to accept the first admin.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,10 +49,11 @@ pub struct Gateway {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
-    /// The catalog's subscriber; joined on shutdown so the store is closed when it returns.
-    projector: tokio::task::JoinHandle<()>,
-    /// Gone once every handler and socket task has let go of the catalog: its store is closed.
-    catalog: std::sync::Weak<Catalog<Embedded>>,
+    /// The catalog's and search's subscribers; joined on shutdown so that their stores are
+    /// no longer written.
+    subscribers: Vec<tokio::task::JoinHandle<()>>,
+    /// Zero once every handler and socket task has let go of the stores: they are closed.
+    holders: Vec<Box<dyn Fn() -> usize + Send + Sync>>,
 }
 
 impl Gateway {
@@ -71,13 +73,33 @@ impl Gateway {
         let (stop, stopped) = watch::channel(false);
         let live = Arc::new(Live::new(config.hub));
         let cluster = feed::start(config.nodes.clone(), live.clone(), metrics.clone(), stopped.clone());
-        let projector = feed::start_catalog(config.nodes.clone(), catalog.clone(), &cluster, stopped.clone());
+        let mut subscribers =
+            vec![feed::start_catalog(config.nodes.clone(), catalog.clone(), &cluster, stopped.clone())];
+        let search = open_search(config.search.as_ref()).await?;
+        let mut holders: Vec<Box<dyn Fn() -> usize + Send + Sync>> = Vec::new();
+        if let Search::Ready(index) = &search {
+            subscribers.push(feed::start_search(config.nodes.clone(), index.clone(), &cluster, stopped.clone()));
+            let weak = Arc::downgrade(index);
+            holders.push(Box::new(move || weak.strong_count()));
+        }
         let sockets = Arc::new(Sockets::new(config.ws, stopped.clone()));
         let batcher = Batcher::start(client.clone(), config.batch, metrics.clone());
         let catalog_wait = config.catalog_wait;
         let catalog_weak = Arc::downgrade(&catalog);
-        let state =
-            AppState { client, batcher, jwt, passwords, metrics, cluster, live, sockets, catalog, catalog_wait };
+        holders.push(Box::new(move || catalog_weak.strong_count()));
+        let state = AppState {
+            client,
+            batcher,
+            jwt,
+            passwords,
+            metrics,
+            cluster,
+            live,
+            sockets,
+            catalog,
+            catalog_wait,
+            search,
+        };
         let router = app(state, &config).map_err(|e| GatewayError::Config(e.to_string()))?;
         let listener =
             TcpListener::bind(config.http_listen).await.map_err(|e| GatewayError::Listen(config.http_listen, e))?;
@@ -99,7 +121,7 @@ impl Gateway {
                 .await
         });
         info!(%addr, "gateway serving");
-        Ok(Gateway { addr, stop, server, projector, catalog: catalog_weak })
+        Ok(Gateway { addr, stop, server, subscribers, holders })
     }
 
     /// The address the gateway listens on.
@@ -114,20 +136,51 @@ impl Gateway {
             Ok(result) => result.map_err(GatewayError::Serve),
             Err(e) => Err(GatewayError::Serve(std::io::Error::other(e.to_string()))),
         };
-        if let Err(e) = self.projector.await {
-            warn!(error = %e, "catalog subscriber ended abnormally");
+        for subscriber in self.subscribers {
+            if let Err(e) = subscriber.await {
+                warn!(error = %e, "a feed subscriber ended abnormally");
+            }
         }
-        // Sockets were told to close; their tasks let go of the catalog as they end. Wait, so
-        // that a gateway started next on the same directory can open the store.
+        // Sockets were told to close; their tasks let go of the stores as they end. Wait, so
+        // that a gateway started next on the same directories can open them.
+        let held = || self.holders.iter().map(|count| count()).sum::<usize>();
         let until = Instant::now() + CATALOG_CLOSE_TIMEOUT;
-        while self.catalog.strong_count() > 0 && Instant::now() < until {
+        while held() > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if self.catalog.strong_count() > 0 {
-            warn!("the catalog store is still held after shutdown; it closes when the last socket ends");
+        if held() > 0 {
+            warn!("a store is still held after shutdown; it closes when the last socket ends");
         }
         served
     }
+}
+
+/// Loads the model and opens the vector store. A missing model file turns search off (the
+/// gateway is still useful without it); a model or store that cannot be used is an error.
+async fn open_search(config: Option<&SearchConfig>) -> Result<Search, GatewayError> {
+    let Some(config) = config.cloned() else {
+        return Ok(Search::Off("search is not configured on this gateway".into()));
+    };
+    if !config.model.exists() {
+        let why = format!(
+            "the search model {} is missing (scripts/setup installs it; --model sets where)",
+            config.model.display()
+        );
+        warn!("{why}; search is off");
+        return Ok(Search::Off(why.into()));
+    }
+    let opened = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let encoder = Encoder::load(&config.model).map_err(|e| e.to_string())?;
+        let store = search::Embedded::open(&config.dir, encoder.dim())
+            .map_err(|e| format!("search store in {}: {e}", config.dir.display()))?;
+        let index = Index::new(Arc::new(store), Arc::new(encoder)).map_err(|e| e.to_string())?;
+        info!(model = %config.model.display(), ms = started.elapsed().as_millis() as u64, "search model loaded");
+        Ok::<_, String>(index)
+    })
+    .await
+    .map_err(|e| GatewayError::Config(e.to_string()))?;
+    Ok(Search::Ready(Arc::new(opened.map_err(GatewayError::Config)?)))
 }
 
 /// Creates the first admin (`admin`) with `password` unless a user `admin` exists. Safe to

@@ -26,4 +26,13 @@ pub struct AppState {
     pub catalog: Arc<Catalog<Embedded>>,
     /// Longest a catalog read waits for its `min_index`.
     pub catalog_wait: Duration,
+    pub search: Search,
+}
+
+/// Search as this gateway has it.
+#[derive(Clone)]
+pub enum Search {
+    Ready(Arc<search::Index<search::Embedded>>),
+    /// Why not (e.g. the model file is missing): `/v1/search` answers 503 with it.
+    Off(Arc<str>),
 }

@@ -1,11 +1,14 @@
-//! Operator commands: `gavel catalog rebuild` and `gavel dead-letters list|retry`.
+//! Operator commands: `gavel catalog rebuild`, `gavel search reindex` and
+//! `gavel dead-letters list|retry`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use catalog::{Catalog, Embedded, Projector, Store};
 use indicatif::{ProgressBar, ProgressStyle};
+use node::subscribe::Handler;
 use node::{Client, Subscriber};
+use search::VectorStore;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -13,6 +16,8 @@ use tokio::sync::watch;
 pub enum ToolError {
     #[error("{0}")]
     Catalog(String),
+    #[error("search: {0}")]
+    Search(String),
     #[error("no node answered as leader: {0}")]
     Cluster(String),
     #[error("gateway: {0}")]
@@ -34,38 +39,7 @@ pub async fn rebuild(nodes: Vec<String>, dir: &Path, until: Option<u64>) -> Resu
         println!("catalog in {} is already at index {from} (target {target})", dir.display());
     } else {
         println!("rebuilding the catalog in {} from index {from} to {target}", dir.display());
-        let bar = ProgressBar::new(target - from);
-        bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} entries ({per_sec}, eta {eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        let subscriber = Subscriber::new(nodes, Projector(catalog.clone())).until(target);
-        let mut progress = subscriber.progress();
-        let (stop, stopped) = watch::channel(false);
-        let run = tokio::spawn(subscriber.run(stopped));
-        let ticker = {
-            let bar = bar.clone();
-            tokio::spawn(async move {
-                while progress.changed().await.is_ok() {
-                    let index = progress.borrow().index;
-                    bar.set_position(index.saturating_sub(from));
-                }
-            })
-        };
-        let finished = tokio::select! {
-            joined = run => joined,
-            _ = tokio::signal::ctrl_c() => {
-                let _ = stop.send(true);
-                bar.abandon_with_message("stopped");
-                return Err(ToolError::Catalog(format!("stopped at index {}; run again to resume", catalog.applied())));
-            }
-        };
-        ticker.abort();
-        match finished {
-            Ok(Ok(_)) => bar.finish(),
-            Ok(Err(e)) => return Err(ToolError::Catalog(e.to_string())),
-            Err(e) => return Err(ToolError::Catalog(e.to_string())),
-        }
+        follow_to(nodes, Projector(catalog.clone()), from, target, "entries").await.map_err(ToolError::Catalog)?;
     }
     // A bulk load leaves many overlapping files; reads are faster once they are merged.
     catalog.store().compact();
@@ -78,6 +52,89 @@ pub async fn rebuild(nodes: Vec<String>, dir: &Path, until: Option<u64>) -> Resu
         digest.hex()
     );
     Ok(())
+}
+
+/// Builds (or resumes building) search's vector store in `dir` from the feed with the model
+/// at `model`, up to `until` or the leader's applied index; resumable like [`rebuild`]. To
+/// reindex from scratch (a new model), point it at an empty directory.
+pub async fn reindex(nodes: Vec<String>, model: &Path, dir: &Path, until: Option<u64>) -> Result<(), ToolError> {
+    let encoder = search::Encoder::load(model).map_err(|e| ToolError::Search(e.to_string()))?;
+    let store =
+        search::Embedded::open(dir, encoder.dim()).map_err(|e| ToolError::Search(format!("{}: {e}", dir.display())))?;
+    let index = std::sync::Arc::new(
+        search::Index::new(std::sync::Arc::new(store), std::sync::Arc::new(encoder))
+            .map_err(|e| ToolError::Search(e.to_string()))?,
+    );
+    let from = *index.applied().borrow();
+    let target = match until {
+        Some(index) => index,
+        None => leader_applied(&nodes).await?,
+    };
+    if from >= target {
+        println!("search index in {} is already at index {from} (target {target})", dir.display());
+    } else {
+        println!("indexing the feed into {} from index {from} to {target}", dir.display());
+        follow_to(nodes, search::Indexer(index.clone()), from, target, "entries").await.map_err(ToolError::Search)?;
+    }
+    let store = index.store();
+    let lots =
+        store.scroll(search::Kind::Lot, &search::Filter::default()).map_err(|e| ToolError::Search(e.to_string()))?;
+    let artists =
+        store.scroll(search::Kind::Artist, &search::Filter::default()).map_err(|e| ToolError::Search(e.to_string()))?;
+    let parked = store.dead_letters().map_err(|e| ToolError::Search(e.to_string()))?.len();
+    println!(
+        "search at index {}: {} lots, {} artists, {parked} dead letters",
+        *index.applied().borrow(),
+        lots.len(),
+        artists.len()
+    );
+    Ok(())
+}
+
+/// Runs `handler` on the feed from `from` to `target` with a progress bar; Ctrl-C stops it
+/// (a later run resumes from the handler's checkpoint).
+async fn follow_to<H: Handler + 'static>(
+    nodes: Vec<String>,
+    handler: H,
+    from: u64,
+    target: u64,
+    unit: &str,
+) -> Result<(), String> {
+    let bar = ProgressBar::new(target - from);
+    let template = format!("{{elapsed_precise}} [{{wide_bar}}] {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})");
+    bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let subscriber = Subscriber::new(nodes, handler).until(target);
+    let mut progress = subscriber.progress();
+    let (stop, stopped) = watch::channel(false);
+    let run = tokio::spawn(subscriber.run(stopped));
+    let ticker = {
+        let bar = bar.clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut progress = progress;
+            while progress.changed().await.is_ok() {
+                let index = progress.borrow().index;
+                bar.set_position(index.saturating_sub(from));
+            }
+        })
+    };
+    let finished = tokio::select! {
+        joined = run => joined,
+        _ = tokio::signal::ctrl_c() => {
+            let _ = stop.send(true);
+            bar.abandon_with_message("stopped");
+            return Err(format!("stopped at index {}; run again to resume", progress.borrow_and_update().index));
+        }
+    };
+    ticker.abort();
+    match finished {
+        Ok(Ok(_)) => {
+            bar.finish();
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The leader's applied index, asking each node in turn.

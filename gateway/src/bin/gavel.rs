@@ -64,6 +64,9 @@ enum Command {
     /// The catalog read model.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Multilingual search's vector index.
+    #[command(subcommand)]
+    Search(SearchCommand),
     /// Feed items the catalog could not apply (through a gateway's admin API).
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetterCommand),
@@ -79,6 +82,26 @@ enum CatalogCommand {
         #[arg(long, env = "GAVEL_NODES", value_delimiter = ',', required = true)]
         nodes: Vec<String>,
         /// Where to build it (a new directory, or one a stopped rebuild left).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Stop at this index instead of the leader's applied index.
+        #[arg(long)]
+        until: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SearchCommand {
+    /// Embeds every lot and artist from the feed into a vector store, from index 0 (or where
+    /// the store in DIR stopped) up to the leader's applied index, with a progress bar.
+    Reindex {
+        /// Cluster nodes, `host:port` comma-separated.
+        #[arg(long, env = "GAVEL_NODES", value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// The model file (`scripts/setup` installs it).
+        #[arg(long, env = "GAVEL_MODEL", default_value = "models/e5-small-q4.bin")]
+        model: PathBuf,
+        /// Where to build it (a new directory, or one a stopped reindex left).
         #[arg(long)]
         dir: PathBuf,
         /// Stop at this index instead of the leader's applied index.
@@ -162,6 +185,9 @@ fn main() -> ExitCode {
             Command::Token { .. } => Ok(()),
             Command::Catalog(CatalogCommand::Rebuild { nodes, dir, until }) => {
                 tools::rebuild(nodes, &dir, until).await.map_err(|e| e.to_string())
+            }
+            Command::Search(SearchCommand::Reindex { nodes, model, dir, until }) => {
+                tools::reindex(nodes, &model, &dir, until).await.map_err(|e| e.to_string())
             }
             Command::DeadLetters(DeadLetterCommand::List { target }) => {
                 tools::dead_letters_list(&target.url, &target.token).await.map_err(|e| e.to_string())

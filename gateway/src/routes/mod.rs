@@ -5,6 +5,7 @@ pub mod bids;
 pub mod catalog;
 pub mod lots;
 pub mod ops;
+pub mod semantic;
 pub mod users;
 pub mod ws;
 

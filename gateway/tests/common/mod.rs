@@ -60,6 +60,8 @@ pub fn config(addrs: Vec<String>, catalog_dir: std::path::PathBuf) -> GatewayCon
         tcp_send_buffer_bytes: None,
         catalog_dir,
         catalog_wait: Duration::from_secs(5),
+        // Off unless a test turns it on: embedding every test's lots would cost minutes.
+        search: None,
     }
 }
 

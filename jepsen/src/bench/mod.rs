@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod etcd;
 pub mod fanout;
 pub mod plot;
+pub mod search;
 pub mod suite;
 pub mod target;
 

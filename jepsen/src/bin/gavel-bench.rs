@@ -9,6 +9,7 @@
 //! target/release/gavel-bench failover --system gavel --kills 20
 //! target/release/gavel-bench fanout --sockets 10000 --bids 60 --rate 2   # WebSocket fan-out
 //! taskset -c 0 target/release/gavel-bench catalog --lots 100000          # catalog read model
+//! taskset -c 0 target/release/gavel-bench search --lots 100000           # search, real model
 //! ```
 //! Every cluster is started fresh on loopback (3 members, fsync on) and killed at the end.
 
@@ -17,10 +18,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use jepsen::bench::catalog;
 use jepsen::bench::fanout::{self, FanoutSpec};
 use jepsen::bench::suite::{self, Env, System};
 use jepsen::bench::{Failover, Load, RunResult, Spec, Workload, plot};
+use jepsen::bench::{catalog, search};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -143,6 +144,20 @@ enum Cmd {
         #[arg(long, default_value_t = 500)]
         pages: u64,
     },
+    /// Search with the real model, in-process: indexing lots/s through the indexer, and query
+    /// latency (embedding included) over `--lots` points (run under `taskset -c 0`).
+    Search {
+        #[arg(long, default_value_t = 100_000)]
+        lots: usize,
+        /// Lots embedded by the model (the rest are mixtures of their vectors).
+        #[arg(long, default_value_t = 2_000)]
+        embed: usize,
+        #[arg(long, default_value_t = 1_000)]
+        queries: u64,
+        /// The model file (`scripts/setup` installs it).
+        #[arg(long, env = "GAVEL_MODEL", default_value = "models/e5-small-q4.bin")]
+        model: PathBuf,
+    },
     /// Redraw the plots of a results directory from its JSON files.
     Replot,
     /// Everything BENCHMARKS.md reports, with plots and summary.md.
@@ -162,6 +177,8 @@ enum BenchError {
     Suite(#[from] suite::SuiteError),
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogBenchError),
+    #[error(transparent)]
+    Search(#[from] search::SearchBenchError),
     #[error(transparent)]
     Plot(#[from] plot::PlotError),
     #[error("io: {0}")]
@@ -309,6 +326,25 @@ async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchErro
                 r.worst_combo_p99_us
             );
             write_json(&out.join(format!("catalog-{lots}.json")), &json!(r))?;
+        }
+        Cmd::Search { lots, embed, queries, model } => {
+            let r = search::run(&model, lots, embed, queries)?;
+            println!(
+                "search {} lots ({} embedded): indexing {:.1} lots/s; {} queries p50 {} µs p99 {} µs p999 {} µs max {} µs (query embedding p50 {} µs p99 {} µs); best embedded hit on subject {}/{}",
+                r.lots,
+                r.embedded,
+                r.index_lots_per_s,
+                r.queries,
+                r.p50_us,
+                r.p99_us,
+                r.p999_us,
+                r.max_us,
+                r.embed_p50_us,
+                r.embed_p99_us,
+                r.on_subject,
+                r.queries
+            );
+            write_json(&out.join(format!("search-{lots}.json")), &json!(r))?;
         }
         Cmd::All { seconds, clients, kills } => all(env, out, seconds, clients, kills).await?,
         Cmd::Replot => replot(out)?,

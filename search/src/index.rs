@@ -1,0 +1,292 @@
+//! The indexer: a feed [`Handler`] that embeds each lot's title, artist and description when
+//! the lot is created, keeps its payload (status, currency) current, and rebuilds each
+//! touched artist's point: the name's embedding plus the mean of the artist's lot vectors,
+//! normalised. One commit per batch, with the checkpoint: replays change nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use ledger::pb::LotStatus;
+use ledger::pb::event::Kind as Event;
+use node::pb::FeedItem;
+use node::subscribe::{HandleError, Handler};
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::model::{Encoder, ModelError, Role};
+use crate::store::{Changes, DeadLetter, Filter, Kind, Payload, Point, StoreError, VectorStore};
+
+/// Why a batch was not indexed.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The item contradicts what the index holds: retrying cannot help.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The text a lot is found by.
+pub fn lot_text(title: &str, artist: &str, description: &str) -> String {
+    match (artist.is_empty(), description.is_empty()) {
+        (true, true) => title.to_owned(),
+        (false, true) => format!("{title}. {artist}"),
+        (true, false) => format!("{title}. {description}"),
+        (false, false) => format!("{title}. {artist}. {description}"),
+    }
+}
+
+/// A store kept in step with the feed.
+pub struct Index<S> {
+    store: Arc<S>,
+    encoder: Arc<Encoder>,
+    applied: watch::Sender<u64>,
+    /// One writer at a time (the subscriber, or an admin retry).
+    writer: std::sync::Mutex<()>,
+}
+
+impl<S: VectorStore> Index<S> {
+    pub fn new(store: Arc<S>, encoder: Arc<Encoder>) -> Result<Index<S>, StoreError> {
+        let checkpoint = store.checkpoint()?;
+        Ok(Index { store, encoder, applied: watch::Sender::new(checkpoint), writer: std::sync::Mutex::new(()) })
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    pub fn encoder(&self) -> &Arc<Encoder> {
+        &self.encoder
+    }
+
+    /// The last applied index, as it moves.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies consecutive feed items, all or nothing; items at or below the checkpoint are
+    /// ignored.
+    pub fn apply(&self, items: &[FeedItem]) -> Result<(), IndexError> {
+        let _writer = self.lock();
+        let checkpoint = self.store.checkpoint()?;
+        let fresh: Vec<&FeedItem> = items.iter().filter(|i| i.index > checkpoint).collect();
+        let Some(last) = fresh.last().map(|i| i.index) else { return Ok(()) };
+        let mut batch = Batch { store: &*self.store, lots: BTreeMap::new(), auctions: HashMap::new() };
+        for item in fresh {
+            for event in item.events.iter().filter_map(|e| e.kind.as_ref()) {
+                batch.event(event, item.index)?;
+            }
+        }
+        let mut changes = self.embed(batch)?;
+        changes.checkpoint = Some(last);
+        self.store.commit(changes)?;
+        self.applied.send_replace(last);
+        Ok(())
+    }
+
+    /// Parks `item` with `error` and moves past it.
+    pub fn park(&self, item: &FeedItem, error: &str) -> Result<(), StoreError> {
+        let _writer = self.lock();
+        if item.index <= self.store.checkpoint()? {
+            return Ok(());
+        }
+        let letter =
+            DeadLetter { index: item.index, at_ms: item.at_ms, error: error.to_owned(), item: item.encode_to_vec() };
+        self.store.commit(Changes { checkpoint: Some(item.index), park: Some(letter), ..Changes::default() })?;
+        self.applied.send_replace(item.index);
+        Ok(())
+    }
+
+    /// Embeds the batch's new lots and its touched artists.
+    fn embed(&self, batch: Batch<'_, S>) -> Result<Changes, IndexError> {
+        let Batch { store, mut lots, auctions } = batch;
+        let new: Vec<(&String, &str)> =
+            lots.iter().filter_map(|(id, lot)| lot.text.as_deref().map(|text| (id, text))).collect();
+        let texts: Vec<&str> = new.iter().map(|(_, text)| *text).collect();
+        let vectors = self.encoder.embed(Role::Passage, &texts)?;
+        let ids: Vec<String> = new.iter().map(|(id, _)| (*id).clone()).collect();
+        for (id, vector) in ids.iter().zip(vectors) {
+            if let Some(lot) = lots.get_mut(id) {
+                lot.point.vector = vector;
+            }
+        }
+
+        // Artists whose set of lots changed: new lots only (a status change moves no vector).
+        let artists: BTreeSet<String> = lots
+            .values()
+            .filter(|lot| lot.text.is_some() && !lot.point.payload.artist.is_empty())
+            .map(|lot| lot.point.payload.artist.clone())
+            .collect();
+        let mut upserts: Vec<(Kind, Point)> = Vec::with_capacity(lots.len() + artists.len());
+        if !artists.is_empty() {
+            let names: Vec<&str> = artists.iter().map(String::as_str).collect();
+            let name_vectors = self.encoder.embed(Role::Passage, &names)?;
+            for (artist, name_vector) in artists.iter().zip(name_vectors) {
+                let filter = Filter { artist: Some(artist.clone()), ..Filter::default() };
+                let mut theirs: BTreeMap<String, Vec<f32>> =
+                    store.scroll(Kind::Lot, &filter)?.into_iter().map(|p| (p.id, p.vector)).collect();
+                for (id, lot) in lots.iter().filter(|(_, lot)| lot.point.payload.artist == *artist) {
+                    theirs.insert(id.clone(), lot.point.vector.clone());
+                }
+                let index =
+                    lots.values().filter(|l| l.point.payload.artist == *artist).map(|l| l.point.payload.index).max();
+                let vector = artist_vector(&name_vector, theirs.values());
+                let payload = Payload {
+                    artist: artist.clone(),
+                    lot_count: theirs.len() as u64,
+                    index: index.unwrap_or_default(),
+                    ..Payload::default()
+                };
+                upserts.push((Kind::Artist, Point { id: artist.clone(), vector, payload }));
+            }
+        }
+        upserts.extend(lots.into_values().map(|lot| (Kind::Lot, lot.point)));
+        Ok(Changes { upserts, auctions: auctions.into_iter().collect(), ..Changes::default() })
+    }
+}
+
+/// The artist's point: the name's vector plus the mean of their lots' vectors, unit length.
+fn artist_vector<'a>(name: &[f32], lots: impl ExactSizeIterator<Item = &'a Vec<f32>>) -> Vec<f32> {
+    let count = lots.len().max(1) as f32;
+    let mut sum = name.to_vec();
+    let mut mean = vec![0.0f32; name.len()];
+    for lot in lots {
+        mean.iter_mut().zip(lot).for_each(|(m, v)| *m += v / count);
+    }
+    sum.iter_mut().zip(&mean).for_each(|(s, m)| *s += m);
+    let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    sum.iter_mut().for_each(|v| *v /= norm);
+    sum
+}
+
+/// A lot as the batch leaves it.
+struct Pending {
+    point: Point,
+    /// Set when the lot is new in this batch: the text to embed.
+    text: Option<String>,
+}
+
+/// The points one batch changes, read through to the store.
+struct Batch<'a, S> {
+    store: &'a S,
+    lots: BTreeMap<String, Pending>,
+    /// Sales created in this batch: id -> currency.
+    auctions: HashMap<String, String>,
+}
+
+impl<S: VectorStore> Batch<'_, S> {
+    fn event(&mut self, event: &Event, index: u64) -> Result<(), IndexError> {
+        match event {
+            Event::LotCreated(v) => {
+                if self.lot(&v.lot_id)?.is_some() {
+                    // Created again above the checkpoint cannot happen in a consistent feed.
+                    return Err(IndexError::Refused(format!("lot {} created again at index {index}", v.lot_id)));
+                }
+                let payload = Payload {
+                    title: v.title.clone(),
+                    artist: v.artist.clone(),
+                    status: v.status,
+                    category: v.category.clone(),
+                    currency: v.currency.clone(),
+                    lot_count: 0,
+                    index,
+                };
+                let point = Point { id: v.lot_id.clone(), vector: Vec::new(), payload };
+                let text = Some(lot_text(&v.title, &v.artist, &v.description));
+                self.lots.insert(v.lot_id.clone(), Pending { point, text });
+                Ok(())
+            }
+            Event::LotStatusChanged(c) => self.status(&c.lot_id, c.to, index),
+            Event::LotClosed(c) => self.status(&c.lot_id, c.status, index),
+            Event::AuctionCreated(a) => {
+                self.auctions.insert(a.auction_id.clone(), a.currency.clone());
+                Ok(())
+            }
+            Event::LotAddedToAuction(a) => {
+                let currency = match self.auctions.get(&a.auction_id) {
+                    Some(currency) => currency.clone(),
+                    None => self.store.auction_currency(&a.auction_id)?.ok_or_else(|| {
+                        IndexError::Refused(format!("lot {} added to unknown auction {}", a.lot_id, a.auction_id))
+                    })?,
+                };
+                let lot = self.existing(&a.lot_id, index)?;
+                lot.point.payload.currency = currency;
+                lot.point.payload.index = index;
+                Ok(())
+            }
+            // Bids, users and sales' own status moves change nothing searchable.
+            Event::BidRecorded(_)
+            | Event::Outbid(_)
+            | Event::LotExtended(_)
+            | Event::AuctionStatusChanged(_)
+            | Event::UserCreated(_)
+            | Event::UserRoleChanged(_) => Ok(()),
+        }
+    }
+
+    fn status(&mut self, lot_id: &str, status: i32, index: u64) -> Result<(), IndexError> {
+        if LotStatus::try_from(status).is_err() {
+            return Err(IndexError::Refused(format!("lot {lot_id} moved to an unknown status {status}")));
+        }
+        let lot = self.existing(lot_id, index)?;
+        lot.point.payload.status = status;
+        lot.point.payload.index = index;
+        Ok(())
+    }
+
+    fn existing(&mut self, lot_id: &str, index: u64) -> Result<&mut Pending, IndexError> {
+        self.lot(lot_id)?.ok_or_else(|| {
+            IndexError::Refused(format!("event at index {index} for lot {lot_id}, which the index has no point for"))
+        })
+    }
+
+    /// The lot as this batch sees it, loaded from the store on first touch.
+    fn lot(&mut self, lot_id: &str) -> Result<Option<&mut Pending>, IndexError> {
+        if !self.lots.contains_key(lot_id) {
+            let Some(point) = self.store.get(Kind::Lot, lot_id)? else { return Ok(None) };
+            self.lots.insert(lot_id.to_owned(), Pending { point, text: None });
+        }
+        Ok(self.lots.get_mut(lot_id))
+    }
+}
+
+/// The indexer as the feed subscriber drives it.
+pub struct Indexer<S>(pub Arc<Index<S>>);
+
+fn transient(e: impl std::fmt::Display) -> HandleError {
+    HandleError::Transient(e.to_string())
+}
+
+impl<S: VectorStore> Handler for Indexer<S> {
+    async fn checkpoint(&mut self) -> Result<u64, HandleError> {
+        let index = self.0.clone();
+        let joined = tokio::task::spawn_blocking(move || index.store.checkpoint()).await;
+        joined.map_err(transient)?.map_err(transient)
+    }
+
+    async fn apply(&mut self, items: &[FeedItem]) -> Result<(), HandleError> {
+        let index = self.0.clone();
+        let items = items.to_vec();
+        match tokio::task::spawn_blocking(move || index.apply(&items)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(IndexError::Store(e))) => Err(transient(e)),
+            Ok(Err(IndexError::Model(e))) => Err(HandleError::Permanent(e.to_string())),
+            Ok(Err(IndexError::Refused(reason))) => Err(HandleError::Permanent(reason)),
+            // A panic while indexing is a bug these items trigger: park them, don't loop.
+            Err(e) => Err(HandleError::Permanent(format!("indexer panicked: {e}"))),
+        }
+    }
+
+    async fn park(&mut self, item: &FeedItem, error: &str) -> Result<(), HandleError> {
+        let index = self.0.clone();
+        let (item, error) = (item.clone(), error.to_owned());
+        let joined = tokio::task::spawn_blocking(move || index.park(&item, &error)).await;
+        joined.map_err(transient)?.map_err(transient)
+    }
+}

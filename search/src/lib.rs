@@ -1,0 +1,23 @@
+//! Gavel's multilingual semantic search (`GET /v1/search` in `shared/API.md`): lots and
+//! artists embedded by multilingual-e5-small, found by meaning in any language.
+//!
+//! - [`format`]: the packed e5 model file, parsed and checked.
+//! - [`tokenize`]: XLM-R SentencePiece tokenization on a `tokenizers` Unigram model.
+//! - [`model`]: the e5 encoder on candle: texts to unit vectors.
+//! - [`store`]: what a vector store must do, and the points it keeps.
+//! - [`embedded`]: the default store, exact cosine search over contiguous vectors.
+//! - [`index`]: the feed handler that embeds lots and artists as they are created.
+//! - [`query`]: the query path, vector search re-ranked for exact names.
+
+pub mod embedded;
+pub mod format;
+pub mod index;
+pub mod model;
+pub mod query;
+pub mod store;
+pub mod tokenize;
+
+pub use embedded::Embedded;
+pub use index::{Index, Indexer};
+pub use model::{Encoder, ModelError, Role};
+pub use store::{Filter, Hit, Kind, VectorStore};

@@ -1,0 +1,212 @@
+//! multilingual-e5-small on candle: a 12-layer BERT encoder over XLM-R's vocabulary, its
+//! weights dequantized from the packed Q4_0 file at load (about 90 MB of f32) except the
+//! word embeddings, which stay 4-bit (250k rows) and are dequantized per token looked up.
+//! e5 conventions: `passage: ` before documents, `query: ` before queries, mean pooling over
+//! the tokens, L2 normalisation.
+
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{LayerNorm, Linear, Module};
+
+use crate::format::{self, BLOCK, BLOCK_BYTES, Dims, FormatError, ModelFile};
+use crate::tokenize::{TokenizeError, Tokenizer};
+
+/// Why the model cannot load or embed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Tokenize(#[from] TokenizeError),
+    #[error("tensor computation failed: {0}")]
+    Compute(#[from] candle_core::Error),
+}
+
+/// Whether a text is a document to find or a query to find it with (e5's prefixes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Passage,
+    Query,
+}
+
+impl Role {
+    fn prefix(self) -> &'static str {
+        match self {
+            Role::Passage => "passage: ",
+            Role::Query => "query: ",
+        }
+    }
+}
+
+/// Texts embedded in one forward pass at most; longer lists are split (bounded memory).
+const BATCH: usize = 32;
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+/// The sentence encoder. Immutable after load: share it behind an `Arc`.
+pub struct Encoder {
+    dims: Dims,
+    tokenizer: Tokenizer,
+    /// The word embeddings, still Q4_0: `vocab_rows` rows of `hidden / 32` blocks.
+    words: Vec<u8>,
+    positions: Tensor,
+    token_type: Tensor,
+    embedding_norm: LayerNorm,
+    layers: Vec<Layer>,
+    device: Device,
+}
+
+impl Encoder {
+    /// Loads the packed model file (`e5-small-q4.bin`).
+    pub fn load(path: &Path) -> Result<Encoder, ModelError> {
+        let bytes =
+            std::fs::read(path).map_err(|source| ModelError::Read { path: path.display().to_string(), source })?;
+        Encoder::from_bytes(&bytes)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Encoder, ModelError> {
+        let file = ModelFile::parse(bytes)?;
+        let d = file.dims;
+        let device = Device::Cpu;
+        let vector = |name: &str, len: usize| -> Result<Tensor, ModelError> {
+            Ok(Tensor::from_vec(file.f32s(name, len)?, len, &device)?)
+        };
+        let norm = |prefix: &str| -> Result<LayerNorm, ModelError> {
+            Ok(LayerNorm::new(
+                vector(&format!("{prefix}.w"), d.hidden)?,
+                vector(&format!("{prefix}.b"), d.hidden)?,
+                d.eps,
+            ))
+        };
+        let linear = |prefix: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
+            let mut weights = vec![0.0; rows * cols];
+            format::dequantize(file.q4(&format!("{prefix}.w"), rows, cols)?, &mut weights);
+            let weight = Tensor::from_vec(weights, (rows, cols), &device)?;
+            Ok(Linear::new(weight, Some(vector(&format!("{prefix}.b"), rows)?)))
+        };
+        let mut layers = Vec::with_capacity(d.layers);
+        for l in 0..d.layers {
+            let p = |s: &str| format!("l{l}.{s}");
+            layers.push(Layer {
+                query: linear(&p("q"), d.hidden, d.hidden)?,
+                key: linear(&p("k"), d.hidden, d.hidden)?,
+                value: linear(&p("v"), d.hidden, d.hidden)?,
+                attention_out: linear(&p("ao"), d.hidden, d.hidden)?,
+                attention_norm: norm(&p("aln"))?,
+                intermediate: linear(&p("fi"), d.feed_forward, d.hidden)?,
+                output: linear(&p("fo"), d.hidden, d.feed_forward)?,
+                output_norm: norm(&p("oln"))?,
+            });
+        }
+        let positions =
+            Tensor::from_vec(file.f32s("emb.pos", d.max_positions * d.hidden)?, (d.max_positions, d.hidden), &device)?;
+        // Every text is one segment: token type 0.
+        let token_type =
+            Tensor::from_vec(file.f32s("emb.type", d.token_types * d.hidden)?, (d.token_types, d.hidden), &device)?
+                .get(0)?;
+        let words = file.q4("emb.word", d.vocab_rows, d.hidden)?.to_vec();
+        let embedding_norm = norm("emb.ln")?;
+        let tokenizer = Tokenizer::new(file.vocab)?;
+        Ok(Encoder { dims: d, tokenizer, words, positions, token_type, embedding_norm, layers, device })
+    }
+
+    /// The embedding size (384).
+    pub fn dim(&self) -> usize {
+        self.dims.hidden
+    }
+
+    /// One unit vector per text. Texts longer than the model's 512 positions are cut to their
+    /// head (lot texts are far shorter; the title and artist come first).
+    pub fn embed(&self, role: Role, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let max = self.dims.max_positions - 2;
+        let mut tokenized = Vec::with_capacity(texts.len());
+        for text in texts {
+            let mut ids = Vec::with_capacity(max);
+            ids.push(self.tokenizer.bos);
+            ids.extend(self.tokenizer.ids(&format!("{}{text}", role.prefix()), max)?);
+            ids.push(self.tokenizer.eos);
+            tokenized.push(ids);
+        }
+        // Similar lengths together: less padding computed and thrown away.
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| tokenized[i].len());
+        let mut out = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(BATCH) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| tokenized[i].as_slice()).collect();
+            for (&i, vector) in chunk.iter().zip(self.forward(&batch)?) {
+                out[i] = vector;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One query vector.
+    pub fn embed_query(&self, text: &str) -> Result<Vec<f32>, ModelError> {
+        Ok(self.embed(Role::Query, &[text])?.pop().unwrap_or_default())
+    }
+
+    fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let h = self.dims.hidden;
+        let (n, len) = (batch.len(), batch.iter().map(|ids| ids.len()).max().unwrap_or(0));
+        // Padded positions embed the pad row; the mask keeps them out of attention and pooling.
+        let mut words = vec![0.0f32; n * len * h];
+        let mut mask = vec![0.0f32; n * len];
+        let row_bytes = h / BLOCK * BLOCK_BYTES;
+        for (b, ids) in batch.iter().enumerate() {
+            for (t, &id) in ids.iter().enumerate() {
+                let from = id as usize * row_bytes;
+                let row = self.words.get(from..from + row_bytes).ok_or_else(|| {
+                    ModelError::Format(FormatError::Invalid(format!("token id {id} has no embedding row")))
+                })?;
+                format::dequantize(row, &mut words[(b * len + t) * h..(b * len + t + 1) * h]);
+                mask[b * len + t] = 1.0;
+            }
+        }
+        let words = Tensor::from_vec(words, (n, len, h), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+        let positions = self.positions.narrow(0, 0, len)?;
+        let x = words.broadcast_add(&positions)?.broadcast_add(&self.token_type)?;
+        let mut x = self.embedding_norm.forward(&x)?;
+
+        // Additive attention bias: 0 for real tokens, a large negative for padding.
+        let bias = ((mask.clone() - 1.0)? * 1e9)?.reshape((n, 1, 1, len))?;
+        let (heads, head_dim) = (self.dims.heads, h / self.dims.heads);
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let split = |t: Tensor| t.reshape((n, len, heads, head_dim))?.transpose(1, 2)?.contiguous();
+        for layer in &self.layers {
+            let q = split(layer.query.forward(&x)?)?;
+            let k = split(layer.key.forward(&x)?)?;
+            let v = split(layer.value.forward(&x)?)?;
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, len, h))?;
+            x = layer.attention_norm.forward(&(x + layer.attention_out.forward(&context)?)?)?;
+            let mid = layer.intermediate.forward(&x)?.gelu_erf()?;
+            x = layer.output_norm.forward(&(x + layer.output.forward(&mid)?)?)?;
+        }
+
+        // Mean over the real tokens, then unit length.
+        let mask = mask.unsqueeze(2)?;
+        let summed = x.broadcast_mul(&mask)?.sum(1)?;
+        let pooled = summed.broadcast_div(&mask.sum(1)?)?;
+        let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        Ok(pooled.broadcast_div(&norm)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    }
+}
+
+/// Cosine similarity of two unit vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

@@ -1,0 +1,92 @@
+//! The e5 encoder on the real model file: cross-lingual retrieval, e5's conventions, and a
+//! model file that is damaged or not one at all.
+
+mod common;
+
+use search::format::{FormatError, ModelFile};
+use search::model::cosine;
+use search::{Encoder, ModelError, Role};
+
+const SENTENCES: [&str; 5] = [
+    "Italian Renaissance art",
+    "arte renacentista italiano",
+    "pintura al óleo de un paisaje holandés",
+    "Dutch landscape oil painting",
+    "modern abstract sculpture in bronze",
+];
+
+/// Each cross-lingual pair ranks its partner first among the other sentences.
+#[test]
+fn cross_lingual_pairs_rank_their_partner_first() {
+    let encoder = common::encoder();
+    let vectors = encoder.embed(Role::Passage, &SENTENCES).unwrap();
+    for (i, partner) in [(0, 1), (1, 0), (2, 3), (3, 2)] {
+        let mut others: Vec<(usize, f32)> =
+            (0..SENTENCES.len()).filter(|&j| j != i).map(|j| (j, cosine(&vectors[i], &vectors[j]))).collect();
+        others.sort_by(|a, b| b.1.total_cmp(&a.1));
+        assert_eq!(
+            others[0].0, partner,
+            "{:?} ranks {:?} first, not {:?}: {others:?}",
+            SENTENCES[i], SENTENCES[others[0].0], SENTENCES[partner]
+        );
+    }
+    // And the same across roles: a Spanish query finds the English passage first.
+    let passages = encoder.embed(Role::Passage, &SENTENCES).unwrap();
+    let query = encoder.embed_query("arte renacentista italiano").unwrap();
+    let best = (0..SENTENCES.len())
+        .filter(|&j| j != 1)
+        .max_by(|&a, &b| cosine(&query, &passages[a]).total_cmp(&cosine(&query, &passages[b])))
+        .unwrap();
+    assert_eq!(best, 0);
+}
+
+/// Unit vectors of the model's size; a batch embeds each text as it would alone; the query and
+/// passage prefixes make different vectors.
+#[test]
+fn vectors_are_unit_length_and_independent_of_the_batch() {
+    let encoder = common::encoder();
+    assert_eq!(encoder.dim(), 384);
+    let batch = encoder.embed(Role::Passage, &SENTENCES).unwrap();
+    for (text, vector) in SENTENCES.iter().zip(&batch) {
+        assert_eq!(vector.len(), 384);
+        let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+        let alone = encoder.embed(Role::Passage, &[text]).unwrap().remove(0);
+        assert!(cosine(vector, &alone) > 0.9999, "{text:?} differs when padded in a batch");
+    }
+    let query = encoder.embed_query(SENTENCES[0]).unwrap();
+    let similarity = cosine(&query, &batch[0]);
+    assert!(similarity < 0.999 && similarity > 0.8, "query vs passage of the same text: {similarity}");
+}
+
+/// Empty, very long and odd text still embeds (a long text is cut to the model's 512 tokens).
+#[test]
+fn any_text_embeds() {
+    let encoder = common::encoder();
+    let long = "Öl auf Leinwand, ".repeat(400);
+    let texts = ["", "   ", "🎨 \u{0} \t\n", long.as_str(), "日本の木版画、葛飾北斎"];
+    for (text, vector) in texts.iter().zip(encoder.embed(Role::Passage, &texts).unwrap()) {
+        assert!(vector.iter().all(|v| v.is_finite()), "{text:?}");
+        assert_eq!(vector.len(), 384);
+    }
+}
+
+/// A file that is not a model, or is cut short anywhere, is refused with a reason, never a
+/// panic.
+#[test]
+fn damaged_model_files_are_refused() {
+    let bytes = std::fs::read(common::model_path()).unwrap();
+    assert!(matches!(ModelFile::parse(b"PK\x03\x04 not a model at all......"), Err(FormatError::Magic(_))));
+    for cut in [0, 3, 20, 44, 100, 1_000_000, 4_638_000, bytes.len() / 2, bytes.len() - 1] {
+        match Encoder::from_bytes(&bytes[..cut]) {
+            Err(ModelError::Format(_)) => {}
+            Err(other) => panic!("cut at {cut}: unexpected {other}"),
+            Ok(_) => panic!("cut at {cut}: a truncated model loaded"),
+        }
+    }
+    let mut wrong_version = bytes[..64].to_vec();
+    wrong_version[4] = 9;
+    assert!(matches!(ModelFile::parse(&wrong_version), Err(FormatError::Version(9))));
+    let missing = Encoder::load(std::path::Path::new("/nonexistent/e5.bin"));
+    assert!(matches!(missing, Err(ModelError::Read { .. })));
+}
