@@ -161,10 +161,11 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     }
     let admin_password = args.http.admin_password.clone().unwrap_or_else(|| credentials.admin_password.clone());
     config.admin_password = Some(admin_password.clone());
+    let search_model = config.search.as_ref().map(|s| s.model.clone());
     let gateway = Gateway::start(config).await?;
     let client = Client::new(addrs);
     seed(&client, &credentials.users, args.sale_minutes).await?;
-    print_banner(&gateway, &args.data_dir, &admin_password, &credentials.users);
+    print_banner(&gateway, &args.data_dir, &admin_password, &credentials.users, search_model.as_deref());
 
     Node::until_signal().await;
     info!("shutting down");
@@ -183,7 +184,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     Ok(())
 }
 
-fn print_banner(gateway: &Gateway, dir: &Path, admin_password: &str, users: &[DemoUser]) {
+fn print_banner(gateway: &Gateway, dir: &Path, admin_password: &str, users: &[DemoUser], model: Option<&Path>) {
     let url = format!("http://{}", gateway.addr());
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "Gavel dev: 3 nodes and the gateway, data in {}", dir.display());
@@ -193,6 +194,15 @@ fn print_banner(gateway: &Gateway, dir: &Path, admin_password: &str, users: &[De
         let _ = writeln!(out, "  {} / {} / {}", u.username, u.password, u.role);
     }
     let _ = writeln!(out, "Demo sale: GET {url}/v1/auctions/{SALE_ID}");
+    match model {
+        Some(model) if model.exists() => {
+            let _ = writeln!(out, "Search, any language: GET {url}/v1/search?q=puerto%20al%20atardecer");
+        }
+        Some(model) => {
+            let _ = writeln!(out, "Search is off: no model at {} (scripts/setup installs it)", model.display());
+        }
+        None => {}
+    }
     let _ = writeln!(out, "Gavel is running at {url}  (Ctrl-C to stop)");
     let _ = out.flush();
 }

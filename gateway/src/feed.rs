@@ -137,7 +137,7 @@ pub fn start_search(
     view: &ClusterView,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let subscriber = Subscriber::new(addrs, search::Indexer(index));
+    let subscriber = Subscriber::new(addrs, search::Indexer(index)).batch_max(search::index::BATCH_ITEMS);
     *view.search.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(subscriber.progress());
     tokio::spawn(async move {
         if let Err(e) = subscriber.run(stop).await {

@@ -70,14 +70,15 @@ impl Gateway {
         let store = Embedded::open(&config.catalog_dir)
             .map_err(|e| GatewayError::Config(format!("catalog store in {}: {e}", config.catalog_dir.display())))?;
         let catalog = Catalog::new(store).map_err(|e| GatewayError::Config(e.to_string()))?;
+        // Before any task starts: a failure here leaves nothing running.
+        let search = open_search(config.search.as_ref()).await?;
         let (stop, stopped) = watch::channel(false);
         let live = Arc::new(Live::new(config.hub));
         let cluster = feed::start(config.nodes.clone(), live.clone(), metrics.clone(), stopped.clone());
         let mut subscribers =
             vec![feed::start_catalog(config.nodes.clone(), catalog.clone(), &cluster, stopped.clone())];
-        let search = open_search(config.search.as_ref()).await?;
         let mut holders: Vec<Box<dyn Fn() -> usize + Send + Sync>> = Vec::new();
-        if let Search::Ready(index) = &search {
+        if let Search::Ready(index, _) = &search {
             subscribers.push(feed::start_search(config.nodes.clone(), index.clone(), &cluster, stopped.clone()));
             let weak = Arc::downgrade(index);
             holders.push(Box::new(move || weak.strong_count()));
@@ -174,13 +175,19 @@ async fn open_search(config: Option<&SearchConfig>) -> Result<Search, GatewayErr
         let encoder = Encoder::load(&config.model).map_err(|e| e.to_string())?;
         let store = search::Embedded::open(&config.dir, encoder.dim())
             .map_err(|e| format!("search store in {}: {e}", config.dir.display()))?;
+        store
+            .bind_model(encoder.fingerprint())
+            .map_err(|e| format!("search store in {}: {e}", config.dir.display()))?;
         let index = Index::new(Arc::new(store), Arc::new(encoder)).map_err(|e| e.to_string())?;
         info!(model = %config.model.display(), ms = started.elapsed().as_millis() as u64, "search model loaded");
         Ok::<_, String>(index)
     })
     .await
     .map_err(|e| GatewayError::Config(e.to_string()))?;
-    Ok(Search::Ready(Arc::new(opened.map_err(GatewayError::Config)?)))
+    // Queries embed on blocking threads: at most one per core at once, the rest are told to
+    // come back rather than queued behind each other.
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    Ok(Search::Ready(Arc::new(opened.map_err(GatewayError::Config)?), Arc::new(tokio::sync::Semaphore::new(cores))))
 }
 
 /// Creates the first admin (`admin`) with `password` unless a user `admin` exists. Safe to

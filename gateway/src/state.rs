@@ -32,7 +32,8 @@ pub struct AppState {
 /// Search as this gateway has it.
 #[derive(Clone)]
 pub enum Search {
-    Ready(Arc<search::Index<search::Embedded>>),
+    /// The index, and permits for queries running at once.
+    Ready(Arc<search::Index<search::Embedded>>, Arc<tokio::sync::Semaphore>),
     /// Why not (e.g. the model file is missing): `/v1/search` answers 503 with it.
     Off(Arc<str>),
 }

@@ -39,7 +39,8 @@ pub async fn rebuild(nodes: Vec<String>, dir: &Path, until: Option<u64>) -> Resu
         println!("catalog in {} is already at index {from} (target {target})", dir.display());
     } else {
         println!("rebuilding the catalog in {} from index {from} to {target}", dir.display());
-        follow_to(nodes, Projector(catalog.clone()), from, target, "entries").await.map_err(ToolError::Catalog)?;
+        let projector = Projector(catalog.clone());
+        follow_to(nodes, projector, node::subscribe::BATCH_MAX, from, target).await.map_err(ToolError::Catalog)?;
     }
     // A bulk load leaves many overlapping files; reads are faster once they are merged.
     catalog.store().compact();
@@ -74,7 +75,8 @@ pub async fn reindex(nodes: Vec<String>, model: &Path, dir: &Path, until: Option
         println!("search index in {} is already at index {from} (target {target})", dir.display());
     } else {
         println!("indexing the feed into {} from index {from} to {target}", dir.display());
-        follow_to(nodes, search::Indexer(index.clone()), from, target, "entries").await.map_err(ToolError::Search)?;
+        let indexer = search::Indexer(index.clone());
+        follow_to(nodes, indexer, search::index::BATCH_ITEMS, from, target).await.map_err(ToolError::Search)?;
     }
     let store = index.store();
     let lots =
@@ -91,19 +93,21 @@ pub async fn reindex(nodes: Vec<String>, model: &Path, dir: &Path, until: Option
     Ok(())
 }
 
-/// Runs `handler` on the feed from `from` to `target` with a progress bar; Ctrl-C stops it
-/// (a later run resumes from the handler's checkpoint).
+/// Runs `handler` on the feed from `from` to `target`, `batch_max` items at a time, with a
+/// progress bar; Ctrl-C stops it (a later run resumes from the handler's checkpoint).
 async fn follow_to<H: Handler + 'static>(
     nodes: Vec<String>,
     handler: H,
+    batch_max: usize,
     from: u64,
     target: u64,
-    unit: &str,
 ) -> Result<(), String> {
     let bar = ProgressBar::new(target - from);
-    let template = format!("{{elapsed_precise}} [{{wide_bar}}] {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})");
-    bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
-    let subscriber = Subscriber::new(nodes, handler).until(target);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} entries ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let subscriber = Subscriber::new(nodes, handler).until(target).batch_max(batch_max);
     let mut progress = subscriber.progress();
     let (stop, stopped) = watch::channel(false);
     let run = tokio::spawn(subscriber.run(stopped));

@@ -71,11 +71,26 @@ pub struct Subscriber<H> {
     progress: watch::Sender<Progress>,
     /// Stop after this index (a rebuild up to a known point); `None` follows forever.
     until: Option<u64>,
+    /// Items handed to the handler at most at once.
+    batch_max: usize,
 }
 
 impl<H: Handler> Subscriber<H> {
     pub fn new(addrs: Vec<String>, handler: H) -> Subscriber<H> {
-        Subscriber { addrs, handler, progress: watch::Sender::new(Progress::default()), until: None }
+        Subscriber {
+            addrs,
+            handler,
+            progress: watch::Sender::new(Progress::default()),
+            until: None,
+            batch_max: BATCH_MAX,
+        }
+    }
+
+    /// Hands the handler at most `items` at once (default [`BATCH_MAX`]): a handler whose
+    /// items are expensive (search embeds each lot) commits, and shows progress, more often.
+    pub fn batch_max(mut self, items: usize) -> Subscriber<H> {
+        self.batch_max = items.max(1);
+        self
     }
 
     /// Stops once the item at `index` is applied.
@@ -109,7 +124,8 @@ impl<H: Handler> Subscriber<H> {
             if self.until.is_some_and(|u| follower.index() >= u) {
                 return Ok(self.handler);
             }
-            let room = self.until.map_or(BATCH_MAX, |u| (u - follower.index()).min(BATCH_MAX as u64) as usize);
+            let max = self.batch_max;
+            let room = self.until.map_or(max, |u| (u - follower.index()).min(max as u64) as usize);
             let batch = tokio::select! {
                 batch = follower.next_batch(room) => batch,
                 _ = stop.wait_for(|&s| s) => return Ok(self.handler),

@@ -1,11 +1,13 @@
 //! The default vector store: points, checkpoint and dead letters in RocksDB (one `WriteBatch`
 //! per commit), and for searching, every kind's vectors in one contiguous `f32` array in
 //! memory, scanned exactly. 100,000 lots are 147 MB of vectors and a scan reads them once.
+//! Memory and its checkpoint change under one write lock, after the disk write: a reader
+//! sees a commit whole or not at all, and never a checkpoint ahead of the points.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::Path;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use prost::Message;
 use rocksdb::{DB, Options, WriteBatch, WriteOptions};
@@ -15,6 +17,7 @@ use crate::store::{Changes, DeadLetter, Filter, Hit, Kind, Point, StoreError, Ve
 const CHECKPOINT: &[u8] = b"c";
 const DEAD: u8 = b'd';
 const AUCTION: u8 = b'u';
+const MODEL: &[u8] = b"m";
 
 /// One kind's points, laid out for scanning.
 #[derive(Default)]
@@ -50,12 +53,36 @@ impl Collection {
     }
 }
 
+/// What searches read: both collections and the checkpoint they reflect.
+#[derive(Default)]
+struct Memory {
+    lots: Collection,
+    artists: Collection,
+    checkpoint: u64,
+}
+
+impl Memory {
+    fn collection(&self, kind: Kind) -> &Collection {
+        match kind {
+            Kind::Lot => &self.lots,
+            Kind::Artist => &self.artists,
+        }
+    }
+
+    fn collection_mut(&mut self, kind: Kind) -> &mut Collection {
+        match kind {
+            Kind::Lot => &mut self.lots,
+            Kind::Artist => &mut self.artists,
+        }
+    }
+}
+
 /// The embedded store.
 pub struct Embedded {
     db: DB,
     dim: usize,
-    lots: RwLock<Collection>,
-    artists: RwLock<Collection>,
+    memory: RwLock<Memory>,
+    writer: std::sync::Mutex<()>,
 }
 
 impl Embedded {
@@ -65,9 +92,10 @@ impl Embedded {
         let mut options = Options::default();
         options.create_if_missing(true);
         let db = DB::open(&options, dir).map_err(io)?;
-        let store = Embedded { db, dim, lots: RwLock::default(), artists: RwLock::default() };
+        let store = Embedded { db, dim, memory: RwLock::default(), writer: std::sync::Mutex::new(()) };
+        let mut memory = Memory { checkpoint: store.stored_checkpoint()?, ..Memory::default() };
         for kind in Kind::ALL {
-            let mut collection = store.write(kind);
+            let collection = memory.collection_mut(kind);
             let prefix = [prefix(kind), b'/'];
             for entry in store.db.prefix_iterator(prefix) {
                 let (key, value) = entry.map_err(io)?;
@@ -79,7 +107,33 @@ impl Embedded {
                 collection.put(dim, point);
             }
         }
+        *store.write() = memory;
         Ok(store)
+    }
+
+    fn stored_checkpoint(&self) -> Result<u64, StoreError> {
+        match self.db.get(CHECKPOINT).map_err(io)? {
+            None => Ok(0),
+            Some(bytes) => {
+                let bytes: [u8; 8] =
+                    bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt("checkpoint".into()))?;
+                Ok(u64::from_be_bytes(bytes))
+            }
+        }
+    }
+
+    /// Ties the store to one model: the first call records `fingerprint`, later ones (a
+    /// gateway restarted with another model file) are refused, since vectors from two models
+    /// are not comparable. Reindex into an empty directory to change models.
+    pub fn bind_model(&self, fingerprint: &str) -> Result<(), StoreError> {
+        match self.db.get(MODEL).map_err(io)? {
+            Some(stored) if stored == fingerprint.as_bytes() => Ok(()),
+            Some(stored) => Err(StoreError::Model {
+                stored: String::from_utf8_lossy(&stored).into_owned(),
+                given: fingerprint.to_owned(),
+            }),
+            None => self.db.put(MODEL, fingerprint.as_bytes()).map_err(io),
+        }
     }
 
     fn check(&self, point: &Point) -> Result<(), StoreError> {
@@ -90,22 +144,14 @@ impl Embedded {
         }
     }
 
-    // A poisoned lock means a writer panicked mid-update of memory that mirrors the disk: the
-    // memory may be torn, so carry on with it only for reads of whole points.
-    fn read(&self, kind: Kind) -> RwLockReadGuard<'_, Collection> {
-        let lock = match kind {
-            Kind::Lot => &self.lots,
-            Kind::Artist => &self.artists,
-        };
-        lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    // Nothing between taking the write lock and releasing it can panic on input (slice
+    // copies of checked lengths), so a poisoned lock holds whole points: carry on.
+    fn read(&self) -> RwLockReadGuard<'_, Memory> {
+        self.memory.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self, kind: Kind) -> RwLockWriteGuard<'_, Collection> {
-        let lock = match kind {
-            Kind::Lot => &self.lots,
-            Kind::Artist => &self.artists,
-        };
-        lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn write(&self) -> RwLockWriteGuard<'_, Memory> {
+        self.memory.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -128,14 +174,7 @@ fn io(e: rocksdb::Error) -> StoreError {
 
 impl VectorStore for Embedded {
     fn checkpoint(&self) -> Result<u64, StoreError> {
-        match self.db.get(CHECKPOINT).map_err(io)? {
-            None => Ok(0),
-            Some(bytes) => {
-                let bytes: [u8; 8] =
-                    bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt("checkpoint".into()))?;
-                Ok(u64::from_be_bytes(bytes))
-            }
-        }
+        Ok(self.read().checkpoint)
     }
 
     fn commit(&self, changes: Changes) -> Result<(), StoreError> {
@@ -160,15 +199,23 @@ impl VectorStore for Embedded {
         // The feed can be replayed from the checkpoint: a lost tail is re-applied, so no fsync.
         let mut options = WriteOptions::default();
         options.set_sync(false);
+        // One writer at a time from the disk write to the memory update, so both take
+        // commits in the same order; readers wait only for the memory update.
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         self.db.write_opt(batch, &options).map_err(io)?;
+        let mut memory = self.write();
         for (kind, point) in changes.upserts {
-            self.write(kind).put(self.dim, point);
+            memory.collection_mut(kind).put(self.dim, point);
+        }
+        if let Some(checkpoint) = changes.checkpoint {
+            memory.checkpoint = checkpoint;
         }
         Ok(())
     }
 
     fn get(&self, kind: Kind, id: &str) -> Result<Option<Point>, StoreError> {
-        let collection = self.read(kind);
+        let memory = self.read();
+        let collection = memory.collection(kind);
         Ok(collection.slots.get(id).map(|&slot| collection.point(self.dim, slot)))
     }
 
@@ -188,9 +235,10 @@ impl VectorStore for Embedded {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let collection = self.read(kind);
+        let memory = self.read();
+        let collection = memory.collection(kind);
         // The worst of the best `limit` so far sits on top, to be displaced.
-        let mut best: BinaryHeap<Ranked<'_>> = BinaryHeap::with_capacity(limit + 1);
+        let mut best: BinaryHeap<Ranked<'_>> = BinaryHeap::with_capacity(limit.min(collection.ids.len()) + 1);
         for (slot, candidate) in collection.vectors.chunks_exact(self.dim).enumerate() {
             if !filter.matches(&collection.payloads[slot]) {
                 continue;
@@ -211,7 +259,8 @@ impl VectorStore for Embedded {
     }
 
     fn scroll(&self, kind: Kind, filter: &Filter) -> Result<Vec<Point>, StoreError> {
-        let collection = self.read(kind);
+        let memory = self.read();
+        let collection = memory.collection(kind);
         let mut points: Vec<Point> = (0..collection.ids.len())
             .filter(|&slot| filter.matches(&collection.payloads[slot]))
             .map(|slot| collection.point(self.dim, slot))

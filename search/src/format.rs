@@ -101,6 +101,20 @@ impl<'a> ModelFile<'a> {
         if dims.heads == 0 || dims.hidden % dims.heads != 0 {
             return Err(FormatError::Invalid(format!("{} heads for hidden {}", dims.heads, dims.hidden)));
         }
+        // Bounds well above any BERT-small/base, so a damaged header cannot ask for absurd
+        // allocations or positions the arithmetic below does not expect.
+        for (what, value, range) in [
+            ("hidden size", dims.hidden, 1..=4_096),
+            ("layer count", dims.layers, 1..=64),
+            ("feed-forward size", dims.feed_forward, 1..=16_384),
+            ("vocabulary rows", dims.vocab_rows, 1..=1_000_000),
+            ("max positions", dims.max_positions, 3..=8_192),
+            ("token types", dims.token_types, 1..=16),
+        ] {
+            if !range.contains(&value) {
+                return Err(FormatError::Invalid(format!("{what} {value} is outside {range:?}")));
+            }
+        }
         let vocab = read_vocab(&mut c, dims.vocab_rows)?;
         let tensors = read_directory(&mut c, bytes)?;
         Ok(ModelFile { dims, vocab, tensors })
@@ -121,10 +135,11 @@ impl<'a> ModelFile<'a> {
         let &(stored, count, bytes) =
             self.tensors.get(name).ok_or_else(|| FormatError::Invalid(format!("missing tensor {name}")))?;
         let expected = match dtype {
-            Dtype::F32 => len * 4,
-            Dtype::Q4 => len / BLOCK * BLOCK_BYTES,
+            Dtype::F32 => len.checked_mul(4),
+            Dtype::Q4 => (len / BLOCK).checked_mul(BLOCK_BYTES),
         };
-        if stored != dtype || count != len || bytes.len() != expected || (dtype == Dtype::Q4 && len % BLOCK != 0) {
+        if stored != dtype || count != len || Some(bytes.len()) != expected || (dtype == Dtype::Q4 && len % BLOCK != 0)
+        {
             return Err(FormatError::Invalid(format!(
                 "tensor {name}: {stored:?} x {count} in {} bytes, expected {dtype:?} x {len}",
                 bytes.len()
@@ -152,12 +167,18 @@ fn read_vocab(c: &mut Cursor<'_>, vocab_rows: usize) -> Result<Vocab, FormatErro
         return Err(FormatError::Invalid(format!("{n} pieces for {vocab_rows} rows, specials {bos}/{eos}/{unk}")));
     }
     let blob_len = usize::try_from(c.u64("piece bytes")?).map_err(|_| FormatError::Truncated("piece bytes"))?;
+    if n.saturating_mul(8) > c.bytes.len() {
+        return Err(FormatError::Truncated("piece table"));
+    }
     let offsets: Vec<usize> =
         c.take((n + 1) * 4, "piece offsets")?.chunks_exact(4).map(|b| le_u32(b) as usize).collect();
     let scores: Vec<f32> =
         c.take(n * 4, "piece scores")?.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let blob = c.take(blob_len, "pieces")?;
     let mut pieces = Vec::with_capacity(n);
+    if offsets.windows(2).any(|w| w[0] > w[1]) {
+        return Err(FormatError::Invalid("piece offsets go backwards".into()));
+    }
     for (i, score) in scores.iter().enumerate() {
         let (from, to) = (offsets[i], offsets[i + 1]);
         let bytes = blob.get(from..to).ok_or_else(|| FormatError::Invalid(format!("piece {i} out of range")))?;
@@ -168,7 +189,8 @@ fn read_vocab(c: &mut Cursor<'_>, vocab_rows: usize) -> Result<Vocab, FormatErro
     let entries = c.count("normalisation entries")?;
     let map_len = c.u32("normalisation bytes")? as usize;
     let mut m = Cursor { bytes: c.take(map_len, "normalisation map")?, at: 0 };
-    let mut normalize = HashMap::with_capacity(entries);
+    // An entry takes at least 5 bytes: the count cannot be trusted beyond that.
+    let mut normalize = HashMap::with_capacity(entries.min(map_len / 5));
     for _ in 0..entries {
         let from = m.char("normalised code point")?;
         let to_n = m.take(1, "normalisation length")?[0];
@@ -183,7 +205,8 @@ type Directory<'a> = HashMap<String, (Dtype, usize, &'a [u8])>;
 
 fn read_directory<'a>(c: &mut Cursor<'_>, file: &'a [u8]) -> Result<Directory<'a>, FormatError> {
     let entries = c.count("tensor count")?;
-    let mut tensors = HashMap::with_capacity(entries);
+    // An entry takes at least 23 bytes.
+    let mut tensors = HashMap::with_capacity(entries.min(c.bytes.len().saturating_sub(c.at) / 23));
     for _ in 0..entries {
         let name_len = usize::from(u16::from_le_bytes([c.byte("name")?, c.byte("name")?]));
         let name = std::str::from_utf8(c.take(name_len, "tensor name")?)

@@ -28,6 +28,10 @@ pub enum IndexError {
     Refused(String),
 }
 
+/// Feed items per indexer batch: each new lot costs milliseconds to embed, so small batches
+/// keep commits (and progress) frequent.
+pub const BATCH_ITEMS: usize = 16;
+
 /// The text a lot is found by.
 pub fn lot_text(title: &str, artist: &str, description: &str) -> String {
     match (artist.is_empty(), description.is_empty()) {
@@ -184,6 +188,9 @@ impl<S: VectorStore> Batch<'_, S> {
     fn event(&mut self, event: &Event, index: u64) -> Result<(), IndexError> {
         match event {
             Event::LotCreated(v) => {
+                if LotStatus::try_from(v.status).is_err() {
+                    return Err(IndexError::Refused(format!("lot {} has an unknown status {}", v.lot_id, v.status)));
+                }
                 if self.lot(&v.lot_id)?.is_some() {
                     // Created again above the checkpoint cannot happen in a consistent feed.
                     return Err(IndexError::Refused(format!("lot {} created again at index {index}", v.lot_id)));
@@ -276,7 +283,9 @@ impl<S: VectorStore> Handler for Indexer<S> {
         match tokio::task::spawn_blocking(move || index.apply(&items)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(IndexError::Store(e))) => Err(transient(e)),
-            Ok(Err(IndexError::Model(e))) => Err(HandleError::Permanent(e.to_string())),
+            // The model fails for every lot alike, not for this item: parking would drop every
+            // lot from search. Stall instead (the lag metric shows it) until it is fixed.
+            Ok(Err(IndexError::Model(e))) => Err(transient(e)),
             Ok(Err(IndexError::Refused(reason))) => Err(HandleError::Permanent(reason)),
             // A panic while indexing is a bug these items trigger: park them, don't loop.
             Err(e) => Err(HandleError::Permanent(format!("indexer panicked: {e}"))),

@@ -66,6 +66,8 @@ pub struct Encoder {
     embedding_norm: LayerNorm,
     layers: Vec<Layer>,
     device: Device,
+    /// BLAKE3 of the model file: a vector store records which model built its vectors.
+    fingerprint: String,
 }
 
 impl Encoder {
@@ -91,8 +93,10 @@ impl Encoder {
             ))
         };
         let linear = |prefix: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
+            // Checked against the file before anything is allocated for it.
+            let blocks = file.q4(&format!("{prefix}.w"), rows, cols)?;
             let mut weights = vec![0.0; rows * cols];
-            format::dequantize(file.q4(&format!("{prefix}.w"), rows, cols)?, &mut weights);
+            format::dequantize(blocks, &mut weights);
             let weight = Tensor::from_vec(weights, (rows, cols), &device)?;
             Ok(Linear::new(weight, Some(vector(&format!("{prefix}.b"), rows)?)))
         };
@@ -119,7 +123,17 @@ impl Encoder {
         let words = file.q4("emb.word", d.vocab_rows, d.hidden)?.to_vec();
         let embedding_norm = norm("emb.ln")?;
         let tokenizer = Tokenizer::new(file.vocab)?;
-        Ok(Encoder { dims: d, tokenizer, words, positions, token_type, embedding_norm, layers, device })
+        let fingerprint = format!("e5:{}", blake3::hash(bytes).to_hex());
+        let encoder =
+            Encoder { dims: d, tokenizer, words, positions, token_type, embedding_norm, layers, device, fingerprint };
+        // Fail at load, not on the first lot, if the weights cannot run.
+        encoder.embed(Role::Query, &["model check"])?;
+        Ok(encoder)
+    }
+
+    /// Identifies the model file (its BLAKE3).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// The embedding size (384).
@@ -150,6 +164,12 @@ impl Encoder {
             }
         }
         Ok(out)
+    }
+
+    /// The tokens the model reads for `text`, `<s>` and `</s>` included.
+    pub fn token_count(&self, role: Role, text: &str) -> Result<usize, ModelError> {
+        let max = self.dims.max_positions - 2;
+        Ok(self.tokenizer.ids(&format!("{}{text}", role.prefix()), max)?.len() + 2)
     }
 
     /// One query vector.

@@ -114,11 +114,16 @@ pub enum StoreError {
     Corrupt(String),
     #[error("vector of {got} dimensions where the store holds {expected}")]
     Dimension { expected: usize, got: usize },
+    #[error(
+        "the store holds vectors of model {stored}, not of {given}: reindex into an empty directory to change models"
+    )]
+    Model { stored: String, given: String },
 }
 
 /// A vector store. Implementations are shared between the indexer (one writer) and queries.
 pub trait VectorStore: Send + Sync + 'static {
-    /// The last log index committed (0: nothing yet).
+    /// The last log index committed (0: nothing yet). Searches that start after reading it
+    /// see at least everything up to it.
     fn checkpoint(&self) -> Result<u64, StoreError>;
     /// Applies `changes` all or nothing.
     fn commit(&self, changes: Changes) -> Result<(), StoreError>;

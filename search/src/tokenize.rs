@@ -20,6 +20,7 @@ pub struct Tokenizer {
     normalize: std::collections::HashMap<char, Vec<char>>,
     pub bos: u32,
     pub eos: u32,
+    unk: u32,
 }
 
 impl Tokenizer {
@@ -27,14 +28,25 @@ impl Tokenizer {
         let unk = usize::try_from(vocab.unk).map_err(|e| TokenizeError(e.to_string()))?;
         // No byte fallback: XLM-R maps an unknown character to <unk>, as e5.c does.
         let unigram = Unigram::from(vocab.pieces, Some(unk), false).map_err(|e| TokenizeError(e.to_string()))?;
-        Ok(Tokenizer { unigram, normalize: vocab.normalize, bos: vocab.bos, eos: vocab.eos })
+        Ok(Tokenizer { unigram, normalize: vocab.normalize, bos: vocab.bos, eos: vocab.eos, unk: vocab.unk })
     }
 
     /// The content ids of `text` (without `<s>` and `</s>`), at most `max` of them (the head).
     pub fn ids(&self, text: &str, max: usize) -> Result<Vec<u32>, TokenizeError> {
         let normalized = self.normalized(text);
         let tokens = self.unigram.tokenize(&normalized).map_err(|e| TokenizeError(e.to_string()))?;
-        Ok(tokens.into_iter().take(max).map(|t| t.id).collect())
+        // `tokenizers` fuses a run of unknown characters into one <unk>; SentencePiece (and
+        // e5.c) give each its own, which is what the model was trained on.
+        let mut ids = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            if token.id == self.unk {
+                ids.extend(std::iter::repeat_n(self.unk, token.value.chars().count().max(1)));
+            } else {
+                ids.push(token.id);
+            }
+        }
+        ids.truncate(max);
+        Ok(ids)
     }
 
     /// The text as the model saw it in training: mapped, spaces collapsed, metaspaced.

@@ -11,6 +11,7 @@ use ledger::pb::LotStatus;
 use search::query::{self, Answer, LIMIT_MAX, QUERY_MAX_BYTES};
 use search::{Embedded, Filter, Index};
 use serde_json::{Value, json};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{AppError, code};
 use crate::extract::ApiQuery;
@@ -86,12 +87,16 @@ async fn run(
     state: &AppState,
     search: impl FnOnce(&Index<Embedded>) -> Result<Answer, query::QueryError> + Send + 'static,
 ) -> Result<Answer, AppError> {
-    let index = ready(state)?;
+    let (index, permit) = ready(state)?;
     let started = Instant::now();
-    let answer = tokio::task::spawn_blocking(move || search(&index))
-        .await
-        .map_err(|e| AppError::internal(e.to_string()))?
-        .map_err(|e| AppError::internal(e.to_string()))?;
+    // The permit lives as long as the work, even if the request times out meanwhile.
+    let answer = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        search(&index)
+    })
+    .await
+    .map_err(|e| AppError::internal(e.to_string()))?
+    .map_err(|e| AppError::internal(e.to_string()))?;
     state.metrics.search_seconds.observe(started.elapsed().as_secs_f64());
     Ok(answer)
 }
