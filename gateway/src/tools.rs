@@ -95,7 +95,7 @@ pub async fn reindex(nodes: Vec<String>, model: &Path, dir: &Path, until: Option
 
 /// Runs `handler` on the feed from `from` to `target`, `batch_max` items at a time, with a
 /// progress bar; Ctrl-C stops it (a later run resumes from the handler's checkpoint).
-async fn follow_to<H: Handler + 'static>(
+async fn follow_to<H: Handler + Sync + 'static>(
     nodes: Vec<String>,
     handler: H,
     batch_max: usize,

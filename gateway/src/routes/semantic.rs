@@ -72,9 +72,14 @@ fn parse(params: Vec<(String, String)>, filters: bool) -> Result<Asked, AppError
     Ok(asked)
 }
 
-fn ready(state: &AppState) -> Result<Arc<Index<Embedded>>, AppError> {
+fn ready(state: &AppState) -> Result<(Arc<Index<Embedded>>, OwnedSemaphorePermit), AppError> {
     match &state.search {
-        Search::Ready(index) => Ok(index.clone()),
+        Search::Ready(index, permits) => {
+            let permit = permits.clone().try_acquire_owned().map_err(|_| {
+                AppError::new(StatusCode::SERVICE_UNAVAILABLE, code::OVERLOADED, "every search slot is busy; retry shortly")
+            })?;
+            Ok((index.clone(), permit))
+        }
         Search::Off(why) => {
             Err(AppError::new(StatusCode::SERVICE_UNAVAILABLE, code::SEARCH_UNAVAILABLE, why.to_string()))
         }
