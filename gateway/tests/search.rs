@@ -3,6 +3,8 @@
 //! bad input; the index surviving a gateway restart; `gavel search reindex` killed part-way
 //! and resumed to the same index as the gateway's.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

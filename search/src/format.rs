@@ -95,10 +95,10 @@ impl<'a> ModelFile<'a> {
             eps: f64::from(c.f32("epsilon")?),
         };
         let block = c.count("block size")?;
-        if block != BLOCK || dims.hidden % BLOCK != 0 || dims.feed_forward % BLOCK != 0 {
+        if block != BLOCK || !dims.hidden.is_multiple_of(BLOCK) || !dims.feed_forward.is_multiple_of(BLOCK) {
             return Err(FormatError::Invalid(format!("block size {block} with hidden {}", dims.hidden)));
         }
-        if dims.heads == 0 || dims.hidden % dims.heads != 0 {
+        if dims.heads == 0 || !dims.hidden.is_multiple_of(dims.heads) {
             return Err(FormatError::Invalid(format!("{} heads for hidden {}", dims.heads, dims.hidden)));
         }
         // Bounds well above any BERT-small/base, so a damaged header cannot ask for absurd
@@ -138,7 +138,10 @@ impl<'a> ModelFile<'a> {
             Dtype::F32 => len.checked_mul(4),
             Dtype::Q4 => (len / BLOCK).checked_mul(BLOCK_BYTES),
         };
-        if stored != dtype || count != len || Some(bytes.len()) != expected || (dtype == Dtype::Q4 && len % BLOCK != 0)
+        if stored != dtype
+            || count != len
+            || Some(bytes.len()) != expected
+            || (dtype == Dtype::Q4 && !len.is_multiple_of(BLOCK))
         {
             return Err(FormatError::Invalid(format!(
                 "tensor {name}: {stored:?} x {count} in {} bytes, expected {dtype:?} x {len}",

@@ -1,6 +1,8 @@
 //! The indexer on feed items, with the real model: lots and artists as events create and move
 //! them, sales' currencies, replays that change nothing, refused items and parking.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
 mod common;
 
 use ledger::pb::event::Kind as E;

@@ -1,6 +1,8 @@
 //! The e5 encoder on the real model file: cross-lingual retrieval, e5's conventions, and a
 //! model file that is damaged or not one at all.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
 mod common;
 
 use search::format::{FormatError, ModelFile};

@@ -1,6 +1,8 @@
 //! The vector store contract, as one suite any engine runs. The embedded engine runs it here;
 //! there is no Qdrant engine in this build yet (see search/README.md).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
 use std::path::Path;
 
 use proptest::prelude::*;

@@ -76,7 +76,11 @@ fn ready(state: &AppState) -> Result<(Arc<Index<Embedded>>, OwnedSemaphorePermit
     match &state.search {
         Search::Ready(index, permits) => {
             let permit = permits.clone().try_acquire_owned().map_err(|_| {
-                AppError::new(StatusCode::SERVICE_UNAVAILABLE, code::OVERLOADED, "every search slot is busy; retry shortly")
+                AppError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code::OVERLOADED,
+                    "every search slot is busy; retry shortly",
+                )
             })?;
             Ok((index.clone(), permit))
         }
