@@ -168,6 +168,12 @@ fn point_key(kind: Kind, id: &str) -> Vec<u8> {
     key
 }
 
+fn dead_key(index: u64) -> Vec<u8> {
+    let mut key = vec![DEAD, b'/'];
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
 fn io(e: rocksdb::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
@@ -189,9 +195,10 @@ impl VectorStore for Embedded {
             batch.put(key, currency.as_bytes());
         }
         if let Some(letter) = &changes.park {
-            let mut key = vec![DEAD, b'/'];
-            key.extend_from_slice(&letter.index.to_be_bytes());
-            batch.put(key, letter.encode_to_vec());
+            batch.put(dead_key(letter.index), letter.encode_to_vec());
+        }
+        if let Some(index) = changes.unpark {
+            batch.delete(dead_key(index));
         }
         if let Some(checkpoint) = changes.checkpoint {
             batch.put(CHECKPOINT, checkpoint.to_be_bytes());
@@ -267,6 +274,13 @@ impl VectorStore for Embedded {
             .collect();
         points.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(points)
+    }
+
+    fn dead_letter(&self, index: u64) -> Result<Option<DeadLetter>, StoreError> {
+        match self.db.get(dead_key(index)).map_err(io)? {
+            None => Ok(None),
+            Some(bytes) => DeadLetter::decode(&*bytes).map(Some).map_err(|e| StoreError::Corrupt(e.to_string())),
+        }
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {

@@ -81,7 +81,7 @@ impl<S: VectorStore> Index<S> {
         let checkpoint = self.store.checkpoint()?;
         let fresh: Vec<&FeedItem> = items.iter().filter(|i| i.index > checkpoint).collect();
         let Some(last) = fresh.last().map(|i| i.index) else { return Ok(()) };
-        let mut batch = Batch { store: &*self.store, lots: BTreeMap::new(), auctions: HashMap::new() };
+        let mut batch = Batch { store: &*self.store, lots: BTreeMap::new(), auctions: HashMap::new(), retry: false };
         for item in fresh {
             for event in item.events.iter().filter_map(|e| e.kind.as_ref()) {
                 batch.event(event, item.index)?;
@@ -100,16 +100,46 @@ impl<S: VectorStore> Index<S> {
         if item.index <= self.store.checkpoint()? {
             return Ok(());
         }
-        let letter =
-            DeadLetter { index: item.index, at_ms: item.at_ms, error: error.to_owned(), item: item.encode_to_vec() };
+        let letter = DeadLetter {
+            index: item.index,
+            at_ms: item.at_ms,
+            error: error.to_owned(),
+            item: item.encode_to_vec(),
+            attempts: 1,
+        };
         self.store.commit(Changes { checkpoint: Some(item.index), park: Some(letter), ..Changes::default() })?;
         self.applied.send_replace(item.index);
         Ok(())
     }
 
+    /// Applies a parked item again against the points as they are now (points changed by later
+    /// items keep the later change); on success its dead letter is removed.
+    pub fn retry(&self, index: u64) -> Result<Retried, IndexError> {
+        let _writer = self.lock();
+        let Some(mut letter) = self.store.dead_letter(index)? else { return Ok(Retried::NotFound) };
+        let item = FeedItem::decode(letter.item.as_slice()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut batch = Batch { store: &*self.store, lots: BTreeMap::new(), auctions: HashMap::new(), retry: true };
+        for event in item.events.iter().filter_map(|e| e.kind.as_ref()) {
+            match batch.event(event, item.index) {
+                Ok(()) => {}
+                Err(IndexError::Refused(reason)) => {
+                    letter.error = reason.clone();
+                    letter.attempts = letter.attempts.saturating_add(1);
+                    self.store.commit(Changes { park: Some(letter), ..Changes::default() })?;
+                    return Ok(Retried::StillFailing(reason));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        let mut changes = self.embed(batch)?;
+        changes.unpark = Some(index);
+        self.store.commit(changes)?;
+        Ok(Retried::Applied)
+    }
+
     /// Embeds the batch's new lots and its touched artists.
     fn embed(&self, batch: Batch<'_, S>) -> Result<Changes, IndexError> {
-        let Batch { store, mut lots, auctions } = batch;
+        let Batch { store, mut lots, auctions, .. } = batch;
         let new: Vec<(&String, &str)> =
             lots.iter().filter_map(|(id, lot)| lot.text.as_deref().map(|text| (id, text))).collect();
         let texts: Vec<&str> = new.iter().map(|(_, text)| *text).collect();
@@ -169,6 +199,14 @@ fn artist_vector<'a>(name: &[f32], lots: impl ExactSizeIterator<Item = &'a Vec<f
     sum
 }
 
+/// What retrying a dead letter did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    Applied,
+    StillFailing(String),
+    NotFound,
+}
+
 /// A lot as the batch leaves it.
 struct Pending {
     point: Point,
@@ -182,6 +220,8 @@ struct Batch<'a, S> {
     lots: BTreeMap<String, Pending>,
     /// Sales created in this batch: id -> currency.
     auctions: HashMap<String, String>,
+    /// Retrying a dead letter: a lot that exists since is left as it is.
+    retry: bool,
 }
 
 impl<S: VectorStore> Batch<'_, S> {
@@ -190,6 +230,9 @@ impl<S: VectorStore> Batch<'_, S> {
             Event::LotCreated(v) => {
                 if LotStatus::try_from(v.status).is_err() {
                     return Err(IndexError::Refused(format!("lot {} has an unknown status {}", v.lot_id, v.status)));
+                }
+                if self.retry && self.lot(&v.lot_id)?.is_some() {
+                    return Ok(());
                 }
                 if self.lot(&v.lot_id)?.is_some() {
                     // Created again above the checkpoint cannot happen in a consistent feed.
@@ -223,8 +266,12 @@ impl<S: VectorStore> Batch<'_, S> {
                     })?,
                 };
                 let lot = self.existing(&a.lot_id, index)?;
-                lot.point.payload.currency = currency;
-                lot.point.payload.index = index;
+                // A retried item older than the point's last change leaves it alone (events of one item
+                // share its index and apply in order).
+                if lot.point.payload.index <= index {
+                    lot.point.payload.currency = currency;
+                    lot.point.payload.index = index;
+                }
                 Ok(())
             }
             // Bids, users and sales' own status moves change nothing searchable.
@@ -242,8 +289,10 @@ impl<S: VectorStore> Batch<'_, S> {
             return Err(IndexError::Refused(format!("lot {lot_id} moved to an unknown status {status}")));
         }
         let lot = self.existing(lot_id, index)?;
-        lot.point.payload.status = status;
-        lot.point.payload.index = index;
+        if lot.point.payload.index <= index {
+            lot.point.payload.status = status;
+            lot.point.payload.index = index;
+        }
         Ok(())
     }
 

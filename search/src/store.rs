@@ -93,6 +93,9 @@ pub struct DeadLetter {
     /// The `node::pb::FeedItem`, encoded.
     #[prost(bytes = "vec", tag = "4")]
     pub item: Vec<u8>,
+    /// Times it was tried: 1 when parked, one more per refused retry.
+    #[prost(uint32, tag = "5")]
+    pub attempts: u32,
 }
 
 /// One atomic write: points replaced or added, sales' currencies recorded, the checkpoint
@@ -104,6 +107,8 @@ pub struct Changes {
     pub auctions: Vec<(String, String)>,
     pub checkpoint: Option<u64>,
     pub park: Option<DeadLetter>,
+    /// A dead letter retried with success: removed.
+    pub unpark: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,4 +141,5 @@ pub trait VectorStore: Send + Sync + 'static {
     /// Every point passing `filter`, by id.
     fn scroll(&self, kind: Kind, filter: &Filter) -> Result<Vec<Point>, StoreError>;
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+    fn dead_letter(&self, index: u64) -> Result<Option<DeadLetter>, StoreError>;
 }

@@ -126,13 +126,29 @@ fn indexes_lots_and_artists_idempotently() {
     index.park(&bad[1], "again").unwrap();
     assert_eq!(store.dead_letters().unwrap().len(), 1, "parking below the checkpoint is a no-op");
 
+    // Retried while still refused: kept, with the new attempt counted. A parked item that now
+    // applies (its lot exists since) is applied and removed; a later change to the same lot
+    // is not undone by the older item.
+    assert_eq!(index.retry(8).unwrap(), search::Retried::StillFailing("event at index 8 for lot ghost, which the index has no point for".into()));
+    assert_eq!(store.dead_letter(8).unwrap().unwrap().attempts, 2);
+    assert_eq!(index.retry(99).unwrap(), search::Retried::NotFound);
+    let late = vec![item(9, vec![status("e", LotStatus::Authenticated)]), item(10, vec![lot("ghost", "Found", "New Artist", "")])];
+    index.park(&late[0], "parked by hand").unwrap();
+    index.apply(&late[1..]).unwrap();
+    assert_eq!(index.retry(8).unwrap(), search::Retried::Applied);
+    assert_eq!(store.get(Kind::Lot, "ghost").unwrap().unwrap().payload.status, LotStatus::Draft as i32, "item 8 predates the lot's creation at 10");
+    assert_eq!(index.retry(9).unwrap(), search::Retried::Applied);
+    assert_eq!(store.get(Kind::Lot, "e").unwrap().unwrap().payload.status, LotStatus::Authenticated as i32);
+    assert!(store.dead_letters().unwrap().is_empty());
+    assert_eq!(store.get(Kind::Artist, "New Artist").unwrap().unwrap().payload.lot_count, 2);
+
     // Everything is on disk: a reopened store has the same points.
     let before = (points(&store, Kind::Lot), points(&store, Kind::Artist));
     drop(index);
     drop(store);
     let store = Embedded::open(dir.path(), encoder.dim()).unwrap();
     assert_eq!((points(&store, Kind::Lot), points(&store, Kind::Artist)), before);
-    assert_eq!(store.checkpoint().unwrap(), 8);
+    assert_eq!(store.checkpoint().unwrap(), 10);
 }
 
 #[test]
