@@ -183,13 +183,14 @@ pub async fn dead_letters_list(url: &str, token: &str) -> Result<(), ToolError> 
         println!("no dead letters");
         return Ok(());
     }
-    println!("{:>10}  {:<24}  {:>8}  {:<28}  error", "id", "at", "attempts", "events");
+    println!("{:>10}  {:<10}  {:<24}  {:>8}  {:<28}  error", "id", "subscriber", "at", "attempts", "events");
     for l in letters {
         let events: Vec<&str> =
             l["events"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         println!(
-            "{:>10}  {:<24}  {:>8}  {:<28}  {}",
+            "{:>10}  {:<10}  {:<24}  {:>8}  {:<28}  {}",
             l["id"],
+            l["subscriber"].as_str().unwrap_or(""),
             l["at"].as_str().unwrap_or(""),
             l["attempts"],
             events.join(","),
@@ -200,8 +201,9 @@ pub async fn dead_letters_list(url: &str, token: &str) -> Result<(), ToolError> 
 }
 
 /// Retries one dead letter; prints whether it applied.
-pub async fn dead_letters_retry(url: &str, token: &str, id: u64) -> Result<(), ToolError> {
-    admin_call(reqwest::Method::POST, url, &format!("/v1/admin/dead-letters/{id}/retry"), token).await?;
-    println!("dead letter {id} applied");
+pub async fn dead_letters_retry(url: &str, token: &str, id: u64, subscriber: &str) -> Result<(), ToolError> {
+    let path = format!("/v1/admin/dead-letters/{id}/retry?subscriber={subscriber}");
+    admin_call(reqwest::Method::POST, url, &path, token).await?;
+    println!("{subscriber} dead letter {id} applied");
     Ok(())
 }

@@ -331,3 +331,66 @@ async fn reindex_killed_part_way_resumes_to_the_gateways_index() {
     assert_eq!(counts, 120, "each lot counted once by its artist");
     cluster.shutdown().await;
 }
+
+/// An item search's indexer refuses is parked, listed by the admin API (and `gavel
+/// dead-letters list`) as search's, and a retry that is refused again says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_dead_letters_through_the_admin_api() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start().await;
+    let (_, curator) = cluster.curator("letters-curator").await;
+    let ids = create_lots(&cluster, &curator).await;
+    // A search store that starts past the lots' creation: it has never seen them, so a later
+    // status change for one of them is refused and parked (a feed with a hole, made on purpose).
+    let dir = scratch.path().join("search");
+    let skipped = applied(&cluster).await;
+    {
+        let store = Embedded::open(&dir, 384).unwrap();
+        let start = search::store::Changes { checkpoint: Some(skipped), ..Default::default() };
+        store.commit(start).unwrap();
+    }
+    cluster.gateway_config.search = Some(SearchConfig { model: model(), dir });
+    cluster.restart_gateway().await;
+    let (status, body) =
+        cluster.post(&format!("/v1/lots/{}/status", ids[0]), Some(&curator), json!({"status": "UnderReview"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let admin = cluster.admin().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let letter = loop {
+        let (status, body) = cluster.get("/v1/admin/dead-letters", Some(&admin)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if let Some(letter) = body["dead_letters"].as_array().unwrap().iter().find(|l| l["subscriber"] == "search") {
+            break letter.clone();
+        }
+        assert!(Instant::now() < deadline, "nothing parked: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(letter["events"], json!(["lot_status_changed"]));
+    assert_eq!(letter["attempts"], 1);
+    assert!(letter["error"].as_str().unwrap().contains(&ids[0]), "{letter}");
+    let id = letter["id"].as_u64().unwrap();
+
+    let (status, body) =
+        cluster.post(&format!("/v1/admin/dead-letters/{id}/retry?subscriber=search"), Some(&admin), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "still_failing");
+    let (status, _) = cluster
+        .post(&format!("/v1/admin/dead-letters/{}/retry?subscriber=search", id + 1_000), Some(&admin), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) =
+        cluster.post(&format!("/v1/admin/dead-letters/{id}/retry?subscriber=ledger"), Some(&admin), json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gavel"))
+        .args(["dead-letters", "list", "--url", &cluster.url, "--token", &admin])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(listed.lines().any(|l| l.contains("search") && l.contains("lot_status_changed")), "{listed}");
+    let (_, body) = cluster.get("/v1/admin/dead-letters", Some(&admin)).await;
+    let attempts =
+        body["dead_letters"].as_array().unwrap().iter().find(|l| l["subscriber"] == "search").unwrap()["attempts"]
+            .clone();
+    assert_eq!(attempts, 2);
+    cluster.shutdown().await;
+}

@@ -129,14 +129,22 @@ fn indexes_lots_and_artists_idempotently() {
     // Retried while still refused: kept, with the new attempt counted. A parked item that now
     // applies (its lot exists since) is applied and removed; a later change to the same lot
     // is not undone by the older item.
-    assert_eq!(index.retry(8).unwrap(), search::Retried::StillFailing("event at index 8 for lot ghost, which the index has no point for".into()));
+    assert_eq!(
+        index.retry(8).unwrap(),
+        search::Retried::StillFailing("event at index 8 for lot ghost, which the index has no point for".into())
+    );
     assert_eq!(store.dead_letter(8).unwrap().unwrap().attempts, 2);
     assert_eq!(index.retry(99).unwrap(), search::Retried::NotFound);
-    let late = vec![item(9, vec![status("e", LotStatus::Authenticated)]), item(10, vec![lot("ghost", "Found", "New Artist", "")])];
+    let late =
+        [item(9, vec![status("e", LotStatus::Authenticated)]), item(10, vec![lot("ghost", "Found", "New Artist", "")])];
     index.park(&late[0], "parked by hand").unwrap();
     index.apply(&late[1..]).unwrap();
     assert_eq!(index.retry(8).unwrap(), search::Retried::Applied);
-    assert_eq!(store.get(Kind::Lot, "ghost").unwrap().unwrap().payload.status, LotStatus::Draft as i32, "item 8 predates the lot's creation at 10");
+    assert_eq!(
+        store.get(Kind::Lot, "ghost").unwrap().unwrap().payload.status,
+        LotStatus::Draft as i32,
+        "item 8 predates the lot's creation at 10"
+    );
     assert_eq!(index.retry(9).unwrap(), search::Retried::Applied);
     assert_eq!(store.get(Kind::Lot, "e").unwrap().unwrap().payload.status, LotStatus::Authenticated as i32);
     assert!(store.dead_letters().unwrap().is_empty());

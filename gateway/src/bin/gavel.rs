@@ -67,7 +67,7 @@ enum Command {
     /// Multilingual search's vector index.
     #[command(subcommand)]
     Search(SearchCommand),
-    /// Feed items the catalog could not apply (through a gateway's admin API).
+    /// Feed items the catalog or search could not apply (through a gateway's admin API).
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetterCommand),
 }
@@ -120,6 +120,9 @@ enum DeadLetterCommand {
     /// Applies one again (by id); it stays listed if refused again.
     Retry {
         id: u64,
+        /// Whose dead letter: `catalog` or `search` (the `subscriber` column of `list`).
+        #[arg(long, default_value = "catalog")]
+        subscriber: String,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -192,8 +195,8 @@ fn main() -> ExitCode {
             Command::DeadLetters(DeadLetterCommand::List { target }) => {
                 tools::dead_letters_list(&target.url, &target.token).await.map_err(|e| e.to_string())
             }
-            Command::DeadLetters(DeadLetterCommand::Retry { id, target }) => {
-                tools::dead_letters_retry(&target.url, &target.token, id).await.map_err(|e| e.to_string())
+            Command::DeadLetters(DeadLetterCommand::Retry { id, subscriber, target }) => {
+                tools::dead_letters_retry(&target.url, &target.token, id, &subscriber).await.map_err(|e| e.to_string())
             }
         }
     });

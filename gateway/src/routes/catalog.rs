@@ -17,7 +17,7 @@ use crate::auth::Admin;
 use crate::error::{AppError, code};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::feed::now_ms;
-use crate::state::AppState;
+use crate::state::{AppState, Search};
 
 /// Longest `ending_within_secs`: a year.
 const ENDING_WITHIN_SECS_MAX: u64 = 366 * 86_400;
@@ -178,28 +178,46 @@ fn event_types(item: &[u8]) -> Vec<&'static str> {
     item.events.iter().filter_map(|e| e.kind.as_ref()).map(name).collect()
 }
 
-/// `GET /v1/admin/dead-letters` (admin): every feed item the catalog parked, oldest first.
+/// `GET /v1/admin/dead-letters` (admin): every feed item the catalog or search parked,
+/// by subscriber, oldest first.
 pub async fn dead_letters(State(state): State<AppState>, Admin(_): Admin) -> Result<Json<Value>, AppError> {
     let catalog = state.catalog.clone();
     let letters = tokio::task::spawn_blocking(move || catalog.store().dead_letters())
         .await
         .map_err(|e| AppError::internal(e.to_string()))?
         .map_err(store_error)?;
-    let letters: Vec<Value> = letters
-        .iter()
-        .map(|l| {
-            json!({
-                "id": l.index,
-                "subscriber": "catalog",
-                "index": l.index,
-                "at": format_time(l.at_ms),
-                "error": l.error,
-                "attempts": l.attempts,
-                "events": event_types(&l.item),
-            })
-        })
-        .collect();
+    let letters = letters.iter().map(|l| letter("catalog", l.index, l.at_ms, &l.error, l.attempts, &l.item));
+    let mut letters: Vec<Value> = letters.collect();
+    if let Search::Ready(index, _) = &state.search {
+        let index = index.clone();
+        let parked = tokio::task::spawn_blocking(move || search::VectorStore::dead_letters(&**index.store()))
+            .await
+            .map_err(|e| AppError::internal(e.to_string()))?
+            .map_err(|e| AppError::internal(e.to_string()))?;
+        letters.extend(parked.iter().map(|l| letter("search", l.index, l.at_ms, &l.error, l.attempts, &l.item)));
+    }
     Ok(Json(json!({ "dead_letters": letters })))
+}
+
+/// One dead letter as the admin API shows it.
+fn letter(subscriber: &str, index: u64, at_ms: i64, error: &str, attempts: u32, item: &[u8]) -> Value {
+    json!({
+        "id": index,
+        "subscriber": subscriber,
+        "index": index,
+        "at": format_time(at_ms),
+        "error": error,
+        "attempts": attempts,
+        "events": event_types(item),
+    })
+}
+
+/// Which subscriber's dead letter a retry is for: `?subscriber=catalog` (the default) or
+/// `search`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryParams {
+    subscriber: Option<String>,
 }
 
 /// `POST /v1/admin/dead-letters/{id}/retry` (admin): applies the item again; 200 when it
@@ -208,7 +226,13 @@ pub async fn retry(
     State(state): State<AppState>,
     Admin(_): Admin,
     ApiPath(id): ApiPath<u64>,
+    ApiQuery(params): ApiQuery<RetryParams>,
 ) -> Result<Json<Value>, AppError> {
+    match params.subscriber.as_deref() {
+        None | Some("catalog") => {}
+        Some("search") => return retry_search(&state, id).await,
+        Some(other) => return Err(AppError::invalid(format!("subscriber must be catalog or search, not {other:?}"))),
+    }
     let catalog = state.catalog.clone();
     let retried = tokio::task::spawn_blocking(move || catalog.retry(id))
         .await
@@ -218,5 +242,28 @@ pub async fn retry(
         Retried::Applied => Ok(Json(json!({"id": id, "result": "applied"}))),
         Retried::StillFailing(reason) => Err(AppError::new(StatusCode::CONFLICT, code::STILL_FAILING, reason)),
         Retried::NotFound => Err(AppError::new(StatusCode::NOT_FOUND, code::NOT_FOUND, format!("no dead letter {id}"))),
+    }
+}
+
+/// A retry of one of search's dead letters.
+async fn retry_search(state: &AppState, id: u64) -> Result<Json<Value>, AppError> {
+    let Search::Ready(index, _) = &state.search else {
+        return Err(AppError::new(
+            StatusCode::NOT_FOUND,
+            code::NOT_FOUND,
+            format!("no dead letter {id}: search is off"),
+        ));
+    };
+    let index = index.clone();
+    let retried = tokio::task::spawn_blocking(move || index.retry(id))
+        .await
+        .map_err(|e| AppError::internal(e.to_string()))?
+        .map_err(|e| AppError::internal(e.to_string()))?;
+    match retried {
+        search::Retried::Applied => Ok(Json(json!({"id": id, "subscriber": "search", "result": "applied"}))),
+        search::Retried::StillFailing(reason) => Err(AppError::new(StatusCode::CONFLICT, code::STILL_FAILING, reason)),
+        search::Retried::NotFound => {
+            Err(AppError::new(StatusCode::NOT_FOUND, code::NOT_FOUND, format!("no search dead letter {id}")))
+        }
     }
 }
