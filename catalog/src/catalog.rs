@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use node::pb::FeedItem;
-use node::{HandleError, Handler};
+use node::{BlockingHandler, HandleError};
 use prost::Message;
 use tokio::sync::watch;
 
@@ -180,37 +180,22 @@ impl<S: Store> Rows for Overlay<'_, S> {
     }
 }
 
-/// Feeds a shared catalog from a [`node::Subscriber`]; the store's blocking calls run on
-/// tokio's blocking pool.
-pub struct Projector<S>(pub Arc<Catalog<S>>);
-
-fn transient(e: impl std::fmt::Display) -> HandleError {
-    HandleError::Transient(e.to_string())
-}
-
-impl<S: Store> Handler for Projector<S> {
-    async fn checkpoint(&mut self) -> Result<u64, HandleError> {
-        let catalog = self.0.clone();
-        let joined = tokio::task::spawn_blocking(move || catalog.store.checkpoint()).await;
-        joined.map_err(transient)?.map_err(transient)
+/// The catalog as a [`node::Subscriber`] drives it (wrapped in [`node::OnBlockingPool`]):
+/// store failures are retried, refused items parked.
+impl<S: Store> BlockingHandler for Catalog<S> {
+    fn checkpoint(&self) -> Result<u64, HandleError> {
+        self.store.checkpoint().map_err(|e| HandleError::Transient(e.to_string()))
     }
 
-    async fn apply(&mut self, items: &[FeedItem]) -> Result<(), HandleError> {
-        let catalog = self.0.clone();
-        let items = items.to_vec();
-        match tokio::task::spawn_blocking(move || catalog.apply(&items)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(ProjectError::Store(e))) => Err(transient(e)),
-            Ok(Err(ProjectError::Refused(reason))) => Err(HandleError::Permanent(reason)),
-            // A panic in the projection is a bug that these items trigger: park, don't loop.
-            Err(e) => Err(HandleError::Permanent(format!("projection panicked: {e}"))),
+    fn apply(&self, items: &[FeedItem]) -> Result<(), HandleError> {
+        match Catalog::apply(self, items) {
+            Ok(()) => Ok(()),
+            Err(ProjectError::Store(e)) => Err(HandleError::Transient(e.to_string())),
+            Err(ProjectError::Refused(reason)) => Err(HandleError::Permanent(reason)),
         }
     }
 
-    async fn park(&mut self, item: &FeedItem, error: &str) -> Result<(), HandleError> {
-        let catalog = self.0.clone();
-        let (item, error) = (item.clone(), error.to_owned());
-        let joined = tokio::task::spawn_blocking(move || catalog.park(&item, &error)).await;
-        joined.map_err(transient)?.map_err(transient)
+    fn park(&self, item: &FeedItem, error: &str) -> Result<(), HandleError> {
+        Catalog::park(self, item, error).map_err(|e| HandleError::Transient(e.to_string()))
     }
 }

@@ -17,7 +17,7 @@ pub mod sim;
 pub mod store;
 pub mod summary;
 
-pub use catalog::{Catalog, Projector, Retried};
+pub use catalog::{Catalog, Retried};
 pub use embedded::Embedded;
 pub use query::{Page, Query, Sort};
 pub use store::{DeadLetter, Digest, Store, StoreError};

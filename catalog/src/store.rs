@@ -17,22 +17,7 @@ pub enum StoreError {
     BadCursor(&'static str),
 }
 
-/// A feed item the catalog could not apply, kept with the reason. Its id is its log index.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct DeadLetter {
-    #[prost(uint64, tag = "1")]
-    pub index: u64,
-    #[prost(int64, tag = "2")]
-    pub at_ms: i64,
-    #[prost(string, tag = "3")]
-    pub error: String,
-    /// How many times it was tried (1 when first parked).
-    #[prost(uint32, tag = "4")]
-    pub attempts: u32,
-    /// The `node::pb::FeedItem`, encoded, so a retry applies exactly what was refused.
-    #[prost(bytes = "vec", tag = "5")]
-    pub item: Vec<u8>,
-}
+pub use node::DeadLetter;
 
 /// One atomic write: rows (each with the version it replaces, so secondary indexes can be
 /// kept exact), the checkpoint they bring the store to, and dead-letter changes.

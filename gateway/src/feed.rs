@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use catalog::{Catalog, Embedded, Projector};
-use node::{Client, Follower, Progress, Subscriber};
+use catalog::{Catalog, Embedded};
+use node::{Client, Follower, OnBlockingPool, Progress, Subscriber};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
@@ -121,7 +121,7 @@ pub fn start_catalog(
     view: &ClusterView,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let subscriber = Subscriber::new(addrs, Projector(catalog));
+    let subscriber = Subscriber::new(addrs, OnBlockingPool(catalog));
     *view.catalog.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(subscriber.progress());
     tokio::spawn(async move {
         if let Err(e) = subscriber.run(stop).await {
@@ -137,7 +137,7 @@ pub fn start_search(
     view: &ClusterView,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let subscriber = Subscriber::new(addrs, search::Indexer(index)).batch_max(search::index::BATCH_ITEMS);
+    let subscriber = Subscriber::new(addrs, OnBlockingPool(index)).batch_max(search::index::BATCH_ITEMS);
     *view.search.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(subscriber.progress());
     tokio::spawn(async move {
         if let Err(e) = subscriber.run(stop).await {

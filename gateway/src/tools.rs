@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use catalog::{Catalog, Embedded, Projector, Store};
+use catalog::{Catalog, Embedded, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 use node::subscribe::Handler;
-use node::{Client, Subscriber};
+use node::{Client, OnBlockingPool, Subscriber};
 use search::VectorStore;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -39,7 +39,7 @@ pub async fn rebuild(nodes: Vec<String>, dir: &Path, until: Option<u64>) -> Resu
         println!("catalog in {} is already at index {from} (target {target})", dir.display());
     } else {
         println!("rebuilding the catalog in {} from index {from} to {target}", dir.display());
-        let projector = Projector(catalog.clone());
+        let projector = OnBlockingPool(catalog.clone());
         follow_to(nodes, projector, node::subscribe::BATCH_MAX, from, target).await.map_err(ToolError::Catalog)?;
     }
     // A bulk load leaves many overlapping files; reads are faster once they are merged.
@@ -75,7 +75,7 @@ pub async fn reindex(nodes: Vec<String>, model: &Path, dir: &Path, until: Option
         println!("search index in {} is already at index {from} (target {target})", dir.display());
     } else {
         println!("indexing the feed into {} from index {from} to {target}", dir.display());
-        let indexer = search::Indexer(index.clone());
+        let indexer = OnBlockingPool(index.clone());
         follow_to(nodes, indexer, search::index::BATCH_ITEMS, from, target).await.map_err(ToolError::Search)?;
     }
     let store = index.store();

@@ -32,4 +32,6 @@ pub mod pb {
 pub use client::{Client, ClientError};
 pub use follow::{FollowError, Follower};
 pub use node::{Node, NodeConfig, NodeError};
-pub use subscribe::{HandleError, Handler, Progress, SubscribeError, Subscriber};
+pub use subscribe::{
+    BlockingHandler, DeadLetter, HandleError, Handler, OnBlockingPool, Progress, SubscribeError, Subscriber,
+};

@@ -4,6 +4,7 @@
 //! Every read model (catalog, search, the gateway's fan-out) runs on this one loop.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -34,6 +35,62 @@ pub trait Handler: Send {
 
     /// Stores `item` as a dead letter with `error` and moves the checkpoint to it, atomically.
     fn park(&mut self, item: &FeedItem, error: &str) -> impl Future<Output = Result<(), HandleError>> + Send;
+}
+
+/// A handler whose calls block (a store's disk I/O, a model's inference). Wrapped in
+/// [`OnBlockingPool`] it is a [`Handler`] whose calls run on tokio's blocking pool.
+pub trait BlockingHandler: Send + Sync + 'static {
+    fn checkpoint(&self) -> Result<u64, HandleError>;
+    fn apply(&self, items: &[FeedItem]) -> Result<(), HandleError>;
+    fn park(&self, item: &FeedItem, error: &str) -> Result<(), HandleError>;
+}
+
+/// Runs a shared [`BlockingHandler`] on tokio's blocking pool. A panic while applying is a
+/// bug the items trigger: they are parked rather than retried forever.
+pub struct OnBlockingPool<T>(pub Arc<T>);
+
+fn join_error(e: tokio::task::JoinError) -> HandleError {
+    HandleError::Transient(e.to_string())
+}
+
+impl<T: BlockingHandler> Handler for OnBlockingPool<T> {
+    async fn checkpoint(&mut self) -> Result<u64, HandleError> {
+        let handler = self.0.clone();
+        tokio::task::spawn_blocking(move || handler.checkpoint()).await.map_err(join_error)?
+    }
+
+    async fn apply(&mut self, items: &[FeedItem]) -> Result<(), HandleError> {
+        let handler = self.0.clone();
+        let items = items.to_vec();
+        match tokio::task::spawn_blocking(move || handler.apply(&items)).await {
+            Ok(result) => result,
+            Err(e) => Err(HandleError::Permanent(format!("the handler panicked: {e}"))),
+        }
+    }
+
+    async fn park(&mut self, item: &FeedItem, error: &str) -> Result<(), HandleError> {
+        let handler = self.0.clone();
+        let (item, error) = (item.clone(), error.to_owned());
+        tokio::task::spawn_blocking(move || handler.park(&item, &error)).await.map_err(join_error)?
+    }
+}
+
+/// A feed item a handler could not apply, kept with the reason, as read models store it.
+/// Its id is its log index. Stored as protobuf: tags are never renumbered or reused.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeadLetter {
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    #[prost(int64, tag = "2")]
+    pub at_ms: i64,
+    #[prost(string, tag = "3")]
+    pub error: String,
+    /// How many times it was tried (1 when first parked).
+    #[prost(uint32, tag = "4")]
+    pub attempts: u32,
+    /// The `node::pb::FeedItem`, encoded, so a retry applies exactly what was refused.
+    #[prost(bytes = "vec", tag = "5")]
+    pub item: Vec<u8>,
 }
 
 /// Where a subscriber stands, published after every batch (for lag metrics and reads that

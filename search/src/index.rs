@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ledger::pb::LotStatus;
 use ledger::pb::event::Kind as Event;
 use node::pb::FeedItem;
-use node::subscribe::{HandleError, Handler};
+use node::{BlockingHandler, HandleError};
 use prost::Message;
 use tokio::sync::watch;
 
@@ -312,39 +312,24 @@ impl<S: VectorStore> Batch<'_, S> {
     }
 }
 
-/// The indexer as the feed subscriber drives it.
-pub struct Indexer<S>(pub Arc<Index<S>>);
-
-fn transient(e: impl std::fmt::Display) -> HandleError {
-    HandleError::Transient(e.to_string())
-}
-
-impl<S: VectorStore> Handler for Indexer<S> {
-    async fn checkpoint(&mut self) -> Result<u64, HandleError> {
-        let index = self.0.clone();
-        let joined = tokio::task::spawn_blocking(move || index.store.checkpoint()).await;
-        joined.map_err(transient)?.map_err(transient)
+/// The indexer as a [`node::Subscriber`] drives it (wrapped in [`node::OnBlockingPool`]).
+impl<S: VectorStore> BlockingHandler for Index<S> {
+    fn checkpoint(&self) -> Result<u64, HandleError> {
+        self.store.checkpoint().map_err(|e| HandleError::Transient(e.to_string()))
     }
 
-    async fn apply(&mut self, items: &[FeedItem]) -> Result<(), HandleError> {
-        let index = self.0.clone();
-        let items = items.to_vec();
-        match tokio::task::spawn_blocking(move || index.apply(&items)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(IndexError::Store(e))) => Err(transient(e)),
+    fn apply(&self, items: &[FeedItem]) -> Result<(), HandleError> {
+        match Index::apply(self, items) {
+            Ok(()) => Ok(()),
+            Err(IndexError::Store(e)) => Err(HandleError::Transient(e.to_string())),
             // The model fails for every lot alike, not for this item: parking would drop every
             // lot from search. Stall instead (the lag metric shows it) until it is fixed.
-            Ok(Err(IndexError::Model(e))) => Err(transient(e)),
-            Ok(Err(IndexError::Refused(reason))) => Err(HandleError::Permanent(reason)),
-            // A panic while indexing is a bug these items trigger: park them, don't loop.
-            Err(e) => Err(HandleError::Permanent(format!("indexer panicked: {e}"))),
+            Err(IndexError::Model(e)) => Err(HandleError::Transient(e.to_string())),
+            Err(IndexError::Refused(reason)) => Err(HandleError::Permanent(reason)),
         }
     }
 
-    async fn park(&mut self, item: &FeedItem, error: &str) -> Result<(), HandleError> {
-        let index = self.0.clone();
-        let (item, error) = (item.clone(), error.to_owned());
-        let joined = tokio::task::spawn_blocking(move || index.park(&item, &error)).await;
-        joined.map_err(transient)?.map_err(transient)
+    fn park(&self, item: &FeedItem, error: &str) -> Result<(), HandleError> {
+        Index::park(self, item, error).map_err(|e| HandleError::Transient(e.to_string()))
     }
 }

@@ -18,6 +18,6 @@ pub mod store;
 pub mod tokenize;
 
 pub use embedded::Embedded;
-pub use index::{Index, Indexer, Retried};
+pub use index::{Index, Retried};
 pub use model::{Encoder, ModelError, Role};
 pub use store::{Filter, Hit, Kind, VectorStore};

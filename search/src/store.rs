@@ -81,22 +81,7 @@ pub struct Hit {
     pub payload: Payload,
 }
 
-/// A feed item the indexer could not apply, kept with the error (the catalog has the same).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct DeadLetter {
-    #[prost(uint64, tag = "1")]
-    pub index: u64,
-    #[prost(int64, tag = "2")]
-    pub at_ms: i64,
-    #[prost(string, tag = "3")]
-    pub error: String,
-    /// The `node::pb::FeedItem`, encoded.
-    #[prost(bytes = "vec", tag = "4")]
-    pub item: Vec<u8>,
-    /// Times it was tried: 1 when parked, one more per refused retry.
-    #[prost(uint32, tag = "5")]
-    pub attempts: u32,
-}
+pub use node::DeadLetter;
 
 /// One atomic write: points replaced or added, sales' currencies recorded, the checkpoint
 /// moved, maybe an item parked.

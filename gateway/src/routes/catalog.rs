@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use catalog::query::{LIMIT_DEFAULT, LIMIT_MAX};
-use catalog::{LotSummary, Query, Retried, Sort, Store, StoreError};
+use catalog::{DeadLetter, LotSummary, Query, Retried, Sort, Store, StoreError};
 use ledger::lifecycle;
 use ledger::pb::LotStatus;
 use ledger::time::format_time;
@@ -186,29 +186,28 @@ pub async fn dead_letters(State(state): State<AppState>, Admin(_): Admin) -> Res
         .await
         .map_err(|e| AppError::internal(e.to_string()))?
         .map_err(store_error)?;
-    let letters = letters.iter().map(|l| letter("catalog", l.index, l.at_ms, &l.error, l.attempts, &l.item));
-    let mut letters: Vec<Value> = letters.collect();
+    let mut letters: Vec<Value> = letters.iter().map(|l| letter("catalog", l)).collect();
     if let Search::Ready(index, _) = &state.search {
         let index = index.clone();
         let parked = tokio::task::spawn_blocking(move || search::VectorStore::dead_letters(&**index.store()))
             .await
             .map_err(|e| AppError::internal(e.to_string()))?
             .map_err(|e| AppError::internal(e.to_string()))?;
-        letters.extend(parked.iter().map(|l| letter("search", l.index, l.at_ms, &l.error, l.attempts, &l.item)));
+        letters.extend(parked.iter().map(|l| letter("search", l)));
     }
     Ok(Json(json!({ "dead_letters": letters })))
 }
 
 /// One dead letter as the admin API shows it.
-fn letter(subscriber: &str, index: u64, at_ms: i64, error: &str, attempts: u32, item: &[u8]) -> Value {
+fn letter(subscriber: &str, l: &DeadLetter) -> Value {
     json!({
-        "id": index,
+        "id": l.index,
         "subscriber": subscriber,
-        "index": index,
-        "at": format_time(at_ms),
-        "error": error,
-        "attempts": attempts,
-        "events": event_types(item),
+        "index": l.index,
+        "at": format_time(l.at_ms),
+        "error": l.error,
+        "attempts": l.attempts,
+        "events": event_types(&l.item),
     })
 }
 
