@@ -392,36 +392,19 @@ async fn catalog_resumes_and_rebuilds_byte_identical() {
 
     // Killed part-way again and again, each run resuming from the store's checkpoint.
     let dir = scratch.path().join("killed");
-    // The delay before each kill grows while runs make no progress (a slow machine), so some
-    // kill lands while a run is applying; two such kills are enough.
     let target = incremental.checkpoint;
-    let (mut killed_mid_run, mut checkpoints, mut prev, mut delay_ms) = (0, Vec::new(), 0, 300u64);
-    for _ in 0..12 {
-        if killed_mid_run >= 2 || prev >= target {
-            break;
-        }
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gavel"))
+    let command = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gavel"));
+        command
             .args(["catalog", "rebuild", "--nodes", &live.join(","), "--until", &target.to_string()])
             .arg("--dir")
             .arg(&dir)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        child.kill().unwrap(); // SIGKILL: no chance to finish a batch.
-        child.wait().unwrap();
-        // Where the killed run left the store (it may not have opened it yet).
-        let at = Embedded::open(&dir).ok().and_then(|s| s.checkpoint().ok()).unwrap_or(0);
-        if at > prev && at < target {
-            killed_mid_run += 1;
-        } else if at == prev {
-            delay_ms = delay_ms * 3 / 2;
-        }
-        prev = at;
-        checkpoints.push(at);
-    }
+            .env("RUST_LOG", "warn");
+        command
+    };
+    // Where a killed run left the store (it may not have opened it yet).
+    let checkpoint = || Embedded::open(&dir).ok().and_then(|s| s.checkpoint().ok()).unwrap_or(0);
+    let (killed_mid_run, checkpoints) = common::kill_part_way(command, checkpoint, target, 300).await;
     let resumed = rebuild(&live, &dir, incremental.checkpoint);
     assert!(digest_line(&resumed).ends_with(&incremental.hex()), "{}", digest_line(&resumed));
     assert!(killed_mid_run > 0, "no rebuild was killed part-way ({checkpoints:?}): nothing was tested");

@@ -283,28 +283,9 @@ async fn reindex_killed_part_way_resumes_to_the_gateways_index() {
     // Killed again and again (SIGKILL: no batch finishes), each run resuming from the store's
     // checkpoint; the delay grows while runs make no progress (the model takes a moment to load).
     let dir = scratch.path().join("killed");
-    let (mut killed_mid_run, mut checkpoints, mut prev, mut delay_ms) = (0, Vec::new(), 0, 1_500u64);
-    for _ in 0..12 {
-        if killed_mid_run >= 2 || prev >= target {
-            break;
-        }
-        let mut child = reindex(&cluster.addrs, &dir, target)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let at = Embedded::open(&dir, 384).ok().and_then(|s| s.checkpoint().ok()).unwrap_or(0);
-        if at > prev && at < target {
-            killed_mid_run += 1;
-        } else if at == prev {
-            delay_ms = delay_ms * 3 / 2;
-        }
-        prev = at;
-        checkpoints.push(at);
-    }
+    let checkpoint = || Embedded::open(&dir, 384).ok().and_then(|s| s.checkpoint().ok()).unwrap_or(0);
+    let (killed_mid_run, checkpoints) =
+        common::kill_part_way(|| reindex(&cluster.addrs, &dir, target), checkpoint, target, 1_500).await;
     let output = reindex(&cluster.addrs, &dir, target).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));

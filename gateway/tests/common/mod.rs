@@ -304,3 +304,36 @@ impl TestCluster {
         }
     }
 }
+
+/// Runs `command` again and again, SIGKILLing each run (no chance to finish a batch) after a
+/// delay, until two kills have landed mid-run (`checkpoint()` moved but is short of
+/// `target`) or the target is reached, at most 12 runs. The delay grows while runs make no
+/// progress (a slow machine, a model still loading). Returns the kills that landed mid-run
+/// and the checkpoint after each run.
+pub async fn kill_part_way(
+    command: impl Fn() -> std::process::Command,
+    checkpoint: impl Fn() -> u64,
+    target: u64,
+    mut delay_ms: u64,
+) -> (u32, Vec<u64>) {
+    let (mut killed_mid_run, mut checkpoints, mut prev) = (0, Vec::new(), 0);
+    for _ in 0..12 {
+        if killed_mid_run >= 2 || prev >= target {
+            break;
+        }
+        let mut child =
+            command().stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let at = checkpoint();
+        if at > prev && at < target {
+            killed_mid_run += 1;
+        } else if at == prev {
+            delay_ms = delay_ms * 3 / 2;
+        }
+        prev = at;
+        checkpoints.push(at);
+    }
+    (killed_mid_run, checkpoints)
+}
