@@ -79,16 +79,14 @@ pub async fn reindex(nodes: Vec<String>, model: &Path, dir: &Path, until: Option
         follow_to(nodes, indexer, search::index::BATCH_ITEMS, from, target).await.map_err(ToolError::Search)?;
     }
     let store = index.store();
-    let lots =
-        store.scroll(search::Kind::Lot, &search::Filter::default()).map_err(|e| ToolError::Search(e.to_string()))?;
-    let artists =
-        store.scroll(search::Kind::Artist, &search::Filter::default()).map_err(|e| ToolError::Search(e.to_string()))?;
+    let lots = store.count(search::Kind::Lot).map_err(|e| ToolError::Search(e.to_string()))?;
+    let artists = store.count(search::Kind::Artist).map_err(|e| ToolError::Search(e.to_string()))?;
     let parked = store.dead_letters().map_err(|e| ToolError::Search(e.to_string()))?.len();
     println!(
         "search at index {}: {} lots, {} artists, {parked} dead letters",
         *index.applied().borrow(),
-        lots.len(),
-        artists.len()
+        lots,
+        artists
     );
     Ok(())
 }

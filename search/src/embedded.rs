@@ -276,6 +276,10 @@ impl VectorStore for Embedded {
         Ok(points)
     }
 
+    fn count(&self, kind: Kind) -> Result<usize, StoreError> {
+        Ok(self.read().collection(kind).ids.len())
+    }
+
     fn dead_letter(&self, index: u64) -> Result<Option<DeadLetter>, StoreError> {
         match self.db.get(dead_key(index)).map_err(io)? {
             None => Ok(None),

@@ -125,6 +125,8 @@ pub trait VectorStore: Send + Sync + 'static {
     fn search(&self, kind: Kind, vector: &[f32], filter: &Filter, limit: usize) -> Result<Vec<Hit>, StoreError>;
     /// Every point passing `filter`, by id.
     fn scroll(&self, kind: Kind, filter: &Filter) -> Result<Vec<Point>, StoreError>;
+    /// How many points `kind` holds.
+    fn count(&self, kind: Kind) -> Result<usize, StoreError>;
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
     fn dead_letter(&self, index: u64) -> Result<Option<DeadLetter>, StoreError>;
 }

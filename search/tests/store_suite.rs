@@ -99,6 +99,7 @@ fn suite<S: VectorStore>(open: impl Fn(&Path) -> S) {
     // b is nearest now; a and c are orthogonal to the query, so tied: by id.
     assert_eq!(ids(store.search(Kind::Lot, &axis(0), &Filter::default(), 10).unwrap()), ["b", "a", "c"]);
     assert_eq!(store.scroll(Kind::Lot, &Filter::default()).unwrap().len(), 3);
+    assert_eq!((store.count(Kind::Lot).unwrap(), store.count(Kind::Artist).unwrap()), (3, 1));
     assert_eq!(store.get(Kind::Lot, "a").unwrap().unwrap().payload.status, 3);
 
     // A wrong-sized vector is refused and nothing of its commit is applied.
