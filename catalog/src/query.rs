@@ -1,6 +1,8 @@
 //! A catalog query, its answer, and the one definition of which lots match it (stores use it
 //! for the filters their indexes do not cover; tests use it as the brute-force oracle).
 
+use std::collections::BTreeSet;
+
 use ledger::pb::LotStatus;
 
 use crate::summary::LotSummary;
@@ -58,6 +60,11 @@ pub struct Query {
     pub max_price: Option<i64>,
     /// Ending soon: `now_ms <= ends_at <= until_ms`.
     pub ending: Option<(i64, i64)>,
+    /// Lots listed under any of these categories, by their own `category` or a further one:
+    /// a category and its descendants, resolved by the caller from the ledger's tree.
+    pub categories: Option<BTreeSet<String>>,
+    /// `attr.<key>=<value>` filters: the lot has every one of these attributes.
+    pub attributes: Vec<(String, String)>,
     pub sort: Sort,
     /// Where the previous page stopped (opaque, from [`Page::next_cursor`]).
     pub cursor: Option<String>,
@@ -74,6 +81,13 @@ impl Query {
             && self.min_price.is_none_or(|p| lot.current_price >= p)
             && self.max_price.is_none_or(|p| lot.current_price <= p)
             && self.ending.is_none_or(|(from, to)| lot.ends_at_ms >= from && lot.ends_at_ms <= to)
+            && self.categories.as_ref().is_none_or(|set| {
+                set.contains(&lot.category) || lot.categories.iter().any(|c| set.contains(c))
+            })
+            && self
+                .attributes
+                .iter()
+                .all(|(k, v)| lot.attributes.iter().any(|a| &a.key == k && &a.value == v))
     }
 
     /// Every matching lot of `lots`, in this query's order: what the pages must add up to.

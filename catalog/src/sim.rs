@@ -20,6 +20,9 @@ pub const ARTISTS: [&str; 8] = [
     "Ana Mendieta",
 ];
 pub const CATEGORIES: [&str; 5] = ["painting", "sculpture", "photography", "prints", "textiles"];
+/// A further category some paintings are listed under (a child of `painting`).
+pub const SUBCATEGORY: &str = "oils";
+pub const MEDIA: [&str; 3] = ["oil", "ink", "bronze"];
 pub const BIDDERS: usize = 40;
 const T0: i64 = 1_800_000_000_000;
 
@@ -62,6 +65,10 @@ fn user(id: &str, role: pb::Role) -> Body {
     })
 }
 
+fn category(id: &str, parent: &str) -> Body {
+    Body::PutCategory(pb::PutCategory { category_id: id.into(), name: id.into(), parent_id: parent.into() })
+}
+
 fn move_to(lot_id: &str, status: pb::LotStatus) -> Body {
     Body::SetLotStatus(pb::SetLotStatus { lot_id: lot_id.into(), status: status as i32 })
 }
@@ -76,6 +83,12 @@ pub fn play(seed: u64, lots: usize, bids: usize) -> Day {
     for b in 0..BIDDERS {
         p.run("", user(&format!("bidder{b}"), pb::Role::User));
     }
+    // The lots' categories under one root, and a subcategory some lots are also listed under.
+    p.run("curator", category("art", ""));
+    for c in CATEGORIES {
+        p.run("curator", category(c, "art"));
+    }
+    p.run("curator", category(SUBCATEGORY, "painting"));
     for (a, currency) in [("sale-a", "USD"), ("sale-b", "EUR")] {
         p.run(
             "admin",
@@ -116,6 +129,31 @@ pub fn play(seed: u64, lots: usize, bids: usize) -> Day {
             continue;
         }
         lot_ids.push(lot_id.clone());
+        // Content on some lots: a further category, attributes, images (metadata only).
+        if rng.gen_bool(0.3) {
+            let set = pb::SetLotCategories { lot_id: lot_id.clone(), category_ids: vec![SUBCATEGORY.into()] };
+            p.run("curator", Body::SetLotCategories(set));
+        }
+        if rng.gen_bool(0.5) {
+            let medium = MEDIA[rng.gen_range(0..MEDIA.len())];
+            let attributes = vec![
+                pb::AttributeInput { key: "medium".into(), value: medium.into() },
+                pb::AttributeInput { key: "year".into(), value: rng.gen_range(1900..2000).to_string() },
+            ];
+            p.run("seller", Body::AddAttributes(pb::AddAttributes { lot_id: lot_id.clone(), attributes }));
+        }
+        for i in 0..rng.gen_range(0..3usize) {
+            let add = pb::AddImage {
+                lot_id: lot_id.clone(),
+                image_id: format!("img-{l}-{i}"),
+                content_hash: format!("{:064x}", l * 8 + i),
+                content_type: "image/png".into(),
+                bytes: 1_000,
+                width: 100,
+                height: 100,
+            };
+            p.run("seller", Body::AddImage(add));
+        }
         // Most lots go up for auction; some stay in review.
         let steps = rng.gen_range(0..5);
         let path = [pb::LotStatus::UnderReview, pb::LotStatus::Authenticated, pb::LotStatus::ReadyForAuction];
@@ -221,6 +259,18 @@ pub fn expected(ledger: &Ledger) -> Vec<LotSummary> {
         .map(|lot| {
             let v = ledger::state::lot_view(lot);
             LotSummary {
+                categories: v.categories,
+                attributes: lot
+                    .content
+                    .attributes
+                    .iter()
+                    .map(|a| crate::summary::AttributeRow {
+                        attribute_id: a.attribute_id.clone(),
+                        key: a.key.clone(),
+                        value: a.value.clone(),
+                    })
+                    .collect(),
+                images: lot.content.images.iter().map(|i| i.image_id.clone()).collect(),
                 lot_id: v.lot_id,
                 title: v.title,
                 artist: v.artist,

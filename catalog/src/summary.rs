@@ -49,6 +49,26 @@ pub struct LotSummary {
     /// The log index of the last change applied to this row.
     #[prost(uint64, tag = "17")]
     pub index: u64,
+    /// The further categories the lot is listed under, besides `category`.
+    #[prost(string, repeated, tag = "18")]
+    pub categories: Vec<String>,
+    /// What `attr.<key>=<value>` filters on.
+    #[prost(message, repeated, tag = "19")]
+    pub attributes: Vec<AttributeRow>,
+    /// The gallery's image ids in order: the first one's thumbnail pictures the lot.
+    #[prost(string, repeated, tag = "20")]
+    pub images: Vec<String>,
+}
+
+/// One attribute of a lot, as the catalog keeps it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AttributeRow {
+    #[prost(string, tag = "1")]
+    pub attribute_id: String,
+    #[prost(string, tag = "2")]
+    pub key: String,
+    #[prost(string, tag = "3")]
+    pub value: String,
 }
 
 impl LotSummary {
@@ -157,6 +177,9 @@ fn apply_event(rows: &mut impl Rows, kind: &Kind, index: u64) -> Result<(), Proj
                     minimum_bid: v.minimum_bid,
                     created_index: index,
                     index,
+                    categories: v.categories.clone(),
+                    attributes: Vec::new(),
+                    images: Vec::new(),
                 });
                 Ok(())
             }
@@ -242,5 +265,25 @@ fn apply_event(rows: &mut impl Rows, kind: &Kind, index: u64) -> Result<(), Proj
         }
         // Users and outbid notices are not in the catalog.
         Kind::UserCreated(_) | Kind::UserRoleChanged(_) | Kind::Outbid(_) => Ok(()),
+        // Content is not filtered on yet (issue 12: category subtrees, attributes, thumbnails).
+        Kind::LotCategoriesSet(c) => with_lot(rows, &c.lot_id, index, |row| row.categories = c.category_ids.clone()),
+        Kind::AttributesAdded(a) => with_lot(rows, &a.lot_id, index, |row| {
+            row.attributes.extend(a.attributes.iter().map(|x| AttributeRow {
+                attribute_id: x.attribute_id.clone(),
+                key: x.key.clone(),
+                value: x.value.clone(),
+            }));
+        }),
+        Kind::AttributeDeleted(a) => {
+            with_lot(rows, &a.lot_id, index, |row| row.attributes.retain(|x| x.attribute_id != a.attribute_id))
+        }
+        Kind::ImageAdded(i) => with_lot(rows, &i.lot_id, index, |row| row.images.push(i.image_id.clone())),
+        Kind::ImageDeleted(i) => with_lot(rows, &i.lot_id, index, |row| row.images.retain(|x| *x != i.image_id)),
+        Kind::ImagesReordered(i) => with_lot(rows, &i.lot_id, index, |row| {
+            row.images = i.images.iter().map(|x| x.image_id.clone()).collect();
+        }),
+        // The tree itself is the ledger's (a query's category is resolved against it) and
+        // comments are not listed.
+        Kind::CategoryPut(_) | Kind::CommentAdded(_) | Kind::CommentDeleted(_) => Ok(()),
     }
 }

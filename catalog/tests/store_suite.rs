@@ -316,6 +316,17 @@ fn queries() -> Vec<Query> {
             q.sort = sort;
             q.auction = Some("sale-a".into());
         }));
+        // Content filters: the painting subtree (own or further category), attributes.
+        out.push(q(&|q| {
+            q.sort = sort;
+            q.categories = Some([sim::SUBCATEGORY.to_owned()].into());
+        }));
+        out.push(q(&|q| {
+            q.sort = sort;
+            q.categories = Some(["painting".to_owned(), sim::SUBCATEGORY.to_owned()].into());
+            q.attributes = vec![("medium".into(), "oil".into())];
+            q.status = Some(LotStatus::InAuction);
+        }));
         out.push(q(&|q| {
             q.sort = sort;
             q.ending = Some((1_800_000_000_000 + 5 * 86_400_000, 1_800_000_000_000 + 12 * 86_400_000));

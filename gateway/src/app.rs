@@ -5,7 +5,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tower::ServiceBuilder;
 use tower_governor::GovernorLayer;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -15,7 +15,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::GatewayConfig;
 use crate::metrics;
 use crate::protect::{self, CallerKey, IpKey};
-use crate::routes::{auctions, bids, catalog, lots, ops, semantic, users, ws};
+use crate::routes::{auctions, bids, catalog, content, lots, ops, semantic, users, ws};
 use crate::state::AppState;
 use crate::web;
 
@@ -40,7 +40,16 @@ pub fn app(state: AppState, config: &GatewayConfig) -> Result<Router, AppConfigE
         .route("/v1/live/lots", get(lots::open))
         .route("/v1/catalog", get(catalog::list))
         .route("/v1/search", get(semantic::lots))
-        .route("/v1/search/artists", get(semantic::artists));
+        .route("/v1/search/artists", get(semantic::artists))
+        .route("/v1/categories", get(content::categories))
+        .route("/v1/categories/{category_id}", get(content::category))
+        .route("/v1/lots/{lot_id}/attributes", get(content::attributes))
+        .route("/v1/lots/{lot_id}/attributes/{attribute_id}", get(content::attribute))
+        .route("/v1/lots/{lot_id}/comments", get(content::comments))
+        .route("/v1/lots/{lot_id}/images", get(content::images))
+        .route("/v1/images/{image_id}", get(content::bytes));
+    // An upload's body holds the image and the form around it.
+    let upload_bytes = usize::try_from(ledger::limits::IMAGE_BYTES_MAX).unwrap_or(usize::MAX).saturating_add(64 * 1024);
     // These need a token: limited per caller too, so one account cannot flood the sale.
     let signed_in = Router::new()
         .route("/v1/users/{user_id}/role", post(users::set_role))
@@ -50,6 +59,15 @@ pub fn app(state: AppState, config: &GatewayConfig) -> Result<Router, AppConfigE
         .route("/v1/auctions", post(auctions::create))
         .route("/v1/auctions/{auction_id}/lots", post(auctions::add_lot))
         .route("/v1/auctions/{auction_id}/status", post(auctions::set_status))
+        .route("/v1/categories", post(content::put_category))
+        .route("/v1/lots/{lot_id}/categories", post(content::set_lot_categories))
+        .route("/v1/lots/{lot_id}/attributes", post(content::add_attributes))
+        .route("/v1/lots/{lot_id}/attributes/{attribute_id}", delete(content::delete_attribute))
+        .route("/v1/lots/{lot_id}/comments", post(content::add_comment))
+        .route("/v1/lots/{lot_id}/comments/{comment_id}", delete(content::delete_comment))
+        .route("/v1/lots/{lot_id}/images", post(content::add_image).layer(DefaultBodyLimit::max(upload_bytes)))
+        .route("/v1/lots/{lot_id}/images/order", post(content::reorder_images))
+        .route("/v1/lots/{lot_id}/images/{image_id}", delete(content::delete_image))
         .route("/v1/admin/dead-letters", get(catalog::dead_letters))
         .route("/v1/admin/dead-letters/{id}/retry", post(catalog::retry));
     let signed_in = match caller_limits {

@@ -97,6 +97,19 @@ pub struct HttpArgs {
     /// feed when empty). Default: `gavel-search` in the working directory.
     #[arg(long, env = "GAVEL_SEARCH_DIR")]
     pub search_dir: Option<PathBuf>,
+    /// Where lot images are kept: a directory, `file:///abs/dir`, or `s3://bucket/prefix`
+    /// (any S3-compatible store, configured by the usual `AWS_*` variables, e.g.
+    /// `AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for MinIO). Default: `gavel-images` in the working
+    /// directory.
+    #[arg(long, env = "GAVEL_IMAGES")]
+    pub images: Option<String>,
+    /// Seconds between sweeps of image bytes no committed image names (0: never).
+    #[arg(long, env = "GAVEL_IMAGE_SWEEP_SECS", default_value_t = 3_600)]
+    pub image_sweep_secs: u64,
+    /// How old unnamed image bytes must be before a sweep deletes them: longer than any
+    /// upload takes from storing its bytes to committing its command.
+    #[arg(long, env = "GAVEL_IMAGE_GRACE_SECS", default_value_t = 3_600)]
+    pub image_grace_secs: u64,
 }
 
 /// Where search's model and vectors are.
@@ -131,6 +144,11 @@ pub struct GatewayConfig {
     pub catalog_wait: Duration,
     /// `None`: search off (`503 search_unavailable`).
     pub search: Option<SearchConfig>,
+    /// The image store's URL or directory.
+    pub images: String,
+    /// `None`: no sweeping.
+    pub image_sweep: Option<Duration>,
+    pub image_grace: Duration,
 }
 
 impl GatewayConfig {
@@ -168,6 +186,9 @@ impl GatewayConfig {
                 model: args.model.clone(),
                 dir: args.search_dir.clone().unwrap_or_else(|| PathBuf::from("gavel-search")),
             }),
+            images: args.images.clone().unwrap_or_else(|| "gavel-images".to_owned()),
+            image_sweep: (args.image_sweep_secs > 0).then(|| Duration::from_secs(args.image_sweep_secs)),
+            image_grace: Duration::from_secs(args.image_grace_secs),
         }
     }
 }

@@ -159,6 +159,9 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     {
         search.dir = args.data_dir.join("search");
     }
+    if args.http.images.is_none() {
+        config.images = args.data_dir.join("images").to_string_lossy().into_owned();
+    }
     let admin_password = args.http.admin_password.clone().unwrap_or_else(|| credentials.admin_password.clone());
     config.admin_password = Some(admin_password.clone());
     let search_model = config.search.as_ref().map(|s| s.model.clone());

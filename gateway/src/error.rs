@@ -39,6 +39,8 @@ pub mod code {
     pub const CATALOG_BEHIND: &str = "catalog_behind";
     pub const SEARCH_UNAVAILABLE: &str = "search_unavailable";
     pub const STILL_FAILING: &str = "still_failing";
+    pub const UNSUPPORTED_IMAGE: &str = "unsupported_image";
+    pub const IMAGE_TOO_LARGE: &str = "image_too_large";
 }
 
 impl AppError {

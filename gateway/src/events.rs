@@ -155,6 +155,14 @@ impl Projection {
         out.push(Message { topic: Topic::Lot(lot_id.to_owned()), event });
     }
 
+    /// A content message for the lot's topic: `{"type", "lot_id", ...fields, "at"}`.
+    fn content(lot_id: &str, kind: &str, fields: Value, at: &str, out: &mut Vec<Message>) {
+        let mut base = serde_json::Map::new();
+        base.insert("lot_id".to_owned(), Value::String(lot_id.to_owned()));
+        base.insert("at".to_owned(), Value::String(at.to_owned()));
+        out.push(Message { topic: Topic::Lot(lot_id.to_owned()), event: with(base, kind, fields) });
+    }
+
     fn apply_event(&mut self, kind: &Kind, at: &str, out: &mut Vec<Message>) {
         match kind {
             Kind::LotCreated(v) => {
@@ -265,8 +273,31 @@ impl Projection {
                 });
                 out.push(Message { topic: Topic::Auction(s.auction_id.clone()), event });
             }
-            // Users and new sales have no live audience yet; the catalog shows them.
-            Kind::UserCreated(_) | Kind::UserRoleChanged(_) | Kind::AuctionCreated(_) => {}
+            // Lot content reaches the lot's topic as it is, with the ledger's own views.
+            Kind::LotCategoriesSet(c) => {
+                let event = json!({"categories": c.category_ids});
+                Self::content(&c.lot_id, "categories", event, at, out);
+            }
+            Kind::AttributesAdded(a) => {
+                let event = ledger::view::attributes(a);
+                Self::content(&a.lot_id, "attributes_added", event, at, out);
+            }
+            Kind::AttributeDeleted(a) => {
+                let event = json!({"attribute_id": a.attribute_id, "key": a.key});
+                Self::content(&a.lot_id, "attribute_deleted", event, at, out);
+            }
+            Kind::CommentAdded(c) => Self::content(&c.lot_id, "comment", ledger::view::comment(c), at, out),
+            Kind::CommentDeleted(c) => {
+                Self::content(&c.lot_id, "comment_deleted", json!({"comment_id": c.comment_id}), at, out);
+            }
+            Kind::ImageAdded(i) => Self::content(&i.lot_id, "image_added", ledger::view::image(i), at, out),
+            Kind::ImageDeleted(i) => {
+                Self::content(&i.lot_id, "image_deleted", json!({"image_id": i.image_id}), at, out);
+            }
+            Kind::ImagesReordered(i) => Self::content(&i.lot_id, "images_reordered", ledger::view::images(i), at, out),
+            // Users, new sales and the category tree have no live audience yet; the catalog
+            // shows them.
+            Kind::UserCreated(_) | Kind::UserRoleChanged(_) | Kind::AuctionCreated(_) | Kind::CategoryPut(_) => {}
         }
     }
 }

@@ -11,6 +11,8 @@
 //! - [`batcher`]: commands of concurrent requests proposed together.
 //! - [`feed`]: the feed follower, the catalog's subscriber, and the cluster view behind
 //!   `/readyz`.
+//! - [`images`]: image uploads judged by their bytes, thumbnails, the object store and its
+//!   sweeper.
 //! - [`events`]: the live projection: feed items to WebSocket messages.
 //! - [`hub`]: fan-out of those messages to sockets, with replay history.
 //! - [`metrics`]: Prometheus metrics.
@@ -28,6 +30,7 @@ pub mod events;
 pub mod extract;
 pub mod feed;
 pub mod hub;
+pub mod images;
 pub mod metrics;
 pub mod protect;
 pub mod routes;

@@ -21,6 +21,7 @@ use crate::auth::{Jwt, Passwords, check_password};
 use crate::batcher::Batcher;
 use crate::config::{GatewayConfig, SearchConfig};
 use crate::feed::{self, Live};
+use crate::images::Images;
 use crate::metrics::Metrics;
 use crate::routes::ws::Sockets;
 use crate::state::{AppState, Search};
@@ -72,6 +73,7 @@ impl Gateway {
         let catalog = Catalog::new(store).map_err(|e| GatewayError::Config(e.to_string()))?;
         // Before any task starts: a failure here leaves nothing running.
         let search = open_search(config.search.as_ref()).await?;
+        let images = Arc::new(Images::open(&config.images).map_err(GatewayError::Config)?);
         let (stop, stopped) = watch::channel(false);
         let live = Arc::new(Live::new(config.hub));
         let cluster = feed::start(config.nodes.clone(), live.clone(), metrics.clone(), stopped.clone());
@@ -85,6 +87,9 @@ impl Gateway {
         }
         let sockets = Arc::new(Sockets::new(config.ws, stopped.clone()));
         let batcher = Batcher::start(client.clone(), config.batch, metrics.clone());
+        if let Some(every) = config.image_sweep {
+            spawn_image_sweeper(images.clone(), client.clone(), every, config.image_grace, stopped.clone());
+        }
         let catalog_wait = config.catalog_wait;
         let catalog_weak = Arc::downgrade(&catalog);
         holders.push(Box::new(move || catalog_weak.strong_count()));
@@ -100,6 +105,7 @@ impl Gateway {
             catalog,
             catalog_wait,
             search,
+            images,
         };
         let router = app(state, &config).map_err(|e| GatewayError::Config(e.to_string()))?;
         let listener =
@@ -154,6 +160,37 @@ impl Gateway {
         }
         served
     }
+}
+
+/// Sweeps the image store now and then until the gateway stops. Every gateway may run one:
+/// deleting bytes no committed image names is idempotent.
+fn spawn_image_sweeper(
+    images: Arc<Images>,
+    client: Arc<Client>,
+    every: Duration,
+    grace: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped.wait_for(|&s| s) => return,
+            }
+            let referenced = |content_hash: String| {
+                let client = client.clone();
+                async move {
+                    let request = node::pb::ReadImageRequest { image_id: String::new(), content_hash, stale: false };
+                    client.read_image(request).await.ok().map(|a| a.referenced)
+                }
+            };
+            if let Err(e) = images.sweep(grace, referenced).await {
+                warn!(error = %e, "image sweep failed; trying again next time");
+            }
+        }
+    });
 }
 
 /// Loads the model and opens the vector store. A missing model file turns search off (the

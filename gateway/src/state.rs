@@ -10,6 +10,7 @@ use node::Client;
 use crate::auth::{Jwt, Passwords};
 use crate::batcher::Batcher;
 use crate::feed::{ClusterView, Live};
+use crate::images::Images;
 use crate::metrics::Metrics;
 use crate::routes::ws::Sockets;
 
@@ -27,6 +28,8 @@ pub struct AppState {
     /// Longest a catalog read waits for its `min_index`.
     pub catalog_wait: Duration,
     pub search: Search,
+    /// The object store with the lots' image bytes.
+    pub images: Arc<Images>,
 }
 
 /// Search as this gateway has it.

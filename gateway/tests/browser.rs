@@ -240,3 +240,80 @@ async fn two_bidders_on_one_lot_in_real_browsers() {
     drop(driver);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_curator_adds_an_image_and_a_comment_another_browser_sees_them() {
+    let c = TestCluster::start().await;
+    let (_, curator) = c.curator("carol").await;
+    c.user("dave").await;
+    let lot = c.ready_lot(&curator, None, 0).await;
+
+    // A real picture on disk for the file input.
+    let picture = image::RgbImage::from_fn(640, 480, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 90]));
+    let file = shots().join("upload.png");
+    picture.save(&file).unwrap();
+
+    let driver = Driver::start().await;
+    let carol = driver.browser().await;
+    let dave = driver.browser().await;
+    let base = c.url.clone();
+    sign_in(&carol, &base, "carol").await;
+    sign_in(&dave, &base, "dave").await;
+    for b in [&carol, &dave] {
+        b.goto(&format!("{base}/#/lots/{lot}")).await.unwrap();
+        until_text(b, "connection", Duration::from_secs(10), |t| t == "live").await;
+    }
+    // Only managers get the upload form; dave, a bidder, does not.
+    assert!(dave.find(Locator::Id("image-file")).await.is_err());
+
+    // Carol picks the file and adds it; dave's gallery shows its thumbnail, live.
+    let input = carol.find(Locator::Id("image-file")).await.unwrap();
+    input.send_keys(&file.to_string_lossy()).await.unwrap();
+    carol.find(Locator::Id("upload-image")).await.unwrap().click().await.unwrap();
+    until_text(&carol, "content-message", Duration::from_secs(10), |t| t == "Image added.").await;
+    let thumb = dave
+        .wait()
+        .at_most(Duration::from_secs(5))
+        .for_element(Locator::Css("#gallery img[data-image-id]"))
+        .await
+        .unwrap();
+    let src = thumb.attr("src").await.unwrap().unwrap_or_default();
+    assert!(src.ends_with("?size=thumb"), "{src}");
+    // The browser really loaded it: its natural width is the thumbnail's, 320 px.
+    let loaded = Instant::now();
+    loop {
+        let width = thumb.prop("naturalWidth").await.unwrap().unwrap_or_default();
+        if width == "320" {
+            break;
+        }
+        assert!(loaded.elapsed() < Duration::from_secs(5), "the thumbnail did not load: naturalWidth {width}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Dave comments; carol's page shows it live.
+    let text_box = dave.find(Locator::Id("comment-text")).await.unwrap();
+    text_box.send_keys("Is the frame original?").await.unwrap();
+    dave.find(Locator::Id("post-comment")).await.unwrap().click().await.unwrap();
+    let comment = carol
+        .wait()
+        .at_most(Duration::from_secs(5))
+        .for_element(Locator::Css("#comments li[data-comment-id] p"))
+        .await
+        .unwrap();
+    assert_eq!(comment.text().await.unwrap(), "Is the frame original?");
+    shot(&dave, "5-dave-gallery").await;
+    shot(&carol, "6-carol-comment").await;
+
+    // A file that is not an image is refused with the server's message.
+    let notes = shots().join("notes.png");
+    std::fs::write(&notes, "not a picture").unwrap();
+    let input = carol.find(Locator::Id("image-file")).await.unwrap();
+    input.send_keys(&notes.to_string_lossy()).await.unwrap();
+    carol.find(Locator::Id("upload-image")).await.unwrap().click().await.unwrap();
+    until_text(&carol, "content-message", Duration::from_secs(10), |t| t.contains("not a PNG or JPEG")).await;
+
+    carol.close().await.unwrap();
+    dave.close().await.unwrap();
+    drop(driver);
+    c.shutdown().await;
+}

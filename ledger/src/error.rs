@@ -72,6 +72,17 @@ codes! {
     AuctionNotScheduled => "auction_not_scheduled", Conflict;
     AuctionFull => "auction_full", Conflict;
     AuctionEmpty => "auction_empty", Conflict;
+    InvalidImage => "invalid_image", BadRequest;
+    CategoryNotFound => "category_not_found", NotFound;
+    AttributeNotFound => "attribute_not_found", NotFound;
+    CommentNotFound => "comment_not_found", NotFound;
+    ImageNotFound => "image_not_found", NotFound;
+    CategoryCycle => "category_cycle", Conflict;
+    CategoryTooDeep => "category_too_deep", Conflict;
+    AttributeExists => "attribute_exists", Conflict;
+    CommentExists => "comment_exists", Conflict;
+    ImageExists => "image_exists", Conflict;
+    ContentLimitReached => "content_limit_reached", Conflict;
 }
 
 impl fmt::Display for Code {

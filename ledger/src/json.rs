@@ -121,6 +121,84 @@ struct AddLotJson {
     lot_id: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutCategoryJson {
+    category_id: String,
+    name: String,
+    #[serde(default)]
+    parent_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LotCategoriesJson {
+    lot_id: String,
+    category_ids: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttributeJson {
+    key: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddAttributesJson {
+    lot_id: String,
+    attributes: Vec<AttributeJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteAttributeJson {
+    lot_id: String,
+    attribute_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddCommentJson {
+    lot_id: String,
+    comment_id: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommentIdJson {
+    lot_id: String,
+    comment_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddImageJson {
+    lot_id: String,
+    image_id: String,
+    content_hash: String,
+    content_type: String,
+    bytes: u64,
+    width: u32,
+    height: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageIdJson {
+    lot_id: String,
+    image_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReorderImagesJson {
+    lot_id: String,
+    image_ids: Vec<String>,
+}
+
 fn fields<T: DeserializeOwned>(cmd: &str, rest: Map<String, Value>) -> Result<T, ParseError> {
     serde_json::from_value(Value::Object(rest)).map_err(|e| ParseError(format!("{cmd}: {e}")))
 }
@@ -240,6 +318,52 @@ pub fn parse_command(line: &str) -> Result<pb::Command, ParseError> {
                 None => return parse_err(format!("unknown auction status {:?}", c.status)),
             };
             Body::SetAuctionStatus(pb::SetAuctionStatus { auction_id: c.auction_id, status })
+        }
+        "put_category" => {
+            let c: PutCategoryJson = fields(&cmd, obj)?;
+            Body::PutCategory(pb::PutCategory { category_id: c.category_id, name: c.name, parent_id: c.parent_id })
+        }
+        "set_lot_categories" => {
+            let c: LotCategoriesJson = fields(&cmd, obj)?;
+            Body::SetLotCategories(pb::SetLotCategories { lot_id: c.lot_id, category_ids: c.category_ids })
+        }
+        "add_attributes" => {
+            let c: AddAttributesJson = fields(&cmd, obj)?;
+            let attributes =
+                c.attributes.into_iter().map(|a| pb::AttributeInput { key: a.key, value: a.value }).collect();
+            Body::AddAttributes(pb::AddAttributes { lot_id: c.lot_id, attributes })
+        }
+        "delete_attribute" => {
+            let c: DeleteAttributeJson = fields(&cmd, obj)?;
+            Body::DeleteAttribute(pb::DeleteAttribute { lot_id: c.lot_id, attribute_id: c.attribute_id })
+        }
+        "add_comment" => {
+            let c: AddCommentJson = fields(&cmd, obj)?;
+            Body::AddComment(pb::AddComment { lot_id: c.lot_id, comment_id: c.comment_id, content: c.content })
+        }
+        "delete_comment" => {
+            let c: CommentIdJson = fields(&cmd, obj)?;
+            Body::DeleteComment(pb::DeleteComment { lot_id: c.lot_id, comment_id: c.comment_id })
+        }
+        "add_image" => {
+            let c: AddImageJson = fields(&cmd, obj)?;
+            Body::AddImage(pb::AddImage {
+                lot_id: c.lot_id,
+                image_id: c.image_id,
+                content_hash: c.content_hash,
+                content_type: c.content_type,
+                bytes: c.bytes,
+                width: c.width,
+                height: c.height,
+            })
+        }
+        "delete_image" => {
+            let c: ImageIdJson = fields(&cmd, obj)?;
+            Body::DeleteImage(pb::DeleteImage { lot_id: c.lot_id, image_id: c.image_id })
+        }
+        "reorder_images" => {
+            let c: ReorderImagesJson = fields(&cmd, obj)?;
+            Body::ReorderImages(pb::ReorderImages { lot_id: c.lot_id, image_ids: c.image_ids })
         }
         other => return parse_err(format!("unknown cmd {other:?}")),
     };

@@ -9,6 +9,7 @@
 //! - [`ladder`]: increment ladders, the default ones per currency.
 //! - [`lifecycle`]: the 12 lot states and the moves allowed between them.
 //! - [`bidding`]: proxy bidding, reserve and soft close on one lot's book.
+//! - [`content`]: the category tree and each lot's attributes, comments and images.
 //! - [`error`]: rejections with stable machine codes.
 //! - [`state`]: the [`Ledger`] and its `apply`.
 //! - [`snapshot`]: canonical encoding, restore and the state digest.
@@ -20,6 +21,7 @@
 
 pub mod bidding;
 pub mod checks;
+pub mod content;
 pub mod error;
 pub mod json;
 pub mod ladder;

@@ -24,3 +24,23 @@ pub const AUCTION_LOTS_MAX: usize = 10_000;
 pub const WINDOW_SECS_MAX: u32 = 86_400;
 /// Latest time accepted anywhere, in Unix milliseconds (year 9999).
 pub const TIME_MS_MAX: i64 = 253_402_300_799_000;
+/// Most categories in the tree.
+pub const CATEGORIES_MAX: usize = 10_000;
+/// Deepest category nesting (a root is at depth 1).
+pub const CATEGORY_DEPTH_MAX: usize = 8;
+/// Most further categories one lot is listed under.
+pub const LOT_CATEGORIES_MAX: usize = 16;
+/// Longest attribute key, in bytes.
+pub const ATTRIBUTE_KEY_BYTES_MAX: usize = 64;
+/// Most attributes on one lot.
+pub const LOT_ATTRIBUTES_MAX: usize = 64;
+/// Longest comment, in characters (API.md).
+pub const COMMENT_CHARS_MAX: usize = 2_000;
+/// Most comments on one lot.
+pub const LOT_COMMENTS_MAX: usize = 5_000;
+/// Most images in one lot's gallery.
+pub const LOT_IMAGES_MAX: usize = 32;
+/// Largest image, in bytes (API.md: 5 MiB).
+pub const IMAGE_BYTES_MAX: u64 = 5 * 1024 * 1024;
+/// Longest image side, in pixels.
+pub const IMAGE_SIDE_MAX: u32 = 16_384;

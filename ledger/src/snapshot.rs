@@ -10,6 +10,7 @@ use std::fmt;
 use prost::Message;
 
 use crate::bidding::{Book, Leader};
+use crate::content::{Category, LotContent};
 use crate::ladder::{Ladder, Tier};
 use crate::limits;
 use crate::money::Currency;
@@ -53,7 +54,7 @@ impl Ledger {
             format_version: FORMAT_VERSION,
             last_at_ms: self.last_at_ms,
             users: self.users.values().map(user_state).collect(),
-            lots: self.lots.values().map(|l| lot_state_with_history(l, true)).collect(),
+            lots: self.lots.values().map(|l| lot_state(l, true)).collect(),
             auctions: self.auctions.values().map(auction_state).collect(),
             recorded_bids: self
                 .recorded
@@ -66,6 +67,7 @@ impl Ledger {
                     })
                 })
                 .collect(),
+            categories: self.categories.values().map(category_state).collect(),
         }
     }
 
@@ -97,8 +99,22 @@ impl Ledger {
             }
             insert_once(&mut ledger.users, user.user_id.clone(), user, "user")?;
         }
+        for c in snap.categories {
+            let category = Category { category_id: c.category_id, name: c.name, parent_id: c.parent_id };
+            insert_once(&mut ledger.categories, category.category_id.clone(), category, "category")?;
+        }
+        crate::content::check_tree(&ledger.categories).map_err(SnapshotError::Invalid)?;
         for l in snap.lots {
             let lot = restore_lot(l)?;
+            if let Some(id) = lot.content.categories.iter().find(|id| !ledger.categories.contains_key(*id)) {
+                return invalid(format!("lot {} is listed under unknown category {id}", lot.lot_id));
+            }
+            for image in &lot.content.images {
+                if ledger.images.insert(image.image_id.clone(), lot.lot_id.clone()).is_some() {
+                    return invalid(format!("image {} appears twice", image.image_id));
+                }
+                *ledger.image_refs.entry(image.content_hash.clone()).or_default() += 1;
+            }
             insert_once(&mut ledger.lots, lot.lot_id.clone(), lot, "lot")?;
         }
         for a in snap.auctions {
@@ -142,7 +158,13 @@ fn user_state(u: &User) -> pb::UserState {
     }
 }
 
-fn lot_state_with_history(l: &Lot, with_history: bool) -> pb::LotState {
+fn category_state(c: &Category) -> pb::CategoryState {
+    pb::CategoryState { category_id: c.category_id.clone(), name: c.name.clone(), parent_id: c.parent_id.clone() }
+}
+
+/// A lot's state; `full` includes its history and content (snapshots), otherwise both are
+/// left out (nodes persist them apart, so a bid does not rewrite them).
+fn lot_state(l: &Lot, full: bool) -> pb::LotState {
     let leader = l.book.leader.as_ref();
     pb::LotState {
         lot_id: l.lot_id.clone(),
@@ -165,8 +187,10 @@ fn lot_state_with_history(l: &Lot, with_history: bool) -> pb::LotState {
         leading_max: leader.map_or(0, |x| x.max),
         version: l.version,
         auction_id: l.auction_id.clone(),
-        history: if with_history { l.history.iter().map(history_line).collect() } else { Vec::new() },
+        history: if full { l.history.iter().map(history_line).collect() } else { Vec::new() },
         create_digest: l.create_digest.to_vec(),
+        // Absent when empty, so lots without content encode (and digest) as before content.
+        content: (full && l.content != LotContent::default()).then(|| l.content.to_state(true)),
     }
 }
 
@@ -252,7 +276,12 @@ fn restore_lot(l: pb::LotState) -> Result<Lot, SnapshotError> {
             _ => invalid(format!("{what} has a history line of kind {}", h.kind)),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let content = match l.content {
+        Some(c) => LotContent::from_state(c).map_err(|e| SnapshotError::Invalid(format!("{what}: {e}")))?,
+        None => LotContent::default(),
+    };
     Ok(Lot {
+        content,
         currency: currency(&l.currency, &what)?,
         ladder: ladder(&l.increment_ladder, &what)?,
         create_digest: digest32(&l.create_digest, &what)?,
@@ -302,6 +331,11 @@ pub struct Footprint {
     pub auctions: Vec<String>,
     /// `(bidder, bid_id)` of a bid's exactly-once record.
     pub recorded: Option<(String, String)>,
+    pub categories: Vec<String>,
+    /// Lots whose content record (all but comments) may have changed.
+    pub contents: Vec<String>,
+    /// `(lot_id, comment_id)` of a comment added or deleted.
+    pub comments: Vec<(String, String)>,
 }
 
 impl Ledger {
@@ -338,6 +372,26 @@ impl Ledger {
                     f.lots.extend(a.lot_ids.iter().cloned());
                 }
             }
+            Some(Body::PutCategory(c)) => f.categories.push(c.category_id.clone()),
+            Some(
+                Body::SetLotCategories(pb::SetLotCategories { lot_id, .. })
+                | Body::AddAttributes(pb::AddAttributes { lot_id, .. })
+                | Body::DeleteAttribute(pb::DeleteAttribute { lot_id, .. })
+                | Body::AddImage(pb::AddImage { lot_id, .. })
+                | Body::DeleteImage(pb::DeleteImage { lot_id, .. })
+                | Body::ReorderImages(pb::ReorderImages { lot_id, .. }),
+            ) => {
+                f.lots.push(lot_id.clone());
+                f.contents.push(lot_id.clone());
+            }
+            Some(
+                Body::AddComment(pb::AddComment { lot_id, comment_id, .. })
+                | Body::DeleteComment(pb::DeleteComment { lot_id, comment_id }),
+            ) => {
+                f.lots.push(lot_id.clone());
+                f.contents.push(lot_id.clone());
+                f.comments.push((lot_id.clone(), comment_id.clone()));
+            }
         }
         f
     }
@@ -347,9 +401,23 @@ impl Ledger {
         self.users.get(user_id).map(user_state)
     }
 
-    /// A lot's persisted record *without* its bid history (stored line by line).
+    /// A lot's persisted record *without* its bid history (stored line by line) and content.
     pub fn lot_record(&self, lot_id: &str) -> Option<pb::LotState> {
-        self.lots.get(lot_id).map(|l| lot_state_with_history(l, false))
+        self.lots.get(lot_id).map(|l| lot_state(l, false))
+    }
+
+    /// A lot's content record, all but its comments (stored one by one).
+    pub fn content_record(&self, lot_id: &str) -> Option<pb::LotContentState> {
+        self.lots.get(lot_id).map(|l| l.content.to_state(false))
+    }
+
+    /// One comment as persisted.
+    pub fn comment_record(&self, lot_id: &str, comment_id: &str) -> Option<pb::CommentState> {
+        self.lots.get(lot_id)?.content.comment(comment_id).map(crate::content::comment_state)
+    }
+
+    pub fn category_record(&self, category_id: &str) -> Option<pb::CategoryState> {
+        self.categories.get(category_id).map(category_state)
     }
 
     /// One line of a lot's history as persisted.

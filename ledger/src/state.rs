@@ -11,6 +11,7 @@ use prost::Message;
 
 use crate::bidding::{Book, Decision, Leader};
 use crate::checks::{check_amount, check_id, check_secs, check_text, check_window};
+use crate::content::{self, Category, LotContent, Put};
 use crate::error::{Code, Rejection, reject};
 use crate::ladder::{Ladder, Tier};
 use crate::lifecycle;
@@ -62,6 +63,8 @@ pub struct Lot {
     /// Empty when the lot is sold on its own.
     pub auction_id: String,
     pub history: Vec<HistoryLine>,
+    /// Further categories, attributes, comments and images.
+    pub content: LotContent,
     pub(crate) create_digest: [u8; 32],
 }
 
@@ -94,6 +97,12 @@ pub struct Ledger {
     pub(crate) auctions: BTreeMap<String, Auction>,
     /// First outcome of each (bidder, bid_id), for exactly-once bids.
     pub(crate) recorded: BTreeMap<String, BTreeMap<String, pb::Outcome>>,
+    pub(crate) categories: BTreeMap<String, Category>,
+    /// Derived index image_id -> lot_id (image ids are unique across lots; rebuilt on restore).
+    pub(crate) images: BTreeMap<String, String>,
+    /// Derived count of committed images per content hash: what the object store sweeper may
+    /// not delete (rebuilt on restore).
+    pub(crate) image_refs: BTreeMap<String, u32>,
 }
 
 /// What applying one command produced.
@@ -168,6 +177,15 @@ impl Ledger {
             Body::CreateAuction(c) => self.create_auction(&ctx, c, events),
             Body::AddLotToAuction(c) => self.add_lot_to_auction(&ctx, c, events),
             Body::SetAuctionStatus(c) => self.set_auction_status(&ctx, c, events),
+            Body::PutCategory(c) => self.put_category(&ctx, c, events),
+            Body::SetLotCategories(c) => self.set_lot_categories(&ctx, c, events),
+            Body::AddAttributes(c) => self.add_attributes(&ctx, c, events),
+            Body::DeleteAttribute(c) => self.delete_attribute(&ctx, c, events),
+            Body::AddComment(c) => self.add_comment(&ctx, c, events),
+            Body::DeleteComment(c) => self.delete_comment(&ctx, c, events),
+            Body::AddImage(c) => self.add_image(&ctx, c, events),
+            Body::DeleteImage(c) => self.delete_image(&ctx, c, events),
+            Body::ReorderImages(c) => self.reorder_images(&ctx, c, events),
         }
     }
 
@@ -208,6 +226,61 @@ impl Ledger {
             .values()
             .filter(move |l| l.status == LotStatus::InAuction && l.ends_at_ms <= at_ms)
             .map(|l| l.lot_id.as_str())
+    }
+
+    pub fn categories(&self) -> impl Iterator<Item = &Category> {
+        self.categories.values()
+    }
+
+    pub fn category(&self, category_id: &str) -> Option<&Category> {
+        self.categories.get(category_id)
+    }
+
+    /// Every category with its direct lot count (the lots whose `category` or further
+    /// categories name it) and its children, in id order.
+    pub fn category_views(&self) -> Vec<pb::CategoryView> {
+        let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+        for lot in self.lots.values() {
+            let mut named: Vec<&str> = lot.content.categories.iter().map(String::as_str).collect();
+            if !named.contains(&lot.category.as_str()) {
+                named.push(&lot.category);
+            }
+            for id in named {
+                *counts.entry(id).or_default() += 1;
+            }
+        }
+        let mut children: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for c in self.categories.values() {
+            children.entry(c.parent_id.as_str()).or_default().push(c.category_id.clone());
+        }
+        self.categories
+            .values()
+            .map(|c| pb::CategoryView {
+                lot_count: counts.get(c.category_id.as_str()).copied().unwrap_or(0),
+                children: children.remove(c.category_id.as_str()).unwrap_or_default(),
+                ..content::category_view(c)
+            })
+            .collect()
+    }
+
+    /// `category_id` and every category under it (empty when there is no such category).
+    pub fn category_subtree(&self, category_id: &str) -> std::collections::BTreeSet<String> {
+        if !self.categories.contains_key(category_id) {
+            return Default::default();
+        }
+        content::subtree(&self.categories, category_id)
+    }
+
+    /// A committed image by id, with its lot and gallery position.
+    pub fn image(&self, image_id: &str) -> Option<pb::ImageView> {
+        let lot = self.lots.get(self.images.get(image_id)?)?;
+        let (at, image) = lot.content.image(image_id)?;
+        Some(content::image_view(&lot.lot_id, at, image))
+    }
+
+    /// Whether a committed image holds these bytes (the object store must keep them).
+    pub fn image_referenced(&self, content_hash: &str) -> bool {
+        self.image_refs.contains_key(content_hash)
     }
 
     /// The recorded first answer to a bidder's bid id, if any.
@@ -326,6 +399,7 @@ impl Ledger {
             version: 1,
             auction_id: String::new(),
             history: Vec::new(),
+            content: LotContent::default(),
             create_digest: digest,
         };
         let view = lot_view(&lot);
@@ -641,6 +715,188 @@ impl Ledger {
     }
 }
 
+// ---- lot content ---------------------------------------------------------------------------
+
+impl Ledger {
+    fn put_category(&mut self, ctx: &Ctx, c: &pb::PutCategory, events: &mut Events) -> Result<Res, Rejection> {
+        self.authorize(ctx, &[Role::Curator, Role::Admin])?;
+        let put = content::check_put(&self.categories, c)?;
+        let category = Category { category_id: c.category_id.clone(), name: c.name.clone(), parent_id: c.parent_id.clone() };
+        let view = content::category_view(&category);
+        if put != Put::Same {
+            self.categories.insert(category.category_id.clone(), category);
+            events.push(event(pb::event::Kind::CategoryPut(view.clone())));
+        }
+        Ok(Res::Category(view))
+    }
+
+    /// Who may manage a lot's content: the system, curators, admins and the lot's seller.
+    fn authorize_content(&self, ctx: &Ctx, lot_id: &str) -> Result<(), Rejection> {
+        let Some(lot) = self.lots.get(lot_id) else {
+            return reject(Code::LotNotFound, format!("no lot {lot_id}"));
+        };
+        if !ctx.actor.is_empty() && lot.seller_id == ctx.actor && self.users.contains_key(ctx.actor) {
+            return Ok(());
+        }
+        self.authorize(ctx, &[Role::Curator, Role::Admin])
+    }
+
+    /// The lot a content command changes (checked to exist by the caller's authorization).
+    fn content_lot(&mut self, lot_id: &str) -> Result<&mut Lot, Rejection> {
+        match self.lots.get_mut(lot_id) {
+            Some(lot) => Ok(lot),
+            None => reject(Code::LotNotFound, format!("no lot {lot_id}")),
+        }
+    }
+
+    fn set_lot_categories(
+        &mut self,
+        ctx: &Ctx,
+        c: &pb::SetLotCategories,
+        events: &mut Events,
+    ) -> Result<Res, Rejection> {
+        self.authorize(ctx, &[Role::Curator, Role::Admin])?;
+        content::check_lot_categories(&self.categories, &c.category_ids)?;
+        let lot = self.content_lot(&c.lot_id)?;
+        if lot.content.categories != c.category_ids {
+            lot.content.categories = c.category_ids.clone();
+            lot.version += 1;
+            events.push(event(pb::event::Kind::LotCategoriesSet(pb::LotCategoriesSet {
+                lot_id: lot.lot_id.clone(),
+                category_ids: c.category_ids.clone(),
+            })));
+        }
+        Ok(Res::Lot(lot_view(lot)))
+    }
+
+    fn add_attributes(&mut self, ctx: &Ctx, c: &pb::AddAttributes, events: &mut Events) -> Result<Res, Rejection> {
+        self.authorize_content(ctx, &c.lot_id)?;
+        let lot = self.content_lot(&c.lot_id)?;
+        let added = lot.content.add_attributes(&c.attributes)?;
+        lot.version += 1;
+        let view = lot.content.attributes_view(&lot.lot_id, &added);
+        events.push(event(pb::event::Kind::AttributesAdded(view.clone())));
+        Ok(Res::Attributes(view))
+    }
+
+    fn delete_attribute(&mut self, ctx: &Ctx, c: &pb::DeleteAttribute, events: &mut Events) -> Result<Res, Rejection> {
+        self.authorize_content(ctx, &c.lot_id)?;
+        let lot = self.content_lot(&c.lot_id)?;
+        let gone = lot.content.delete_attribute(&c.attribute_id)?;
+        lot.version += 1;
+        events.push(event(pb::event::Kind::AttributeDeleted(pb::AttributeDeleted {
+            lot_id: lot.lot_id.clone(),
+            attribute_id: gone.attribute_id,
+            key: gone.key,
+        })));
+        Ok(Res::Lot(lot_view(lot)))
+    }
+
+    fn add_comment(&mut self, ctx: &Ctx, c: &pb::AddComment, events: &mut Events) -> Result<Res, Rejection> {
+        if ctx.actor.is_empty() || !self.users.contains_key(ctx.actor) {
+            return reject(Code::Forbidden, "a comment needs a signed-in author");
+        }
+        let digest = digest_of(c);
+        let lot = self.content_lot(&c.lot_id)?;
+        let lot_id = lot.lot_id.clone();
+        let added = lot.content.add_comment(c, ctx.actor, ctx.at, digest)?.map(|x| content::comment_view(&lot_id, x));
+        let Some(view) = added else {
+            // A retry: the first answer again, nothing new.
+            let existing = lot.content.comment(&c.comment_id).map(|x| content::comment_view(&lot_id, x));
+            return existing.map(Res::Comment).ok_or_else(|| Rejection::new(Code::CommentNotFound, "comment vanished"));
+        };
+        lot.version += 1;
+        events.push(event(pb::event::Kind::CommentAdded(view.clone())));
+        Ok(Res::Comment(view))
+    }
+
+    fn delete_comment(&mut self, ctx: &Ctx, c: &pb::DeleteComment, events: &mut Events) -> Result<Res, Rejection> {
+        let Some(lot) = self.lots.get(&c.lot_id) else {
+            return reject(Code::LotNotFound, format!("no lot {}", c.lot_id));
+        };
+        let Some(comment) = lot.content.comment(&c.comment_id) else {
+            return reject(Code::CommentNotFound, format!("no comment {} on lot {}", c.comment_id, c.lot_id));
+        };
+        // Authors delete their own comments; curators and admins any.
+        if ctx.actor.is_empty() || comment.author != ctx.actor {
+            self.authorize(ctx, &[Role::Curator, Role::Admin])?;
+        }
+        let lot = self.content_lot(&c.lot_id)?;
+        let gone = lot.content.delete_comment(&c.comment_id)?;
+        lot.version += 1;
+        events.push(event(pb::event::Kind::CommentDeleted(pb::CommentDeleted {
+            lot_id: lot.lot_id.clone(),
+            comment_id: gone.comment_id,
+        })));
+        Ok(Res::Lot(lot_view(lot)))
+    }
+
+    fn add_image(&mut self, ctx: &Ctx, c: &pb::AddImage, events: &mut Events) -> Result<Res, Rejection> {
+        self.authorize_content(ctx, &c.lot_id)?;
+        content::check_image(c)?;
+        if let Some(owner) = self.images.get(&c.image_id) {
+            let same = self.lots.get(owner).and_then(|l| l.content.image(&c.image_id).map(|(at, i)| (l, at, i))).filter(
+                |(l, _, i)| {
+                    l.lot_id == c.lot_id
+                        && i.content_hash == c.content_hash
+                        && i.content_type == c.content_type
+                        && (i.bytes, i.width, i.height) == (c.bytes, c.width, c.height)
+                },
+            );
+            return match same {
+                Some((l, at, i)) => Ok(Res::Image(content::image_view(&l.lot_id, at, i))),
+                None => reject(Code::ImageExists, format!("image {} already exists", c.image_id)),
+            };
+        }
+        let lot = self.content_lot(&c.lot_id)?;
+        lot.content.add_image(c)?;
+        lot.version += 1;
+        let at = lot.content.images.len().saturating_sub(1);
+        let view = match lot.content.images.last() {
+            Some(image) => content::image_view(&lot.lot_id, at, image),
+            None => return reject(Code::ImageNotFound, "the image was not added"),
+        };
+        self.images.insert(c.image_id.clone(), c.lot_id.clone());
+        *self.image_refs.entry(c.content_hash.clone()).or_default() += 1;
+        events.push(event(pb::event::Kind::ImageAdded(view.clone())));
+        Ok(Res::Image(view))
+    }
+
+    fn delete_image(&mut self, ctx: &Ctx, c: &pb::DeleteImage, events: &mut Events) -> Result<Res, Rejection> {
+        self.authorize_content(ctx, &c.lot_id)?;
+        let lot = self.content_lot(&c.lot_id)?;
+        let gone = lot.content.delete_image(&c.image_id)?;
+        lot.version += 1;
+        let view = lot_view(lot);
+        self.images.remove(&gone.image_id);
+        if let Some(n) = self.image_refs.get_mut(&gone.content_hash) {
+            *n -= 1;
+            if *n == 0 {
+                self.image_refs.remove(&gone.content_hash);
+            }
+        }
+        events.push(event(pb::event::Kind::ImageDeleted(pb::ImageDeleted {
+            lot_id: c.lot_id.clone(),
+            image_id: gone.image_id,
+            content_hash: gone.content_hash,
+        })));
+        Ok(Res::Lot(view))
+    }
+
+    fn reorder_images(&mut self, ctx: &Ctx, c: &pb::ReorderImages, events: &mut Events) -> Result<Res, Rejection> {
+        self.authorize_content(ctx, &c.lot_id)?;
+        let lot = self.content_lot(&c.lot_id)?;
+        let unchanged = lot.content.images.iter().map(|i| &i.image_id).eq(c.image_ids.iter());
+        lot.content.reorder_images(&c.image_ids)?;
+        let view = lot.content.images_view(&lot.lot_id);
+        if !unchanged {
+            lot.version += 1;
+            events.push(event(pb::event::Kind::ImagesReordered(view.clone())));
+        }
+        Ok(Res::Images(view))
+    }
+}
+
 // ---- state changes shared by several commands --------------------------------------------
 
 fn move_lot(lot: &mut Lot, to: LotStatus, events: &mut Events) {
@@ -762,6 +1018,9 @@ pub fn lot_view(lot: &Lot) -> pb::LotView {
         auction_id: lot.auction_id.clone(),
         has_reserve: lot.book.reserve.is_some(),
         minimum_bid: lot.book.minimum_bid(&lot.ladder),
+        categories: lot.content.categories.clone(),
+        image_count: u32::try_from(lot.content.images.len()).unwrap_or(u32::MAX),
+        comment_count: u32::try_from(lot.content.comments.len()).unwrap_or(u32::MAX),
     }
 }
 

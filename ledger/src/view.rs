@@ -36,7 +36,59 @@ pub fn lot(v: &pb::LotView) -> Value {
         "ends_at": format_time(v.ends_at_ms),
         "seller_id": v.seller_id,
         "version": v.version,
+        "categories": v.categories,
+        "image_count": v.image_count,
+        "comment_count": v.comment_count,
     })
+}
+
+/// A category; `children` and `lot_count` only where a read filled them in.
+pub fn category(v: &pb::CategoryView, with_counts: bool) -> Value {
+    let mut out = json!({"category_id": v.category_id, "name": v.name, "parent_id": opt_str(&v.parent_id)});
+    if with_counts {
+        out["lot_count"] = json!(v.lot_count);
+    }
+    out
+}
+
+pub fn attribute(v: &pb::AttributeView) -> Value {
+    json!({"attribute_id": v.attribute_id, "key": v.key, "value": v.value})
+}
+
+pub fn attributes(v: &pb::AttributesView) -> Value {
+    json!({"attributes": v.attributes.iter().map(attribute).collect::<Vec<_>>()})
+}
+
+pub fn comment(v: &pb::CommentView) -> Value {
+    json!({
+        "comment_id": v.comment_id,
+        "lot_id": v.lot_id,
+        "author": v.author,
+        "content": v.content,
+        "created_at": format_time(v.created_at_ms),
+    })
+}
+
+/// Where an image's bytes are served (API.md).
+pub fn image_url(image_id: &str) -> String {
+    format!("/v1/images/{image_id}")
+}
+
+pub fn image(v: &pb::ImageView) -> Value {
+    json!({
+        "image_id": v.image_id,
+        "lot_id": v.lot_id,
+        "url": image_url(&v.image_id),
+        "content_type": v.content_type,
+        "bytes": v.bytes,
+        "width": v.width,
+        "height": v.height,
+        "position": v.position,
+    })
+}
+
+pub fn images(v: &pb::ImagesView) -> Value {
+    json!({"images": v.images.iter().map(image).collect::<Vec<_>>()})
 }
 
 pub fn user(v: &pb::UserView) -> Value {
@@ -99,6 +151,11 @@ pub fn outcome(o: &pb::Outcome) -> Value {
         Some(Res::Bid(v)) => bid(v),
         Some(Res::Closed(v)) => closed(v),
         Some(Res::Auction(v)) => auction(v),
+        Some(Res::Category(v)) => category(v, false),
+        Some(Res::Attributes(v)) => attributes(v),
+        Some(Res::Comment(v)) => comment(v),
+        Some(Res::Image(v)) => image(v),
+        Some(Res::Images(v)) => images(v),
     }
 }
 

@@ -120,6 +120,9 @@ proptest! {
         let mut lots = BTreeMap::new();
         let mut auctions = BTreeMap::new();
         let mut recorded = BTreeMap::new();
+        let mut categories = BTreeMap::new();
+        let mut contents = BTreeMap::new();
+        let mut comments = BTreeMap::new();
         for cmd in &cmds {
             ledger.apply(cmd);
             let f = ledger.footprint(cmd);
@@ -150,6 +153,31 @@ proptest! {
             {
                 recorded.insert((bidder, bid_id), r);
             }
+            for id in f.categories {
+                match ledger.category_record(&id) {
+                    Some(r) => categories.insert(id, r),
+                    None => categories.remove(&id),
+                };
+            }
+            for id in f.contents {
+                match ledger.content_record(&id) {
+                    Some(r) => contents.insert(id, r),
+                    None => contents.remove(&id),
+                };
+            }
+            for key in f.comments {
+                match ledger.comment_record(&key.0, &key.1) {
+                    Some(r) => comments.insert(key, r),
+                    None => comments.remove(&key),
+                };
+            }
+        }
+        // Content and comments go back into their lots, as a node's loader puts them.
+        for (lot_id, mut content) in contents {
+            content.comments = comments.iter().filter(|((l, _), _)| *l == lot_id).map(|(_, c)| c.clone()).collect();
+            if let Some(lot) = lots.get_mut(&lot_id) && content != pb::LotContentState::default() {
+                lot.content = Some(content);
+            }
         }
         let snap = pb::Snapshot {
             format_version: ledger::snapshot::FORMAT_VERSION,
@@ -158,6 +186,7 @@ proptest! {
             lots: lots.into_values().collect(),
             auctions: auctions.into_values().collect(),
             recorded_bids: recorded.into_values().collect(),
+            categories: categories.into_values().collect(),
         };
         let rebuilt = Ledger::from_snapshot(snap).unwrap();
         prop_assert_eq!(rebuilt.digest(), ledger.digest());
@@ -248,8 +277,53 @@ fn body() -> impl Strategy<Value = Body> {
     ]
 }
 
+fn category_id() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["", "C1", "C2", "C3", "C4", "x y"]).prop_map(str::to_owned)
+}
+
+fn lot_id() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["L1", "L2", "nope"]).prop_map(str::to_owned)
+}
+
+/// Content commands, over as small a universe so that they collide and interact.
+fn content_body() -> impl Strategy<Value = Body> {
+    let hash = prop::sample::select(vec!["a".repeat(64), "b".repeat(64), "not-a-hash".into()]);
+    let image_id = || prop::sample::select(vec!["i1", "i2", "i3"]).prop_map(str::to_owned);
+    prop_oneof![
+        3 => (category_id(), prop::sample::select(vec!["Paintings", "Oils", ""]), category_id())
+            .prop_map(|(category_id, name, parent_id)| Body::PutCategory(pb::PutCategory { category_id, name: name.into(), parent_id })),
+        2 => (lot_id(), prop::collection::vec(category_id(), 0..3))
+            .prop_map(|(lot_id, category_ids)| Body::SetLotCategories(pb::SetLotCategories { lot_id, category_ids })),
+        2 => (lot_id(), prop::collection::vec((prop::sample::select(vec!["medium", "year", "Bad Key", ""]), prop::sample::select(vec!["oil", "1990", ""])), 0..3))
+            .prop_map(|(lot_id, kv)| Body::AddAttributes(pb::AddAttributes {
+                lot_id,
+                attributes: kv.into_iter().map(|(k, v)| pb::AttributeInput { key: k.into(), value: v.into() }).collect(),
+            })),
+        1 => (lot_id(), prop::sample::select(vec!["a0", "a1", "a2"]))
+            .prop_map(|(lot_id, a)| Body::DeleteAttribute(pb::DeleteAttribute { lot_id, attribute_id: a.into() })),
+        3 => (lot_id(), prop::sample::select(vec!["c1", "c2", "c3"]), prop::sample::select(vec!["nice", "", "  "]))
+            .prop_map(|(lot_id, c, content)| Body::AddComment(pb::AddComment { lot_id, comment_id: c.into(), content: content.into() })),
+        1 => (lot_id(), prop::sample::select(vec!["c1", "c2", "c3"]))
+            .prop_map(|(lot_id, c)| Body::DeleteComment(pb::DeleteComment { lot_id, comment_id: c.into() })),
+        3 => (lot_id(), image_id(), hash, prop::sample::select(vec!["image/png", "image/jpeg", "text/plain"]), 0u64..10, 0u32..3)
+            .prop_map(|(lot_id, image_id, content_hash, content_type, bytes, side)| Body::AddImage(pb::AddImage {
+                lot_id,
+                image_id,
+                content_hash,
+                content_type: content_type.into(),
+                bytes,
+                width: side,
+                height: side,
+            })),
+        1 => (lot_id(), image_id()).prop_map(|(lot_id, image_id)| Body::DeleteImage(pb::DeleteImage { lot_id, image_id })),
+        1 => (lot_id(), prop::collection::vec(image_id(), 0..4))
+            .prop_map(|(lot_id, image_ids)| Body::ReorderImages(pb::ReorderImages { lot_id, image_ids })),
+    ]
+}
+
 fn any_command() -> impl Strategy<Value = pb::Command> {
-    (time(), id(), proptest::option::of(body())).prop_map(|(at_ms, actor, body)| pb::Command {
+    let body = prop_oneof![3 => body(), 1 => content_body()];
+    (time(), id(), proptest::option::of(body)).prop_map(|(at_ms, actor, body)| pb::Command {
         at_ms,
         actor,
         body,

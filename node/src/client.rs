@@ -170,9 +170,33 @@ impl Client {
         stale: bool,
         include_bids: bool,
     ) -> Result<pb::ReadLotResponse, ClientError> {
+        self.read_lot_with(pb::ReadLotRequest { lot_id: lot_id.to_owned(), stale, include_bids, include_content: false })
+            .await
+    }
+
+    /// Reads a lot with the parts the request asks for.
+    pub async fn read_lot_with(&self, req: pb::ReadLotRequest) -> Result<pb::ReadLotResponse, ClientError> {
         self.with_retries(|ch| {
-            let request = self.request(pb::ReadLotRequest { lot_id: lot_id.to_owned(), stale, include_bids });
+            let request = self.request(req.clone());
             async move { Self::client(ch).read_lot(request).await }
+        })
+        .await
+    }
+
+    /// Reads the category tree (linearizable unless `stale`).
+    pub async fn read_categories(&self, stale: bool) -> Result<pb::ReadCategoriesResponse, ClientError> {
+        self.with_retries(|ch| {
+            let request = self.request(pb::ReadCategoriesRequest { stale });
+            async move { Self::client(ch).read_categories(request).await }
+        })
+        .await
+    }
+
+    /// Reads a committed image by id, or whether committed images hold `content_hash`.
+    pub async fn read_image(&self, req: pb::ReadImageRequest) -> Result<pb::ReadImageResponse, ClientError> {
+        self.with_retries(|ch| {
+            let request = self.request(req.clone());
+            async move { Self::client(ch).read_image(request).await }
         })
         .await
     }

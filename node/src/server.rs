@@ -227,6 +227,39 @@ impl pb::client_service_server::ClientService for Services {
             stale: req.stale,
             reserve_price: lot.and_then(|l| l.book.reserve),
             leading_max: lot.and_then(|l| l.book.leader.as_ref().map(|x| x.max)),
+            content: lot.filter(|_| req.include_content).map(|l| l.content.view(&l.lot_id)),
+        }))
+    }
+
+    async fn read_categories(
+        &self,
+        request: Request<pb::ReadCategoriesRequest>,
+    ) -> Result<Response<pb::ReadCategoriesResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        if !self.read_here(req.stale, forwarded).await? {
+            return self.leader_client()?.0.read_categories(Self::forward(req)).await;
+        }
+        let shared = &self.node.shared;
+        let applied_index = shared.applied_index();
+        let categories = shared.ledger().category_views();
+        Ok(Response::new(pb::ReadCategoriesResponse { categories, applied_index, stale: req.stale }))
+    }
+
+    async fn read_image(&self, request: Request<pb::ReadImageRequest>) -> Result<Response<pb::ReadImageResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        if !self.read_here(req.stale, forwarded).await? {
+            return self.leader_client()?.0.read_image(Self::forward(req)).await;
+        }
+        let shared = &self.node.shared;
+        let applied_index = shared.applied_index();
+        let ledger = shared.ledger();
+        Ok(Response::new(pb::ReadImageResponse {
+            image: if req.image_id.is_empty() { None } else { ledger.image(&req.image_id) },
+            referenced: !req.content_hash.is_empty() && ledger.image_referenced(&req.content_hash),
+            applied_index,
+            stale: req.stale,
         }))
     }
 

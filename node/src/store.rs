@@ -330,6 +330,15 @@ fn auction_key(id: &str) -> Vec<u8> {
 fn recorded_key(bidder: &str, bid_id: &str) -> Vec<u8> {
     [b"r/", bidder.as_bytes(), b"\0", bid_id.as_bytes()].concat()
 }
+fn category_key(id: &str) -> Vec<u8> {
+    [b"c/", id.as_bytes()].concat()
+}
+fn content_key(lot_id: &str) -> Vec<u8> {
+    [b"k/", lot_id.as_bytes()].concat()
+}
+fn comment_key(lot_id: &str, comment_id: &str) -> Vec<u8> {
+    [b"m/", lot_id.as_bytes(), b"\0", comment_id.as_bytes()].concat()
+}
 fn history_prefix(lot_id: &str) -> Vec<u8> {
     [b"h/", lot_id.as_bytes(), b"\0"].concat()
 }
@@ -363,6 +372,8 @@ fn load_ledger(db: &DB) -> io::Result<Ledger> {
             <[u8; 8]>::try_from(bytes.as_slice()).map(i64::from_be_bytes).map_err(|_| corrupt("clock"))?;
     }
     let mut histories: std::collections::BTreeMap<String, Vec<ledger::pb::HistoryLine>> = Default::default();
+    let mut contents: std::collections::BTreeMap<String, ledger::pb::LotContentState> = Default::default();
+    let mut comments: std::collections::BTreeMap<String, Vec<ledger::pb::CommentState>> = Default::default();
     for item in db.iterator_cf(cf(db, CF_SM_STATE)?, IteratorMode::Start) {
         let (key, value) = item.map_err(rocks)?;
         match key.get(..2) {
@@ -370,6 +381,17 @@ fn load_ledger(db: &DB) -> io::Result<Ledger> {
             Some(b"l/") => snap.lots.push(decode(&value, "lot")?),
             Some(b"a/") => snap.auctions.push(decode(&value, "auction")?),
             Some(b"r/") => snap.recorded_bids.push(decode(&value, "recorded bid")?),
+            Some(b"c/") => snap.categories.push(decode(&value, "category")?),
+            Some(b"k/") => {
+                let lot_id = String::from_utf8_lossy(&key[2..]).into_owned();
+                contents.insert(lot_id, decode(&value, "lot content")?);
+            }
+            Some(b"m/") => {
+                let rest = &key[2..];
+                let sep = rest.iter().position(|&b| b == 0).ok_or_else(|| corrupt("comment key"))?;
+                let lot_id = String::from_utf8_lossy(&rest[..sep]).into_owned();
+                comments.entry(lot_id).or_default().push(decode(&value, "comment")?);
+            }
             Some(b"h/") => {
                 let rest = &key[2..];
                 let sep = rest.iter().position(|&b| b == 0).ok_or_else(|| corrupt("history key"))?;
@@ -381,6 +403,10 @@ fn load_ledger(db: &DB) -> io::Result<Ledger> {
     }
     for lot in &mut snap.lots {
         lot.history = histories.remove(&lot.lot_id).unwrap_or_default();
+        if let Some(mut content) = contents.remove(&lot.lot_id) {
+            content.comments = comments.remove(&lot.lot_id).unwrap_or_default();
+            lot.content = Some(content);
+        }
     }
     Ledger::from_snapshot(snap).map_err(|e| corrupt(e.to_string()))
 }
@@ -461,6 +487,24 @@ fn persist_footprint(
         && let Some(r) = ledger.recorded_record(bidder, bid_id)
     {
         batch.put_cf(state, recorded_key(bidder, bid_id), r.encode_to_vec());
+    }
+    for id in &f.categories {
+        match ledger.category_record(id) {
+            Some(r) => batch.put_cf(state, category_key(id), r.encode_to_vec()),
+            None => batch.delete_cf(state, category_key(id)),
+        }
+    }
+    for id in &f.contents {
+        match ledger.content_record(id) {
+            Some(r) => batch.put_cf(state, content_key(id), r.encode_to_vec()),
+            None => batch.delete_cf(state, content_key(id)),
+        }
+    }
+    for (lot_id, comment_id) in &f.comments {
+        match ledger.comment_record(lot_id, comment_id) {
+            Some(r) => batch.put_cf(state, comment_key(lot_id, comment_id), r.encode_to_vec()),
+            None => batch.delete_cf(state, comment_key(lot_id, comment_id)),
+        }
     }
 }
 
@@ -645,6 +689,16 @@ fn write_snapshot_state(
         lots: ledger.lots().map(|l| l.lot_id.clone()).collect(),
         auctions: Vec::new(),
         recorded: None,
+        categories: ledger.categories().map(|c| c.category_id.clone()).collect(),
+        contents: ledger
+            .lots()
+            .filter(|l| l.content != ledger::content::LotContent::default())
+            .map(|l| l.lot_id.clone())
+            .collect(),
+        comments: ledger
+            .lots()
+            .flat_map(|l| l.content.comments.iter().map(|c| (l.lot_id.clone(), c.comment_id.clone())))
+            .collect(),
     };
     persist_footprint(&mut batch, state, ledger, &footprint, &|_| 0);
     let snap = ledger.to_snapshot();

@@ -46,7 +46,29 @@ fn summary(lot: &LotSummary) -> Value {
         "ends_at": format_time(lot.ends_at_ms),
         "leading_bidder": opt_str(&lot.leading_bidder),
         "auction_id": opt_str(&lot.auction_id),
+        "categories": lot.categories,
+        "thumbnail_url": lot.images.first().map(|id| format!("{}?size=thumb", ledger::view::image_url(id))),
     })
+}
+
+/// A category filter as the set it matches: the category and every category under it in the
+/// ledger's tree (a label that is no category id matches itself only).
+async fn subtree(state: &AppState, category: String) -> Result<std::collections::BTreeSet<String>, AppError> {
+    // Stale is fine: the catalog is itself a step behind the ledger.
+    let tree = state.client.read_categories(true).await?;
+    let mut children: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for c in &tree.categories {
+        children.entry(c.parent_id.as_str()).or_default().push(&c.category_id);
+    }
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![category];
+    while let Some(at) = todo.pop() {
+        if !out.contains(&at) {
+            todo.extend(children.get(at.as_str()).into_iter().flatten().map(|c| (*c).to_owned()));
+            out.insert(at);
+        }
+    }
+    Ok(out)
 }
 
 fn integer<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, AppError> {
@@ -66,12 +88,10 @@ fn parse(params: Vec<(String, String)>, now_ms: i64) -> Result<(Query, Option<u6
         if value.len() > PARAM_BYTES_MAX {
             return Err(AppError::invalid(format!("parameter {name} is longer than {PARAM_BYTES_MAX} bytes")));
         }
-        if name.starts_with("attr.") {
-            return Err(AppError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                code::NOT_IMPLEMENTED,
-                "attribute filters come with lot attributes, which this gateway does not have yet",
-            ));
+        if let Some(key) = name.strip_prefix("attr.") {
+            ledger::content::check_attribute_key(key).map_err(AppError::from)?;
+            q.attributes.push((key.to_owned(), value));
+            continue;
         }
         match name.as_str() {
             "status" => {
@@ -136,7 +156,10 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<Vec<(String, String)>>,
 ) -> Result<Json<Value>, AppError> {
-    let (query, min_index) = parse(params, now_ms())?;
+    let (mut query, min_index) = parse(params, now_ms())?;
+    if let Some(category) = query.category.take() {
+        query.categories = Some(subtree(&state, category).await?);
+    }
     if let Some(min) = min_index
         && !state.catalog.wait_for(min, state.catalog_wait).await
     {
@@ -174,6 +197,15 @@ fn event_types(item: &[u8]) -> Vec<&'static str> {
         Kind::AuctionCreated(_) => "auction_created",
         Kind::LotAddedToAuction(_) => "lot_added_to_auction",
         Kind::AuctionStatusChanged(_) => "auction_status_changed",
+        Kind::CategoryPut(_) => "category_put",
+        Kind::LotCategoriesSet(_) => "lot_categories_set",
+        Kind::AttributesAdded(_) => "attributes_added",
+        Kind::AttributeDeleted(_) => "attribute_deleted",
+        Kind::CommentAdded(_) => "comment_added",
+        Kind::CommentDeleted(_) => "comment_deleted",
+        Kind::ImageAdded(_) => "image_added",
+        Kind::ImageDeleted(_) => "image_deleted",
+        Kind::ImagesReordered(_) => "images_reordered",
     };
     item.events.iter().filter_map(|e| e.kind.as_ref()).map(name).collect()
 }

@@ -3,6 +3,7 @@
 pub mod auctions;
 pub mod bids;
 pub mod catalog;
+pub mod content;
 pub mod lots;
 pub mod ops;
 pub mod semantic;

@@ -58,10 +58,13 @@ pub fn config(addrs: Vec<String>, catalog_dir: std::path::PathBuf) -> GatewayCon
         hub: HubLimits::default(),
         ws: WsLimits::default(),
         tcp_send_buffer_bytes: None,
-        catalog_dir,
         catalog_wait: Duration::from_secs(5),
         // Off unless a test turns it on: embedding every test's lots would cost minutes.
         search: None,
+        images: catalog_dir.with_file_name("images").to_string_lossy().into_owned(),
+        image_sweep: None,
+        image_grace: Duration::from_secs(3600),
+        catalog_dir,
     }
 }
 

@@ -24,6 +24,34 @@ export interface Lot {
   starts_at?: string;
   ends_at: string;
   seller_id?: string;
+  categories?: string[];
+  image_count?: number;
+  comment_count?: number;
+}
+
+export interface Attribute {
+  attribute_id: string;
+  key: string;
+  value: string;
+}
+
+export interface Comment {
+  comment_id: string;
+  lot_id: string;
+  author: string;
+  content: string;
+  created_at: string;
+}
+
+export interface Image {
+  image_id: string;
+  lot_id: string;
+  url: string;
+  content_type: string;
+  bytes: number;
+  width: number;
+  height: number;
+  position: number;
 }
 
 export interface BidLine {
@@ -93,6 +121,29 @@ export async function call<T>(
   }
   const applied = response.headers.get("gavel-applied-index");
   return { data: parsed as T, appliedIndex: applied === null ? null : Number(applied) };
+}
+
+/** Uploads a file as multipart field `image` (the server judges its type by its bytes). */
+export async function upload<T>(path: string, file: Blob): Promise<T> {
+  const form = new FormData();
+  form.append("image", file);
+  const headers: Record<string, string> = {};
+  const session = loadSession();
+  if (session) headers["Authorization"] = `Bearer ${session.token}`;
+  let response: Response;
+  try {
+    response = await fetch(path, { method: "POST", headers, body: form });
+  } catch {
+    throw new ApiError(0, "network", "The server cannot be reached. Check your connection.");
+  }
+  const parsed = (await response.json().catch(() => null)) as
+    | (T & { error?: { code?: string; message?: string } })
+    | null;
+  if (!response.ok) {
+    const err = parsed?.error;
+    throw new ApiError(response.status, err?.code ?? "http_" + response.status, err?.message ?? response.statusText);
+  }
+  return parsed as T;
 }
 
 export async function signIn(username: string, password: string): Promise<Session> {

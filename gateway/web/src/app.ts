@@ -6,6 +6,8 @@
 
 import { ApiError, call, loadSession, newBidId, saveSession, signIn, signUp } from "./api";
 import type { BidLine, Lot } from "./api";
+import { CONTENT_EVENTS, contentSection } from "./content";
+import { el } from "./dom";
 import { Live } from "./live";
 import type { LiveEvent } from "./live";
 
@@ -14,19 +16,6 @@ const who = document.getElementById("who") as HTMLElement;
 const alerts = document.getElementById("alerts") as HTMLElement;
 
 // ---- small DOM helpers ---------------------------------------------------------------
-
-type Child = Node | string | null | undefined | false;
-
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  attrs: Record<string, string> = {},
-  ...children: Child[]
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  for (const c of children) if (c !== null && c !== undefined && c !== false) node.append(c);
-  return node;
-}
 
 function money(amount: number, currency: string): string {
   try {
@@ -251,6 +240,7 @@ async function lotView(page: Page, lotId: string): Promise<HTMLElement> {
     );
   };
 
+  const content = await contentSection(lot);
   const socket = new Live({
     event(topic, index, e: LiveEvent) {
       if (topic === "user") {
@@ -269,6 +259,10 @@ async function lotView(page: Page, lotId: string): Promise<HTMLElement> {
         return;
       }
       if (e.lot_id !== lotId) return;
+      if (CONTENT_EVENTS.has(e.type)) {
+        content.event(e);
+        return;
+      }
       if (e.type === "bid") {
         history.push({
           bid_id: String(e.bid_id),
@@ -386,6 +380,7 @@ async function lotView(page: Page, lotId: string): Promise<HTMLElement> {
     ),
     el("h2", {}, "Bids"),
     historyList,
+    content.element,
   );
 }
 
