@@ -297,6 +297,22 @@ async fn seed(client: &Client, users: &[DemoUser], sale_minutes: u32) -> Result<
         lot_interval_secs: 60,
         increment_ladder: Vec::new(),
     })));
+    // A small category tree: every demo lot's category under one root.
+    commands.push(command(Body::PutCategory(pb::PutCategory {
+        category_id: "art".into(),
+        name: "Art".into(),
+        parent_id: String::new(),
+    })));
+    let mut categories: Vec<&str> = DEMO_LOTS.iter().map(|l| l.category).collect();
+    categories.sort_unstable();
+    categories.dedup();
+    for category in categories {
+        commands.push(command(Body::PutCategory(pb::PutCategory {
+            category_id: category.into(),
+            name: category.into(),
+            parent_id: "art".into(),
+        })));
+    }
     for (i, lot) in DEMO_LOTS.iter().enumerate() {
         let lot_id = format!("demo-lot-{}", i + 1);
         commands.push(command(Body::CreateLot(pb::CreateLot {
@@ -313,6 +329,12 @@ async fn seed(client: &Client, users: &[DemoUser], sale_minutes: u32) -> Result<
             soft_close_secs: 120,
             seller_id: seller.clone(),
             increment_ladder: Vec::new(),
+        })));
+        // The medium, as the catalog's `attr.medium=` filters it: the description's first phrase.
+        let medium = lot.description.split([',', '.']).next().unwrap_or(lot.description).trim().to_lowercase();
+        commands.push(command(Body::AddAttributes(pb::AddAttributes {
+            lot_id: lot_id.clone(),
+            attributes: vec![pb::AttributeInput { key: "medium".into(), value: medium }],
         })));
         for status in [LotStatus::UnderReview, LotStatus::Authenticated, LotStatus::ReadyForAuction] {
             commands
