@@ -81,13 +81,11 @@ impl Query {
             && self.min_price.is_none_or(|p| lot.current_price >= p)
             && self.max_price.is_none_or(|p| lot.current_price <= p)
             && self.ending.is_none_or(|(from, to)| lot.ends_at_ms >= from && lot.ends_at_ms <= to)
-            && self.categories.as_ref().is_none_or(|set| {
-                set.contains(&lot.category) || lot.categories.iter().any(|c| set.contains(c))
-            })
             && self
-                .attributes
-                .iter()
-                .all(|(k, v)| lot.attributes.iter().any(|a| &a.key == k && &a.value == v))
+                .categories
+                .as_ref()
+                .is_none_or(|set| set.contains(&lot.category) || lot.categories.iter().any(|c| set.contains(c)))
+            && self.attributes.iter().all(|(k, v)| lot.attributes.iter().any(|a| &a.key == k && &a.value == v))
     }
 
     /// Every matching lot of `lots`, in this query's order: what the pages must add up to.

@@ -25,6 +25,8 @@ pub const THUMB_WIDTH: u32 = 320;
 /// huge dimensions).
 pub const PIXELS_MAX: u64 = 40_000_000;
 const THUMB_QUALITY: u8 = 80;
+/// How far from a JPEG's end its end-of-image marker may sit.
+const JPEG_TAIL_BYTES: usize = 4096;
 
 /// Why an upload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +64,9 @@ pub fn inspect(bytes: &[u8]) -> Result<Inspected, ImageError> {
     };
     let format = if content_type == "image/png" { ImageFormat::Png } else { ImageFormat::Jpeg };
     // The JPEG decoder fills a truncated scan with grey rather than failing; a whole JPEG
-    // ends with its end-of-image marker.
-    if format == ImageFormat::Jpeg && !bytes.ends_with(&[0xFF, 0xD9]) {
+    // ends with its end-of-image marker (some writers pad or append a little after it).
+    let tail = &bytes[bytes.len().saturating_sub(JPEG_TAIL_BYTES)..];
+    if format == ImageFormat::Jpeg && !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
         return Err(ImageError::Unsupported("the JPEG is truncated: it has no end-of-image marker".into()));
     }
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
@@ -81,11 +84,13 @@ pub fn inspect(bytes: &[u8]) -> Result<Inspected, ImageError> {
     limits.max_image_height = Some(IMAGE_SIDE_MAX);
     limits.max_alloc = Some(PIXELS_MAX * 4 + (64 << 20));
     reader.limits(limits);
-    let decoded = reader.decode().map_err(|e| ImageError::Unsupported(format!("the image does not decode: {e}")))?;
+    let decoded = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => ImageError::TooLarge(format!("the image needs too much memory to decode: {e}")),
+        _ => ImageError::Unsupported(format!("the image does not decode: {e}")),
+    })?;
     let thumb_width = width.min(THUMB_WIDTH);
-    let thumb_height = u32::try_from(u64::from(height) * u64::from(thumb_width) / u64::from(width.max(1)))
-        .unwrap_or(1)
-        .max(1);
+    let thumb_height =
+        u32::try_from(u64::from(height) * u64::from(thumb_width) / u64::from(width.max(1))).unwrap_or(1).max(1);
     let small = decoded.resize_exact(thumb_width, thumb_height, image::imageops::FilterType::Triangle).to_rgb8();
     let mut thumb = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut thumb, THUMB_QUALITY)
@@ -104,6 +109,8 @@ pub enum Size {
 /// The object store with the gallery's bytes: `images/<hash>` and `thumbs/<hash>`.
 pub struct Images {
     store: Arc<dyn ObjectStore>,
+    /// Uploads decoded at once: each may take a few hundred MiB and a core.
+    pub decoding: tokio::sync::Semaphore,
     /// What the store is, for logs and errors.
     pub describe: String,
 }
@@ -115,6 +122,10 @@ pub struct StoreError {
     store: String,
     #[source]
     source: object_store::Error,
+}
+
+fn decoders() -> tokio::sync::Semaphore {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
 
 fn key(size: Size, hash: &str) -> Path {
@@ -133,14 +144,18 @@ impl Images {
             std::fs::create_dir_all(url).map_err(|e| format!("image directory {url}: {e}"))?;
             let store = object_store::local::LocalFileSystem::new_with_prefix(url)
                 .map_err(|e| format!("image directory {url}: {e}"))?;
-            return Ok(Images { store: Arc::new(store), describe });
+            return Ok(Images { store: Arc::new(store), decoding: decoders(), describe });
         }
         let parsed = url::Url::parse(url).map_err(|e| format!("image store URL {url}: {e}"))?;
         if parsed.scheme() == "file" {
             let dir = parsed.to_file_path().map_err(|()| format!("image store URL {url} is not a local path"))?;
             std::fs::create_dir_all(&dir).map_err(|e| format!("image directory {}: {e}", dir.display()))?;
         }
-        let env = std::env::vars().map(|(k, v)| (k.to_ascii_lowercase(), v));
+        // Only `AWS_*` settings: object_store also reads bare names such as `TOKEN` or `REGION`.
+        let env = std::env::vars_os().filter_map(|(k, v)| {
+            let (k, v) = (k.into_string().ok()?, v.into_string().ok()?);
+            k.starts_with("AWS_").then(|| (k.to_ascii_lowercase(), v))
+        });
         let (store, prefix) =
             object_store::parse_url_opts(&parsed, env).map_err(|e| format!("image store URL {url}: {e}"))?;
         let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
@@ -148,7 +163,7 @@ impl Images {
         } else {
             Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
         };
-        Ok(Images { store, describe })
+        Ok(Images { store, decoding: decoders(), describe })
     }
 
     fn failed(&self, source: object_store::Error) -> StoreError {
@@ -179,14 +194,20 @@ impl Images {
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Option<bool>>,
     {
-        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+        let cutoff = chrono::Duration::from_std(grace).ok().and_then(|g| chrono::Utc::now().checked_sub_signed(g));
+        let Some(cutoff) = cutoff else { return Ok(0) };
         let mut old = std::collections::BTreeSet::new();
         for size in [Size::Full, Size::Thumb] {
             let prefix = match size {
                 Size::Full => Path::from("images"),
                 Size::Thumb => Path::from("thumbs"),
             };
-            let listed: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(|e| self.failed(e))?;
+            let listed: Vec<_> = match self.store.list(Some(&prefix)).try_collect().await {
+                Ok(listed) => listed,
+                // Nothing stored yet under that prefix.
+                Err(object_store::Error::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(self.failed(e)),
+            };
             for meta in listed {
                 if meta.last_modified < cutoff
                     && let Some(hash) = meta.location.filename()
@@ -205,6 +226,19 @@ impl Images {
                     warn!(%hash, "image sweep: could not ask the cluster; keeping the bytes");
                     continue;
                 }
+            }
+            // The same bytes may have been uploaded again since the listing (their command not
+            // committed yet): a fresh write keeps them.
+            let mut fresh = false;
+            for size in [Size::Full, Size::Thumb] {
+                match self.store.head(&key(size, &hash)).await {
+                    Ok(meta) => fresh |= meta.last_modified >= cutoff,
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.failed(e)),
+                }
+            }
+            if fresh {
+                continue;
             }
             for size in [Size::Full, Size::Thumb] {
                 match self.store.delete(&key(size, &hash)).await {

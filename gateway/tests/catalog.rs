@@ -136,6 +136,10 @@ fn summary_of(v: &Value, created: u64) -> LotSummary {
         minimum_bid: v["minimum_bid"].as_i64().unwrap(),
         created_index: created,
         index: 0,
+        categories: v["categories"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().into()).collect(),
+        // Not in the lot object; these lots have none.
+        attributes: Vec::new(),
+        images: Vec::new(),
     }
 }
 

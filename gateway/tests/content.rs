@@ -36,7 +36,14 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     png
 }
 
-async fn upload(c: &TestCluster, lot_id: &str, token: &str, file_name: &str, mime: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
+async fn upload(
+    c: &TestCluster,
+    lot_id: &str,
+    token: &str,
+    file_name: &str,
+    mime: &str,
+    bytes: Vec<u8>,
+) -> (StatusCode, Value) {
     let part = multipart::Part::bytes(bytes).file_name(file_name.to_owned()).mime_str(mime).unwrap();
     let form = multipart::Form::new().part("image", part);
     let response = c
@@ -81,11 +88,13 @@ async fn categories_attributes_and_comments_through_the_api() {
     let (status, body) = c.post("/v1/categories", Some(&curator), json!({"category_id": "art", "name": "Art"})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body, json!({"category_id": "art", "name": "Art", "parent_id": null}));
-    let (status, _) =
-        c.post("/v1/categories", Some(&curator), json!({"category_id": "oil", "name": "Oils", "parent_id": "art"})).await;
+    let (status, _) = c
+        .post("/v1/categories", Some(&curator), json!({"category_id": "oil", "name": "Oils", "parent_id": "art"}))
+        .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, body) =
-        c.post("/v1/categories", Some(&curator), json!({"category_id": "art", "name": "Art", "parent_id": "oil"})).await;
+    let (status, body) = c
+        .post("/v1/categories", Some(&curator), json!({"category_id": "art", "name": "Art", "parent_id": "oil"}))
+        .await;
     assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "category_cycle"), "{body}");
     let (status, body) =
         c.post("/v1/categories", Some(&curator), json!({"category_id": "x", "name": "X", "parent_id": "nope"})).await;
@@ -134,9 +143,7 @@ async fn categories_attributes_and_comments_through_the_api() {
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "category_not_found"));
 
     // Attributes: the seller adds in bulk; a duplicate key refuses the whole batch.
-    let attrs = |kv: &[(&str, &str)]| {
-        json!({"attributes": kv.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>()})
-    };
+    let attrs = |kv: &[(&str, &str)]| json!({"attributes": kv.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>()});
     let path = format!("/v1/lots/{lot_id}/attributes");
     let (status, body) = c.post(&path, Some(&seller), attrs(&[("medium", "oil on canvas"), ("year", "1962")])).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -199,14 +206,16 @@ async fn categories_attributes_and_comments_through_the_api() {
     // Pages of two, oldest first, and a deletion between pages shifts nothing.
     let (status, page) = c.get(&format!("{path}?limit=2"), None).await;
     assert_eq!(status, StatusCode::OK);
-    let ids: Vec<&str> = page["comments"].as_array().unwrap().iter().map(|x| x["comment_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        page["comments"].as_array().unwrap().iter().map(|x| x["comment_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["c-1", "b-0"]);
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
     assert_eq!(delete(&c, &format!("{path}/c-1"), &ben).await, StatusCode::FORBIDDEN);
     assert_eq!(delete(&c, &format!("{path}/c-1"), &ana).await, StatusCode::NO_CONTENT);
     let (status, page) = c.get(&format!("{path}?limit=2&cursor={cursor}"), None).await;
     assert_eq!(status, StatusCode::OK);
-    let ids: Vec<&str> = page["comments"].as_array().unwrap().iter().map(|x| x["comment_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        page["comments"].as_array().unwrap().iter().map(|x| x["comment_id"].as_str().unwrap()).collect();
     assert_eq!((ids, page["next_cursor"].clone()), (vec!["b-1"], Value::Null));
     let (status, body) = c.get(&format!("{path}?cursor=zz"), None).await;
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_input"));
@@ -278,8 +287,14 @@ async fn images_are_judged_by_their_bytes_stored_served_and_swept() {
     let (status, body) = upload(&c, "nope", &seller, "x.png", "image/png", png.clone()).await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "lot_not_found"), "{body}");
     let form = multipart::Form::new().text("caption", "no file here");
-    let response =
-        c.http.post(format!("{}/v1/lots/{lot_id}/images", c.url)).bearer_auth(&seller).multipart(form).send().await.unwrap();
+    let response = c
+        .http
+        .post(format!("{}/v1/lots/{lot_id}/images", c.url))
+        .bearer_auth(&seller)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(stored(&store), kept, "a refused upload stored bytes");
 
@@ -312,7 +327,8 @@ async fn images_are_judged_by_their_bytes_stored_served_and_swept() {
 
     // Reordering names each image once.
     let ids = [&third, &first, &second].map(|i| i["image_id"].as_str().unwrap().to_owned());
-    let (status, body) = c.post(&format!("/v1/lots/{lot_id}/images/order"), Some(&seller), json!({"image_ids": ids})).await;
+    let (status, body) =
+        c.post(&format!("/v1/lots/{lot_id}/images/order"), Some(&seller), json!({"image_ids": ids})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["images"][0]["image_id"], third["image_id"]);
     let (status, body) =
@@ -322,8 +338,15 @@ async fn images_are_judged_by_their_bytes_stored_served_and_swept() {
     // An upload whose command fails (the gallery is full) leaves bytes that no committed
     // image names: never served, and swept.
     for i in 0..(ledger::limits::LOT_IMAGES_MAX - 3) {
-        let (status, body) =
-            upload(&c, &lot_id, &curator, "fill.png", "image/png", picture(8, 8, image::ImageFormat::Png, 10 + i as u8)).await;
+        let (status, body) = upload(
+            &c,
+            &lot_id,
+            &curator,
+            "fill.png",
+            "image/png",
+            picture(8, 8, image::ImageFormat::Png, 10 + i as u8),
+        )
+        .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     let orphan = picture(16, 16, image::ImageFormat::Png, 200);

@@ -119,7 +119,8 @@ pub fn subtree(tree: &BTreeMap<String, Category>, id: &str) -> BTreeSet<String> 
 pub fn check_tree(tree: &BTreeMap<String, Category>) -> Result<(), String> {
     for c in tree.values() {
         let mut at = c;
-        for _ in 0..limits::CATEGORY_DEPTH_MAX {
+        // A category at the deepest allowed level is that many levels minus one below a root.
+        for _ in 1..limits::CATEGORY_DEPTH_MAX {
             if at.parent_id.is_empty() {
                 break;
             }
@@ -152,7 +153,10 @@ pub fn check_put(tree: &BTreeMap<String, Category>, c: &pb::PutCategory) -> Resu
     let parent_depth = if c.parent_id.is_empty() { 0 } else { depth(tree, &c.parent_id) };
     let Some(existing) = tree.get(&c.category_id) else {
         if tree.len() >= limits::CATEGORIES_MAX {
-            return reject(Code::ContentLimitReached, format!("there are {} categories already", limits::CATEGORIES_MAX));
+            return reject(
+                Code::ContentLimitReached,
+                format!("there are {} categories already", limits::CATEGORIES_MAX),
+            );
         }
         if parent_depth + 1 > limits::CATEGORY_DEPTH_MAX {
             return reject(
@@ -251,7 +255,8 @@ pub fn check_image(c: &pb::AddImage) -> Result<(), Rejection> {
     if !IMAGE_TYPES.contains(&c.content_type.as_str()) {
         return reject(Code::InvalidImage, "an image is image/png or image/jpeg");
     }
-    let hex = c.content_hash.len() == 64 && c.content_hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex =
+        c.content_hash.len() == 64 && c.content_hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !hex {
         return reject(Code::InvalidImage, "content_hash is 64 lowercase hex digits (BLAKE3)");
     }
@@ -329,7 +334,10 @@ impl LotContent {
             };
         }
         if self.comments.len() >= limits::LOT_COMMENTS_MAX {
-            return reject(Code::ContentLimitReached, format!("a lot has at most {} comments", limits::LOT_COMMENTS_MAX));
+            return reject(
+                Code::ContentLimitReached,
+                format!("a lot has at most {} comments", limits::LOT_COMMENTS_MAX),
+            );
         }
         self.comments.push(Comment {
             comment_id: c.comment_id.clone(),
@@ -354,20 +362,23 @@ impl LotContent {
         self.images.iter().enumerate().find(|(_, i)| i.image_id == image_id)
     }
 
-    /// Appends an image to the gallery (its metadata checked by [`check_image`] first).
-    pub fn add_image(&mut self, c: &pb::AddImage) -> Result<(), Rejection> {
+    /// Appends an image to the gallery (its metadata checked by [`check_image`] first) and
+    /// returns its view.
+    pub fn add_image(&mut self, lot_id: &str, c: &pb::AddImage) -> Result<pb::ImageView, Rejection> {
         if self.images.len() >= limits::LOT_IMAGES_MAX {
             return reject(Code::ContentLimitReached, format!("a lot has at most {} images", limits::LOT_IMAGES_MAX));
         }
-        self.images.push(Image {
+        let image = Image {
             image_id: c.image_id.clone(),
             content_hash: c.content_hash.clone(),
             content_type: c.content_type.clone(),
             bytes: c.bytes,
             width: c.width,
             height: c.height,
-        });
-        Ok(())
+        };
+        let view = image_view(lot_id, self.images.len(), &image);
+        self.images.push(image);
+        Ok(view)
     }
 
     pub fn delete_image(&mut self, image_id: &str) -> Result<Image, Rejection> {
@@ -475,8 +486,11 @@ impl LotContent {
             .comments
             .into_iter()
             .map(|c| {
-                let create_digest: [u8; 32] =
-                    c.create_digest.as_slice().try_into().map_err(|_| format!("comment {} has no digest", c.comment_id))?;
+                let create_digest: [u8; 32] = c
+                    .create_digest
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| format!("comment {} has no digest", c.comment_id))?;
                 if c.seq >= s.next_comment {
                     return Err(format!("comment {} is numbered past the lot's counter", c.comment_id));
                 }
@@ -503,6 +517,38 @@ impl LotContent {
                 height: i.height,
             })
             .collect::<Vec<_>>();
+        // What commands guarantee, checked again: unique keys and ids, numbers below the
+        // counters, images as `add_image` takes them, categories each once.
+        let mut keys = BTreeSet::new();
+        for a in &attributes {
+            let number = a.attribute_id.strip_prefix('a').and_then(|n| n.parse::<u64>().ok());
+            if !keys.insert(a.key.as_str()) || number.is_none_or(|n| n >= s.next_attribute) {
+                return Err(format!("attribute {} repeats a key or is misnumbered", a.attribute_id));
+            }
+        }
+        let ids: BTreeSet<&str> = attributes.iter().map(|a| a.attribute_id.as_str()).collect();
+        let comment_ids: BTreeSet<&str> = comments.iter().map(|c| c.comment_id.as_str()).collect();
+        let seqs: BTreeSet<u64> = comments.iter().map(|c| c.seq).collect();
+        let categories: BTreeSet<&String> = s.categories.iter().collect();
+        if ids.len() != attributes.len()
+            || comment_ids.len() != comments.len()
+            || seqs.len() != comments.len()
+            || categories.len() != s.categories.len()
+        {
+            return Err("content repeats an id, a comment number or a category".into());
+        }
+        for i in &images {
+            let add = pb::AddImage {
+                lot_id: String::new(),
+                image_id: i.image_id.clone(),
+                content_hash: i.content_hash.clone(),
+                content_type: i.content_type.clone(),
+                bytes: i.bytes,
+                width: i.width,
+                height: i.height,
+            };
+            check_image(&add).map_err(|e| format!("image {}: {}", i.image_id, e.message))?;
+        }
         let too_many = attributes.len() > limits::LOT_ATTRIBUTES_MAX
             || comments.len() > limits::LOT_COMMENTS_MAX
             || images.len() > limits::LOT_IMAGES_MAX

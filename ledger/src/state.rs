@@ -85,7 +85,7 @@ pub struct Auction {
 
 /// The whole replicated state. Ordered maps only: iteration order reaches snapshots and the
 /// digest, so it must be the same on every replica.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ledger {
     /// The ledger's clock: the latest command time seen. Commands stamped earlier are treated
     /// as stamped now, so time never runs backwards here whatever the input.
@@ -721,7 +721,8 @@ impl Ledger {
     fn put_category(&mut self, ctx: &Ctx, c: &pb::PutCategory, events: &mut Events) -> Result<Res, Rejection> {
         self.authorize(ctx, &[Role::Curator, Role::Admin])?;
         let put = content::check_put(&self.categories, c)?;
-        let category = Category { category_id: c.category_id.clone(), name: c.name.clone(), parent_id: c.parent_id.clone() };
+        let category =
+            Category { category_id: c.category_id.clone(), name: c.name.clone(), parent_id: c.parent_id.clone() };
         let view = content::category_view(&category);
         if put != Put::Same {
             self.categories.insert(category.category_id.clone(), category);
@@ -835,27 +836,23 @@ impl Ledger {
         self.authorize_content(ctx, &c.lot_id)?;
         content::check_image(c)?;
         if let Some(owner) = self.images.get(&c.image_id) {
-            let same = self.lots.get(owner).and_then(|l| l.content.image(&c.image_id).map(|(at, i)| (l, at, i))).filter(
-                |(l, _, i)| {
-                    l.lot_id == c.lot_id
-                        && i.content_hash == c.content_hash
-                        && i.content_type == c.content_type
-                        && (i.bytes, i.width, i.height) == (c.bytes, c.width, c.height)
-                },
-            );
+            let same =
+                self.lots.get(owner).and_then(|l| l.content.image(&c.image_id).map(|(at, i)| (l, at, i))).filter(
+                    |(l, _, i)| {
+                        l.lot_id == c.lot_id
+                            && i.content_hash == c.content_hash
+                            && i.content_type == c.content_type
+                            && (i.bytes, i.width, i.height) == (c.bytes, c.width, c.height)
+                    },
+                );
             return match same {
                 Some((l, at, i)) => Ok(Res::Image(content::image_view(&l.lot_id, at, i))),
                 None => reject(Code::ImageExists, format!("image {} already exists", c.image_id)),
             };
         }
         let lot = self.content_lot(&c.lot_id)?;
-        lot.content.add_image(c)?;
+        let view = lot.content.add_image(&lot.lot_id, c)?;
         lot.version += 1;
-        let at = lot.content.images.len().saturating_sub(1);
-        let view = match lot.content.images.last() {
-            Some(image) => content::image_view(&lot.lot_id, at, image),
-            None => return reject(Code::ImageNotFound, "the image was not added"),
-        };
         self.images.insert(c.image_id.clone(), c.lot_id.clone());
         *self.image_refs.entry(c.content_hash.clone()).or_default() += 1;
         events.push(event(pb::event::Kind::ImageAdded(view.clone())));

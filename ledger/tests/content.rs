@@ -265,8 +265,7 @@ fn content_survives_a_snapshot_and_replays_to_the_same_digest() {
     let restored = Ledger::decode_snapshot(&a.ledger.encode_snapshot()).unwrap();
     assert_eq!(restored, a.ledger);
     assert_eq!(restored.digest(), a.ledger.digest());
-    let order: Vec<&str> =
-        restored.lot("L").unwrap().content.comments.iter().map(|c| c.comment_id.as_str()).collect();
+    let order: Vec<&str> = restored.lot("L").unwrap().content.comments.iter().map(|c| c.comment_id.as_str()).collect();
     assert_eq!(order, ["c2", "c3"]);
     // The restored ledger keeps its rules: ids and counters carry on.
     let mut w = World { ledger: restored, at: a.at };

@@ -170,8 +170,13 @@ impl Client {
         stale: bool,
         include_bids: bool,
     ) -> Result<pb::ReadLotResponse, ClientError> {
-        self.read_lot_with(pb::ReadLotRequest { lot_id: lot_id.to_owned(), stale, include_bids, include_content: false })
-            .await
+        self.read_lot_with(pb::ReadLotRequest {
+            lot_id: lot_id.to_owned(),
+            stale,
+            include_bids,
+            include_content: false,
+        })
+        .await
     }
 
     /// Reads a lot with the parts the request asks for.

@@ -246,7 +246,10 @@ impl pb::client_service_server::ClientService for Services {
         Ok(Response::new(pb::ReadCategoriesResponse { categories, applied_index, stale: req.stale }))
     }
 
-    async fn read_image(&self, request: Request<pb::ReadImageRequest>) -> Result<Response<pb::ReadImageResponse>, Status> {
+    async fn read_image(
+        &self,
+        request: Request<pb::ReadImageRequest>,
+    ) -> Result<Response<pb::ReadImageResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         if !self.read_here(req.stale, forwarded).await? {

@@ -408,6 +408,10 @@ fn load_ledger(db: &DB) -> io::Result<Ledger> {
             lot.content = Some(content);
         }
     }
+    // Every comment is written with its lot's content record: one without is damage.
+    if let Some(lot_id) = comments.keys().chain(contents.keys()).next() {
+        return Err(corrupt(format!("content records for lot {lot_id}, which has no record")));
+    }
     Ledger::from_snapshot(snap).map_err(|e| corrupt(e.to_string()))
 }
 

@@ -281,6 +281,17 @@ impl<S: VectorStore> Batch<'_, S> {
             | Event::AuctionStatusChanged(_)
             | Event::UserCreated(_)
             | Event::UserRoleChanged(_) => Ok(()),
+            // Lot content is not in the embedded text or payload (yet): the title, artist and
+            // description are what a lot is found by.
+            Event::CategoryPut(_)
+            | Event::LotCategoriesSet(_)
+            | Event::AttributesAdded(_)
+            | Event::AttributeDeleted(_)
+            | Event::CommentAdded(_)
+            | Event::CommentDeleted(_)
+            | Event::ImageAdded(_)
+            | Event::ImageDeleted(_)
+            | Event::ImagesReordered(_) => Ok(()),
         }
     }
 

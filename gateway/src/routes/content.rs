@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::body::Body as HttpBody;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -33,7 +34,8 @@ fn unexpected(what: &str) -> AppError {
 /// The lot's content as the ledger holds it now (404 when there is no such lot).
 async fn content_of(state: &AppState, lot_id: &str, stale: bool) -> Result<(pb::LotContentView, u64, bool), AppError> {
     id("lot_id", lot_id)?;
-    let request = pb::ReadLotRequest { lot_id: lot_id.to_owned(), stale, include_bids: false, include_content: true };
+    let request =
+        node::pb::ReadLotRequest { lot_id: lot_id.to_owned(), stale, include_bids: false, include_content: true };
     let answer = state.client.read_lot_with(request).await?;
     match (answer.lot, answer.content) {
         (Some(_), Some(content)) => Ok((content, answer.applied_index, answer.stale)),
@@ -165,7 +167,8 @@ pub async fn attribute(
     id("attribute_id", &attribute_id)?;
     let (content, index, stale) = content_of(&state, &lot_id, query.stale()).await?;
     let found = content.attributes.iter().find(|a| a.attribute_id == attribute_id);
-    let found = found.ok_or_else(|| AppError::rejected("attribute_not_found", format!("no attribute {attribute_id}")))?;
+    let found =
+        found.ok_or_else(|| AppError::rejected("attribute_not_found", format!("no attribute {attribute_id}")))?;
     Ok(label_read(Json(ledger::view::attribute(found)).into_response(), index, stale))
 }
 
@@ -307,9 +310,11 @@ pub async fn add_image(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(lot_id): ApiPath<String>,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, AppError> {
     id("lot_id", &lot_id)?;
+    let mut multipart = multipart
+        .map_err(|e| AppError::invalid(format!("send the image as multipart/form-data: {}", e.body_text())))?;
     // Ownership first (the ledger checks again), so a stranger cannot fill the store.
     let lot = state.client.read_lot(&lot_id, false, false).await?;
     let lot = lot.lot.ok_or_else(|| AppError::rejected("lot_not_found", format!("no lot {lot_id}")))?;
@@ -318,10 +323,12 @@ pub async fn add_image(
     }
     let bytes = image_field(&mut multipart).await?;
     let for_inspection = bytes.clone();
+    let permit = state.images.decoding.acquire().await.map_err(|e| AppError::internal(e.to_string()))?;
     let inspected = tokio::task::spawn_blocking(move || images::inspect(&for_inspection))
         .await
         .map_err(|e| AppError::internal(e.to_string()))?
         .map_err(image_error)?;
+    drop(permit);
     state.images.put(&inspected, bytes.clone()).await.map_err(|e| AppError::unavailable(e.to_string()))?;
     let add = pb::AddImage {
         lot_id,
@@ -390,14 +397,15 @@ pub struct ImageQuery {
     size: Option<String>,
 }
 
-/// Whether `If-None-Match` names this ETag (or `*`).
+/// Whether `If-None-Match` names this ETag (or `*`), compared weakly as RFC 9110 says for
+/// this header (`W/"x"` matches `"x"`).
 fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .map(|tag| tag.trim().trim_start_matches("W/"))
         .any(|tag| tag == "*" || tag == etag)
 }
 
@@ -415,7 +423,7 @@ pub async fn bytes(
         Some("thumb") => Size::Thumb,
         Some(other) => return Err(AppError::invalid(format!("size is thumb or full, not {other:?}"))),
     };
-    let request = pb::ReadImageRequest { image_id: image_id.clone(), content_hash: String::new(), stale: false };
+    let request = node::pb::ReadImageRequest { image_id: image_id.clone(), content_hash: String::new(), stale: false };
     let answer = state.client.read_image(request).await?;
     let image = answer.image.ok_or_else(|| AppError::rejected("image_not_found", format!("no image {image_id}")))?;
     let (etag, content_type) = match size {
