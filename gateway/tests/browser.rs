@@ -282,8 +282,11 @@ async fn a_curator_adds_an_image_and_a_comment_another_browser_sees_them() {
     // The browser really loaded it: its natural width is the thumbnail's, 320 px.
     let loaded = Instant::now();
     loop {
-        let width = thumb.prop("naturalWidth").await.unwrap().unwrap_or_default();
-        if width == "320" {
+        let width = dave
+            .execute("return document.querySelector('#gallery img[data-image-id]').naturalWidth", vec![])
+            .await
+            .unwrap();
+        if width == json!(320) {
             break;
         }
         assert!(loaded.elapsed() < Duration::from_secs(5), "the thumbnail did not load: naturalWidth {width}");

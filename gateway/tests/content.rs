@@ -163,6 +163,27 @@ async fn categories_attributes_and_comments_through_the_api() {
     assert_eq!(keys, ["medium", "year"]);
     let (status, body) = c.get(&format!("{path}/{year_id}"), None).await;
     assert_eq!((status, body["value"].as_str()), (StatusCode::OK, Some("1962")));
+    // The catalog lists the lot under its categories' ancestors and by its attributes.
+    let response = c.http.get(format!("{}/v1/lots/{lot_id}", c.url)).send().await.unwrap();
+    let index = response.headers()["gavel-applied-index"].to_str().unwrap().to_owned();
+    for (query, found) in [
+        ("category=art", true),
+        ("category=oil", true),
+        ("category=painting", false),
+        ("attr.medium=oil%20on%20canvas", true),
+        ("attr.medium=oil%20on%20canvas&attr.year=1962&category=art", true),
+        ("attr.medium=bronze", false),
+        ("attr.year=1962&category=oil&status=Draft", true),
+    ] {
+        let (status, body) = c.get(&format!("/v1/catalog?{query}&min_index={index}"), None).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        let ids: Vec<&str> = body["items"].as_array().unwrap().iter().map(|i| i["lot_id"].as_str().unwrap()).collect();
+        assert_eq!(ids.contains(&lot_id.as_str()), found, "{query}: {body}");
+        if found {
+            assert_eq!(body["items"][0]["categories"], json!(["oil"]));
+            assert_eq!(body["items"][0]["thumbnail_url"], Value::Null);
+        }
+    }
     assert_eq!(delete(&c, &format!("{path}/{year_id}"), &ana).await, StatusCode::FORBIDDEN);
     assert_eq!(delete(&c, &format!("{path}/{year_id}"), &seller).await, StatusCode::NO_CONTENT);
     let (status, body) = c.get(&format!("{path}/{year_id}"), None).await;
@@ -325,6 +346,13 @@ async fn images_are_judged_by_their_bytes_stored_served_and_swept() {
     let (status, body) = c.get("/v1/images/img-nope", None).await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "image_not_found"));
 
+    // The catalog's summary pictures the lot with its first image's thumbnail.
+    let response = c.http.get(format!("{}/v1/lots/{lot_id}", c.url)).send().await.unwrap();
+    let index = response.headers()["gavel-applied-index"].to_str().unwrap().to_owned();
+    let (status, body) = c.get(&format!("/v1/catalog?min_index={index}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let thumbnail = format!("/v1/images/{}?size=thumb", first["image_id"].as_str().unwrap());
+    assert_eq!(body["items"][0]["thumbnail_url"], json!(thumbnail));
     // Reordering names each image once.
     let ids = [&third, &first, &second].map(|i| i["image_id"].as_str().unwrap().to_owned());
     let (status, body) =

@@ -109,6 +109,7 @@ export async function contentSection(lot: Lot): Promise<ContentSection> {
         ),
       ]),
     );
+    if (attributes.length === 0) attributeList.append(el("dd", { class: "help" }, "No details yet."));
   };
   const renderComments = () => {
     commentList.replaceChildren(
