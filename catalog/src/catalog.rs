@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::query::{Page, Query};
 use crate::store::{Changes, DeadLetter, Store, StoreError};
-use crate::summary::{self, AuctionRow, Found, LotSummary, ProjectError, Rows};
+use crate::summary::{self, AuctionRow, CategoryRow, Found, LotSummary, ProjectError, Rows};
 
 /// What retrying a dead letter did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +54,22 @@ impl<S: Store> Catalog<S> {
         matches!(tokio::time::timeout(timeout, rx.wait_for(|&a| a >= index)).await, Ok(Ok(_)))
     }
 
+    /// One page. A `category` filter becomes its subtree in the catalog's own tree.
     pub fn query(&self, query: &Query) -> Result<Page, StoreError> {
-        self.store.query(query)
+        self.store.query(&self.resolve(query)?)
+    }
+
+    /// `query` with its `category` replaced by the set of that category's subtree (the lot's
+    /// own category or a further one must be in it).
+    pub fn resolve(&self, query: &Query) -> Result<Query, StoreError> {
+        let Some(category) = &query.category else { return Ok(query.clone()) };
+        let tree = self.store.categories()?;
+        let set = crate::query::subtree(&tree, category);
+        let categories = match &query.categories {
+            Some(given) => given.intersection(&set).cloned().collect(),
+            None => set,
+        };
+        Ok(Query { category: None, categories: Some(categories), ..query.clone() })
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -131,18 +145,20 @@ struct Overlay<'a, S> {
     /// lot id -> (index stored before this write, the stored row, the row now).
     lots: BTreeMap<String, (u64, Option<LotSummary>, LotSummary)>,
     auctions: BTreeMap<String, (u64, AuctionRow)>,
+    categories: BTreeMap<String, (u64, CategoryRow)>,
 }
 
 impl<'a, S: Store> Overlay<'a, S> {
     fn new(store: &'a S) -> Overlay<'a, S> {
-        Overlay { store, lots: BTreeMap::new(), auctions: BTreeMap::new() }
+        Overlay { store, lots: BTreeMap::new(), auctions: BTreeMap::new(), categories: BTreeMap::new() }
     }
 
     fn into_changes(self) -> Changes {
         let lots = self.lots.into_values().filter(|(_, before, now)| before.as_ref() != Some(now));
         let lots = lots.map(|(_, before, now)| (before, now)).collect();
         let auctions = self.auctions.into_values().map(|(_, row)| row).collect();
-        Changes { lots, auctions, ..Changes::default() }
+        let categories = self.categories.into_values().map(|(_, row)| row).collect();
+        Changes { lots, auctions, categories, ..Changes::default() }
     }
 }
 
@@ -169,6 +185,22 @@ impl<S: Store> Rows for Overlay<'_, S> {
             Some((_, row)) => Found::Current(row),
             None => Found::Missing,
         })
+    }
+
+    fn category(&mut self, category_id: &str, index: u64) -> Result<Found<'_, CategoryRow>, StoreError> {
+        if !self.categories.contains_key(category_id) {
+            let Some(row) = self.store.category(category_id)? else { return Ok(Found::Missing) };
+            self.categories.insert(category_id.to_owned(), (row.index, row));
+        }
+        Ok(match self.categories.get_mut(category_id) {
+            Some((base, _)) if *base >= index => Found::Superseded,
+            Some((_, row)) => Found::Current(row),
+            None => Found::Missing,
+        })
+    }
+
+    fn put_category(&mut self, row: CategoryRow) {
+        self.categories.insert(row.category_id.clone(), (0, row));
     }
 
     fn put_lot(&mut self, row: LotSummary) {

@@ -5,6 +5,7 @@
 //! - `l` lot_id         -> [`LotSummary`]
 //! - `a` auction_id     -> [`AuctionRow`]
 //! - `d` index (u64 BE) -> [`DeadLetter`]
+//! - `k` category_id    -> [`CategoryRow`]
 //!
 //! The secondary indexes are ordered sets kept in memory and rebuilt from the rows at open:
 //! for every order (ends_at, price, newest) and every filter dimension (all lots, status,
@@ -31,12 +32,13 @@ use tracing::info;
 
 use crate::query::{Page, Query, Sort, order_i64};
 use crate::store::{Changes, DeadLetter, Digest, Store, StoreError};
-use crate::summary::{AuctionRow, LotSummary};
+use crate::summary::{AuctionRow, CategoryRow, LotSummary};
 
 const CHECKPOINT: &[u8] = b"c";
 const LOT: u8 = b'l';
 const AUCTION: u8 = b'a';
 const DEAD: u8 = b'd';
+const CATEGORY: u8 = b'k';
 
 /// Index entries one page may read before it returns what it has (with a cursor): bounds the
 /// cost of a page whose filters the chosen index covers poorly.
@@ -303,6 +305,27 @@ impl Store for Embedded {
         raw.map(|b| decode("auction", &b)).transpose()
     }
 
+    fn category(&self, category_id: &str) -> Result<Option<CategoryRow>, StoreError> {
+        let raw = self.db.get(key(CATEGORY, category_id)).map_err(engine)?;
+        raw.map(|b| decode("category", &b)).transpose()
+    }
+
+    fn categories(&self) -> Result<Vec<CategoryRow>, StoreError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(vec![CATEGORY + 1]);
+        let mut it = self.db.raw_iterator_opt(read);
+        it.seek([CATEGORY]);
+        let mut out = Vec::new();
+        while it.valid() {
+            if let Some(v) = it.value() {
+                out.push(decode("category", v)?);
+            }
+            it.next();
+        }
+        it.status().map_err(engine)?;
+        Ok(out)
+    }
+
     fn commit(&self, changes: Changes) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for (_, after) in &changes.lots {
@@ -310,6 +333,9 @@ impl Store for Embedded {
         }
         for auction in &changes.auctions {
             batch.put(key(AUCTION, &auction.auction_id), auction.encode_to_vec());
+        }
+        for category in &changes.categories {
+            batch.put(key(CATEGORY, &category.category_id), category.encode_to_vec());
         }
         if let Some(letter) = &changes.park {
             let mut k = vec![DEAD];

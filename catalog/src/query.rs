@@ -52,6 +52,8 @@ pub fn order_i64(v: i64) -> u64 {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {
     pub status: Option<LotStatus>,
+    /// A category and its subtree, resolved by [`crate::Catalog::query`] into `categories`
+    /// from the catalog's own tree. Given to a store directly, it matches exactly.
     pub category: Option<String>,
     pub artist: Option<String>,
     pub auction: Option<String>,
@@ -94,6 +96,24 @@ impl Query {
         hits.sort_by(|a, b| (self.sort.key(a), &a.lot_id).cmp(&(self.sort.key(b), &b.lot_id)));
         hits
     }
+}
+
+/// `root` and every category under it in `tree`; a root that is no category (a free label
+/// on lots) is just itself.
+pub fn subtree(tree: &[crate::summary::CategoryRow], root: &str) -> BTreeSet<String> {
+    let mut children: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for c in tree {
+        children.entry(c.parent_id.as_str()).or_default().push(&c.category_id);
+    }
+    let mut out = BTreeSet::new();
+    let mut todo = vec![root];
+    while let Some(at) = todo.pop() {
+        // `insert` first: a damaged tree with a loop still ends.
+        if out.insert(at.to_owned()) {
+            todo.extend(children.get(at).into_iter().flatten().copied());
+        }
+    }
+    out
 }
 
 /// One page of an answer.

@@ -20,7 +20,8 @@ pub const ARTISTS: [&str; 8] = [
     "Ana Mendieta",
 ];
 pub const CATEGORIES: [&str; 5] = ["painting", "sculpture", "photography", "prints", "textiles"];
-/// A further category some paintings are listed under (a child of `painting`).
+/// A further category some lots are listed under (a child of `painting`, moved under
+/// `sculpture` late in the day).
 pub const SUBCATEGORY: &str = "oils";
 pub const MEDIA: [&str; 3] = ["oil", "ink", "bronze"];
 pub const BIDDERS: usize = 40;
@@ -208,6 +209,8 @@ pub fn play(seed: u64, lots: usize, bids: usize) -> Day {
         let lot_id = lot_id.clone();
         p.run(&bidder, Body::PlaceBid(pb::PlaceBid { lot_id, bid_id: format!("b{n}"), max_amount }));
     }
+    // The subcategory moves: its lots are now found under sculpture, not painting.
+    p.run("curator", category(SUBCATEGORY, "sculpture"));
     // A day later: close what has ended.
     p.at_ms += 20 * 86_400_000;
     let due: Vec<String> = p.ledger.lots_due(p.at_ms).map(str::to_owned).collect();

@@ -3,7 +3,7 @@
 //! (`tests/store_suite.rs`).
 
 use crate::query::{Page, Query};
-use crate::summary::{AuctionRow, LotSummary};
+use crate::summary::{AuctionRow, CategoryRow, LotSummary};
 
 /// A store failure. All are treated as transient by the projector (retried with backoff),
 /// except a bad cursor, which is the caller's.
@@ -25,6 +25,7 @@ pub use node::DeadLetter;
 pub struct Changes {
     pub lots: Vec<(Option<LotSummary>, LotSummary)>,
     pub auctions: Vec<AuctionRow>,
+    pub categories: Vec<CategoryRow>,
     pub checkpoint: Option<u64>,
     pub park: Option<DeadLetter>,
     pub unpark: Option<u64>,
@@ -51,6 +52,9 @@ pub trait Store: Send + Sync + 'static {
     fn checkpoint(&self) -> Result<u64, StoreError>;
     fn lot(&self, lot_id: &str) -> Result<Option<LotSummary>, StoreError>;
     fn auction(&self, auction_id: &str) -> Result<Option<AuctionRow>, StoreError>;
+    fn category(&self, category_id: &str) -> Result<Option<CategoryRow>, StoreError>;
+    /// The whole category tree (small: at most `ledger::limits::CATEGORIES_MAX` rows).
+    fn categories(&self) -> Result<Vec<CategoryRow>, StoreError>;
     /// Applies `changes` all or nothing.
     fn commit(&self, changes: Changes) -> Result<(), StoreError>;
     /// One page of lots, read from one consistent point (`as_of_index` included).

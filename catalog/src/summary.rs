@@ -60,6 +60,19 @@ pub struct LotSummary {
     pub images: Vec<String>,
 }
 
+/// A node of the category tree, as the catalog keeps it: a `category=` filter matches the
+/// category's whole subtree, resolved from these rows (not from the cluster).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CategoryRow {
+    #[prost(string, tag = "1")]
+    pub category_id: String,
+    /// Empty for a root.
+    #[prost(string, tag = "2")]
+    pub parent_id: String,
+    #[prost(uint64, tag = "3")]
+    pub index: u64,
+}
+
 /// One attribute of a lot, as the catalog keeps it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AttributeRow {
@@ -104,8 +117,10 @@ pub enum Found<'a, T> {
 pub trait Rows {
     fn lot(&mut self, lot_id: &str, index: u64) -> Result<Found<'_, LotSummary>, StoreError>;
     fn auction(&mut self, auction_id: &str, index: u64) -> Result<Found<'_, AuctionRow>, StoreError>;
+    fn category(&mut self, category_id: &str, index: u64) -> Result<Found<'_, CategoryRow>, StoreError>;
     fn put_lot(&mut self, row: LotSummary);
     fn put_auction(&mut self, row: AuctionRow);
+    fn put_category(&mut self, row: CategoryRow);
 }
 
 /// Why an item could not be applied.
@@ -282,8 +297,23 @@ fn apply_event(rows: &mut impl Rows, kind: &Kind, index: u64) -> Result<(), Proj
         Kind::ImagesReordered(i) => with_lot(rows, &i.lot_id, index, |row| {
             row.images = i.images.iter().map(|x| x.image_id.clone()).collect();
         }),
-        // The tree itself is the ledger's (a query's category is resolved against it) and
-        // comments are not listed.
-        Kind::CategoryPut(_) | Kind::CommentAdded(_) | Kind::CommentDeleted(_) => Ok(()),
+        // A rename changes nothing here; a new parent moves the subtree.
+        Kind::CategoryPut(c) => {
+            match rows.category(&c.category_id, index)? {
+                Found::Superseded => {}
+                Found::Current(row) => {
+                    row.parent_id = c.parent_id.clone();
+                    row.index = index;
+                }
+                Found::Missing => rows.put_category(CategoryRow {
+                    category_id: c.category_id.clone(),
+                    parent_id: c.parent_id.clone(),
+                    index,
+                }),
+            }
+            Ok(())
+        }
+        // Comments are not listed.
+        Kind::CommentAdded(_) | Kind::CommentDeleted(_) => Ok(()),
     }
 }

@@ -51,26 +51,6 @@ fn summary(lot: &LotSummary) -> Value {
     })
 }
 
-/// A category filter as the set it matches: the category and every category under it in the
-/// ledger's tree (a label that is no category id matches itself only).
-async fn subtree(state: &AppState, category: String) -> Result<std::collections::BTreeSet<String>, AppError> {
-    // Stale is fine: the catalog is itself a step behind the ledger.
-    let tree = state.client.read_categories(true).await?;
-    let mut children: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
-    for c in &tree.categories {
-        children.entry(c.parent_id.as_str()).or_default().push(&c.category_id);
-    }
-    let mut out = std::collections::BTreeSet::new();
-    let mut todo = vec![category];
-    while let Some(at) = todo.pop() {
-        if !out.contains(&at) {
-            todo.extend(children.get(at.as_str()).into_iter().flatten().map(|c| (*c).to_owned()));
-            out.insert(at);
-        }
-    }
-    Ok(out)
-}
-
 fn integer<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, AppError> {
     value.parse().map_err(|_| AppError::invalid(format!("{name} must be a non-negative integer, not {value:?}")))
 }
@@ -156,10 +136,7 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<Vec<(String, String)>>,
 ) -> Result<Json<Value>, AppError> {
-    let (mut query, min_index) = parse(params, now_ms())?;
-    if let Some(category) = query.category.take() {
-        query.categories = Some(subtree(&state, category).await?);
-    }
+    let (query, min_index) = parse(params, now_ms())?;
     if let Some(min) = min_index
         && !state.catalog.wait_for(min, state.catalog_wait).await
     {
