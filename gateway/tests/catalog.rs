@@ -374,7 +374,17 @@ async fn catalog_resumes_and_rebuilds_byte_identical() {
     world.play(&cluster, &[plan.clone(), plan]).await;
     let (lots, index) = world.ledger_lots(&cluster).await;
     check_query(&cluster, &q, &lots, index).await;
-    let (status, ready) = cluster.get("/readyz", None).await;
+    // The gateway's view of the cluster is polled: right after a failover it may not have
+    // seen the new leader yet.
+    let mut ready = cluster.get("/readyz", None).await;
+    for _ in 0..50 {
+        if ready.0 == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ready = cluster.get("/readyz", None).await;
+    }
+    let (status, ready) = ready;
     assert_eq!(status, StatusCode::OK, "{ready}");
     assert!(ready["catalog_index"].as_u64().unwrap() >= index);
     // The gauges are refreshed every half second.
@@ -408,7 +418,10 @@ async fn catalog_resumes_and_rebuilds_byte_identical() {
     };
     // Where a killed run left the store (it may not have opened it yet).
     let checkpoint = || Embedded::open(&dir).ok().and_then(|s| s.checkpoint().ok()).unwrap_or(0);
-    let (killed_mid_run, checkpoints) = common::kill_part_way(command, checkpoint, target, 300).await;
+    let reset = || {
+        let _ = std::fs::remove_dir_all(&dir);
+    };
+    let (killed_mid_run, checkpoints) = common::kill_part_way(command, checkpoint, reset, target, 300).await;
     let resumed = rebuild(&live, &dir, incremental.checkpoint);
     assert!(digest_line(&resumed).ends_with(&incremental.hex()), "{}", digest_line(&resumed));
     assert!(killed_mid_run > 0, "no rebuild was killed part-way ({checkpoints:?}): nothing was tested");

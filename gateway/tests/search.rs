@@ -284,8 +284,11 @@ async fn reindex_killed_part_way_resumes_to_the_gateways_index() {
     // checkpoint; the delay grows while runs make no progress (the model takes a moment to load).
     let dir = scratch.path().join("killed");
     let checkpoint = || Embedded::open(&dir, 384).ok().and_then(|s| s.checkpoint().ok()).unwrap_or(0);
+    let reset = || {
+        let _ = std::fs::remove_dir_all(&dir);
+    };
     let (killed_mid_run, checkpoints) =
-        common::kill_part_way(|| reindex(&cluster.addrs, &dir, target), checkpoint, target, 1_500).await;
+        common::kill_part_way(|| reindex(&cluster.addrs, &dir, target), checkpoint, reset, target, 1_500).await;
     let output = reindex(&cluster.addrs, &dir, target).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));

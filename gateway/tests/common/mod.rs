@@ -311,11 +311,13 @@ impl TestCluster {
 /// Runs `command` again and again, SIGKILLing each run (no chance to finish a batch) after a
 /// delay, until two kills have landed mid-run (`checkpoint()` moved but is short of
 /// `target`) or the target is reached, at most 12 runs. The delay grows while runs make no
-/// progress (a slow machine, a model still loading). Returns the kills that landed mid-run
-/// and the checkpoint after each run.
+/// progress (a slow machine, a model still loading); a run that finished before its kill (an
+/// idle machine) is thrown away with `reset` and the delay halves. Returns the kills that
+/// landed mid-run and the checkpoint after each run.
 pub async fn kill_part_way(
     command: impl Fn() -> std::process::Command,
     checkpoint: impl Fn() -> u64,
+    reset: impl Fn(),
     target: u64,
     mut delay_ms: u64,
 ) -> (u32, Vec<u64>) {
@@ -330,6 +332,14 @@ pub async fn kill_part_way(
         child.kill().unwrap();
         child.wait().unwrap();
         let at = checkpoint();
+        if at >= target && killed_mid_run == 0 {
+            // The whole run fit before the kill (an idle machine): start over, kill sooner.
+            reset();
+            delay_ms = (delay_ms / 2).max(10);
+            prev = 0;
+            checkpoints.push(at);
+            continue;
+        }
         if at > prev && at < target {
             killed_mid_run += 1;
         } else if at == prev {
