@@ -64,7 +64,8 @@ impl<S: Store> Catalog<S> {
     pub fn resolve(&self, query: &Query) -> Result<Query, StoreError> {
         let Some(category) = &query.category else { return Ok(query.clone()) };
         let tree = self.store.categories()?;
-        let set = crate::query::subtree(&tree, category);
+        let edges = tree.iter().map(|c| (c.category_id.as_str(), c.parent_id.as_str()));
+        let set = ledger::content::subtree_of(edges, category);
         let categories = match &query.categories {
             Some(given) => given.intersection(&set).cloned().collect(),
             None => set,

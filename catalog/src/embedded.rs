@@ -62,6 +62,26 @@ fn decode<T: Message + Default>(what: &'static str, bytes: &[u8]) -> Result<T, S
     T::decode(bytes).map_err(|e| StoreError::Corrupt { what, error: e.to_string() })
 }
 
+/// Decodes every row of one table, in key order.
+fn for_each_row<T: Message + Default>(
+    db: &DB,
+    table: u8,
+    what: &'static str,
+    mut f: impl FnMut(T),
+) -> Result<(), StoreError> {
+    let mut read = ReadOptions::default();
+    read.set_iterate_upper_bound(vec![table + 1]);
+    let mut it = db.raw_iterator_opt(read);
+    it.seek([table]);
+    while it.valid() {
+        if let Some(v) = it.value() {
+            f(decode(what, v)?);
+        }
+        it.next();
+    }
+    it.status().map_err(engine)
+}
+
 fn key(table: u8, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + id.len());
     k.push(table);
@@ -190,20 +210,10 @@ impl Embedded {
         let started = Instant::now();
         let mut indexes = Indexes::default();
         let mut lots = 0u64;
-        let mut read = ReadOptions::default();
-        read.set_iterate_upper_bound(vec![LOT + 1]);
-        let mut it = db.raw_iterator_opt(read);
-        it.seek([LOT]);
-        while it.valid() {
-            if let Some(v) = it.value() {
-                let lot: LotSummary = decode("lot", v)?;
-                indexes.update(None, &lot);
-                lots += 1;
-            }
-            it.next();
-        }
-        it.status().map_err(engine)?;
-        drop(it);
+        for_each_row(&db, LOT, "lot", |lot: LotSummary| {
+            indexes.update(None, &lot);
+            lots += 1;
+        })?;
         info!(lots, took_ms = started.elapsed().as_millis() as u64, "catalog indexes rebuilt from the rows");
         Ok(Embedded { db, indexes: RwLock::new(indexes) })
     }
@@ -311,18 +321,8 @@ impl Store for Embedded {
     }
 
     fn categories(&self) -> Result<Vec<CategoryRow>, StoreError> {
-        let mut read = ReadOptions::default();
-        read.set_iterate_upper_bound(vec![CATEGORY + 1]);
-        let mut it = self.db.raw_iterator_opt(read);
-        it.seek([CATEGORY]);
         let mut out = Vec::new();
-        while it.valid() {
-            if let Some(v) = it.value() {
-                out.push(decode("category", v)?);
-            }
-            it.next();
-        }
-        it.status().map_err(engine)?;
+        for_each_row(&self.db, CATEGORY, "category", |row| out.push(row))?;
         Ok(out)
     }
 
@@ -401,18 +401,8 @@ impl Store for Embedded {
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(vec![DEAD + 1]);
-        let mut it = self.db.raw_iterator_opt(opts);
-        it.seek([DEAD]);
         let mut out = Vec::new();
-        while it.valid() {
-            if let Some(v) = it.value() {
-                out.push(decode("dead letter", v)?);
-            }
-            it.next();
-        }
-        it.status().map_err(engine)?;
+        for_each_row(&self.db, DEAD, "dead letter", |letter| out.push(letter))?;
         Ok(out)
     }
 

@@ -98,24 +98,6 @@ impl Query {
     }
 }
 
-/// `root` and every category under it in `tree`; a root that is no category (a free label
-/// on lots) is just itself.
-pub fn subtree(tree: &[crate::summary::CategoryRow], root: &str) -> BTreeSet<String> {
-    let mut children: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
-    for c in tree {
-        children.entry(c.parent_id.as_str()).or_default().push(&c.category_id);
-    }
-    let mut out = BTreeSet::new();
-    let mut todo = vec![root];
-    while let Some(at) = todo.pop() {
-        // `insert` first: a damaged tree with a loop still ends.
-        if out.insert(at.to_owned()) {
-            todo.extend(children.get(at).into_iter().flatten().copied());
-        }
-    }
-    out
-}
-
 /// One page of an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {

@@ -128,11 +128,16 @@ fn decoders() -> tokio::sync::Semaphore {
     tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
 
-fn key(size: Size, hash: &str) -> Path {
+/// The folder a rendition's bytes live in.
+fn folder(size: Size) -> &'static str {
     match size {
-        Size::Full => Path::from(format!("images/{hash}")),
-        Size::Thumb => Path::from(format!("thumbs/{hash}")),
+        Size::Full => "images",
+        Size::Thumb => "thumbs",
     }
+}
+
+fn key(size: Size, hash: &str) -> Path {
+    Path::from(format!("{}/{hash}", folder(size)))
 }
 
 impl Images {
@@ -198,10 +203,7 @@ impl Images {
         let Some(cutoff) = cutoff else { return Ok(0) };
         let mut old = std::collections::BTreeSet::new();
         for size in [Size::Full, Size::Thumb] {
-            let prefix = match size {
-                Size::Full => Path::from("images"),
-                Size::Thumb => Path::from("thumbs"),
-            };
+            let prefix = Path::from(folder(size));
             let listed: Vec<_> = match self.store.list(Some(&prefix)).try_collect().await {
                 Ok(listed) => listed,
                 // Nothing stored yet under that prefix.

@@ -100,12 +100,19 @@ pub fn children<'a>(tree: &'a BTreeMap<String, Category>, id: &'a str) -> impl I
 
 /// `id` and every category under it.
 pub fn subtree(tree: &BTreeMap<String, Category>, id: &str) -> BTreeSet<String> {
+    subtree_of(tree.values().map(|c| (c.category_id.as_str(), c.parent_id.as_str())), id)
+}
+
+/// `root` and everything under it, given the tree as `(id, parent_id)` pairs: the ledger's
+/// and any read model's copy of the tree. A root that is no node is just itself, and a
+/// damaged tree with a loop still ends.
+pub fn subtree_of<'a>(edges: impl IntoIterator<Item = (&'a str, &'a str)>, root: &str) -> BTreeSet<String> {
     let mut by_parent: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for c in tree.values() {
-        by_parent.entry(c.parent_id.as_str()).or_default().push(&c.category_id);
+    for (id, parent) in edges {
+        by_parent.entry(parent).or_default().push(id);
     }
     let mut out = BTreeSet::new();
-    let mut todo = vec![id];
+    let mut todo = vec![root];
     while let Some(at) = todo.pop() {
         if out.insert(at.to_owned()) {
             todo.extend(by_parent.get(at).into_iter().flatten().copied());

@@ -61,6 +61,13 @@ export async function contentSection(lot: Lot): Promise<ContentSection> {
     }
   };
 
+  /** A button that deletes what `target` names; the live event then updates the list. */
+  const removeButton = (label: string, target: string) => {
+    const remove = el("button", { type: "button", class: "secondary small" }, label);
+    remove.onclick = () => act(() => call("DELETE", target));
+    return remove;
+  };
+
   const renderGallery = () => {
     gallery.replaceChildren(
       ...images.map((image) =>
@@ -77,14 +84,7 @@ export async function contentSection(lot: Lot): Promise<ContentSection> {
               loading: "lazy",
             }),
           ),
-          manager
-            ? (() => {
-                const remove = el("button", { type: "button", class: "secondary small" }, "Remove");
-                remove.onclick = () =>
-                  act(() => call("DELETE", `${path}/images/${encodeURIComponent(image.image_id)}`));
-                return remove;
-              })()
-            : null,
+          manager ? removeButton("Remove", `${path}/images/${encodeURIComponent(image.image_id)}`) : null,
         ),
       ),
     );
@@ -98,14 +98,7 @@ export async function contentSection(lot: Lot): Promise<ContentSection> {
           "dd",
           {},
           a.value,
-          manager
-            ? (() => {
-                const remove = el("button", { type: "button", class: "secondary small" }, "Remove");
-                remove.onclick = () =>
-                  act(() => call("DELETE", `${path}/attributes/${encodeURIComponent(a.attribute_id)}`));
-                return remove;
-              })()
-            : null,
+          manager ? removeButton("Remove", `${path}/attributes/${encodeURIComponent(a.attribute_id)}`) : null,
         ),
       ]),
     );
@@ -122,12 +115,7 @@ export async function contentSection(lot: Lot): Promise<ContentSection> {
           el("time", { datetime: c.created_at }, new Date(c.created_at).toLocaleString()),
           el("p", {}, c.content),
           me && (moderator || c.author === me.user_id)
-            ? (() => {
-                const remove = el("button", { type: "button", class: "secondary small" }, "Delete");
-                remove.onclick = () =>
-                  act(() => call("DELETE", `${path}/comments/${encodeURIComponent(c.comment_id)}`));
-                return remove;
-              })()
+            ? removeButton("Delete", `${path}/comments/${encodeURIComponent(c.comment_id)}`)
             : null,
         ),
       ),
