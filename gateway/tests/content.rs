@@ -302,7 +302,7 @@ async fn images_are_judged_by_their_bytes_stored_served_and_swept() {
     let mut huge = png.clone();
     huge.resize(5 * 1024 * 1024 + 1, 0);
     let (status, body) = upload(&c, &lot_id, &seller, "huge.png", "image/png", huge).await;
-    assert_eq!((status, code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"), "{body}");
+    assert_eq!((status, code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"), "{body}");
     let (status, body) = upload(&c, &lot_id, &ana, "mine.png", "image/png", png.clone()).await;
     assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "forbidden"), "{body}");
     let (status, body) = upload(&c, "nope", &seller, "x.png", "image/png", png.clone()).await;

@@ -272,13 +272,18 @@ fn image_error(e: ImageError) -> AppError {
     }
 }
 
+/// An upload past 5 MiB: API.md's 413 for a body too large, with the gateway's code for it.
+fn too_many_bytes() -> AppError {
+    AppError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        code::BODY_TOO_LARGE,
+        format!("an image is at most {} bytes", ledger::limits::IMAGE_BYTES_MAX),
+    )
+}
+
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> AppError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return AppError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            code::IMAGE_TOO_LARGE,
-            format!("an image is at most {} bytes", ledger::limits::IMAGE_BYTES_MAX),
-        );
+        return too_many_bytes();
     }
     AppError::invalid(format!("multipart body: {}", e.body_text()))
 }
@@ -292,10 +297,7 @@ async fn image_field(multipart: &mut Multipart) -> Result<bytes::Bytes, AppError
         let mut bytes = bytes::BytesMut::new();
         while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
             if (bytes.len() + chunk.len()) as u64 > ledger::limits::IMAGE_BYTES_MAX {
-                return Err(image_error(ImageError::TooLarge(format!(
-                    "an image is at most {} bytes",
-                    ledger::limits::IMAGE_BYTES_MAX
-                ))));
+                return Err(too_many_bytes());
             }
             bytes.extend_from_slice(&chunk);
         }
