@@ -81,8 +81,17 @@ enum Kind {
     Direct,
 }
 
-/// A loopback address with a port nothing listens on right now.
+/// A loopback address with a port nothing listens on right now, below the kernel's ephemeral
+/// range (32768 and up): a port the kernel hands out may be taken by any outgoing connection
+/// before the node binds it, one from here only by another listener.
 pub fn free_loopback_addr() -> std::io::Result<std::net::SocketAddr> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    for _ in 0..22_000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + std::process::id() * 97;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", 10_000 + (n % 22_000) as u16)) {
+            return listener.local_addr();
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 

@@ -11,8 +11,17 @@ use node::{Client, pb};
 use tempfile::TempDir;
 use tokio_stream::StreamExt;
 
+/// A free loopback port below the kernel's ephemeral range (32768 and up), so no outgoing
+/// connection of a test running alongside can take it between this pick and the bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + std::process::id() * 97;
+        let port = 10_000 + (n % 22_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 struct Cluster {

@@ -138,7 +138,7 @@ async fn start_gateway(env: &Env, addrs: &[String], dir: &Path) -> Result<(Gatew
     let bin = env.gavel_bin.as_ref().ok_or_else(|| {
         SuiteError::Setup("the gavel binary was not found; build it (cargo build --release -p gavel-gateway)".into())
     })?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = crate::net::free_loopback_addr()?.port();
     let child = std::process::Command::new(bin)
         .arg("gateway")
         .args(["--nodes", &addrs.join(",")])
