@@ -14,8 +14,10 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use image::{ImageFormat, ImageReader, Limits};
 use ledger::limits::{IMAGE_BYTES_MAX, IMAGE_SIDE_MAX};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use tracing::{info, warn};
 
 /// Thumbnails are this many pixels wide (narrower images keep their width).
@@ -136,37 +138,58 @@ fn folder(size: Size) -> &'static str {
     }
 }
 
+/// A directory on this machine, created if missing.
+fn local(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, String> {
+    let shown = dir.display();
+    std::fs::create_dir_all(dir).map_err(|e| format!("image directory {shown}: {e}"))?;
+    let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("image directory {shown}: {e}"))?;
+    Ok(Arc::new(store))
+}
+
 fn key(size: Size, hash: &str) -> Path {
     Path::from(format!("{}/{hash}", folder(size)))
 }
 
 impl Images {
-    /// The store a URL names: `file:///abs/dir` (or a plain directory path) or, where the
-    /// build has it, `s3://bucket/prefix` configured by the usual `AWS_*` variables.
+    /// The store a URL names: a plain directory path, `file:///abs/dir`, or
+    /// `s3://bucket/prefix` (any S3-compatible store, configured by the usual `AWS_*`
+    /// variables).
     pub fn open(url: &str) -> Result<Images, String> {
         let describe = url.to_owned();
-        if !url.contains("://") {
-            std::fs::create_dir_all(url).map_err(|e| format!("image directory {url}: {e}"))?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(url)
-                .map_err(|e| format!("image directory {url}: {e}"))?;
-            return Ok(Images { store: Arc::new(store), decoding: decoders(), describe });
-        }
-        let parsed = url::Url::parse(url).map_err(|e| format!("image store URL {url}: {e}"))?;
-        if parsed.scheme() == "file" {
-            let dir = parsed.to_file_path().map_err(|()| format!("image store URL {url} is not a local path"))?;
-            std::fs::create_dir_all(&dir).map_err(|e| format!("image directory {}: {e}", dir.display()))?;
-        }
-        // Only `AWS_*` settings: object_store also reads bare names such as `TOKEN` or `REGION`.
-        let env = std::env::vars_os().filter_map(|(k, v)| {
-            let (k, v) = (k.into_string().ok()?, v.into_string().ok()?);
-            k.starts_with("AWS_").then(|| (k.to_ascii_lowercase(), v))
-        });
-        let (store, prefix) =
-            object_store::parse_url_opts(&parsed, env).map_err(|e| format!("image store URL {url}: {e}"))?;
-        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
-            Arc::from(store)
-        } else {
-            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        let store: Arc<dyn ObjectStore> = match url.split_once("://") {
+            None => local(std::path::Path::new(url))?,
+            Some(("file", _)) => {
+                let parsed = url::Url::parse(url).map_err(|e| format!("image store URL {url}: {e}"))?;
+                let dir = parsed.to_file_path().map_err(|()| format!("image store URL {url} is not a local path"))?;
+                local(&dir)?
+            }
+            Some(("s3" | "s3a", _)) => {
+                let parsed = url::Url::parse(url).map_err(|e| format!("image store URL {url}: {e}"))?;
+                // An upload waits on these requests: a store that is down fails it in
+                // seconds (object_store's default keeps retrying for three minutes).
+                let retry = RetryConfig {
+                    backoff: BackoffConfig::default(),
+                    max_retries: 3,
+                    retry_timeout: Duration::from_secs(15),
+                };
+                // `from_env` reads only `AWS_*` names.
+                let s3 = AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(|e| format!("image store URL {url}: {e}"))?;
+                let prefix = Path::from_url_path(parsed.path()).map_err(|e| format!("image store URL {url}: {e}"))?;
+                if prefix.as_ref().is_empty() {
+                    Arc::new(s3)
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+                }
+            }
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "image store URL {url}: `{scheme}://` is not supported (a directory, file:///dir or s3://bucket/prefix)"
+                ));
+            }
         };
         Ok(Images { store, decoding: decoders(), describe })
     }

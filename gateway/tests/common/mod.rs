@@ -19,13 +19,15 @@ pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 pub const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes!!";
 
 /// A free loopback port below the kernel's ephemeral range (32768 and up), so no outgoing
-/// connection of a test running alongside can take it between this pick and the bind.
+/// connection of a test running alongside can take it between this pick and the bind. The
+/// two ports after it are free too and never handed out by another call (`gavel dev` takes
+/// three in a row).
 pub fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     loop {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + std::process::id() * 97;
-        let port = 10_000 + (n % 22_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let port = 10_000 + (n % 7_000) as u16 * 3;
+        if (port..port + 3).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return port;
         }
     }
