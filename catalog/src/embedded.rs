@@ -24,13 +24,12 @@ use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message;
 use rocksdb::{BlockBasedOptions, Cache, DB, Options, ReadOptions, WriteBatch};
 use tracing::info;
 
-use crate::query::{Page, Query, Sort, order_i64};
+use crate::index::{DIMS, SORTS, cursor_scope, decode_cursor, dim_changed, dim_value, encode_cursor, plan, sort_slot};
+use crate::query::{Page, Query};
 use crate::store::{Changes, DeadLetter, Digest, Store, StoreError};
 use crate::summary::{AuctionRow, CategoryRow, LotSummary};
 
@@ -43,16 +42,6 @@ const CATEGORY: u8 = b'k';
 /// Index entries one page may read before it returns what it has (with a cursor): bounds the
 /// cost of a page whose filters the chosen index covers poorly.
 pub const SCAN_MAX: usize = 10_000;
-
-/// The cursor format's version byte.
-const CURSOR_V1: u8 = 1;
-
-const SORTS: [Sort; 3] = [Sort::EndsAt, Sort::Price, Sort::Newest];
-
-/// Filter dimensions. `C` and `R` pair the status with the category and the artist: the
-/// filters visitors combine most ("open lots in painting"), which a single-dimension index
-/// would cover poorly (most lots of a category are long closed).
-const DIMS: [u8; 7] = [b'*', b's', b'c', b'r', b'u', b'C', b'R'];
 
 fn engine(e: rocksdb::Error) -> StoreError {
     StoreError::Engine(e.into_string())
@@ -89,44 +78,8 @@ fn key(table: u8, id: &str) -> Vec<u8> {
     k
 }
 
-fn sort_slot(sort: Sort) -> usize {
-    match sort {
-        Sort::EndsAt => 0,
-        Sort::Price => 1,
-        Sort::Newest => 2,
-    }
-}
-
-/// A lot's value in dimension `dim` (`None`: not indexed there, a lot outside any sale).
-fn dim_value(lot: &LotSummary, dim: u8) -> Option<String> {
-    match dim {
-        b'*' => Some(String::new()),
-        b's' => Some(lot.status.to_string()),
-        b'c' => Some(lot.category.clone()),
-        b'r' => Some(lot.artist.clone()),
-        b'u' => (!lot.auction_id.is_empty()).then(|| lot.auction_id.clone()),
-        b'C' => Some(format!("{}\0{}", lot.status, lot.category)),
-        b'R' => Some(format!("{}\0{}", lot.status, lot.artist)),
-        _ => None,
-    }
-}
-
 /// One set: the lots of one (dimension, value), in one order.
 type Entries = BTreeSet<(u64, String)>;
-
-/// Whether `before` and `after` differ in dimension `dim`'s value.
-fn dim_changed(before: &LotSummary, after: &LotSummary, dim: u8) -> bool {
-    let status = before.status != after.status;
-    match dim {
-        b's' => status,
-        b'c' => before.category != after.category,
-        b'r' => before.artist != after.artist,
-        b'u' => before.auction_id != after.auction_id,
-        b'C' => status || before.category != after.category,
-        b'R' => status || before.artist != after.artist,
-        _ => false,
-    }
-}
 
 /// The in-memory secondary indexes: per dimension, value -> one set per order.
 #[derive(Default)]
@@ -247,58 +200,6 @@ impl Embedded {
                 .map_err(|_| StoreError::Corrupt { what: "checkpoint", error: format!("{} bytes, not 8", b.len()) }),
         }
     }
-}
-
-/// The set a query scans and the sort-key range within it.
-fn plan(query: &Query) -> ((u8, String), u64, u64) {
-    let status = query.status.map(|s| s as i32);
-    let set = match (&query.auction, status, &query.artist, &query.category) {
-        (Some(a), ..) => (b'u', a.clone()),
-        (None, Some(s), Some(a), _) => (b'R', format!("{s}\0{a}")),
-        (None, None, Some(a), _) => (b'r', a.clone()),
-        (None, Some(s), None, Some(c)) => (b'C', format!("{s}\0{c}")),
-        (None, None, None, Some(c)) => (b'c', c.clone()),
-        (None, Some(s), None, None) => (b's', s.to_string()),
-        (None, None, None, None) => (b'*', String::new()),
-    };
-    let (lo, hi) = match query.sort {
-        Sort::Price => (query.min_price.map_or(0, order_i64), query.max_price.map_or(u64::MAX, order_i64)),
-        Sort::EndsAt => query.ending.map_or((0, u64::MAX), |(from, to)| (order_i64(from), order_i64(to))),
-        Sort::Newest => (0, u64::MAX),
-    };
-    (set, lo, hi)
-}
-
-/// What a cursor is bound to: the order and the set it pages through.
-fn cursor_scope(sort: Sort, set: &(u8, String)) -> Vec<u8> {
-    let mut scope = vec![sort_slot(sort) as u8, set.0];
-    scope.extend_from_slice(&(set.1.len() as u64).to_be_bytes());
-    scope.extend_from_slice(set.1.as_bytes());
-    scope
-}
-
-fn encode_cursor(scope: &[u8], last: &(u64, String)) -> String {
-    let mut raw = Vec::with_capacity(1 + scope.len() + 8 + last.1.len());
-    raw.push(CURSOR_V1);
-    raw.extend_from_slice(scope);
-    raw.extend_from_slice(&last.0.to_be_bytes());
-    raw.extend_from_slice(last.1.as_bytes());
-    URL_SAFE_NO_PAD.encode(raw)
-}
-
-/// The entry a cursor resumes after; it must belong to this query's order and set.
-fn decode_cursor(cursor: &str, scope: &[u8]) -> Result<(u64, String), StoreError> {
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| StoreError::BadCursor("not a cursor"))?;
-    let Some((&CURSOR_V1, rest)) = raw.split_first() else {
-        return Err(StoreError::BadCursor("unknown cursor version"));
-    };
-    let Some(rest) = rest.strip_prefix(scope) else {
-        return Err(StoreError::BadCursor("the cursor belongs to a different filter or order"));
-    };
-    let (k, id) = rest.split_at_checked(8).ok_or(StoreError::BadCursor("truncated cursor"))?;
-    let k = u64::from_be_bytes(k.try_into().map_err(|_| StoreError::BadCursor("truncated cursor"))?);
-    let id = std::str::from_utf8(id).map_err(|_| StoreError::BadCursor("not a cursor"))?;
-    Ok((k, id.to_owned()))
 }
 
 impl Store for Embedded {

@@ -280,7 +280,7 @@ fn apply_event(rows: &mut impl Rows, kind: &Kind, index: u64) -> Result<(), Proj
         }
         // Users and outbid notices are not in the catalog.
         Kind::UserCreated(_) | Kind::UserRoleChanged(_) | Kind::Outbid(_) => Ok(()),
-        // Content is not filtered on yet (issue 12: category subtrees, attributes, thumbnails).
+        // Content the catalog filters on (categories, attributes) or shows (the first image).
         Kind::LotCategoriesSet(c) => with_lot(rows, &c.lot_id, index, |row| row.categories = c.category_ids.clone()),
         Kind::AttributesAdded(a) => with_lot(rows, &a.lot_id, index, |row| {
             row.attributes.extend(a.attributes.iter().map(|x| AttributeRow {

@@ -1,15 +1,17 @@
 //! The behavioural suite every catalog store passes: each function takes a way to open a fresh
-//! store and is run below against the embedded RocksDB store. Feeds come from the real ledger
+//! store and is run below against the embedded RocksDB store, and against ScyllaDB where
+//! `GAVEL_SCYLLA_URI` points at a cluster (skipped, and saying so, where it does not). Feeds come from the real ledger
 //! (`sim`), and the ledger's own lots are the oracle.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use catalog::scylladb::Target;
 use catalog::sim;
 use catalog::store::Changes;
 use catalog::summary::{AuctionRow, CategoryRow, LotSummary};
-use catalog::{Catalog, DeadLetter, Digest, Embedded, Page, Query, Retried, Sort, Store, StoreError};
+use catalog::{Catalog, DeadLetter, Digest, Embedded, Page, Query, Retried, Scylla, Sort, Store, StoreError};
 use ledger::pb::LotStatus;
 use node::pb::FeedItem;
 use proptest::prelude::*;
@@ -439,6 +441,78 @@ fn embedded_reopen_rebuilds_the_indexes() {
     let after: Vec<Vec<LotSummary>> = queries().into_iter().map(|q| all_pages(&c, q)).collect();
     assert_eq!(before, after);
     assert!(before.iter().any(|page| !page.is_empty()));
+}
+
+// ---- the ScyllaDB store ------------------------------------------------------------------
+
+/// Fresh ScyllaDB stores, each in a keyspace of its own, on the cluster `GAVEL_SCYLLA_URI`
+/// names; `None`, after saying the suite is skipped, where it is not set.
+fn scylla() -> Option<impl Fn() -> Scylla> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let Ok(uri) = std::env::var("GAVEL_SCYLLA_URI") else {
+        eprintln!(
+            "skipped: the ScyllaDB store suite runs where GAVEL_SCYLLA_URI=scylla://host:9042/keyspace \
+             points at a cluster (catalog/README.md)"
+        );
+        return None;
+    };
+    let target = Target::parse(&uri).unwrap_or_else(|e| panic!("GAVEL_SCYLLA_URI: {e}"));
+    Some(move || {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let keyspace = format!("{}_{}_{n}", target.keyspace, std::process::id());
+        let uri =
+            format!("scylla://{}/{keyspace}?replication_factor={}", target.hosts.join(","), target.replication_factor);
+        Scylla::connect(&uri).unwrap_or_else(|e| panic!("{uri}: {e}"))
+    })
+}
+
+#[test]
+fn scylla_empty_store_answers_empty() {
+    if let Some(open) = scylla() {
+        empty_store_answers_empty(&open);
+    }
+}
+
+#[test]
+fn scylla_rows_match_the_ledger() {
+    if let Some(open) = scylla() {
+        rows_match_the_ledger(&open);
+    }
+}
+
+#[test]
+fn scylla_pages_agree_with_brute_force() {
+    if let Some(open) = scylla() {
+        pages_agree_with_brute_force(&open, &queries());
+    }
+}
+
+#[test]
+fn scylla_rebuild_equals_incremental() {
+    if let Some(open) = scylla() {
+        rebuild_equals_incremental(&open);
+    }
+}
+
+#[test]
+fn scylla_failed_batch_leaves_nothing() {
+    if let Some(open) = scylla() {
+        failed_batch_leaves_nothing(&open);
+    }
+}
+
+#[test]
+fn scylla_dead_letters_park_and_retry() {
+    if let Some(open) = scylla() {
+        dead_letters_park_and_retry(&open);
+    }
+}
+
+#[test]
+fn scylla_cursors_are_stable_and_checked() {
+    if let Some(open) = scylla() {
+        cursors_are_stable_and_checked(&open);
+    }
 }
 
 proptest! {

@@ -84,6 +84,10 @@ pub struct HttpArgs {
     /// when empty). Default: `gavel-catalog` in the working directory.
     #[arg(long, env = "GAVEL_CATALOG_DIR")]
     pub catalog_dir: Option<PathBuf>,
+    /// The catalog in ScyllaDB instead of the embedded store, shared by every gateway:
+    /// `scylla://host:9042[,host:9042...]/keyspace[?replication_factor=N]` (catalog/README.md).
+    #[arg(long, env = "GAVEL_CATALOG_STORE")]
+    pub catalog_store: Option<String>,
     /// Longest a catalog read with `min_index` waits for the catalog to catch up before
     /// `503 catalog_behind`.
     #[arg(long, env = "GAVEL_CATALOG_WAIT_MS", default_value_t = 2_000)]
@@ -141,6 +145,8 @@ pub struct GatewayConfig {
     /// Kernel send buffer per connection (`None`: autotuning).
     pub tcp_send_buffer_bytes: Option<usize>,
     pub catalog_dir: PathBuf,
+    /// `Some`: the ScyllaDB store this URI names (`catalog_dir` unused).
+    pub catalog_store: Option<String>,
     pub catalog_wait: Duration,
     /// `None`: search off (`503 search_unavailable`).
     pub search: Option<SearchConfig>,
@@ -181,6 +187,7 @@ impl GatewayConfig {
             },
             tcp_send_buffer_bytes: (args.tcp_send_buffer_bytes > 0).then_some(args.tcp_send_buffer_bytes),
             catalog_dir: args.catalog_dir.clone().unwrap_or_else(|| PathBuf::from("gavel-catalog")),
+            catalog_store: args.catalog_store.clone(),
             catalog_wait: Duration::from_millis(args.catalog_wait_ms),
             search: Some(SearchConfig {
                 model: args.model.clone(),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use catalog::{Catalog, Embedded};
+use catalog::{Catalog, Engine};
 use node::{Client, Follower, OnBlockingPool, Progress, Subscriber};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -117,7 +117,7 @@ impl ClusterView {
 /// turns true (join the handle to know the store is no longer written).
 pub fn start_catalog(
     addrs: Vec<String>,
-    catalog: Arc<Catalog<Embedded>>,
+    catalog: Arc<Catalog<Engine>>,
     view: &ClusterView,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
-use catalog::{Catalog, Embedded};
+use catalog::{Catalog, Embedded, Engine, Scylla};
 use ledger::pb::command::Body;
 use ledger::pb::outcome::Result as Res;
 use ledger::pb::{self, Command, Role};
@@ -68,8 +68,18 @@ impl Gateway {
         if let Some(password) = &config.admin_password {
             ensure_admin(&client, &passwords, password).await?;
         }
-        let store = Embedded::open(&config.catalog_dir)
-            .map_err(|e| GatewayError::Config(format!("catalog store in {}: {e}", config.catalog_dir.display())))?;
+        let store = match config.catalog_store.clone() {
+            Some(uri) => {
+                // Connecting blocks (the store's calls do): off the runtime's workers.
+                let opened =
+                    tokio::task::spawn_blocking(move || Scylla::connect(&uri).map_err(|e| format!("{uri}: {e}")));
+                let store = opened.await.map_err(|e| GatewayError::Config(e.to_string()))?;
+                Engine::Scylla(store.map_err(|e| GatewayError::Config(format!("catalog store {e}")))?)
+            }
+            None => Engine::Embedded(Embedded::open(&config.catalog_dir).map_err(|e| {
+                GatewayError::Config(format!("catalog store in {}: {e}", config.catalog_dir.display()))
+            })?),
+        };
         let catalog = Catalog::new(store).map_err(|e| GatewayError::Config(e.to_string()))?;
         // Before any task starts: a failure here leaves nothing running.
         let search = open_search(config.search.as_ref()).await?;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
-use catalog::{Catalog, Embedded};
+use catalog::{Catalog, Engine};
 use node::Client;
 
 use crate::auth::{Jwt, Passwords};
@@ -24,7 +24,8 @@ pub struct AppState {
     pub cluster: Arc<ClusterView>,
     pub live: Arc<Live>,
     pub sockets: Arc<Sockets>,
-    pub catalog: Arc<Catalog<Embedded>>,
+    /// The embedded store or ScyllaDB (`--catalog-store`).
+    pub catalog: Arc<Catalog<Engine>>,
     /// Longest a catalog read waits for its `min_index`.
     pub catalog_wait: Duration,
     pub search: Search,

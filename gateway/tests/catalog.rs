@@ -519,3 +519,23 @@ async fn dead_letters_are_admin_only() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("forbidden"));
     cluster.shutdown().await;
 }
+
+/// `--catalog-store`: a URI that is not one, or a ScyllaDB cluster that does not answer, stops
+/// the gateway at start with the reason, before it serves anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_store_that_cannot_be_opened_stops_the_gateway_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = format!("127.0.0.1:{}", common::free_port());
+    for (uri, reason) in
+        [("scylla://127.0.0.1:9042", "no /keyspace"), (&format!("scylla://{nobody}/gavel") as &str, nobody.as_str())]
+    {
+        let mut config = common::config(vec![nobody.clone()], dir.path().join("catalog"));
+        config.catalog_store = Some(uri.to_owned());
+        config.admin_password = None;
+        let error = match gateway::Gateway::start(config).await {
+            Ok(_) => panic!("{uri}: the gateway started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains("catalog store") && error.contains(reason), "{uri}: {error}");
+    }
+}
