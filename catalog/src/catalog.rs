@@ -48,6 +48,20 @@ impl<S: Store> Catalog<S> {
         *self.applied.borrow()
     }
 
+    /// Reads the store's checkpoint and publishes it as applied: how a read-only gateway
+    /// follows a store another gateway projects into.
+    pub fn refresh(&self) -> Result<u64, StoreError> {
+        let checkpoint = self.store.checkpoint()?;
+        self.applied.send_if_modified(|applied| {
+            let newer = checkpoint > *applied;
+            if newer {
+                *applied = checkpoint;
+            }
+            newer
+        });
+        Ok(checkpoint)
+    }
+
     /// Waits up to `timeout` until the catalog has applied `index`; false if it has not.
     pub async fn wait_for(&self, index: u64, timeout: Duration) -> bool {
         let mut rx = self.applied.subscribe();

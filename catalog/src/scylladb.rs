@@ -19,9 +19,17 @@
 //! leaves rows ahead of the checkpoint; the replay from the checkpoint finds them newer than
 //! its items (the projection skips those), so nothing is skipped or applied twice.
 //!
+//! A lot's batch writes every current entry again (not only the moved ones): at the row's
+//! timestamp it outlives a delete from any older batch that lands late.
+//!
+//! One projector per keyspace: two projecting gateways would each compute index moves from
+//! rows the other is rewriting. The other gateways open the store read-only
+//! (`--catalog-read-only`) and follow its checkpoint.
+//!
 //! Reads have no snapshot: a page reads the checkpoint (`as_of_index`), then entries and
-//! rows, which may be newer. An entry whose row has moved on is passed over; the row's new
-//! entry stands for it.
+//! rows, which may be newer. An entry whose row has moved on is passed over (the row's new
+//! entry stands for it) and deleted at the row's timestamp; a lot met twice in one page is
+//! listed once.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -47,9 +55,10 @@ pub const BUCKETS: i32 = 8;
 /// Rows concurrently in flight for one commit.
 const CONCURRENCY: usize = 64;
 
-/// Dead letters' timestamps: a letter's index in the high bits, its attempt in the low
-/// ones, so a re-park (one more attempt) overwrites and the retry's delete wins over both.
-const ATTEMPT_BITS: u32 = 20;
+/// Dead letters' timestamps: `index * ATTEMPTS + attempt`, so a re-park (one more attempt)
+/// overwrites and the retry's delete (`ATTEMPTS - 1`) wins over both. Small numbers: Scylla
+/// refuses write timestamps more than three days ahead of the clock in microseconds.
+const ATTEMPTS: i64 = 1024;
 
 fn engine(e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(format!("scylla: {e}"))
@@ -194,8 +203,14 @@ impl Scylla {
             .enable_all()
             .build()
             .map_err(engine)?;
-        let inner = run_on(&runtime, async move { Inner::connect(&target).await })??;
-        Ok(Scylla { inner: Arc::new(inner), runtime: Some(runtime) })
+        match run_on(&runtime, async move { Inner::connect(&target).await }) {
+            Ok(Ok(inner)) => Ok(Scylla { inner: Arc::new(inner), runtime: Some(runtime) }),
+            Ok(Err(e)) | Err(e) => {
+                // Dropped the ordinary way, a runtime panics inside another one's worker.
+                runtime.shutdown_background();
+                Err(e)
+            }
+        }
     }
 
     /// Removes every row (before a rebuild from index 0).
@@ -406,10 +421,10 @@ impl Inner {
             for (s, sort) in SORTS.into_iter().enumerate() {
                 let old = old.clone().zip(before.as_ref().map(|lot| to_cql(sort.key(lot))));
                 let new = new.clone().map(|v| (v, to_cql(sort.key(&after))));
-                if old == new {
-                    continue;
-                }
-                if let Some((value, k)) = old {
+                // The current entry is written again even when unchanged: at this row's
+                // timestamp it outlives a delete from any older write landing late (a
+                // crashed projector's batch replayed by the batchlog).
+                if let Some((value, k)) = old.filter(|old| Some(old) != new.as_ref()) {
                     batch.append_statement(self.st.delete_entry[d][s].clone());
                     values.push(Box::new((at, value.into_bytes(), b, k, after.lot_id.clone())));
                 }
@@ -441,12 +456,12 @@ impl Inner {
             self.session.execute_unpaged(&self.st.put_category, values).await.map_err(engine)?;
         }
         if let Some(letter) = changes.park {
-            let at = (ts(letter.index) << ATTEMPT_BITS) | i64::from(letter.attempts.min((1 << ATTEMPT_BITS) - 2));
+            let at = ts(letter.index).saturating_mul(ATTEMPTS) + i64::from(letter.attempts).min(ATTEMPTS - 2);
             let values = (ts(letter.index), letter.encode_to_vec(), at);
             self.session.execute_unpaged(&self.st.put_dead_letter, values).await.map_err(engine)?;
         }
         if let Some(index) = changes.unpark {
-            let at = (ts(index) << ATTEMPT_BITS) | ((1 << ATTEMPT_BITS) - 1);
+            let at = ts(index).saturating_mul(ATTEMPTS) + ATTEMPTS - 1;
             self.session.execute_unpaged(&self.st.delete_dead_letter, (at, ts(index))).await.map_err(engine)?;
         }
         if let Some(index) = changes.checkpoint {
@@ -471,6 +486,18 @@ impl Inner {
         entries.map(|row| row.map(|(k, id)| (from_cql(k), id)).map_err(engine)).collect()
     }
 
+    /// Deletes index entries their rows have moved away from, at the row's timestamp: any
+    /// write that puts such an entry back legitimately is newer. Best effort: a failure only
+    /// leaves an entry that pages keep passing over.
+    async fn heal(&self, delete: &PreparedStatement, value: &[u8], stale: Vec<(u64, String, u64)>) {
+        for (k, lot_id, index) in stale {
+            let values = (ts(index), value.to_vec(), bucket(&lot_id), to_cql(k), lot_id.clone());
+            if let Err(e) = self.session.execute_unpaged(delete, values).await {
+                tracing::warn!(%lot_id, error = %e, "catalog: could not delete a stale index entry");
+            }
+        }
+    }
+
     async fn query(self: Arc<Self>, query: Query) -> Result<Page, StoreError> {
         let as_of_index = self.checkpoint().await?;
         let (set, lo, hi) = plan(&query);
@@ -483,11 +510,12 @@ impl Inner {
             _ => start,
         };
         let d = DIMS.iter().position(|&x| x == set.0).unwrap_or(0);
+        let slot = sort_slot(query.sort);
         let limit = query.limit.max(1);
         let mut merge = Merge {
             inner: &self,
-            statement: &self.st.scan_entries[d][sort_slot(query.sort)],
-            value: set.1.into_bytes(),
+            statement: &self.st.scan_entries[d][slot],
+            value: set.1.clone().into_bytes(),
             hi,
             fetch: i32::try_from(limit.max(16)).unwrap_or(i32::MAX),
             buckets: (0..BUCKETS)
@@ -495,6 +523,8 @@ impl Inner {
                 .collect(),
         };
         let mut items = Vec::with_capacity(limit);
+        // A lot read under its old entry and again under its new one: listed once.
+        let mut seen = std::collections::HashSet::new();
         let mut last: Option<(u64, String)> = None;
         let mut scanned = 0;
         loop {
@@ -513,15 +543,19 @@ impl Inner {
                 return Ok(Page { items, next_cursor, as_of_index });
             }
             let rows = futures::future::try_join_all(batch.iter().map(|(_, id)| self.lot(id.clone()))).await?;
-            for ((k, _), row) in batch.iter().zip(rows) {
-                // Missing or moved on since the entry was read: the row's own entry answers.
-                if let Some(row) = row
-                    && query.sort.key(&row) == *k
-                    && query.matches(&row)
-                {
+            let mut stale = Vec::new();
+            for ((k, id), row) in batch.iter().zip(rows) {
+                let Some(row) = row else { continue };
+                // An entry its row no longer has: the row's own entry answers for it.
+                let here = query.sort.key(&row) == *k
+                    && dim_value(&row, set.0).is_some_and(|v| v.as_bytes() == merge.value.as_slice());
+                if !here {
+                    stale.push((*k, id.clone(), row.index));
+                } else if query.matches(&row) && seen.insert(row.lot_id.clone()) {
                     items.push(row);
                 }
             }
+            self.heal(&self.st.delete_entry[d][slot], &merge.value, stale).await;
             last = batch.pop();
             if items.len() == limit {
                 let next_cursor =
@@ -610,15 +644,22 @@ impl Merge<'_> {
 
     /// The bucket holding the smallest next entry within range.
     async fn head(&mut self) -> Result<Option<usize>, StoreError> {
-        for (b, bucket) in self.buckets.iter_mut().enumerate() {
-            if bucket.buffer.is_empty() && !bucket.done {
-                let got = self.inner.scan(self.statement, &self.value, b as i32, &bucket.after, self.fetch).await?;
-                bucket.done = got.len() < self.fetch as usize;
-                if let Some(l) = got.last() {
-                    bucket.after = l.clone();
-                }
-                bucket.buffer.extend(got);
+        // The buckets that ran dry, refilled together.
+        let dry: Vec<usize> =
+            (0..self.buckets.len()).filter(|&b| self.buckets[b].buffer.is_empty() && !self.buckets[b].done).collect();
+        let reads = dry.iter().map(|&b| {
+            let (inner, statement, value, fetch) = (self.inner, self.statement, &self.value, self.fetch);
+            let after = self.buckets[b].after.clone();
+            async move { inner.scan(statement, value, b as i32, &after, fetch).await }
+        });
+        let got = futures::future::try_join_all(reads).await?;
+        for (b, got) in dry.into_iter().zip(got) {
+            let bucket = &mut self.buckets[b];
+            bucket.done = got.len() < self.fetch as usize;
+            if let Some(l) = got.last() {
+                bucket.after = l.clone();
             }
+            bucket.buffer.extend(got);
         }
         let head = (0..self.buckets.len())
             .filter_map(|b| self.buckets[b].buffer.front().map(|e| (e, b)))

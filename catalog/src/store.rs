@@ -55,9 +55,12 @@ pub trait Store: Send + Sync + 'static {
     fn category(&self, category_id: &str) -> Result<Option<CategoryRow>, StoreError>;
     /// The whole category tree (small: at most `ledger::limits::CATEGORIES_MAX` rows).
     fn categories(&self) -> Result<Vec<CategoryRow>, StoreError>;
-    /// Applies `changes` all or nothing.
+    /// Applies `changes`: all or nothing (embedded), or in idempotent parts with the
+    /// checkpoint last (ScyllaDB), so that a replay from the checkpoint completes a commit cut
+    /// short without applying anything twice.
     fn commit(&self, changes: Changes) -> Result<(), StoreError>;
-    /// One page of lots, read from one consistent point (`as_of_index` included).
+    /// One page of lots, read from one consistent point (embedded) or with rows at least as
+    /// new as `as_of_index` (ScyllaDB).
     fn query(&self, query: &Query) -> Result<Page, StoreError>;
     /// Dead letters by index, oldest first.
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;

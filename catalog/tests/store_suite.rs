@@ -445,9 +445,9 @@ fn embedded_reopen_rebuilds_the_indexes() {
 
 // ---- the ScyllaDB store ------------------------------------------------------------------
 
-/// Fresh ScyllaDB stores, each in a keyspace of its own, on the cluster `GAVEL_SCYLLA_URI`
-/// names; `None`, after saying the suite is skipped, where it is not set.
-fn scylla() -> Option<impl Fn() -> Scylla> {
+/// Fresh keyspaces' URIs on the cluster `GAVEL_SCYLLA_URI` names; `None`, after saying the
+/// suite is skipped, where it is not set.
+fn scylla_uris() -> Option<impl Fn() -> String> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let Ok(uri) = std::env::var("GAVEL_SCYLLA_URI") else {
         eprintln!(
@@ -460,10 +460,36 @@ fn scylla() -> Option<impl Fn() -> Scylla> {
     Some(move || {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let keyspace = format!("{}_{}_{n}", target.keyspace, std::process::id());
-        let uri =
-            format!("scylla://{}/{keyspace}?replication_factor={}", target.hosts.join(","), target.replication_factor);
-        Scylla::connect(&uri).unwrap_or_else(|e| panic!("{uri}: {e}"))
+        format!("scylla://{}/{keyspace}?replication_factor={}", target.hosts.join(","), target.replication_factor)
     })
+}
+
+fn connect(uri: &str) -> Scylla {
+    Scylla::connect(uri).unwrap_or_else(|e| panic!("{uri}: {e}"))
+}
+
+/// Fresh ScyllaDB stores, each in a keyspace of its own.
+fn scylla() -> Option<impl Fn() -> Scylla> {
+    let uris = scylla_uris()?;
+    Some(move || connect(&uris()))
+}
+
+/// One gateway projects into a keyspace, another serves it read-only: the reader follows the
+/// projector's checkpoint and answers the same pages.
+#[test]
+fn scylla_a_reader_follows_the_projector() {
+    let Some(uris) = scylla_uris() else { return };
+    let uri = uris();
+    let projector = catalog(&|| connect(&uri));
+    let reader = catalog(&|| connect(&uri));
+    let day = sim::play(11, 200, 1_000);
+    apply_all(&projector, &day.feed, 128);
+    assert_eq!(reader.applied(), 0);
+    assert_eq!(reader.refresh().ok(), Some(day.feed.len() as u64));
+    assert_eq!(reader.applied(), projector.applied());
+    for q in queries() {
+        assert_eq!(all_pages(&reader, q.clone()), all_pages(&projector, q));
+    }
 }
 
 #[test]

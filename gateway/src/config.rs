@@ -88,6 +88,10 @@ pub struct HttpArgs {
     /// `scylla://host:9042[,host:9042...]/keyspace[?replication_factor=N]` (catalog/README.md).
     #[arg(long, env = "GAVEL_CATALOG_STORE")]
     pub catalog_store: Option<String>,
+    /// Serve the `--catalog-store` another gateway projects into, without projecting: one
+    /// gateway per ScyllaDB keyspace projects, the others follow its checkpoint.
+    #[arg(long, env = "GAVEL_CATALOG_READ_ONLY", requires = "catalog_store")]
+    pub catalog_read_only: bool,
     /// Longest a catalog read with `min_index` waits for the catalog to catch up before
     /// `503 catalog_behind`.
     #[arg(long, env = "GAVEL_CATALOG_WAIT_MS", default_value_t = 2_000)]
@@ -147,6 +151,8 @@ pub struct GatewayConfig {
     pub catalog_dir: PathBuf,
     /// `Some`: the ScyllaDB store this URI names (`catalog_dir` unused).
     pub catalog_store: Option<String>,
+    /// Follow `catalog_store`'s checkpoint instead of projecting into it.
+    pub catalog_read_only: bool,
     pub catalog_wait: Duration,
     /// `None`: search off (`503 search_unavailable`).
     pub search: Option<SearchConfig>,
@@ -188,6 +194,7 @@ impl GatewayConfig {
             tcp_send_buffer_bytes: (args.tcp_send_buffer_bytes > 0).then_some(args.tcp_send_buffer_bytes),
             catalog_dir: args.catalog_dir.clone().unwrap_or_else(|| PathBuf::from("gavel-catalog")),
             catalog_store: args.catalog_store.clone(),
+            catalog_read_only: args.catalog_read_only,
             catalog_wait: Duration::from_millis(args.catalog_wait_ms),
             search: Some(SearchConfig {
                 model: args.model.clone(),

@@ -11,7 +11,7 @@ use catalog::{Catalog, Engine};
 use node::{Client, Follower, OnBlockingPool, Progress, Subscriber};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::events::Projection;
 use crate::hub::{Hub, HubLimits};
@@ -126,6 +126,41 @@ pub fn start_catalog(
     tokio::spawn(async move {
         if let Err(e) = subscriber.run(stop).await {
             error!(error = %e, "catalog subscriber stopped");
+        }
+    })
+}
+
+/// How often a read-only gateway reads the catalog store's checkpoint.
+const CATALOG_FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+/// For a read-only gateway: follows the checkpoint of the store another gateway projects
+/// into, so `min_index` waits, `/readyz` and the lag metrics see it move.
+pub fn follow_catalog(
+    catalog: Arc<Catalog<Engine>>,
+    view: &ClusterView,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let (progress, rx) = watch::channel(Progress::default());
+    *view.catalog.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(rx);
+    tokio::spawn(async move {
+        while !*stop.borrow() {
+            let catalog = catalog.clone();
+            match tokio::task::spawn_blocking(move || catalog.refresh()).await {
+                Ok(Ok(index)) => progress.send_if_modified(|p| std::mem::replace(&mut p.index, index) != index),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "catalog store: could not read its checkpoint");
+                    progress.send_modify(|p| p.retries += 1);
+                    true
+                }
+                Err(e) => {
+                    error!(error = %e, "catalog store: the checkpoint read panicked");
+                    true
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(CATALOG_FOLLOW_EVERY) => {}
+                _ = stop.changed() => {}
+            }
         }
     })
 }

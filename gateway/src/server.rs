@@ -87,8 +87,11 @@ impl Gateway {
         let (stop, stopped) = watch::channel(false);
         let live = Arc::new(Live::new(config.hub));
         let cluster = feed::start(config.nodes.clone(), live.clone(), metrics.clone(), stopped.clone());
-        let mut subscribers =
-            vec![feed::start_catalog(config.nodes.clone(), catalog.clone(), &cluster, stopped.clone())];
+        let mut subscribers = vec![if config.catalog_read_only {
+            feed::follow_catalog(catalog.clone(), &cluster, stopped.clone())
+        } else {
+            feed::start_catalog(config.nodes.clone(), catalog.clone(), &cluster, stopped.clone())
+        }];
         let mut holders: Vec<Box<dyn Fn() -> usize + Send + Sync>> = Vec::new();
         if let Search::Ready(index, _) = &search {
             subscribers.push(feed::start_search(config.nodes.clone(), index.clone(), &cluster, stopped.clone()));

@@ -77,6 +77,7 @@ pub fn config(addrs: Vec<String>, catalog_dir: std::path::PathBuf) -> GatewayCon
         image_grace: Duration::from_secs(3600),
         catalog_dir,
         catalog_store: None,
+        catalog_read_only: false,
     }
 }
 
