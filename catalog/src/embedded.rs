@@ -1,4 +1,5 @@
-//! The embedded catalog store: rows in RocksDB, secondary indexes in memory.
+//! The embedded catalog store: rows durable in RocksDB and held in memory, with the
+//! secondary indexes.
 //!
 //! RocksDB holds what must survive a restart, in one keyspace (first byte = table):
 //! - `c`                -> checkpoint, u64 big-endian
@@ -15,20 +16,24 @@
 //! checked on the rows read. Why not index keys in RocksDB too: a lot has 21 index entries and
 //! a bid moves 7 of them; as RocksDB keys that is ~15 memtable inserts per bid, which capped
 //! the projection near 50,000 events/s on the 2-vCPU machine it was measured on
-//! (BENCHMARKS.md); in memory the same updates cost a few microseconds. The price: memory
-//! (~2 KiB per lot) and an index rebuild at open (a scan of the rows).
+//! (BENCHMARKS.md); in memory the same updates cost a few microseconds. Rows are kept in
+//! memory too (RocksDB is their durable copy): the projection reads a lot's row for each
+//! batch that touches it, and a page reads a row per entry. The price: memory (~2.5 KiB per
+//! lot) and a load at open (a scan of the rows).
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use prost::Message;
 use rocksdb::{BlockBasedOptions, Cache, DB, Options, ReadOptions, WriteBatch};
 use tracing::info;
 
-use crate::index::{DIMS, SORTS, cursor_scope, decode_cursor, dim_changed, dim_value, encode_cursor, plan, sort_slot};
+use crate::index::{
+    DIMS, SORTS, cursor_scope, decode_cursor, dim_changed, dim_value, dim_value_into, encode_cursor, plan, sort_slot,
+};
 use crate::query::{Page, Query};
 use crate::store::{Changes, DeadLetter, Digest, Store, StoreError};
 use crate::summary::{AuctionRow, CategoryRow, LotSummary};
@@ -79,54 +84,76 @@ fn key(table: u8, id: &str) -> Vec<u8> {
 }
 
 /// One set: the lots of one (dimension, value), in one order.
-type Entries = BTreeSet<(u64, String)>;
+type Entries = BTreeSet<(u64, Arc<str>)>;
 
-/// The in-memory secondary indexes: per dimension, value -> one set per order.
+/// What is kept in memory: every lot's row (RocksDB holds their durable copy) and the
+/// secondary indexes, per dimension value -> one set per order. A lot id is allocated once
+/// and shared by its row and its 21 entries.
 #[derive(Default)]
 struct Indexes {
+    rows: HashMap<Arc<str>, LotSummary>,
     sets: [HashMap<String, [Entries; 3]>; DIMS.len()],
 }
 
 impl Indexes {
-    /// Moves `after.lot_id` from where `before` put it to where `after` puts it, touching only
+    /// Stores `after` in place of `before` (the row as it was, if any).
+    fn put(&mut self, before: Option<&LotSummary>, after: LotSummary) {
+        let id = match self.rows.get_key_value(after.lot_id.as_str()) {
+            Some((id, _)) => id.clone(),
+            None => Arc::from(after.lot_id.as_str()),
+        };
+        self.update(&id, before, &after);
+        self.rows.insert(id, after);
+    }
+
+    /// Moves lot `id` from where `before` put it to where `after` puts it, touching only
     /// the entries that move (a bid moves the 7 price entries, nothing else).
-    fn update(&mut self, before: Option<&LotSummary>, after: &LotSummary) {
+    fn update(&mut self, id: &Arc<str>, before: Option<&LotSummary>, after: &LotSummary) {
         let keys_after = SORTS.map(|sort| sort.key(after));
+        let keys_before = before.map(|before| SORTS.map(|sort| sort.key(before)));
+        // A bid: every dimension stays, only prices move. The common case, kept free of
+        // allocation: the set is found by its value written into one reused buffer.
+        let mut value = String::new();
         for (d, &dim) in DIMS.iter().enumerate() {
             let sets = &mut self.sets[d];
-            match before {
-                Some(before) if !dim_changed(before, after, dim) => {
-                    let keys_before = SORTS.map(|sort| sort.key(before));
-                    if keys_before == keys_after {
+            match (before, keys_before) {
+                (Some(before), Some(keys_before)) if !dim_changed(before, after, dim) => {
+                    if keys_before == keys_after || !dim_value_into(after, dim, &mut value) {
                         continue;
                     }
-                    let Some(value) = dim_value(after, dim) else { continue };
-                    let entries = sets.entry(value).or_default();
+                    let Some(entries) = sets.get_mut(value.as_str()) else {
+                        // Not indexed where `before` says it is: index it afresh.
+                        let entries = sets.entry(value.clone()).or_default();
+                        for slot in 0..SORTS.len() {
+                            entries[slot].insert((keys_after[slot], id.clone()));
+                        }
+                        continue;
+                    };
                     for slot in 0..SORTS.len() {
                         if keys_before[slot] != keys_after[slot] {
-                            entries[slot].remove(&(keys_before[slot], after.lot_id.clone()));
-                            entries[slot].insert((keys_after[slot], after.lot_id.clone()));
+                            entries[slot].remove(&(keys_before[slot], id.clone()));
+                            entries[slot].insert((keys_after[slot], id.clone()));
                         }
                     }
                 }
                 _ => {
                     if let Some(before) = before
-                        && let Some(value) = dim_value(before, dim)
+                        && let Some(old) = dim_value(before, dim)
                     {
                         let keys_before = SORTS.map(|sort| sort.key(before));
-                        if let Some(entries) = sets.get_mut(&value) {
+                        if let Some(entries) = sets.get_mut(&old) {
                             for slot in 0..SORTS.len() {
-                                entries[slot].remove(&(keys_before[slot], before.lot_id.clone()));
+                                entries[slot].remove(&(keys_before[slot], id.clone()));
                             }
                             if entries.iter().all(BTreeSet::is_empty) {
-                                sets.remove(&value);
+                                sets.remove(&old);
                             }
                         }
                     }
-                    if let Some(value) = dim_value(after, dim) {
-                        let entries = sets.entry(value).or_default();
+                    if let Some(new) = dim_value(after, dim) {
+                        let entries = sets.entry(new).or_default();
                         for slot in 0..SORTS.len() {
-                            entries[slot].insert((keys_after[slot], after.lot_id.clone()));
+                            entries[slot].insert((keys_after[slot], id.clone()));
                         }
                     }
                 }
@@ -164,7 +191,7 @@ impl Embedded {
         let mut indexes = Indexes::default();
         let mut lots = 0u64;
         for_each_row(&db, LOT, "lot", |lot: LotSummary| {
-            indexes.update(None, &lot);
+            indexes.put(None, lot);
             lots += 1;
         })?;
         info!(lots, took_ms = started.elapsed().as_millis() as u64, "catalog indexes rebuilt from the rows");
@@ -186,8 +213,7 @@ impl Embedded {
     }
 
     fn row(&self, lot_id: &str) -> Result<Option<LotSummary>, StoreError> {
-        let raw = self.db.get(key(LOT, lot_id)).map_err(engine)?;
-        raw.map(|b| decode("lot", &b)).transpose()
+        Ok(self.read()?.rows.get(lot_id).cloned())
     }
 
     fn read_checkpoint(&self) -> Result<u64, StoreError> {
@@ -257,8 +283,8 @@ impl Store for Embedded {
         // fills in the rest).
         let mut indexes = self.write()?;
         self.db.write(batch).map_err(engine)?;
-        for (before, after) in &changes.lots {
-            indexes.update(before.as_ref(), after);
+        for (before, after) in changes.lots {
+            indexes.put(before.as_ref(), after);
         }
         Ok(())
     }
@@ -272,29 +298,31 @@ impl Store for Embedded {
         let Some(sets) = indexes.entries(set.0, &set.1) else {
             return Ok(Page { items: Vec::new(), next_cursor: None, as_of_index });
         };
-        let start = (lo, String::new());
+        let start: (u64, Arc<str>) = (lo, Arc::from(""));
         let from = match &after {
-            Some(after) if *after >= start => Bound::Excluded(after.clone()),
+            Some(after) if (after.0, after.1.as_str()) >= (start.0, &*start.1) => {
+                Bound::Excluded((after.0, Arc::from(after.1.as_str())))
+            }
             _ => Bound::Included(start),
         };
         let limit = query.limit.max(1);
         let mut items = Vec::with_capacity(limit);
-        let mut last: Option<&(u64, String)> = None;
+        let mut last: Option<&(u64, Arc<str>)> = None;
         for (scanned, entry) in sets[sort_slot(query.sort)].range((from, Bound::Unbounded)).enumerate() {
             if entry.0 > hi {
                 break;
             }
             if items.len() == limit || scanned == SCAN_MAX {
                 // More entries exist past this page.
-                let next_cursor = last.map(|l| encode_cursor(&scope, l));
+                let next_cursor = last.map(|l| encode_cursor(&scope, l.0, &l.1));
                 return Ok(Page { items, next_cursor, as_of_index });
             }
-            let lot = self.row(&entry.1)?.ok_or_else(|| StoreError::Corrupt {
+            let lot = indexes.rows.get(&entry.1).ok_or_else(|| StoreError::Corrupt {
                 what: "index entry",
                 error: format!("lot {} is indexed but has no row", entry.1),
             })?;
-            if query.matches(&lot) {
-                items.push(lot);
+            if query.matches(lot) {
+                items.push(lot.clone());
             }
             last = Some(entry);
         }

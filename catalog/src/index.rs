@@ -28,16 +28,27 @@ pub(crate) fn sort_slot(sort: Sort) -> usize {
 
 /// A lot's value in dimension `dim` (`None`: not indexed there, a lot outside any sale).
 pub(crate) fn dim_value(lot: &LotSummary, dim: u8) -> Option<String> {
-    match dim {
-        b'*' => Some(String::new()),
-        b's' => Some(lot.status.to_string()),
-        b'c' => Some(lot.category.clone()),
-        b'r' => Some(lot.artist.clone()),
-        b'u' => (!lot.auction_id.is_empty()).then(|| lot.auction_id.clone()),
-        b'C' => Some(format!("{}\0{}", lot.status, lot.category)),
-        b'R' => Some(format!("{}\0{}", lot.status, lot.artist)),
-        _ => None,
-    }
+    let mut value = String::new();
+    dim_value_into(lot, dim, &mut value).then_some(value)
+}
+
+/// [`dim_value`] written into `out` (cleared first); false where the lot is not indexed.
+pub(crate) fn dim_value_into(lot: &LotSummary, dim: u8, out: &mut String) -> bool {
+    use std::fmt::Write;
+    out.clear();
+    // Writing to a String cannot fail.
+    let _ = match dim {
+        b'*' => Ok(()),
+        b's' => write!(out, "{}", lot.status),
+        b'c' => out.write_str(&lot.category),
+        b'r' => out.write_str(&lot.artist),
+        b'u' if lot.auction_id.is_empty() => return false,
+        b'u' => out.write_str(&lot.auction_id),
+        b'C' => write!(out, "{}\0{}", lot.status, lot.category),
+        b'R' => write!(out, "{}\0{}", lot.status, lot.artist),
+        _ => return false,
+    };
+    true
 }
 
 /// Whether `before` and `after` differ in dimension `dim`'s value.
@@ -82,12 +93,12 @@ pub(crate) fn cursor_scope(sort: Sort, set: &(u8, String)) -> Vec<u8> {
     scope
 }
 
-pub(crate) fn encode_cursor(scope: &[u8], last: &(u64, String)) -> String {
-    let mut raw = Vec::with_capacity(1 + scope.len() + 8 + last.1.len());
+pub(crate) fn encode_cursor(scope: &[u8], key: u64, lot_id: &str) -> String {
+    let mut raw = Vec::with_capacity(1 + scope.len() + 8 + lot_id.len());
     raw.push(CURSOR_V1);
     raw.extend_from_slice(scope);
-    raw.extend_from_slice(&last.0.to_be_bytes());
-    raw.extend_from_slice(last.1.as_bytes());
+    raw.extend_from_slice(&key.to_be_bytes());
+    raw.extend_from_slice(lot_id.as_bytes());
     URL_SAFE_NO_PAD.encode(raw)
 }
 

@@ -539,7 +539,7 @@ impl Inner {
             if batch.is_empty() {
                 // Nothing more in range, or the scan bound reached with the page short.
                 let more = scanned == SCAN_MAX && merge.peek().await?;
-                let next_cursor = if more { last.as_ref().map(|l| encode_cursor(&scope, l)) } else { None };
+                let next_cursor = if more { last.as_ref().map(|l| encode_cursor(&scope, l.0, &l.1)) } else { None };
                 return Ok(Page { items, next_cursor, as_of_index });
             }
             let rows = futures::future::try_join_all(batch.iter().map(|(_, id)| self.lot(id.clone()))).await?;
@@ -559,7 +559,7 @@ impl Inner {
             last = batch.pop();
             if items.len() == limit {
                 let next_cursor =
-                    if merge.peek().await? { last.as_ref().map(|l| encode_cursor(&scope, l)) } else { None };
+                    if merge.peek().await? { last.as_ref().map(|l| encode_cursor(&scope, l.0, &l.1)) } else { None };
                 return Ok(Page { items, next_cursor, as_of_index });
             }
         }
