@@ -191,27 +191,13 @@ impl<S: Store> Rows for Overlay<'_, S> {
     }
 
     fn auction(&mut self, auction_id: &str, index: u64) -> Result<Found<'_, AuctionRow>, StoreError> {
-        if !self.auctions.contains_key(auction_id) {
-            let Some(row) = self.store.auction(auction_id)? else { return Ok(Found::Missing) };
-            self.auctions.insert(auction_id.to_owned(), (row.index, row));
-        }
-        Ok(match self.auctions.get_mut(auction_id) {
-            Some((base, _)) if *base >= index => Found::Superseded,
-            Some((_, row)) => Found::Current(row),
-            None => Found::Missing,
-        })
+        let store = self.store;
+        found(&mut self.auctions, auction_id, index, || Ok(store.auction(auction_id)?.map(|r| (r.index, r))))
     }
 
     fn category(&mut self, category_id: &str, index: u64) -> Result<Found<'_, CategoryRow>, StoreError> {
-        if !self.categories.contains_key(category_id) {
-            let Some(row) = self.store.category(category_id)? else { return Ok(Found::Missing) };
-            self.categories.insert(category_id.to_owned(), (row.index, row));
-        }
-        Ok(match self.categories.get_mut(category_id) {
-            Some((base, _)) if *base >= index => Found::Superseded,
-            Some((_, row)) => Found::Current(row),
-            None => Found::Missing,
-        })
+        let store = self.store;
+        found(&mut self.categories, category_id, index, || Ok(store.category(category_id)?.map(|r| (r.index, r))))
     }
 
     fn put_category(&mut self, row: CategoryRow) {
@@ -225,6 +211,25 @@ impl<S: Store> Rows for Overlay<'_, S> {
     fn put_auction(&mut self, row: AuctionRow) {
         self.auctions.insert(row.auction_id.clone(), (0, row));
     }
+}
+
+/// A sale's or category's row as the item at `index` finds it, loaded (with the index it was
+/// stored at) on first use.
+fn found<'m, T>(
+    rows: &'m mut BTreeMap<String, (u64, T)>,
+    id: &str,
+    index: u64,
+    load: impl FnOnce() -> Result<Option<(u64, T)>, StoreError>,
+) -> Result<Found<'m, T>, StoreError> {
+    if !rows.contains_key(id) {
+        let Some(row) = load()? else { return Ok(Found::Missing) };
+        rows.insert(id.to_owned(), row);
+    }
+    Ok(match rows.get_mut(id) {
+        Some((base, _)) if *base >= index => Found::Superseded,
+        Some((_, row)) => Found::Current(row),
+        None => Found::Missing,
+    })
 }
 
 /// The catalog as a [`node::Subscriber`] drives it (wrapped in [`node::OnBlockingPool`]):
