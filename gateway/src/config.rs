@@ -105,6 +105,11 @@ pub struct HttpArgs {
     /// feed when empty). Default: `gavel-search` in the working directory.
     #[arg(long, env = "GAVEL_SEARCH_DIR")]
     pub search_dir: Option<PathBuf>,
+    /// Keep search's vectors in a Qdrant server or cluster instead of `--search-dir`:
+    /// `http://host:6334/prefix` (its gRPC address, then the collections' prefix, `gavel`
+    /// if none). Every gateway may share it: each indexes the same feed idempotently.
+    #[arg(long, env = "GAVEL_SEARCH_STORE")]
+    pub search_store: Option<String>,
     /// Where lot images are kept: a directory, `file:///abs/dir`, or `s3://bucket/prefix`
     /// (any S3-compatible store, configured by the usual `AWS_*` variables, e.g.
     /// `AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for MinIO). Default: `gavel-images` in the working
@@ -125,6 +130,8 @@ pub struct HttpArgs {
 pub struct SearchConfig {
     pub model: PathBuf,
     pub dir: PathBuf,
+    /// A Qdrant target instead of `dir`.
+    pub store: Option<String>,
 }
 
 /// Everything a gateway needs to start.
@@ -199,6 +206,7 @@ impl GatewayConfig {
             search: Some(SearchConfig {
                 model: args.model.clone(),
                 dir: args.search_dir.clone().unwrap_or_else(|| PathBuf::from("gavel-search")),
+                store: args.search_store.clone(),
             }),
             images: args.images.clone().unwrap_or_else(|| "gavel-images".to_owned()),
             image_sweep: (args.image_sweep_secs > 0).then(|| Duration::from_secs(args.image_sweep_secs)),

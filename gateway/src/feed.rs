@@ -168,7 +168,7 @@ pub fn follow_catalog(
 /// Starts search's indexer from its checkpoint; it stops when `stop` turns true.
 pub fn start_search(
     addrs: Vec<String>,
-    index: Arc<search::Index<search::Embedded>>,
+    index: Arc<search::Index<search::Engine>>,
     view: &ClusterView,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {

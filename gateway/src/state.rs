@@ -37,7 +37,7 @@ pub struct AppState {
 #[derive(Clone)]
 pub enum Search {
     /// The index, and permits for queries running at once.
-    Ready(Arc<search::Index<search::Embedded>>, Arc<tokio::sync::Semaphore>),
+    Ready(Arc<search::Index<search::Engine>>, Arc<tokio::sync::Semaphore>),
     /// Why not (e.g. the model file is missing): `/v1/search` answers 503 with it.
     Off(Arc<str>),
 }

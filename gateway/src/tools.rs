@@ -55,13 +55,22 @@ pub async fn rebuild(nodes: Vec<String>, dir: &Path, until: Option<u64>) -> Resu
     Ok(())
 }
 
-/// Builds (or resumes building) search's vector store in `dir` from the feed with the model
-/// at `model`, up to `until` or the leader's applied index; resumable like [`rebuild`]. To
-/// reindex from scratch (a new model), point it at an empty directory.
-pub async fn reindex(nodes: Vec<String>, model: &Path, dir: &Path, until: Option<u64>) -> Result<(), ToolError> {
+/// Builds (or resumes building) search's vector store, in `dir` or the Qdrant `store`, from
+/// the feed with the model at `model`, up to `until` or the leader's applied index; resumable
+/// like [`rebuild`]. To reindex from scratch (a new model), point it at an empty directory or
+/// a new collection prefix: a store built with another model is refused.
+pub async fn reindex(
+    nodes: Vec<String>,
+    model: &Path,
+    store: Option<&str>,
+    dir: Option<&Path>,
+    until: Option<u64>,
+) -> Result<(), ToolError> {
     let encoder = search::Encoder::load(model).map_err(|e| ToolError::Search(e.to_string()))?;
-    let store =
-        search::Embedded::open(dir, encoder.dim()).map_err(|e| ToolError::Search(format!("{}: {e}", dir.display())))?;
+    let dir = dir.unwrap_or(Path::new("gavel-search"));
+    let place = store.map_or_else(|| dir.display().to_string(), str::to_owned);
+    let store = search::Engine::open(store, dir, encoder.dim(), encoder.fingerprint())
+        .map_err(|e| ToolError::Search(format!("{place}: {e}")))?;
     let index = std::sync::Arc::new(
         search::Index::new(std::sync::Arc::new(store), std::sync::Arc::new(encoder))
             .map_err(|e| ToolError::Search(e.to_string()))?,
@@ -72,9 +81,9 @@ pub async fn reindex(nodes: Vec<String>, model: &Path, dir: &Path, until: Option
         None => leader_applied(&nodes).await?,
     };
     if from >= target {
-        println!("search index in {} is already at index {from} (target {target})", dir.display());
+        println!("search index in {place} is already at index {from} (target {target})");
     } else {
-        println!("indexing the feed into {} from index {from} to {target}", dir.display());
+        println!("indexing the feed into {place} from index {from} to {target}");
         let indexer = OnBlockingPool(index.clone());
         follow_to(nodes, indexer, search::index::BATCH_ITEMS, from, target).await.map_err(ToolError::Search)?;
     }

@@ -26,7 +26,7 @@ async fn with_search(dir: &Path) -> TestCluster {
     let model = model();
     assert!(model.exists(), "{} is missing: run scripts/setup", model.display());
     let dir = dir.to_owned();
-    TestCluster::start_with(move |c| c.search = Some(SearchConfig { model, dir })).await
+    TestCluster::start_with(move |c| c.search = Some(SearchConfig { model, dir, store: None })).await
 }
 
 /// (title, artist, description, category): an Italian Renaissance panel described in English,
@@ -199,7 +199,7 @@ async fn search_refuses_bad_input_and_says_when_it_is_off() {
     // Without a model the gateway serves everything else and says why search is off.
     let missing = scratch.path().join("no-such-model.bin");
     let cluster = TestCluster::start_with(move |c| {
-        c.search = Some(SearchConfig { model: missing, dir: scratch.path().join("unused") })
+        c.search = Some(SearchConfig { model: missing, dir: scratch.path().join("unused"), store: None })
     })
     .await;
     let (status, body) = cluster.get("/v1/search?q=vase", None).await;
@@ -333,7 +333,7 @@ async fn search_dead_letters_through_the_admin_api() {
         let start = search::store::Changes { checkpoint: Some(skipped), ..Default::default() };
         store.commit(start).unwrap();
     }
-    cluster.gateway_config.search = Some(SearchConfig { model: model(), dir });
+    cluster.gateway_config.search = Some(SearchConfig { model: model(), dir, store: None });
     cluster.restart_gateway().await;
     let (status, body) =
         cluster.post(&format!("/v1/lots/{}/status", ids[0]), Some(&curator), json!({"status": "UnderReview"})).await;
@@ -377,4 +377,25 @@ async fn search_dead_letters_through_the_admin_api() {
             .clone();
     assert_eq!(attempts, 2);
     cluster.shutdown().await;
+}
+
+/// A Qdrant store named but not reachable (or malformed) is a start-up error naming it, not a
+/// gateway that serves without its vectors.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_search_store_that_cannot_be_reached_stops_the_gateway_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = format!("127.0.0.1:{}", common::free_port());
+    for (target, reason) in
+        [("qdrant.example:6334", "not an http"), (&format!("http://{nobody}/gavel") as &str, "qdrant")]
+    {
+        let mut config = common::config(vec![nobody.clone()], dir.path().join("catalog"));
+        config.search =
+            Some(SearchConfig { model: model(), dir: dir.path().join("search"), store: Some(target.to_owned()) });
+        config.admin_password = None;
+        let error = match gateway::Gateway::start(config).await {
+            Ok(_) => panic!("{target}: the gateway started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains("search store") && error.contains(reason), "{target}: {error}");
+    }
 }

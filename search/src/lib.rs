@@ -6,18 +6,24 @@
 //! - [`model`]: the e5 encoder on candle: texts to unit vectors.
 //! - [`store`]: what a vector store must do, and the points it keeps.
 //! - [`embedded`]: the default store, exact cosine search over contiguous vectors.
+//! - [`qdrant`]: the scale-out store, a Qdrant server or cluster.
+//! - [`engine`]: whichever of the two a deployment picked.
 //! - [`index`]: the feed handler that embeds lots and artists as they are created.
 //! - [`query`]: the query path, vector search re-ranked for exact names.
 
 pub mod embedded;
+pub mod engine;
 pub mod format;
 pub mod index;
 pub mod model;
+pub mod qdrant;
 pub mod query;
 pub mod store;
 pub mod tokenize;
 
 pub use embedded::Embedded;
+pub use engine::Engine;
 pub use index::{Index, Retried};
 pub use model::{Encoder, ModelError, Role};
+pub use qdrant::Qdrant;
 pub use store::{Filter, Hit, Kind, VectorStore};

@@ -1,5 +1,6 @@
-//! The vector store contract, as one suite any engine runs. The embedded engine runs it here;
-//! there is no Qdrant engine in this build yet (see search/README.md).
+//! The vector store contract, as one suite any engine runs: the embedded engine always, the
+//! Qdrant engine where `GAVEL_QDRANT_URL` names a server (its gRPC port, e.g.
+//! `http://localhost:6334`); without one its tests say they were skipped and pass.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
@@ -8,7 +9,7 @@ use std::path::Path;
 use proptest::prelude::*;
 use search::embedded::dot;
 use search::store::{Changes, DeadLetter, Payload, Point, StoreError};
-use search::{Embedded, Filter, Kind, VectorStore};
+use search::{Embedded, Filter, Kind, Qdrant, VectorStore};
 
 const DIM: usize = 8;
 
@@ -150,6 +151,50 @@ fn embedded_store_refuses_another_dimension_at_open() {
     store.commit(upsert(vec![point("a", unit(&[1.0; DIM]), 1, "c", "a")], 1)).unwrap();
     drop(store);
     assert!(matches!(Embedded::open(dir.path(), DIM * 2), Err(StoreError::Dimension { .. })));
+}
+
+/// The Qdrant server to test against, or `None` (and a line saying the test was skipped).
+fn qdrant_url(test: &str) -> Option<String> {
+    let url = std::env::var("GAVEL_QDRANT_URL").ok().filter(|u| !u.is_empty());
+    if url.is_none() {
+        eprintln!("skipped {test}: GAVEL_QDRANT_URL is not set (no Qdrant server here)");
+    }
+    url
+}
+
+/// Collections no earlier run wrote.
+fn fresh_prefix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("gavel_test_{}_{nanos}", std::process::id())
+}
+
+#[test]
+fn qdrant_store_keeps_the_contract() {
+    let Some(url) = qdrant_url("qdrant_store_keeps_the_contract") else { return };
+    let prefix = fresh_prefix();
+    // Reopening connects again to the same collections.
+    suite(|_| Qdrant::connect(&url, &prefix, DIM).unwrap());
+}
+
+#[test]
+fn qdrant_store_refuses_another_dimension_and_model() {
+    let Some(url) = qdrant_url("qdrant_store_refuses_another_dimension_and_model") else { return };
+    let prefix = fresh_prefix();
+    let store = Qdrant::connect(&url, &prefix, DIM).unwrap();
+    store.bind_model("e5:one").unwrap();
+    store.bind_model("e5:one").unwrap();
+    assert!(matches!(store.bind_model("e5:two"), Err(StoreError::Model { .. })));
+    drop(store);
+    assert!(matches!(Qdrant::connect(&url, &prefix, DIM * 2), Err(StoreError::Dimension { .. })));
+    assert!(Qdrant::connect(&url, "bad prefix!", DIM).is_err());
+}
+
+#[test]
+fn qdrant_store_that_cannot_be_reached_is_an_error_not_a_hang() {
+    // Nothing listens on port 1: connecting fails with the store's error.
+    let started = std::time::Instant::now();
+    assert!(matches!(Qdrant::connect("http://127.0.0.1:1", "gavel_unreachable", DIM), Err(StoreError::Io(_))));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
 
 proptest! {

@@ -102,8 +102,12 @@ enum SearchCommand {
         #[arg(long, env = "GAVEL_MODEL", default_value = "models/e5-small-q4.bin")]
         model: PathBuf,
         /// Where to build it (a new directory, or one a stopped reindex left).
-        #[arg(long)]
-        dir: PathBuf,
+        #[arg(long, required_unless_present = "store")]
+        dir: Option<PathBuf>,
+        /// Build it in a Qdrant server instead: `http://host:6334/prefix` (its gRPC address,
+        /// then the collections' prefix).
+        #[arg(long, env = "GAVEL_SEARCH_STORE", conflicts_with = "dir")]
+        store: Option<String>,
         /// Stop at this index instead of the leader's applied index.
         #[arg(long)]
         until: Option<u64>,
@@ -189,8 +193,8 @@ fn main() -> ExitCode {
             Command::Catalog(CatalogCommand::Rebuild { nodes, dir, until }) => {
                 tools::rebuild(nodes, &dir, until).await.map_err(|e| e.to_string())
             }
-            Command::Search(SearchCommand::Reindex { nodes, model, dir, until }) => {
-                tools::reindex(nodes, &model, &dir, until).await.map_err(|e| e.to_string())
+            Command::Search(SearchCommand::Reindex { nodes, model, dir, store, until }) => {
+                tools::reindex(nodes, &model, store.as_deref(), dir.as_deref(), until).await.map_err(|e| e.to_string())
             }
             Command::DeadLetters(DeadLetterCommand::List { target }) => {
                 tools::dead_letters_list(&target.url, &target.token).await.map_err(|e| e.to_string())

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use ledger::lifecycle;
 use ledger::pb::LotStatus;
 use search::query::{self, Answer, LIMIT_MAX, QUERY_MAX_BYTES};
-use search::{Embedded, Filter, Index};
+use search::{Engine, Filter, Index};
 use serde_json::{Value, json};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -72,7 +72,7 @@ fn parse(params: Vec<(String, String)>, filters: bool) -> Result<Asked, AppError
     Ok(asked)
 }
 
-fn ready(state: &AppState) -> Result<(Arc<Index<Embedded>>, OwnedSemaphorePermit), AppError> {
+fn ready(state: &AppState) -> Result<(Arc<Index<Engine>>, OwnedSemaphorePermit), AppError> {
     match &state.search {
         Search::Ready(index, permits) => {
             let permit = permits.clone().try_acquire_owned().map_err(|_| {
@@ -94,7 +94,7 @@ fn ready(state: &AppState) -> Result<(Arc<Index<Embedded>>, OwnedSemaphorePermit
 /// times it.
 async fn run(
     state: &AppState,
-    search: impl FnOnce(&Index<Embedded>) -> Result<Answer, query::QueryError> + Send + 'static,
+    search: impl FnOnce(&Index<Engine>) -> Result<Answer, query::QueryError> + Send + 'static,
 ) -> Result<Answer, AppError> {
     let (index, permit) = ready(state)?;
     let started = Instant::now();
