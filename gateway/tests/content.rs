@@ -307,6 +307,19 @@ async fn images_are_judged_by_their_bytes_stored_served_and_swept() {
     assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "forbidden"), "{body}");
     let (status, body) = upload(&c, "nope", &seller, "x.png", "image/png", png.clone()).await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "lot_not_found"), "{body}");
+    // Refused before its body was read, an upload says the connection closes, so the client
+    // does not send its next request down it (which failed now and then with a reset).
+    let part = multipart::Part::bytes(png.clone()).file_name("x.png".to_owned()).mime_str("image/png").unwrap();
+    let response = c
+        .http
+        .post(format!("{}/v1/lots/nope/images", c.url))
+        .bearer_auth(&seller)
+        .multipart(multipart::Form::new().part("image", part))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.headers().get("connection").and_then(|v| v.to_str().ok()), Some("close"));
     let form = multipart::Form::new().text("caption", "no file here");
     let response = c
         .http

@@ -12,6 +12,11 @@
 //! request waiting for the write to be applied. A crash part-way leaves the checkpoint
 //! behind, the indexer replays from it and rewrites the same points: replays are idempotent.
 //! Readers may see a batch's points before its checkpoint moves, never the reverse.
+//!
+//! Unlike the embedded store's exact scan, Qdrant answers from its HNSW index once a
+//! collection passes its indexing threshold: approximate nearest neighbours, which is what
+//! scale-out is for. Vectors are unit length already, so Qdrant's cosine normalisation keeps
+//! them as written.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +24,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use prost::Message as _;
+use qdrant_client::qdrant::r#match::MatchValue;
 use qdrant_client::qdrant::vector_output::Vector;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder,
@@ -29,8 +35,12 @@ use qdrant_client::{Payload as QPayload, Qdrant as Client};
 
 use crate::store::{Changes, DeadLetter, Filter, Hit, Kind, Payload, Point, StoreError, VectorStore};
 
-/// Points read per scroll request.
+/// Points read per scroll request, and written per upsert request (Qdrant bounds a request's
+/// size: 32 MB by default).
 const PAGE: u32 = 256;
+/// A request's deadline (the client's default, 5 s, is short for a large upsert that waits
+/// until applied).
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The Qdrant store. Its calls block (the [`VectorStore`] contract) and run on the store's
 /// own runtime, so they may be made from any thread.
@@ -74,7 +84,10 @@ impl Qdrant {
             .enable_all()
             .build()
             .map_err(engine)?;
-        let mut builder = Client::from_url(url).skip_compatibility_check();
+        let mut builder = Client::from_url(url)
+            .skip_compatibility_check()
+            .timeout(TIMEOUT)
+            .connect_timeout(std::time::Duration::from_secs(5));
         if let Ok(key) = std::env::var("QDRANT_API_KEY") {
             builder = builder.api_key(key);
         }
@@ -170,7 +183,9 @@ fn conditions(filter: &Filter) -> Option<QFilter> {
     }
     for (key, value) in [("category", &filter.category), ("currency", &filter.currency), ("artist", &filter.artist)] {
         if let Some(value) = value {
-            must.push(Condition::matches(key, value.clone()));
+            // Keyword explicitly: the client turns a string with a space into a text match,
+            // which is "contains the words", not equality.
+            must.push(Condition::matches(key, MatchValue::Keyword(value.clone())));
         }
     }
     (!must.is_empty()).then(|| QFilter::must(must))
@@ -212,47 +227,47 @@ impl Inner {
     async fn prepare(&self) -> Result<(), StoreError> {
         for kind in Kind::ALL {
             let name = self.collection(kind);
-            if !self.client.collection_exists(&name).await.map_err(engine)? {
-                self.client
-                    .create_collection(
-                        CreateCollectionBuilder::new(&name)
-                            .vectors_config(VectorParamsBuilder::new(self.dim as u64, Distance::Cosine)),
-                    )
-                    .await
-                    .map_err(engine)?;
-                for (field, kind) in [
-                    ("status", FieldType::Integer),
-                    ("category", FieldType::Keyword),
-                    ("currency", FieldType::Keyword),
-                    ("artist", FieldType::Keyword),
-                ] {
-                    self.client
-                        .create_field_index(CreateFieldIndexCollectionBuilder::new(&name, field, kind).wait(true))
-                        .await
-                        .map_err(engine)?;
-                }
+            self.ensure_collection(&name, VectorParamsBuilder::new(self.dim as u64, Distance::Cosine)).await?;
+            for (field, kind) in [
+                ("status", FieldType::Integer),
+                ("category", FieldType::Keyword),
+                ("currency", FieldType::Keyword),
+                ("artist", FieldType::Keyword),
+            ] {
+                self.ensure_index(&name, field, kind).await?;
             }
         }
         let meta = self.meta();
-        if !self.client.collection_exists(&meta).await.map_err(engine)? {
-            self.client
-                .create_collection(
-                    CreateCollectionBuilder::new(&meta).vectors_config(VectorParamsBuilder::new(1, Distance::Dot)),
-                )
-                .await
-                .map_err(engine)?;
-            self.client
-                .create_field_index(
-                    CreateFieldIndexCollectionBuilder::new(&meta, "kind", FieldType::Keyword).wait(true),
-                )
-                .await
-                .map_err(engine)?;
-        }
+        self.ensure_collection(&meta, VectorParamsBuilder::new(1, Distance::Dot)).await?;
+        self.ensure_index(&meta, "kind", FieldType::Keyword).await?;
         match self.meta_str("dim").await? {
             Some(stored) if stored == self.dim.to_string() => Ok(()),
             Some(stored) => Err(StoreError::Dimension { expected: stored.parse().unwrap_or(0), got: self.dim }),
             None => self.put_meta(vec![meta_point("dim", text_payload(&self.dim.to_string()))]).await,
         }
+    }
+
+    /// Creates the collection unless it exists; another process creating it at the same time
+    /// is not an error.
+    async fn ensure_collection(&self, name: &str, vectors: VectorParamsBuilder) -> Result<(), StoreError> {
+        if self.client.collection_exists(name).await.map_err(engine)? {
+            return Ok(());
+        }
+        match self.client.create_collection(CreateCollectionBuilder::new(name).vectors_config(vectors)).await {
+            Ok(_) => Ok(()),
+            Err(_) if self.client.collection_exists(name).await.map_err(engine)? => Ok(()),
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    /// Every connect asks for the payload indexes (Qdrant keeps one that exists), so a crash
+    /// between creating a collection and its indexes cannot leave a filter unindexed.
+    async fn ensure_index(&self, collection: &str, field: &str, kind: FieldType) -> Result<(), StoreError> {
+        self.client
+            .create_field_index(CreateFieldIndexCollectionBuilder::new(collection, field, kind).wait(true))
+            .await
+            .map_err(engine)?;
+        Ok(())
     }
 
     async fn put_meta(&self, points: Vec<PointStruct>) -> Result<(), StoreError> {
@@ -309,9 +324,9 @@ impl Inner {
                     PointStruct::new(point_id(kind.name(), &p.id), p.vector.clone(), payload)
                 })
                 .collect();
-            if !points.is_empty() {
+            for chunk in points.chunks(PAGE as usize) {
                 self.client
-                    .upsert_points(UpsertPointsBuilder::new(self.collection(kind), points).wait(true))
+                    .upsert_points(UpsertPointsBuilder::new(self.collection(kind), chunk.to_vec()).wait(true))
                     .await
                     .map_err(engine)?;
             }
@@ -350,6 +365,10 @@ impl Inner {
         if vector.len() != self.dim {
             return Err(StoreError::Dimension { expected: self.dim, got: vector.len() });
         }
+        if limit == 0 {
+            // Qdrant refuses a zero limit; the contract answers it with nothing.
+            return Ok(Vec::new());
+        }
         let mut request =
             QueryPointsBuilder::new(self.collection(kind)).query(vector).limit(limit as u64).with_payload(true);
         if let Some(f) = conditions(&filter) {
@@ -361,7 +380,8 @@ impl Inner {
             let (id, payload) = decode_doc(&scored.payload)?;
             hits.push(Hit { id, score: scored.score, payload });
         }
-        // The contract orders ties by id; Qdrant leaves them in any order.
+        // The contract orders ties by id; Qdrant returns tied points in any order (and, at the
+        // cut-off, picks which of them to keep).
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
         Ok(hits)
     }
@@ -401,7 +421,11 @@ impl Inner {
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         let raw = self
-            .scroll_raw(self.meta(), Some(QFilter::must([Condition::matches("kind", "dead_letter".to_owned())])), false)
+            .scroll_raw(
+                self.meta(),
+                Some(QFilter::must([Condition::matches("kind", MatchValue::Keyword("dead_letter".to_owned()))])),
+                false,
+            )
             .await?;
         let mut letters = raw
             .iter()

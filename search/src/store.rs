@@ -121,7 +121,7 @@ pub trait VectorStore: Send + Sync + 'static {
     /// The currency recorded for a sale.
     fn auction_currency(&self, auction_id: &str) -> Result<Option<String>, StoreError>;
     /// The `limit` points most similar to `vector` (cosine, best first; ties by id) that pass
-    /// `filter`.
+    /// `filter`. Exact in the embedded store; approximate (HNSW) in a large Qdrant collection.
     fn search(&self, kind: Kind, vector: &[f32], filter: &Filter, limit: usize) -> Result<Vec<Hit>, StoreError>;
     /// Every point passing `filter`, by id.
     fn scroll(&self, kind: Kind, filter: &Filter) -> Result<Vec<Point>, StoreError>;

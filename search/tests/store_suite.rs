@@ -137,6 +137,19 @@ fn suite<S: VectorStore>(open: impl Fn(&Path) -> S) {
     assert_eq!(store.get(Kind::Artist, "Ann").unwrap(), Some(artist));
     assert_eq!(store.dead_letters().unwrap().len(), 1);
     assert_eq!(store.auction_currency("sale-1").unwrap().as_deref(), Some("CHF"));
+
+    // Filters are equality, also for names with spaces; a zero limit answers nothing.
+    store
+        .commit(upsert(
+            vec![point("f", axis(5), 1, "old master", "Ann Lee"), point("g", axis(5), 1, "old master", "Ann Lee Jr")],
+            12,
+        ))
+        .unwrap();
+    let ann_lee = Filter { artist: Some("Ann Lee".into()), ..Filter::default() };
+    assert_eq!(ids(store.search(Kind::Lot, &axis(5), &ann_lee, 10).unwrap()), ["f"]);
+    let old_master = Filter { category: Some("old master".into()), ..Filter::default() };
+    assert_eq!(ids(store.search(Kind::Lot, &axis(5), &old_master, 10).unwrap()), ["f", "g"]);
+    assert!(store.search(Kind::Lot, &axis(5), &Filter::default(), 0).unwrap().is_empty());
 }
 
 #[test]

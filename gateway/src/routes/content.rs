@@ -309,6 +309,25 @@ async fn image_field(multipart: &mut Multipart) -> Result<bytes::Bytes, AppError
 /// `POST /v1/lots/{lot_id}/images` (curator, admin or the lot's seller), multipart with the
 /// file in field `image`. The bytes are judged, stored, and only then proposed.
 pub async fn add_image(
+    state: State<AppState>,
+    caller: Caller,
+    lot_id: ApiPath<String>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    match judge_store_propose(state, caller, lot_id, multipart).await {
+        Ok(response) => response,
+        Err(e) => {
+            // A refusal may come before the body is read (a stranger, no such lot, too many
+            // bytes), and the server then closes the connection rather than read the rest.
+            // Saying so keeps the client from sending its next request down that connection.
+            let mut response = e.into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+async fn judge_store_propose(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(lot_id): ApiPath<String>,
