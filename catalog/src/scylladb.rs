@@ -36,6 +36,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
+use node::Bridge;
 use prost::Message;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -181,36 +182,16 @@ struct Inner {
 /// runtime, so they may be made from any thread.
 pub struct Scylla {
     inner: Arc<Inner>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for Scylla {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks, which panics inside another runtime's worker.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
+    bridge: Bridge,
 }
 
 impl Scylla {
     /// Connects, creates the keyspace and tables if missing, prepares the statements.
     pub fn connect(uri: &str) -> Result<Scylla, StoreError> {
         let target = Target::parse(uri).map_err(StoreError::Engine)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("catalog-scylla")
-            .enable_all()
-            .build()
-            .map_err(engine)?;
-        match run_on(&runtime, async move { Inner::connect(&target).await }) {
-            Ok(Ok(inner)) => Ok(Scylla { inner: Arc::new(inner), runtime: Some(runtime) }),
-            Ok(Err(e)) | Err(e) => {
-                // Dropped the ordinary way, a runtime panics inside another one's worker.
-                runtime.shutdown_background();
-                Err(e)
-            }
-        }
+        let bridge = Bridge::new("catalog-scylla").map_err(engine)?;
+        let inner = bridge.run(async move { Inner::connect(&target).await }).map_err(engine)??;
+        Ok(Scylla { inner: Arc::new(inner), bridge })
     }
 
     /// Removes every row (before a rebuild from index 0).
@@ -224,21 +205,8 @@ impl Scylla {
         F: FnOnce(Arc<Inner>) -> Fut,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        let runtime = self.runtime.as_ref().ok_or_else(|| StoreError::Engine("scylla: store closed".into()))?;
-        run_on(runtime, f(self.inner.clone()))?
+        self.bridge.run(f(self.inner.clone())).map_err(engine)?
     }
-}
-
-/// Runs `fut` on `runtime` and waits for it from whatever thread this is.
-fn run_on<T: Send + 'static>(
-    runtime: &tokio::runtime::Runtime,
-    fut: impl Future<Output = T> + Send + 'static,
-) -> Result<T, StoreError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    runtime.spawn(async move {
-        let _ = tx.send(fut.await);
-    });
-    rx.recv().map_err(|_| StoreError::Engine("scylla: the store's runtime stopped".into()))
 }
 
 /// Tables and their keys, as created.

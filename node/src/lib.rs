@@ -10,8 +10,10 @@
 //! - [`client`]: the client library (leader discovery, retries, deadlines).
 //! - [`follow`]: a resumable, gap-checked follower of the committed-event feed.
 //! - [`subscribe`]: a read model's loop on that feed: batches, retries, dead letters.
+//! - [`bridge`]: an async store client behind a read model's blocking contract.
 //! - [`limits`]: every bound the node enforces.
 
+pub mod bridge;
 pub mod client;
 pub mod follow;
 pub mod limits;
@@ -29,6 +31,7 @@ pub mod pb {
     tonic::include_proto!("gavel.node.v1");
 }
 
+pub use bridge::{Bridge, BridgeError};
 pub use client::{Client, ClientError};
 pub use follow::{FollowError, Follower};
 pub use node::{Node, NodeConfig, NodeError};

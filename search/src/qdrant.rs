@@ -33,6 +33,8 @@ use qdrant_client::qdrant::{
 };
 use qdrant_client::{Payload as QPayload, Qdrant as Client};
 
+use node::Bridge;
+
 use crate::store::{Changes, DeadLetter, Filter, Hit, Kind, Payload, Point, StoreError, VectorStore};
 
 /// Points read per scroll request, and written per upsert request (Qdrant bounds a request's
@@ -46,22 +48,13 @@ const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// own runtime, so they may be made from any thread.
 pub struct Qdrant {
     inner: Arc<Inner>,
-    runtime: Option<tokio::runtime::Runtime>,
+    bridge: Bridge,
 }
 
 struct Inner {
     client: Client,
     prefix: String,
     dim: usize,
-}
-
-impl Drop for Qdrant {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks, which panics inside another runtime's worker.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
 }
 
 fn engine(e: impl std::fmt::Display) -> StoreError {
@@ -78,12 +71,7 @@ impl Qdrant {
                 "qdrant: collection prefix {prefix:?} must be letters, digits, _ or -"
             )));
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("search-qdrant")
-            .enable_all()
-            .build()
-            .map_err(engine)?;
+        let bridge = Bridge::new("search-qdrant").map_err(engine)?;
         let mut builder = Client::from_url(url)
             .skip_compatibility_check()
             .timeout(TIMEOUT)
@@ -91,22 +79,10 @@ impl Qdrant {
         if let Ok(key) = std::env::var("QDRANT_API_KEY") {
             builder = builder.api_key(key);
         }
-        let connected = builder.build().map_err(engine).and_then(|client| {
-            let inner = Arc::new(Inner { client, prefix: prefix.to_owned(), dim });
-            run_on(&runtime, {
-                let inner = inner.clone();
-                async move { inner.prepare().await }
-            })
-            .and_then(|prepared| prepared)
-            .map(|()| inner)
-        });
-        match connected {
-            Ok(inner) => Ok(Qdrant { inner, runtime: Some(runtime) }),
-            Err(e) => {
-                runtime.shutdown_background();
-                Err(e)
-            }
-        }
+        let inner = Arc::new(Inner { client: builder.build().map_err(engine)?, prefix: prefix.to_owned(), dim });
+        let store = Qdrant { inner, bridge };
+        store.run(|inner| async move { inner.prepare().await })?;
+        Ok(store)
     }
 
     /// Ties the store to one model, as [`crate::Embedded::bind_model`] does.
@@ -127,21 +103,8 @@ impl Qdrant {
         F: FnOnce(Arc<Inner>) -> Fut,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        let runtime = self.runtime.as_ref().ok_or_else(|| StoreError::Io("qdrant: store closed".into()))?;
-        run_on(runtime, f(self.inner.clone()))?
+        self.bridge.run(f(self.inner.clone())).map_err(engine)?
     }
-}
-
-/// Runs `fut` on `runtime` and waits for it from whatever thread this is.
-fn run_on<T: Send + 'static>(
-    runtime: &tokio::runtime::Runtime,
-    fut: impl Future<Output = T> + Send + 'static,
-) -> Result<T, StoreError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    runtime.spawn(async move {
-        let _ = tx.send(fut.await);
-    });
-    rx.recv().map_err(|_| StoreError::Io("qdrant: the store's runtime stopped".into()))
 }
 
 /// A Qdrant point id for a Gavel id: a UUID from BLAKE3 of the namespace and the id.
