@@ -4,6 +4,7 @@
 //! - [`format`]: the packed e5 model file, parsed and checked.
 //! - [`tokenize`]: XLM-R SentencePiece tokenization on a `tokenizers` Unigram model.
 //! - [`model`]: the e5 encoder on candle: texts to unit vectors.
+//! - `int8`: the encoder's linear layers on AVX-512 VNNI (the crate's one `unsafe` module).
 //! - [`store`]: what a vector store must do, and the points it keeps.
 //! - [`embedded`]: the default store, exact cosine search over contiguous vectors.
 //! - [`qdrant`]: the scale-out store, a Qdrant server or cluster.
@@ -15,6 +16,7 @@ pub mod embedded;
 pub mod engine;
 pub mod format;
 pub mod index;
+mod int8;
 pub mod model;
 pub mod qdrant;
 pub mod query;
@@ -24,6 +26,6 @@ pub mod tokenize;
 pub use embedded::Embedded;
 pub use engine::Engine;
 pub use index::{Index, Retried};
-pub use model::{Encoder, ModelError, Role};
+pub use model::{Encoder, Kernel, ModelError, Role};
 pub use qdrant::Qdrant;
 pub use store::{Filter, Hit, Kind, VectorStore};

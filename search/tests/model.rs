@@ -7,7 +7,7 @@ mod common;
 
 use search::format::{FormatError, ModelFile};
 use search::model::cosine;
-use search::{Encoder, ModelError, Role};
+use search::{Encoder, Kernel, ModelError, Role};
 
 const SENTENCES: [&str; 5] = [
     "Italian Renaissance art",
@@ -61,6 +61,34 @@ fn vectors_are_unit_length_and_independent_of_the_batch() {
     assert!(similarity < 0.999 && similarity > 0.8, "query vs passage of the same text: {similarity}");
 }
 
+/// The int8 kernel's vectors are the f32 kernel's to a cosine of 0.999 or better, and the
+/// cross-lingual test ranks the same under both (`cross_lingual_pairs_rank_their_partner_first`
+/// runs with whichever this CPU picks).
+#[test]
+fn the_int8_kernel_agrees_with_f32() {
+    if !search::model::Kernel::best().eq(&Kernel::Int8) {
+        eprintln!("skipped: this CPU has no AVX-512 VNNI, so only the f32 kernel runs here");
+        assert!(matches!(Encoder::load_with(&common::model_path(), Kernel::Int8), Err(ModelError::Unsupported)));
+        return;
+    }
+    let int8 = common::encoder();
+    assert_eq!(int8.kernel(), Kernel::Int8);
+    let f32 = Encoder::load_with(&common::model_path(), Kernel::F32).unwrap();
+    let long = "Huile sur toile, paysage au moulin, signée et datée en bas à droite. ".repeat(8);
+    let texts: Vec<&str> = SENTENCES
+        .iter()
+        .copied()
+        .chain(["Hokusai, Great Wave off Kanagawa, woodblock print", long.as_str(), ""])
+        .collect();
+    for role in [Role::Passage, Role::Query] {
+        let (a, b) = (int8.embed(role, &texts).unwrap(), f32.embed(role, &texts).unwrap());
+        for ((text, x), y) in texts.iter().zip(&a).zip(&b) {
+            let similarity = cosine(x, y);
+            assert!(similarity > 0.999, "{role:?} {text:?}: int8 vs f32 cosine {similarity}");
+        }
+    }
+}
+
 /// Empty, very long and odd text still embeds (a long text is cut to the model's 512 tokens).
 #[test]
 fn any_text_embeds() {
@@ -100,7 +128,8 @@ fn damaged_model_files_are_refused() {
 }
 
 /// The same tokens and, to rounding, the same vectors as the wheel's own C implementation of
-/// this model file (it quantizes activations to 8 bits, this encoder keeps them f32), on text
+/// this model file (it quantizes activations to 8 bits, as the int8 kernel does and the f32
+/// kernel does not), on text
 /// that exercises the normalisation map, full-width forms, CJK, emoji and unknown characters.
 #[test]
 fn agrees_with_the_reference_implementation() {

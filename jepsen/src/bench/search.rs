@@ -18,6 +18,7 @@ use ledger::pb::{Event, LotStatus, LotView};
 use node::pb::FeedItem;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+pub use search::Kernel;
 use search::store::{Changes, Payload, Point};
 use search::{Embedded, Encoder, Filter, Index, Kind, VectorStore};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,10 @@ pub enum SearchBenchError {
     Search(String),
 }
 
+fn f32_kernel() -> String {
+    Kernel::F32.name().to_string()
+}
+
 fn err(e: impl std::fmt::Display) -> SearchBenchError {
     SearchBenchError::Search(e.to_string())
 }
@@ -35,6 +40,9 @@ fn err(e: impl std::fmt::Display) -> SearchBenchError {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SearchResult {
     pub lots: usize,
+    /// The encoder's kernel (older results: f32).
+    #[serde(default = "f32_kernel")]
+    pub kernel: String,
     /// Lots embedded by the model through the indexer.
     pub embedded: usize,
     pub index_lots_per_s: f64,
@@ -173,8 +181,14 @@ fn created(n: usize, title: String, artist: String, description: String) -> Even
     }
 }
 
-pub fn run(model: &std::path::Path, lots: usize, embed: usize, queries: u64) -> Result<SearchResult, SearchBenchError> {
-    let encoder = Arc::new(Encoder::load(model).map_err(err)?);
+pub fn run(
+    model: &std::path::Path,
+    kernel: Kernel,
+    lots: usize,
+    embed: usize,
+    queries: u64,
+) -> Result<SearchResult, SearchBenchError> {
+    let encoder = Arc::new(Encoder::load_with(model, kernel).map_err(err)?);
     let dir = tempfile::tempdir().map_err(err)?;
     let store = Arc::new(Embedded::open(dir.path(), encoder.dim()).map_err(err)?);
     let index = Index::new(store.clone(), encoder.clone()).map_err(err)?;
@@ -253,6 +267,7 @@ pub fn run(model: &std::path::Path, lots: usize, embed: usize, queries: u64) -> 
     }
     Ok(SearchResult {
         lots,
+        kernel: kernel.name().to_string(),
         embedded: embed,
         index_lots_per_s,
         queries,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use jepsen::bench::fanout::{self, FanoutSpec};
 use jepsen::bench::suite::{self, Env, System};
 use jepsen::bench::{Failover, Load, RunResult, Spec, Workload, plot};
@@ -157,6 +157,10 @@ enum Cmd {
         /// The model file (`scripts/setup` installs it).
         #[arg(long, env = "GAVEL_MODEL", default_value = "models/e5-small-q4.bin")]
         model: PathBuf,
+        /// The encoder's kernel: `int8` (AVX-512 VNNI) or `f32` (default: the fastest this CPU
+        /// has, as the gateway picks).
+        #[arg(long)]
+        kernel: Option<KernelArg>,
     },
     /// Redraw the plots of a results directory from its JSON files.
     Replot,
@@ -169,6 +173,13 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         kills: usize,
     },
+}
+
+/// `gavel-bench search --kernel`.
+#[derive(Clone, Copy, ValueEnum)]
+enum KernelArg {
+    F32,
+    Int8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -327,12 +338,18 @@ async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchErro
             );
             write_json(&out.join(format!("catalog-{lots}.json")), &json!(r))?;
         }
-        Cmd::Search { lots, embed, queries, model } => {
-            let r = search::run(&model, lots, embed, queries)?;
+        Cmd::Search { lots, embed, queries, model, kernel } => {
+            let kernel = match kernel {
+                None => search::Kernel::best(),
+                Some(KernelArg::F32) => search::Kernel::F32,
+                Some(KernelArg::Int8) => search::Kernel::Int8,
+            };
+            let r = search::run(&model, kernel, lots, embed, queries)?;
             println!(
-                "search {} lots ({} embedded): indexing {:.1} lots/s; {} queries p50 {} µs p99 {} µs p999 {} µs max {} µs (query embedding p50 {} µs p99 {} µs); best embedded hit on subject {}/{}",
+                "search {} lots ({} embedded, {} kernel): indexing {:.1} lots/s; {} queries p50 {} µs p99 {} µs p999 {} µs max {} µs (query embedding p50 {} µs p99 {} µs); best embedded hit on subject {}/{}",
                 r.lots,
                 r.embedded,
+                r.kernel,
                 r.index_lots_per_s,
                 r.queries,
                 r.p50_us,

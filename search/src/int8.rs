@@ -1,0 +1,449 @@
+//! The encoder's linear layers in integer arithmetic, for CPUs with AVX-512 VNNI.
+//!
+//! The weights stay as the model file stores them, Q4_0: 4-bit values in blocks of 32 with an
+//! fp16 scale each. Each input row is quantized per 32 values to i8 with an f32 scale (the
+//! scheme llama.cpp calls Q8_0), so a block's product is an exact integer sum times two
+//! scales. `vpdpbusd` does 64 of those byte products per instruction, which makes a layer
+//! several times cheaper than the f32 matmul it replaces (BENCHMARKS.md, search).
+//!
+//! [`reference`] computes the same float operations in the same order without SIMD; the tests
+//! hold the kernel to it bit for bit, and it is the answer on any other CPU (the encoder
+//! prefers candle's f32 matmul there, see `model::Kernel`).
+//!
+//! This is the one module in Gavel with `unsafe`: unaligned SIMD loads and stores on slices
+//! whose length is checked just before, and the call into the kernel after the CPU said it has
+//! the features.
+#![allow(unsafe_code)]
+
+use half::f16;
+
+use crate::format::{BLOCK, BLOCK_BYTES, FormatError};
+
+/// Outputs per SIMD lane group: one 512-bit register of i32 or f32.
+const LANES: usize = 16;
+/// Outputs per kernel tile: two lane groups.
+const TILE: usize = 2 * LANES;
+
+/// Whether this CPU runs the int8 kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A Q4_0 weight matrix (`rows` outputs by `cols` inputs) and its bias, laid out for the
+/// kernel: outputs in groups of 16, and within a group, for every 4 inputs, the 16 outputs'
+/// 4 values side by side (one 64-byte load feeds one `vpdpbusd`).
+pub struct Matrix {
+    rows: usize,
+    cols: usize,
+    /// `rows` rounded up to whole tiles; the padding has zero scales, so it adds nothing.
+    padded: usize,
+    /// The stored values, 0..=15 (the weight is `scale * (value - 8)`):
+    /// `[group][cols / 4][16][4]`.
+    values: Vec<u8>,
+    /// The block scales: `[group][cols / 32][16]`.
+    scales: Vec<f32>,
+    /// `padded` long.
+    bias: Vec<f32>,
+}
+
+impl Matrix {
+    /// From the file's Q4_0 blocks, row after row (`rows * cols / 32` blocks of 18 bytes).
+    pub fn from_q4(blocks: &[u8], rows: usize, cols: usize, bias: Vec<f32>) -> Result<Matrix, FormatError> {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) || blocks.len() != rows * cols / BLOCK * BLOCK_BYTES {
+            return Err(FormatError::Invalid(format!("a {rows}x{cols} Q4_0 matrix cannot be {} bytes", blocks.len())));
+        }
+        if bias.len() != rows {
+            return Err(FormatError::Invalid(format!("{} biases for {rows} rows", bias.len())));
+        }
+        let padded = rows.div_ceil(TILE) * TILE;
+        let per_row = cols / BLOCK;
+        let mut values = vec![8u8; padded * cols];
+        let mut scales = vec![0.0f32; padded * per_row];
+        for (row, row_blocks) in blocks.chunks_exact(per_row * BLOCK_BYTES).enumerate() {
+            let (group, lane) = (row / LANES, row % LANES);
+            for (b, block) in row_blocks.chunks_exact(BLOCK_BYTES).enumerate() {
+                scales[(group * per_row + b) * LANES + lane] = f16::from_le_bytes([block[0], block[1]]).to_f32();
+                for j in 0..BLOCK {
+                    let byte = block[2 + j % 16];
+                    let value = if j < 16 { byte & 0x0f } else { byte >> 4 };
+                    let col = b * BLOCK + j;
+                    values[((group * cols / 4 + col / 4) * LANES + lane) * 4 + col % 4] = value;
+                }
+            }
+        }
+        let mut bias = bias;
+        bias.resize(padded, 0.0);
+        Ok(Matrix { rows, cols, padded, values, scales, bias })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `x` (`x.len() / cols` rows of `cols`) times the transposed weights plus the bias:
+    /// `x.len() / cols` rows of `rows`. GELU (erf form) applied when `gelu`.
+    pub fn forward(&self, x: &[f32], gelu: bool) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if available() {
+            // SAFETY: the CPU has every feature the kernel is compiled for (checked above).
+            return unsafe { avx512::forward(self, x, gelu) };
+        }
+        let input = Quantized::new(x, self.cols);
+        let mut out = vec![0.0f32; input.rows * self.rows];
+        reference(self, &input, &mut out);
+        if gelu {
+            gelu_all(&mut out);
+        }
+        out
+    }
+}
+
+/// Input rows quantized per block of 32: `value * scale` approximates the input.
+struct Quantized {
+    rows: usize,
+    cols: usize,
+    values: Vec<i8>,
+    /// `[row][cols / 32]`.
+    scales: Vec<f32>,
+    /// 8 times each block's sum of values: the weights are stored as `value + 8`, so this is
+    /// what the stored form adds to a block's product.
+    offsets: Vec<i32>,
+}
+
+impl Quantized {
+    // Inlined into the kernel's caller, whose target features let these loops vectorize.
+    #[inline(always)]
+    fn new(x: &[f32], cols: usize) -> Quantized {
+        let rows = x.len() / cols;
+        let blocks = rows * cols / BLOCK;
+        let mut values = vec![0i8; rows * cols];
+        let mut scales = Vec::with_capacity(blocks);
+        let mut offsets = Vec::with_capacity(blocks);
+        for (block, out) in x[..rows * cols].chunks_exact(BLOCK).zip(values.chunks_exact_mut(BLOCK)) {
+            let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = max / 127.0;
+            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in out.iter_mut().zip(block) {
+                // `as` saturates, and |v * inverse| <= 127 up to rounding.
+                *q = (v * inverse).round_ties_even() as i8;
+                sum += i32::from(*q);
+            }
+            scales.push(scale);
+            offsets.push(8 * sum);
+        }
+        Quantized { rows, cols, values, scales, offsets }
+    }
+}
+
+/// The kernel's arithmetic in plain Rust, operation for operation: per output, over blocks in
+/// order, `acc = (dot - offset) as f32 * (weight_scale * input_scale) + acc` (fused), then
+/// `acc + bias`.
+fn reference(w: &Matrix, x: &Quantized, out: &mut [f32]) {
+    let per_row = w.cols / BLOCK;
+    for m in 0..x.rows {
+        for n in 0..w.rows {
+            let (group, lane) = (n / LANES, n % LANES);
+            let mut acc = 0.0f32;
+            for b in 0..per_row {
+                let mut dot = 0i32;
+                for j in 0..BLOCK {
+                    let col = b * BLOCK + j;
+                    let weight = w.values[((group * w.cols / 4 + col / 4) * LANES + lane) * 4 + col % 4];
+                    dot += i32::from(weight) * i32::from(x.values[m * x.cols + col]);
+                }
+                let scale = w.scales[(group * per_row + b) * LANES + lane] * x.scales[m * per_row + b];
+                acc = ((dot - x.offsets[m * per_row + b]) as f32).mul_add(scale, acc);
+            }
+            out[m * w.rows + n] = acc + w.bias[n];
+        }
+    }
+}
+
+/// GELU on every value (inlined like [`Quantized::new`]).
+#[inline(always)]
+fn gelu_all(values: &mut [f32]) {
+    values.iter_mut().for_each(|v| *v = gelu_erf(*v));
+}
+
+/// GELU, erf form: `0.5 x (1 + erf(x / sqrt 2))`.
+#[inline(always)]
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
+/// erf by Abramowitz and Stegun 7.1.28, |error| <= 3e-7: no `exp` and no branch, so loops
+/// over it vectorize (libm's `erff`, which candle calls, was a tenth of the encoder's time).
+fn erf(x: f32) -> f32 {
+    const A: [f32; 6] = [0.070_523_08, 0.042_282_01, 0.009_270_527, 0.000_152_014_3, 0.000_276_567_2, 0.000_043_063_8];
+    let a = x.abs();
+    let p = 1.0 + a * (A[0] + a * (A[1] + a * (A[2] + a * (A[3] + a * (A[4] + a * A[5])))));
+    let p2 = p * p;
+    let p4 = p2 * p2;
+    let p8 = p4 * p4;
+    (1.0 - 1.0 / (p8 * p8)).copysign(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, LANES, Matrix, Quantized, TILE, gelu_all};
+
+    /// Rows of the input per tile: with two lane groups, 8 i32 and 8 f32 accumulators.
+    const ROWS: usize = 4;
+    /// Input rows swept against all of the weights before the next ones: they stay in L1.
+    const CHUNK: usize = 32;
+
+    /// [`Matrix::forward`] with the quantization and GELU loops compiled for AVX-512 too
+    /// (the same scalar code, so the same results as the reference path).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn forward(w: &Matrix, x: &[f32], gelu: bool) -> Vec<f32> {
+        let input = Quantized::new(x, w.cols);
+        let mut out = vec![0.0f32; input.rows * w.rows];
+        product(w, &input, &mut out);
+        if gelu {
+            gelu_all(&mut out);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn product(w: &Matrix, x: &Quantized, out: &mut [f32]) {
+        for start in (0..x.rows).step_by(CHUNK) {
+            let end = (start + CHUNK).min(x.rows);
+            for tile in 0..w.padded / TILE {
+                let mut row = start;
+                while row + ROWS <= end {
+                    product_tile::<ROWS>(w, x, row, tile, out);
+                    row += ROWS;
+                }
+                match end - row {
+                    3 => product_tile::<3>(w, x, row, tile, out),
+                    2 => product_tile::<2>(w, x, row, tile, out),
+                    1 => product_tile::<1>(w, x, row, tile, out),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// `R` input rows times the 32 outputs of `tile`, written to `out`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn product_tile<const R: usize>(w: &Matrix, x: &Quantized, row: usize, tile: usize, out: &mut [f32]) {
+        let (cols, per_row) = (w.cols, w.cols / BLOCK);
+        // A lane group's values for one block: 8 steps of 4 inputs by 16 outputs.
+        const BLOCK_VALUES: usize = BLOCK * LANES;
+        let group_values = |g: usize| &w.values[g * cols * LANES..(g + 1) * cols * LANES];
+        let group_scales = |g: usize| &w.scales[g * per_row * LANES..(g + 1) * per_row * LANES];
+        let (values0, values1) = (group_values(2 * tile), group_values(2 * tile + 1));
+        let (scales0, scales1) = (group_scales(2 * tile), group_scales(2 * tile + 1));
+        let inputs: [&[i8]; R] = std::array::from_fn(|r| &x.values[(row + r) * cols..(row + r + 1) * cols]);
+
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for b in 0..per_row {
+            let block0 = &values0[b * BLOCK_VALUES..(b + 1) * BLOCK_VALUES];
+            let block1 = &values1[b * BLOCK_VALUES..(b + 1) * BLOCK_VALUES];
+            let mut dot = [[_mm512_setzero_si512(); 2]; R];
+            for step in 0..BLOCK / 4 {
+                let w0 = load_bytes(&block0[step * 64..]);
+                let w1 = load_bytes(&block1[step * 64..]);
+                for r in 0..R {
+                    let four = &inputs[r][b * BLOCK + step * 4..b * BLOCK + step * 4 + 4];
+                    let broadcast = _mm512_set1_epi32(i32::from_le_bytes([
+                        four[0] as u8,
+                        four[1] as u8,
+                        four[2] as u8,
+                        four[3] as u8,
+                    ]));
+                    dot[r][0] = _mm512_dpbusd_epi32(dot[r][0], w0, broadcast);
+                    dot[r][1] = _mm512_dpbusd_epi32(dot[r][1], w1, broadcast);
+                }
+            }
+            let s0 = load_f32s(&scales0[b * LANES..]);
+            let s1 = load_f32s(&scales1[b * LANES..]);
+            for r in 0..R {
+                let at = (row + r) * per_row + b;
+                let offset = _mm512_set1_epi32(x.offsets[at]);
+                let input_scale = _mm512_set1_ps(x.scales[at]);
+                for (half, s) in [(0, s0), (1, s1)] {
+                    let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[r][half], offset));
+                    acc[r][half] = _mm512_fmadd_ps(exact, _mm512_mul_ps(s, input_scale), acc[r][half]);
+                }
+            }
+        }
+
+        let first = tile * TILE;
+        let (bias0, bias1) = (load_f32s(&w.bias[first..]), load_f32s(&w.bias[first + LANES..]));
+        let width = w.rows.saturating_sub(first).min(TILE);
+        for (r, [a0, a1]) in acc.into_iter().enumerate() {
+            let mut line = [0.0f32; TILE];
+            store_f32s(&mut line[..LANES], _mm512_add_ps(a0, bias0));
+            store_f32s(&mut line[LANES..], _mm512_add_ps(a1, bias1));
+            let at = (row + r) * w.rows + first;
+            out[at..at + width].copy_from_slice(&line[..width]);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load_bytes(bytes: &[u8]) -> __m512i {
+        let bytes = &bytes[..64];
+        // SAFETY: `bytes` is 64 readable bytes (sliced just above); the load is unaligned.
+        unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load_f32s(values: &[f32]) -> __m512 {
+        let values = &values[..LANES];
+        // SAFETY: `values` is 16 readable f32s (sliced just above); the load is unaligned.
+        unsafe { _mm512_loadu_ps(values.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn store_f32s(into: &mut [f32], v: __m512) {
+        let into = &mut into[..LANES];
+        // SAFETY: `into` is 16 writable f32s (sliced just above); the store is unaligned.
+        unsafe { _mm512_storeu_ps(into.as_mut_ptr(), v) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random stream (xorshift), enough for test matrices.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn float(&mut self) -> f32 {
+            (self.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0
+        }
+    }
+
+    /// Random Q4_0 blocks with scales of varied size, and their dequantized f32 values.
+    fn q4(rng: &mut Rng, rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {
+        let mut blocks = Vec::new();
+        let mut dense = Vec::new();
+        for _ in 0..rows * cols / BLOCK {
+            let scale = f16::from_f32(rng.float().abs() * 0.05 + 0.001);
+            blocks.extend(scale.to_le_bytes());
+            let nibbles: Vec<u8> = (0..BLOCK).map(|_| (rng.next() % 16) as u8).collect();
+            for j in 0..16 {
+                blocks.push(nibbles[j] | (nibbles[j + 16] << 4));
+            }
+            dense.extend(nibbles.iter().map(|&v| scale.to_f32() * (f32::from(v) - 8.0)));
+        }
+        (blocks, dense)
+    }
+
+    #[test]
+    fn the_kernel_matches_the_reference_bit_for_bit() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI, so only the reference runs here");
+            return;
+        }
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // Row counts that leave every tail size; an output count that is not whole tiles.
+        for (m, n, k) in [(1, 32, 32), (3, 40, 64), (7, 96, 384), (33, 64, 128), (66, 48, 1536)] {
+            let (blocks, _) = q4(&mut rng, n, k);
+            let bias: Vec<f32> = (0..n).map(|_| rng.float()).collect();
+            let w = Matrix::from_q4(&blocks, n, k, bias).unwrap();
+            let x: Vec<f32> = (0..m * k).map(|_| rng.float() * 3.0).collect();
+            let input = Quantized::new(&x, k);
+            let mut expected = vec![0.0; m * n];
+            reference(&w, &input, &mut expected);
+            let got = w.forward(&x, false);
+            assert_eq!(got.len(), m * n);
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert_eq!(g.to_bits(), e.to_bits(), "{m}x{n}x{k}: output {i}: {g} vs {e}");
+            }
+            // The quantization and GELU loops, vectorized in the kernel's caller, too.
+            gelu_all(&mut expected);
+            for (i, (g, e)) in w.forward(&x, true).iter().zip(&expected).enumerate() {
+                assert_eq!(g.to_bits(), e.to_bits(), "{m}x{n}x{k} with GELU: output {i}: {g} vs {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_product_is_close_to_the_f32_product() {
+        let mut rng = Rng(7);
+        let (m, n, k) = (5, 64, 384);
+        let (blocks, dense) = q4(&mut rng, n, k);
+        let w = Matrix::from_q4(&blocks, n, k, vec![0.5; n]).unwrap();
+        let x: Vec<f32> = (0..m * k).map(|_| rng.float()).collect();
+        let got = w.forward(&x, false);
+        for row in 0..m {
+            for col in 0..n {
+                let exact: f32 = 0.5 + (0..k).map(|i| x[row * k + i] * dense[col * k + i]).sum::<f32>();
+                // Inputs rounded to 1/254 of their block's largest: a small error per product.
+                let bound: f32 = (0..k).map(|i| dense[col * k + i].abs()).sum::<f32>() / 254.0 + 1e-4;
+                let error = (got[row * n + col] - exact).abs();
+                assert!(error <= bound, "({row}, {col}): {} vs {exact}, error {error} > {bound}", got[row * n + col]);
+            }
+        }
+    }
+
+    #[test]
+    fn zero_rows_and_zero_inputs_are_answered() {
+        let mut rng = Rng(11);
+        let (blocks, _) = q4(&mut rng, 32, 64);
+        let w = Matrix::from_q4(&blocks, 32, 64, vec![1.5; 32]).unwrap();
+        assert!(w.forward(&[], false).is_empty());
+        // An all-zero input block has scale 0: the output is the bias alone, not NaN.
+        assert_eq!(w.forward(&[0.0; 64], false), vec![1.5; 32]);
+    }
+
+    #[test]
+    fn matrices_of_the_wrong_size_are_refused() {
+        assert!(Matrix::from_q4(&[0; 18], 1, 16, vec![0.0]).is_err());
+        assert!(Matrix::from_q4(&[0; 18], 2, 32, vec![0.0; 2]).is_err());
+        assert!(Matrix::from_q4(&[0; 18], 1, 32, vec![]).is_err());
+    }
+
+    #[test]
+    fn erf_is_within_its_bound() {
+        // Reference values of erf (to 10 digits).
+        for (x, e) in [
+            (0.0f32, 0.0f64),
+            (0.1, 0.112_462_916_0),
+            (0.5, 0.520_499_877_8),
+            (1.0, 0.842_700_792_9),
+            (1.5, 0.966_105_146_5),
+            (2.0, 0.995_322_265_0),
+            (3.0, 0.999_977_909_5),
+            (-0.7, -0.677_801_193_8),
+            (-2.5, -0.999_593_047_98),
+        ] {
+            let got = f64::from(erf(x));
+            assert!((got - e).abs() < 1e-6, "erf({x}) = {got}, expected {e}");
+        }
+        assert_eq!(erf(f32::INFINITY), 1.0);
+        assert_eq!(erf(f32::NEG_INFINITY), -1.0);
+    }
+}
