@@ -1,9 +1,11 @@
 //! The encoder's linear layers in integer arithmetic, for CPUs with AVX-512 VNNI.
 //!
-//! The weights stay as the model file stores them, Q4_0: 4-bit values in blocks of 32 with an
-//! fp16 scale each. Each input row is quantized per 32 values to i8 with an f32 scale (the
-//! scheme llama.cpp calls Q8_0), so a block's product is an exact integer sum times two
-//! scales. `vpdpbusd` does 64 of those byte products per instruction, which makes a layer
+//! The model file's weights (4-bit values in blocks of 32, each block with an fp16 scale) are
+//! requantized at load to 8 bits per output row with one f32 scale per row: finer steps than
+//! the file's for all but a row's smallest blocks, and no per-block weight scale left to apply
+//! in the inner loop. Each input row is quantized per 32 values to i8 with an f32 scale (the
+//! scheme llama.cpp calls Q8_0). A block's product is then an exact integer sum, scaled once
+//! by the input block's scale; `vpdpbusd` does 64 of those byte products per instruction,
 //! several times cheaper than the f32 matmul it replaces (BENCHMARKS.md, search).
 //!
 //! [`reference`] computes the same float operations in the same order without SIMD; the tests
@@ -14,8 +16,6 @@
 //! whose length is checked just before, and the call into the kernel after the CPU said it has
 //! the features.
 #![allow(unsafe_code)]
-
-use half::f16;
 
 use crate::format::{BLOCK, BLOCK_BYTES, FormatError};
 
@@ -38,18 +38,18 @@ pub fn available() -> bool {
     }
 }
 
-/// A Q4_0 weight matrix (`rows` outputs by `cols` inputs) and its bias, laid out for the
-/// kernel: outputs in groups of 16, and within a group, for every 4 inputs, the 16 outputs'
-/// 4 values side by side (one 64-byte load feeds one `vpdpbusd`).
+/// A weight matrix (`rows` outputs by `cols` inputs) in 8 bits per weight, and its bias, laid
+/// out for the kernel: outputs in groups of 16, and within a group, for every 4 inputs, the 16
+/// outputs' 4 values side by side (one 64-byte load feeds one `vpdpbusd`).
 pub struct Matrix {
     rows: usize,
     cols: usize,
     /// `rows` rounded up to whole tiles; the padding has zero scales, so it adds nothing.
     padded: usize,
-    /// The stored values, 0..=15 (the weight is `scale * (value - 8)`):
-    /// `[group][cols / 4][16][4]`.
+    /// The stored values: the weight is `scale * (value - 128)`, with `value` in 1..=255
+    /// (unsigned, as `vpdpbusd` takes one operand): `[group][cols / 4][16][4]`.
     values: Vec<u8>,
-    /// The block scales: `[group][cols / 32][16]`.
+    /// One scale per row, `padded` long.
     scales: Vec<f32>,
     /// `padded` long.
     bias: Vec<f32>,
@@ -65,20 +65,20 @@ impl Matrix {
             return Err(FormatError::Invalid(format!("{} biases for {rows} rows", bias.len())));
         }
         let padded = rows.div_ceil(TILE) * TILE;
-        let per_row = cols / BLOCK;
-        let mut values = vec![8u8; padded * cols];
-        let mut scales = vec![0.0f32; padded * per_row];
-        for (row, row_blocks) in blocks.chunks_exact(per_row * BLOCK_BYTES).enumerate() {
+        let mut values = vec![128u8; padded * cols];
+        let mut scales = vec![0.0f32; padded];
+        let mut row_weights = vec![0.0f32; cols];
+        for (row, row_blocks) in blocks.chunks_exact(cols / BLOCK * BLOCK_BYTES).enumerate() {
+            crate::format::dequantize(row_blocks, &mut row_weights);
+            let max = row_weights.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = max / 127.0;
+            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             let (group, lane) = (row / LANES, row % LANES);
-            for (b, block) in row_blocks.chunks_exact(BLOCK_BYTES).enumerate() {
-                scales[(group * per_row + b) * LANES + lane] = f16::from_le_bytes([block[0], block[1]]).to_f32();
-                for j in 0..BLOCK {
-                    let byte = block[2 + j % 16];
-                    let value = if j < 16 { byte & 0x0f } else { byte >> 4 };
-                    let col = b * BLOCK + j;
-                    values[((group * cols / 4 + col / 4) * LANES + lane) * 4 + col % 4] = value;
-                }
+            for (col, weight) in row_weights.iter().enumerate() {
+                let q = (weight * inverse).round_ties_even().clamp(-127.0, 127.0) as i32;
+                values[((group * cols / 4 + col / 4) * LANES + lane) * 4 + col % 4] = (q + 128) as u8;
             }
+            scales[row] = scale;
         }
         let mut bias = bias;
         bias.resize(padded, 0.0);
@@ -115,43 +115,60 @@ impl Matrix {
 struct Quantized {
     rows: usize,
     cols: usize,
-    values: Vec<i8>,
+    /// The i8 values four to a little-endian word: one word is what `vpdpbusd` broadcasts.
+    words: Vec<i32>,
     /// `[row][cols / 32]`.
     scales: Vec<f32>,
-    /// 8 times each block's sum of values: the weights are stored as `value + 8`, so this is
-    /// what the stored form adds to a block's product.
-    offsets: Vec<i32>,
+    /// Per row, what the weights' stored offset (+128) adds to the scaled sum of its blocks'
+    /// products: `sum over blocks of 128 * block sum * block scale`, subtracted at the end.
+    offsets: Vec<f32>,
 }
 
 impl Quantized {
-    // Inlined into the kernel's caller, whose target features let these loops vectorize.
-    #[inline(always)]
     fn new(x: &[f32], cols: usize) -> Quantized {
         let rows = x.len() / cols;
         let blocks = rows * cols / BLOCK;
-        let mut values = vec![0i8; rows * cols];
+        let mut words = vec![0i32; rows * cols / 4];
         let mut scales = Vec::with_capacity(blocks);
-        let mut offsets = Vec::with_capacity(blocks);
-        for (block, out) in x[..rows * cols].chunks_exact(BLOCK).zip(values.chunks_exact_mut(BLOCK)) {
+        let mut sums = Vec::with_capacity(blocks);
+        for (block, out) in x[..rows * cols].chunks_exact(BLOCK).zip(words.chunks_exact_mut(BLOCK / 4)) {
             let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let scale = max / 127.0;
             let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             let mut sum = 0i32;
-            for (q, v) in out.iter_mut().zip(block) {
+            for (word, four) in out.iter_mut().zip(block.chunks_exact(4)) {
                 // `as` saturates, and |v * inverse| <= 127 up to rounding.
-                *q = (v * inverse).round_ties_even() as i8;
-                sum += i32::from(*q);
+                let q = [0, 1, 2, 3].map(|i| (four[i] * inverse).round_ties_even() as i8);
+                sum += q.iter().map(|&v| i32::from(v)).sum::<i32>();
+                *word = i32::from_le_bytes(q.map(|v| v as u8));
             }
             scales.push(scale);
-            offsets.push(8 * sum);
+            sums.push(sum);
         }
-        Quantized { rows, cols, values, scales, offsets }
+        let offsets = offsets(&scales, &sums, cols / BLOCK);
+        Quantized { rows, cols, words, scales, offsets }
+    }
+
+    /// The `col`th value of row `row`.
+    fn value(&self, row: usize, col: usize) -> i8 {
+        self.words[(row * self.cols + col) / 4].to_le_bytes()[col % 4] as i8
     }
 }
 
+/// [`Quantized::offsets`] from the block scales and sums (shared by both paths, so both get
+/// the same floats).
+#[inline(always)]
+fn offsets(scales: &[f32], sums: &[i32], per_row: usize) -> Vec<f32> {
+    scales
+        .chunks_exact(per_row)
+        .zip(sums.chunks_exact(per_row))
+        .map(|(scales, sums)| scales.iter().zip(sums).fold(0.0f32, |c, (s, sum)| ((128 * sum) as f32).mul_add(*s, c)))
+        .collect()
+}
+
 /// The kernel's arithmetic in plain Rust, operation for operation: per output, over blocks in
-/// order, `acc = (dot - offset) as f32 * (weight_scale * input_scale) + acc` (fused), then
-/// `acc + bias`.
+/// order, `acc = dot as f32 * input_scale + acc` (fused; the integer `dot` is exact), then
+/// `(acc - offset) * weight_scale + bias` (fused).
 fn reference(w: &Matrix, x: &Quantized, out: &mut [f32]) {
     let per_row = w.cols / BLOCK;
     for m in 0..x.rows {
@@ -163,12 +180,11 @@ fn reference(w: &Matrix, x: &Quantized, out: &mut [f32]) {
                 for j in 0..BLOCK {
                     let col = b * BLOCK + j;
                     let weight = w.values[((group * w.cols / 4 + col / 4) * LANES + lane) * 4 + col % 4];
-                    dot += i32::from(weight) * i32::from(x.values[m * x.cols + col]);
+                    dot += i32::from(weight) * i32::from(x.value(m, col));
                 }
-                let scale = w.scales[(group * per_row + b) * LANES + lane] * x.scales[m * per_row + b];
-                acc = ((dot - x.offsets[m * per_row + b]) as f32).mul_add(scale, acc);
+                acc = (dot as f32).mul_add(x.scales[m * per_row + b], acc);
             }
-            out[m * w.rows + n] = acc + w.bias[n];
+            out[m * w.rows + n] = (acc - x.offsets[m]).mul_add(w.scales[n], w.bias[n]);
         }
     }
 }
@@ -202,27 +218,62 @@ fn erf(x: f32) -> f32 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, LANES, Matrix, Quantized, TILE, gelu_all};
+    use super::{BLOCK, LANES, Matrix, Quantized, TILE, gelu_all, offsets};
 
     /// Rows of the input per tile: with two lane groups, 8 i32 and 8 f32 accumulators.
     const ROWS: usize = 4;
     /// Input rows swept against all of the weights before the next ones: they stay in L1.
     const CHUNK: usize = 32;
 
-    /// [`Matrix::forward`] with the quantization and GELU loops compiled for AVX-512 too
-    /// (the same scalar code, so the same results as the reference path).
+    /// [`Matrix::forward`] in AVX-512: the quantization in SIMD, the GELU loop the same scalar
+    /// code compiled for AVX-512 (so the results are the reference path's).
     ///
     /// # Safety
     /// The CPU must have AVX-512 F, BW and VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn forward(w: &Matrix, x: &[f32], gelu: bool) -> Vec<f32> {
-        let input = Quantized::new(x, w.cols);
+        let input = quantize(x, w.cols);
         let mut out = vec![0.0f32; input.rows * w.rows];
         product(w, &input, &mut out);
         if gelu {
             gelu_all(&mut out);
         }
         out
+    }
+
+    /// [`Quantized::new`] 16 values at a time: the same operations, so the same values for
+    /// any finite input (a NaN is not ignored by the maximum here, as it is there).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn quantize(x: &[f32], cols: usize) -> Quantized {
+        let rows = x.len() / cols;
+        let blocks = rows * cols / BLOCK;
+        let mut words = vec![0i32; rows * cols / 4];
+        let mut scales = Vec::with_capacity(blocks);
+        let mut sums = Vec::with_capacity(blocks);
+        for (block, out) in x[..rows * cols].chunks_exact(BLOCK).zip(words.chunks_exact_mut(BLOCK / 4)) {
+            let (low, high) = (load_f32s(&block[..LANES]), load_f32s(&block[LANES..]));
+            // Non-negative floats order as their bit patterns do: an integer maximum, which
+            // reduces in a few instructions (a float one must order NaNs).
+            let bits =
+                _mm512_max_epu32(_mm512_castps_si512(_mm512_abs_ps(low)), _mm512_castps_si512(_mm512_abs_ps(high)));
+            let max = f32::from_bits(_mm512_reduce_max_epu32(bits));
+            let scale = max / 127.0;
+            let inverse = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+            // Rounded to nearest, ties to even (the default rounding mode), then saturated.
+            let low = _mm512_cvtps_epi32(_mm512_mul_ps(low, inverse));
+            let high = _mm512_cvtps_epi32(_mm512_mul_ps(high, inverse));
+            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(low, high));
+            let out = &mut out[..BLOCK / 4];
+            // SAFETY: `out` is 8 writable i32s, 32 bytes: two unaligned 16-byte stores.
+            unsafe {
+                _mm_storeu_si128(out.as_mut_ptr().cast(), _mm512_cvtsepi32_epi8(low));
+                _mm_storeu_si128(out.as_mut_ptr().add(4).cast(), _mm512_cvtsepi32_epi8(high));
+            }
+            scales.push(scale);
+            sums.push(sum);
+        }
+        let offsets = offsets(&scales, &sums, cols / BLOCK);
+        Quantized { rows, cols, words, scales, offsets }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -248,66 +299,53 @@ mod avx512 {
     /// `R` input rows times the 32 outputs of `tile`, written to `out`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     fn product_tile<const R: usize>(w: &Matrix, x: &Quantized, row: usize, tile: usize, out: &mut [f32]) {
-        let (cols, per_row) = (w.cols, w.cols / BLOCK);
-        // A lane group's values for one block: 8 steps of 4 inputs by 16 outputs.
-        const BLOCK_VALUES: usize = BLOCK * LANES;
-        let group_values = |g: usize| &w.values[g * cols * LANES..(g + 1) * cols * LANES];
-        let group_scales = |g: usize| &w.scales[g * per_row * LANES..(g + 1) * per_row * LANES];
-        let (values0, values1) = (group_values(2 * tile), group_values(2 * tile + 1));
-        let (scales0, scales1) = (group_scales(2 * tile), group_scales(2 * tile + 1));
-        let inputs: [&[i8]; R] = std::array::from_fn(|r| &x.values[(row + r) * cols..(row + r + 1) * cols]);
+        let (cols, blocks, words_per_row) = (w.cols, w.cols / BLOCK, w.cols / 4);
+        let group_bytes = cols * LANES;
+        // Everything the loop reads, sliced (so bounds-checked) once, here.
+        let values = &w.values[2 * tile * group_bytes..(2 * tile + 2) * group_bytes];
+        let words = &x.words[row * words_per_row..(row + R) * words_per_row];
+        let input_scales = &x.scales[row * blocks..(row + R) * blocks];
 
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        for b in 0..per_row {
-            let block0 = &values0[b * BLOCK_VALUES..(b + 1) * BLOCK_VALUES];
-            let block1 = &values1[b * BLOCK_VALUES..(b + 1) * BLOCK_VALUES];
+        for b in 0..blocks {
             let mut dot = [[_mm512_setzero_si512(); 2]; R];
             for step in 0..BLOCK / 4 {
-                let w0 = load_bytes(&block0[step * 64..]);
-                let w1 = load_bytes(&block1[step * 64..]);
+                let at = (b * BLOCK / 4 + step) * 64;
+                // SAFETY: `at + 64 <= group_bytes` (b < blocks, step < 8, 64 bytes a step),
+                // so both 64-byte loads are inside `values` (two groups long); the loads are
+                // unaligned.
+                let (w0, w1) = unsafe {
+                    let v = values.as_ptr();
+                    (_mm512_loadu_si512(v.add(at).cast()), _mm512_loadu_si512(v.add(group_bytes + at).cast()))
+                };
                 for r in 0..R {
-                    let four = &inputs[r][b * BLOCK + step * 4..b * BLOCK + step * 4 + 4];
-                    let broadcast = _mm512_set1_epi32(i32::from_le_bytes([
-                        four[0] as u8,
-                        four[1] as u8,
-                        four[2] as u8,
-                        four[3] as u8,
-                    ]));
+                    // SAFETY: r < R and b * 8 + step < words_per_row: inside `words`.
+                    let word = unsafe { *words.as_ptr().add(r * words_per_row + b * BLOCK / 4 + step) };
+                    let broadcast = _mm512_set1_epi32(word);
                     dot[r][0] = _mm512_dpbusd_epi32(dot[r][0], w0, broadcast);
                     dot[r][1] = _mm512_dpbusd_epi32(dot[r][1], w1, broadcast);
                 }
             }
-            let s0 = load_f32s(&scales0[b * LANES..]);
-            let s1 = load_f32s(&scales1[b * LANES..]);
             for r in 0..R {
-                let at = (row + r) * per_row + b;
-                let offset = _mm512_set1_epi32(x.offsets[at]);
-                let input_scale = _mm512_set1_ps(x.scales[at]);
-                for (half, s) in [(0, s0), (1, s1)] {
-                    let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[r][half], offset));
-                    acc[r][half] = _mm512_fmadd_ps(exact, _mm512_mul_ps(s, input_scale), acc[r][half]);
-                }
+                // SAFETY: r < R and b < blocks: inside `input_scales`.
+                let scale = _mm512_set1_ps(unsafe { *input_scales.as_ptr().add(r * blocks + b) });
+                acc[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][0]), scale, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][1]), scale, acc[r][1]);
             }
         }
 
         let first = tile * TILE;
         let (bias0, bias1) = (load_f32s(&w.bias[first..]), load_f32s(&w.bias[first + LANES..]));
+        let (scale0, scale1) = (load_f32s(&w.scales[first..]), load_f32s(&w.scales[first + LANES..]));
         let width = w.rows.saturating_sub(first).min(TILE);
         for (r, [a0, a1]) in acc.into_iter().enumerate() {
+            let offset = _mm512_set1_ps(x.offsets[row + r]);
             let mut line = [0.0f32; TILE];
-            store_f32s(&mut line[..LANES], _mm512_add_ps(a0, bias0));
-            store_f32s(&mut line[LANES..], _mm512_add_ps(a1, bias1));
+            store_f32s(&mut line[..LANES], _mm512_fmadd_ps(_mm512_sub_ps(a0, offset), scale0, bias0));
+            store_f32s(&mut line[LANES..], _mm512_fmadd_ps(_mm512_sub_ps(a1, offset), scale1, bias1));
             let at = (row + r) * w.rows + first;
             out[at..at + width].copy_from_slice(&line[..width]);
         }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn load_bytes(bytes: &[u8]) -> __m512i {
-        let bytes = &bytes[..64];
-        // SAFETY: `bytes` is 64 readable bytes (sliced just above); the load is unaligned.
-        unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) }
     }
 
     #[inline]
@@ -329,6 +367,8 @@ mod avx512 {
 
 #[cfg(test)]
 mod tests {
+    use half::f16;
+
     use super::*;
 
     /// A deterministic pseudo-random stream (xorshift), enough for test matrices.
@@ -401,8 +441,20 @@ mod tests {
         for row in 0..m {
             for col in 0..n {
                 let exact: f32 = 0.5 + (0..k).map(|i| x[row * k + i] * dense[col * k + i]).sum::<f32>();
-                // Inputs rounded to 1/254 of their block's largest: a small error per product.
-                let bound: f32 = (0..k).map(|i| dense[col * k + i].abs()).sum::<f32>() / 254.0 + 1e-4;
+                // Each input off by at most half a step of its block (1/254 of its largest),
+                // each weight by half a step of its row.
+                let weight_step = (0..k).map(|i| dense[col * k + i].abs()).fold(0.0f32, f32::max) / 254.0;
+                let bound: f32 = (0..k)
+                    .map(|i| {
+                        let block = &x[row * k + i / BLOCK * BLOCK..][..BLOCK];
+                        let input_step = block.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 254.0;
+                        dense[col * k + i].abs() * input_step
+                            + x[row * k + i].abs() * weight_step
+                            + input_step * weight_step
+                    })
+                    .sum::<f32>()
+                    * 1.01
+                    + 1e-4;
                 let error = (got[row * n + col] - exact).abs();
                 assert!(error <= bound, "({row}, {col}): {} vs {exact}, error {error} > {bound}", got[row * n + col]);
             }
