@@ -4,7 +4,8 @@
 //! - [`format`]: the packed e5 model file, parsed and checked.
 //! - [`tokenize`]: XLM-R SentencePiece tokenization on a `tokenizers` Unigram model.
 //! - [`model`]: the e5 encoder on candle: texts to unit vectors.
-//! - `int8`: the encoder's linear layers on AVX-512 VNNI (the crate's one `unsafe` module).
+//! - `kernels`: the encoder's hot loops on AVX-512 VNNI: int8 linear layers, attention (the
+//!   crate's one `unsafe` module).
 //! - [`store`]: what a vector store must do, and the points it keeps.
 //! - [`embedded`]: the default store, exact cosine search over contiguous vectors.
 //! - [`qdrant`]: the scale-out store, a Qdrant server or cluster.
@@ -16,7 +17,7 @@ pub mod embedded;
 pub mod engine;
 pub mod format;
 pub mod index;
-mod int8;
+mod kernels;
 pub mod model;
 pub mod qdrant;
 pub mod query;

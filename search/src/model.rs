@@ -1,6 +1,6 @@
 //! multilingual-e5-small on candle: a 12-layer BERT encoder over XLM-R's vocabulary. The
 //! linear layers run in one of two [`Kernel`]s: on CPUs with AVX-512 VNNI, the file's 4-bit
-//! weights times 8-bit inputs ([`crate::int8`]); elsewhere, candle's f32 matmul on weights
+//! weights times 8-bit inputs ([`crate::kernels`]); elsewhere, candle's f32 matmul on weights
 //! dequantized at load (about 90 MB). The word embeddings stay 4-bit (250k rows) and are
 //! dequantized per token looked up.
 //! e5 conventions: `passage: ` before documents, `query: ` before queries, mean pooling over
@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor
 use candle_nn::{LayerNorm, Linear, Module};
 
 use crate::format::{self, BLOCK, BLOCK_BYTES, Dims, FormatError, ModelFile};
-use crate::int8;
+use crate::kernels;
 use crate::tokenize::{TokenizeError, Tokenizer};
 
 /// Why the model cannot load or embed.
@@ -43,7 +43,7 @@ pub enum Kernel {
 impl Kernel {
     /// Int8 where this CPU has it, else f32.
     pub fn best() -> Kernel {
-        if int8::available() { Kernel::Int8 } else { Kernel::F32 }
+        if kernels::available() { Kernel::Int8 } else { Kernel::F32 }
     }
 
     pub fn name(self) -> &'static str {
@@ -87,7 +87,7 @@ struct Layer {
 /// A linear layer in the encoder's kernel, optionally followed by GELU (erf form).
 enum Dense {
     F32 { linear: Linear, gelu: bool },
-    Int8 { matrix: int8::Matrix, gelu: bool },
+    Int8 { matrix: kernels::Matrix, gelu: bool },
 }
 
 impl Dense {
@@ -120,6 +120,35 @@ impl CustomOp1 for Dense {
             _ => candle_core::bail!("int8-linear: input {dims:?} does not end in {} values", matrix.cols()),
         }
         Ok((CpuStorage::F32(matrix.forward(&data[start..end], *gelu)), Shape::from(dims)))
+    }
+}
+
+/// Self-attention over the stacked query, key and value projection of a padded batch
+/// ([`kernels::attention`]), for the int8 kernel: one pass, padding skipped.
+struct Attention {
+    lens: Vec<usize>,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("attention takes a contiguous f32 input");
+        };
+        let hidden = self.heads * self.head_dim;
+        let &[texts, seq, width] = layout.shape().dims() else {
+            candle_core::bail!("attention takes (texts, tokens, 3 x hidden), not {:?}", layout.shape());
+        };
+        if texts != self.lens.len() || width != 3 * hidden || self.lens.iter().any(|&len| len > seq) {
+            candle_core::bail!("attention: {:?} does not fit lengths {:?} of width {hidden}", layout.shape(), self.lens);
+        }
+        let context = kernels::attention(&data[start..end], &self.lens, seq, self.heads, self.head_dim);
+        Ok((CpuStorage::F32(context), Shape::from((texts, seq, hidden))))
     }
 }
 
@@ -156,7 +185,7 @@ impl Encoder {
     }
 
     pub fn from_bytes_with(bytes: &[u8], kernel: Kernel) -> Result<Encoder, ModelError> {
-        if kernel == Kernel::Int8 && !int8::available() {
+        if kernel == Kernel::Int8 && !kernels::available() {
             return Err(ModelError::Unsupported);
         }
         let file = ModelFile::parse(bytes)?;
@@ -183,7 +212,7 @@ impl Encoder {
             }
             let rows = rows * prefixes.len();
             Ok(match kernel {
-                Kernel::Int8 => Dense::Int8 { matrix: int8::Matrix::from_q4(&blocks, rows, cols, bias)?, gelu },
+                Kernel::Int8 => Dense::Int8 { matrix: kernels::Matrix::from_q4(&blocks, rows, cols, bias)?, gelu },
                 Kernel::F32 => {
                     let mut weights = vec![0.0; rows * cols];
                     format::dequantize(&blocks, &mut weights);
@@ -312,14 +341,20 @@ impl Encoder {
         let (heads, head_dim) = (self.dims.heads, h / self.dims.heads);
         let scale = 1.0 / (head_dim as f64).sqrt();
         let split = |t: Tensor| t.reshape((n, len, heads, head_dim))?.transpose(1, 2)?.contiguous();
+        let attention = Attention { lens: batch.iter().map(|ids| ids.len()).collect(), heads, head_dim };
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let q = split(qkv.narrow(2, 0, h)?)?;
-            let k = split(qkv.narrow(2, h, h)?)?;
-            let v = split(qkv.narrow(2, 2 * h, h)?)?;
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, len, h))?;
+            let context = match self.kernel {
+                Kernel::Int8 => qkv.contiguous()?.apply_op1_no_bwd(&attention)?,
+                Kernel::F32 => {
+                    let q = split(qkv.narrow(2, 0, h)?)?;
+                    let k = split(qkv.narrow(2, h, h)?)?;
+                    let v = split(qkv.narrow(2, 2 * h, h)?)?;
+                    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
+                    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                    probs.matmul(&v)?.transpose(1, 2)?.reshape((n, len, h))?
+                }
+            };
             x = layer.attention_norm.forward(&(x + layer.attention_out.forward(&context)?)?)?;
             let mid = layer.intermediate.forward(&x)?;
             x = layer.output_norm.forward(&(x + layer.output.forward(&mid)?)?)?;

@@ -1,4 +1,5 @@
-//! The encoder's linear layers in integer arithmetic, for CPUs with AVX-512 VNNI.
+//! The encoder's hot loops for CPUs with AVX-512 VNNI: its linear layers in integer
+//! arithmetic ([`Matrix`]) and its attention ([`attention`]).
 //!
 //! The model file's weights (4-bit values in blocks of 32, each block with an fp16 scale) are
 //! requantized at load to 8 bits per output row with one f32 scale per row: finer steps than
@@ -189,6 +190,85 @@ fn reference(w: &Matrix, x: &Quantized, out: &mut [f32]) {
     }
 }
 
+/// Self-attention of one layer for a batch of texts padded to `seq` tokens: `qkv` is the
+/// stacked query, key and value projection (`texts * seq` rows of `3 * heads * head_dim`),
+/// `lens` each text's real token count. Returns the context, `texts * seq` rows of
+/// `heads * head_dim`: each real token's softmax-weighted sum of its text's real tokens'
+/// values (scores scaled by `1 / sqrt(head_dim)`); padding rows are zero and padding is never
+/// attended to, so it costs nothing.
+pub fn attention(qkv: &[f32], lens: &[usize], seq: usize, heads: usize, head_dim: usize) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has every feature the kernel is compiled for (checked above).
+        return unsafe { avx512::attention(qkv, lens, seq, heads, head_dim) };
+    }
+    attention_loops(qkv, lens, seq, heads, head_dim)
+}
+
+/// [`attention`] as loops the compiler vectorizes: every inner loop runs across tokens or
+/// across a head's dimensions, never a reduction (which it may not reorder).
+#[inline(always)]
+fn attention_loops(qkv: &[f32], lens: &[usize], seq: usize, heads: usize, head_dim: usize) -> Vec<f32> {
+    let hidden = heads * head_dim;
+    let stride = 3 * hidden;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut out = vec![0.0f32; lens.len() * seq * hidden];
+    let mut keys = vec![0.0f32; head_dim * seq];
+    let mut scores = vec![0.0f32; seq];
+    for (text, &len) in lens.iter().enumerate() {
+        let len = len.min(seq);
+        let rows = &qkv[text * seq * stride..(text * seq + len) * stride];
+        for head in 0..heads {
+            // This head's keys transposed, `[dim][token]`: scores are then sums of rows.
+            for (t, row) in rows.chunks_exact(stride).enumerate() {
+                for (d, &k) in row[hidden + head * head_dim..][..head_dim].iter().enumerate() {
+                    keys[d * seq + t] = k;
+                }
+            }
+            for (i, row) in rows.chunks_exact(stride).enumerate() {
+                let query = &row[head * head_dim..][..head_dim];
+                let scores = &mut scores[..len];
+                scores.fill(0.0);
+                for (d, &q) in query.iter().enumerate() {
+                    for (s, &k) in scores.iter_mut().zip(&keys[d * seq..d * seq + len]) {
+                        *s += q * k;
+                    }
+                }
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s * scale));
+                for s in scores.iter_mut() {
+                    *s = exp(*s * scale - max);
+                }
+                let inverse = 1.0 / scores.iter().sum::<f32>();
+                let context = &mut out[((text * seq + i) * hidden + head * head_dim)..][..head_dim];
+                for (p, value_row) in scores.iter().zip(rows.chunks_exact(stride)) {
+                    let weight = p * inverse;
+                    for (c, &v) in context.iter_mut().zip(&value_row[2 * hidden + head * head_dim..][..head_dim]) {
+                        *c += weight * v;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// e^x for the softmax, branch-free so loops over it vectorize: x = n ln 2 + r with
+/// |r| <= ln 2 / 2, e^r by its Taylor series to the 7th power (relative error below 2e-7),
+/// times 2^n built in the exponent bits. Arguments are clamped to [-87, 88] (f32's normal
+/// range): the softmax only asks for e^x with x <= 0, where e^-87 is as good as 0.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 /// GELU on every value (inlined like [`Quantized::new`]).
 #[inline(always)]
 fn gelu_all(values: &mut [f32]) {
@@ -239,6 +319,15 @@ mod avx512 {
             gelu_all(&mut out);
         }
         out
+    }
+
+    /// [`super::attention`]: the same loops, compiled for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn attention(qkv: &[f32], lens: &[usize], seq: usize, heads: usize, head_dim: usize) -> Vec<f32> {
+        super::attention_loops(qkv, lens, seq, heads, head_dim)
     }
 
     /// [`Quantized::new`] 16 values at a time: the same operations, so the same values for
@@ -476,6 +565,65 @@ mod tests {
         assert!(Matrix::from_q4(&[0; 18], 1, 16, vec![0.0]).is_err());
         assert!(Matrix::from_q4(&[0; 18], 2, 32, vec![0.0; 2]).is_err());
         assert!(Matrix::from_q4(&[0; 18], 1, 32, vec![]).is_err());
+    }
+
+    #[test]
+    fn exp_is_within_its_bound() {
+        for i in -8700..=8800 {
+            let x = i as f32 / 100.0;
+            let (got, expected) = (f64::from(exp(x)), f64::from(x).exp());
+            assert!(((got - expected) / expected).abs() < 5e-7, "exp({x}) = {got}, expected {expected}");
+        }
+        assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
+    }
+
+    /// Attention computed the obvious way, in f64, with padding masked.
+    fn attention_f64(qkv: &[f32], lens: &[usize], seq: usize, heads: usize, head_dim: usize) -> Vec<f64> {
+        let hidden = heads * head_dim;
+        let at = |text: usize, token: usize, part: usize, head: usize, d: usize| {
+            f64::from(qkv[(text * seq + token) * 3 * hidden + part * hidden + head * head_dim + d])
+        };
+        let mut out = vec![0.0; lens.len() * seq * hidden];
+        for (text, &len) in lens.iter().enumerate() {
+            for head in 0..heads {
+                for i in 0..len {
+                    let scores: Vec<f64> = (0..len)
+                        .map(|j| (0..head_dim).map(|d| at(text, i, 0, head, d) * at(text, j, 1, head, d)).sum::<f64>())
+                        .map(|s| s / (head_dim as f64).sqrt())
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let total: f64 = weights.iter().sum();
+                    for d in 0..head_dim {
+                        out[(text * seq + i) * hidden + head * head_dim + d] =
+                            (0..len).map(|j| weights[j] / total * at(text, j, 2, head, d)).sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_the_obvious_computation_and_ignores_padding() {
+        let mut rng = Rng(3);
+        let (seq, heads, head_dim) = (9, 3, 32);
+        let lens = [9, 4, 1, 0];
+        let mut qkv: Vec<f32> = (0..lens.len() * seq * 3 * heads * head_dim).map(|_| rng.float() * 2.0).collect();
+        let expected = attention_f64(&qkv, &lens, seq, heads, head_dim);
+        let got = attention(&qkv, &lens, seq, heads, head_dim);
+        assert_eq!(got.len(), expected.len());
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!((f64::from(*g) - e).abs() < 1e-5, "value {i}: {g} vs {e}");
+        }
+        // What padding holds changes nothing.
+        let hidden = heads * head_dim;
+        for (text, &len) in lens.iter().enumerate() {
+            for token in len..seq {
+                qkv[(text * seq + token) * 3 * hidden..][..3 * hidden].fill(1e30);
+            }
+        }
+        assert_eq!(attention(&qkv, &lens, seq, heads, head_dim), got);
     }
 
     #[test]
