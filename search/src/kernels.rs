@@ -205,45 +205,70 @@ pub fn attention(qkv: &[f32], lens: &[usize], seq: usize, heads: usize, head_dim
     attention_loops(qkv, lens, seq, heads, head_dim)
 }
 
-/// [`attention`] as loops the compiler vectorizes: every inner loop runs across tokens or
-/// across a head's dimensions, never a reduction (which it may not reorder).
+/// [`attention`] as loops the compiler vectorizes: the inner loops run across 16 tokens or 16
+/// of a head's dimensions held in a fixed-size array (registers), never a reduction (which it
+/// may not reorder).
 #[inline(always)]
 fn attention_loops(qkv: &[f32], lens: &[usize], seq: usize, heads: usize, head_dim: usize) -> Vec<f32> {
+    const W: usize = 16;
     let hidden = heads * head_dim;
     let stride = 3 * hidden;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let mut out = vec![0.0f32; lens.len() * seq * hidden];
-    let mut keys = vec![0.0f32; head_dim * seq];
-    let mut scores = vec![0.0f32; seq];
+    // Keys transposed, `[dim][token]`, tokens padded with zeros to whole chunks of W.
+    let padded = seq.div_ceil(W) * W;
+    let mut keys = vec![0.0f32; head_dim * padded];
+    let mut scores = vec![0.0f32; padded];
     for (text, &len) in lens.iter().enumerate() {
         let len = len.min(seq);
+        let chunks = len.div_ceil(W);
         let rows = &qkv[text * seq * stride..(text * seq + len) * stride];
         for head in 0..heads {
-            // This head's keys transposed, `[dim][token]`: scores are then sums of rows.
+            keys.fill(0.0);
             for (t, row) in rows.chunks_exact(stride).enumerate() {
                 for (d, &k) in row[hidden + head * head_dim..][..head_dim].iter().enumerate() {
-                    keys[d * seq + t] = k;
+                    keys[d * padded + t] = k;
                 }
             }
             for (i, row) in rows.chunks_exact(stride).enumerate() {
                 let query = &row[head * head_dim..][..head_dim];
-                let scores = &mut scores[..len];
-                scores.fill(0.0);
-                for (d, &q) in query.iter().enumerate() {
-                    for (s, &k) in scores.iter_mut().zip(&keys[d * seq..d * seq + len]) {
-                        *s += q * k;
+                for chunk in 0..chunks {
+                    let mut acc = [0.0f32; W];
+                    for (d, &q) in query.iter().enumerate() {
+                        let k = &keys[d * padded + chunk * W..][..W];
+                        for l in 0..W {
+                            acc[l] = q.mul_add(k[l], acc[l]);
+                        }
                     }
+                    scores[chunk * W..][..W].copy_from_slice(&acc);
                 }
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s * scale));
+                let scores = &mut scores[..len];
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                 for s in scores.iter_mut() {
-                    *s = exp(*s * scale - max);
+                    *s = exp((*s - max) * scale);
                 }
                 let inverse = 1.0 / scores.iter().sum::<f32>();
                 let context = &mut out[((text * seq + i) * hidden + head * head_dim)..][..head_dim];
-                for (p, value_row) in scores.iter().zip(rows.chunks_exact(stride)) {
-                    let weight = p * inverse;
-                    for (c, &v) in context.iter_mut().zip(&value_row[2 * hidden + head * head_dim..][..head_dim]) {
-                        *c += weight * v;
+                for (part, context) in context.chunks_mut(W).enumerate() {
+                    let mut acc = [0.0f32; W];
+                    let at = 2 * hidden + head * head_dim + part * W;
+                    for (p, value_row) in scores.iter().zip(rows.chunks_exact(stride)) {
+                        match value_row[at..].first_chunk::<W>() {
+                            Some(v) if context.len() == W => {
+                                for l in 0..W {
+                                    acc[l] = p.mul_add(v[l], acc[l]);
+                                }
+                            }
+                            // A head narrower than W, or its last part.
+                            _ => {
+                                for (a, v) in acc.iter_mut().zip(&value_row[at..at + context.len()]) {
+                                    *a = p.mul_add(*v, *a);
+                                }
+                            }
+                        }
+                    }
+                    for (c, a) in context.iter_mut().zip(acc) {
+                        *c = a * inverse;
                     }
                 }
             }
