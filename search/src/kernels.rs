@@ -232,27 +232,38 @@ fn attention_loops(qkv: &[f32], lens: &[usize], seq: usize, heads: usize, head_d
             }
             for (i, row) in rows.chunks_exact(stride).enumerate() {
                 let query = &row[head * head_dim..][..head_dim];
+                // Four partial sums over the head's dimensions, so that four chains of fused
+                // multiply-adds run at once instead of one waiting on the last.
+                let mut maxes = [f32::NEG_INFINITY; W];
                 for chunk in 0..chunks {
-                    let mut acc = [0.0f32; W];
+                    let mut acc = [[0.0f32; W]; 4];
                     for (d, &q) in query.iter().enumerate() {
                         let k = &keys[d * padded + chunk * W..][..W];
+                        let acc = &mut acc[d % 4];
                         for l in 0..W {
                             acc[l] = q.mul_add(k[l], acc[l]);
                         }
                     }
-                    scores[chunk * W..][..W].copy_from_slice(&acc);
+                    for l in 0..W {
+                        let score = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+                        scores[chunk * W + l] = score;
+                        // Padding tokens (past `len`) do not count towards the maximum.
+                        maxes[l] = if chunk * W + l < len { maxes[l].max(score) } else { maxes[l] };
+                    }
                 }
+                let max = maxes.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                 let scores = &mut scores[..len];
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                 for s in scores.iter_mut() {
                     *s = exp((*s - max) * scale);
                 }
                 let inverse = 1.0 / scores.iter().sum::<f32>();
                 let context = &mut out[((text * seq + i) * hidden + head * head_dim)..][..head_dim];
                 for (part, context) in context.chunks_mut(W).enumerate() {
-                    let mut acc = [0.0f32; W];
+                    // Four partial sums over the tokens, for the same reason.
+                    let mut acc = [[0.0f32; W]; 4];
                     let at = 2 * hidden + head * head_dim + part * W;
-                    for (p, value_row) in scores.iter().zip(rows.chunks_exact(stride)) {
+                    for (j, (p, value_row)) in scores.iter().zip(rows.chunks_exact(stride)).enumerate() {
+                        let acc = &mut acc[j % 4];
                         match value_row[at..].first_chunk::<W>() {
                             Some(v) if context.len() == W => {
                                 for l in 0..W {
@@ -267,8 +278,8 @@ fn attention_loops(qkv: &[f32], lens: &[usize], seq: usize, heads: usize, head_d
                             }
                         }
                     }
-                    for (c, a) in context.iter_mut().zip(acc) {
-                        *c = a * inverse;
+                    for (l, c) in context.iter_mut().enumerate() {
+                        *c = ((acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l])) * inverse;
                     }
                 }
             }
