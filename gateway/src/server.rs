@@ -226,8 +226,9 @@ async fn open_search(config: Option<&SearchConfig>) -> Result<Search, GatewayErr
         let place = config.store.clone().unwrap_or_else(|| config.dir.display().to_string());
         let store = search::Engine::open(config.store.as_deref(), &config.dir, encoder.dim(), encoder.fingerprint())
             .map_err(|e| format!("search store {place}: {e}"))?;
+        let kernel = encoder.kernel().name();
         let index = Index::new(Arc::new(store), Arc::new(encoder)).map_err(|e| e.to_string())?;
-        info!(model = %config.model.display(), ms = started.elapsed().as_millis() as u64, "search model loaded");
+        info!(model = %config.model.display(), kernel, ms = started.elapsed().as_millis() as u64, "search model loaded");
         Ok::<_, String>(index)
     })
     .await

@@ -301,7 +301,8 @@ fn exp(x: f32) -> f32 {
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
-            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
@@ -443,19 +444,19 @@ mod avx512 {
                     let v = values.as_ptr();
                     (_mm512_loadu_si512(v.add(at).cast()), _mm512_loadu_si512(v.add(group_bytes + at).cast()))
                 };
-                for r in 0..R {
+                for (r, [dot0, dot1]) in dot.iter_mut().enumerate() {
                     // SAFETY: r < R and b * 8 + step < words_per_row: inside `words`.
                     let word = unsafe { *words.as_ptr().add(r * words_per_row + b * BLOCK / 4 + step) };
                     let broadcast = _mm512_set1_epi32(word);
-                    dot[r][0] = _mm512_dpbusd_epi32(dot[r][0], w0, broadcast);
-                    dot[r][1] = _mm512_dpbusd_epi32(dot[r][1], w1, broadcast);
+                    *dot0 = _mm512_dpbusd_epi32(*dot0, w0, broadcast);
+                    *dot1 = _mm512_dpbusd_epi32(*dot1, w1, broadcast);
                 }
             }
-            for r in 0..R {
+            for (r, ([acc0, acc1], [dot0, dot1])) in acc.iter_mut().zip(dot).enumerate() {
                 // SAFETY: r < R and b < blocks: inside `input_scales`.
                 let scale = _mm512_set1_ps(unsafe { *input_scales.as_ptr().add(r * blocks + b) });
-                acc[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][0]), scale, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][1]), scale, acc[r][1]);
+                *acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot0), scale, *acc0);
+                *acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot1), scale, *acc1);
             }
         }
 

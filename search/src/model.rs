@@ -145,7 +145,11 @@ impl CustomOp1 for Attention {
             candle_core::bail!("attention takes (texts, tokens, 3 x hidden), not {:?}", layout.shape());
         };
         if texts != self.lens.len() || width != 3 * hidden || self.lens.iter().any(|&len| len > seq) {
-            candle_core::bail!("attention: {:?} does not fit lengths {:?} of width {hidden}", layout.shape(), self.lens);
+            candle_core::bail!(
+                "attention: {:?} does not fit lengths {:?} of width {hidden}",
+                layout.shape(),
+                self.lens
+            );
         }
         let context = kernels::attention(&data[start..end], &self.lens, seq, self.heads, self.head_dim);
         Ok((CpuStorage::F32(context), Shape::from((texts, seq, hidden))))
