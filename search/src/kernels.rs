@@ -127,12 +127,7 @@ struct Quantized {
 
 impl Quantized {
     fn new(x: &[f32], cols: usize) -> Quantized {
-        let rows = x.len() / cols;
-        let blocks = rows * cols / BLOCK;
-        let mut words = vec![0i32; rows * cols / 4];
-        let mut scales = Vec::with_capacity(blocks);
-        let mut sums = Vec::with_capacity(blocks);
-        for (block, out) in x[..rows * cols].chunks_exact(BLOCK).zip(words.chunks_exact_mut(BLOCK / 4)) {
+        Quantized::build(x, cols, |block, out| {
             let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let scale = max / 127.0;
             let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -143,6 +138,22 @@ impl Quantized {
                 sum += q.iter().map(|&v| i32::from(v)).sum::<i32>();
                 *word = i32::from_le_bytes(q.map(|v| v as u8));
             }
+            (scale, sum)
+        })
+    }
+
+    /// The input cut into blocks of 32, each quantized by `block` into its 8 words, which
+    /// answers the block's scale and the sum of its values. Inlined into the caller, so that
+    /// the kernel's block function is compiled with the kernel's target features.
+    #[inline(always)]
+    fn build(x: &[f32], cols: usize, mut block: impl FnMut(&[f32], &mut [i32]) -> (f32, i32)) -> Quantized {
+        let rows = x.len() / cols;
+        let blocks = rows * cols / BLOCK;
+        let mut words = vec![0i32; rows * cols / 4];
+        let mut scales = Vec::with_capacity(blocks);
+        let mut sums = Vec::with_capacity(blocks);
+        for (values, out) in x[..rows * cols].chunks_exact(BLOCK).zip(words.chunks_exact_mut(BLOCK / 4)) {
+            let (scale, sum) = block(values, out);
             scales.push(scale);
             sums.push(sum);
         }
@@ -335,7 +346,7 @@ fn erf(x: f32) -> f32 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, LANES, Matrix, Quantized, TILE, gelu_all, offsets};
+    use super::{BLOCK, LANES, Matrix, Quantized, TILE, gelu_all};
 
     /// Rows of the input per tile: with two lane groups, 8 i32 and 8 f32 accumulators.
     const ROWS: usize = 4;
@@ -371,12 +382,7 @@ mod avx512 {
     /// any finite input (a NaN is not ignored by the maximum here, as it is there).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     fn quantize(x: &[f32], cols: usize) -> Quantized {
-        let rows = x.len() / cols;
-        let blocks = rows * cols / BLOCK;
-        let mut words = vec![0i32; rows * cols / 4];
-        let mut scales = Vec::with_capacity(blocks);
-        let mut sums = Vec::with_capacity(blocks);
-        for (block, out) in x[..rows * cols].chunks_exact(BLOCK).zip(words.chunks_exact_mut(BLOCK / 4)) {
+        Quantized::build(x, cols, |block, out| {
             let (low, high) = (load_f32s(&block[..LANES]), load_f32s(&block[LANES..]));
             // Non-negative floats order as their bit patterns do: an integer maximum, which
             // reduces in a few instructions (a float one must order NaNs).
@@ -395,11 +401,8 @@ mod avx512 {
                 _mm_storeu_si128(out.as_mut_ptr().cast(), _mm512_cvtsepi32_epi8(low));
                 _mm_storeu_si128(out.as_mut_ptr().add(4).cast(), _mm512_cvtsepi32_epi8(high));
             }
-            scales.push(scale);
-            sums.push(sum);
-        }
-        let offsets = offsets(&scales, &sums, cols / BLOCK);
-        Quantized { rows, cols, words, scales, offsets }
+            (scale, sum)
+        })
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
