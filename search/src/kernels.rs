@@ -317,7 +317,8 @@ fn exp(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// GELU on every value (inlined like [`Quantized::new`]).
+/// GELU on every value (inlined like [`Quantized::build`], so the kernel's caller vectorizes it
+/// for AVX-512).
 #[inline(always)]
 fn gelu_all(values: &mut [f32]) {
     values.iter_mut().for_each(|v| *v = gelu_erf(*v));
@@ -329,9 +330,9 @@ pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-#[inline(always)]
 /// erf by Abramowitz and Stegun 7.1.28, |error| <= 3e-7: no `exp` and no branch, so loops
 /// over it vectorize (libm's `erff`, which candle calls, was a tenth of the encoder's time).
+#[inline(always)]
 fn erf(x: f32) -> f32 {
     const A: [f32; 6] = [0.070_523_08, 0.042_282_01, 0.009_270_527, 0.000_152_014_3, 0.000_276_567_2, 0.000_043_063_8];
     let a = x.abs();
