@@ -11,7 +11,8 @@
 //!
 //! [`reference`] computes the same float operations in the same order without SIMD; the tests
 //! hold the kernel to it bit for bit, and it is the answer on any other CPU (the encoder
-//! prefers candle's f32 matmul there, see `model::Kernel`).
+//! prefers candle's f32 matmul there, see `model::Kernel`). Attention runs over the batch's
+//! texts laid end to end (no padding), in SIMD with plain loops as its reference.
 //!
 //! This is the one module in Gavel with `unsafe`: unaligned SIMD loads and stores on slices
 //! whose length is checked just before, and the call into the kernel after the CPU said it has
@@ -86,29 +87,29 @@ impl Matrix {
         Ok(Matrix { rows, cols, padded, values, scales, bias })
     }
 
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
     /// `x` (`x.len() / cols` rows of `cols`) times the transposed weights plus the bias:
     /// `x.len() / cols` rows of `rows`. GELU (erf form) applied when `gelu`.
+    #[cfg(test)]
     pub fn forward(&self, x: &[f32], gelu: bool) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.forward_into(x, gelu, &mut out);
+        out
+    }
+
+    /// [`Matrix::forward`] into `out`, whose allocation is reused (the encoder calls this 72
+    /// times a batch: fresh buffers cost page faults).
+    pub fn forward_into(&self, x: &[f32], gelu: bool, out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(x.len() / self.cols * self.rows, 0.0);
         #[cfg(target_arch = "x86_64")]
         if available() {
             // SAFETY: the CPU has every feature the kernel is compiled for (checked above).
-            return unsafe { avx512::forward(self, x, gelu) };
+            return unsafe { avx512::forward(self, x, gelu, out) };
         }
-        let input = Quantized::new(x, self.cols);
-        let mut out = vec![0.0f32; input.rows * self.rows];
-        reference(self, &input, &mut out);
+        reference(self, &Quantized::new(x, self.cols), out);
         if gelu {
-            gelu_all(&mut out);
+            gelu_all(out);
         }
-        out
     }
 }
 
@@ -201,121 +202,76 @@ fn reference(w: &Matrix, x: &Quantized, out: &mut [f32]) {
     }
 }
 
-/// Self-attention of one layer for a batch of texts padded to `seq` tokens: `qkv` is the
-/// stacked query, key and value projection (`texts * seq` rows of `3 * heads * head_dim`),
-/// `lens` each text's real token count. Returns the context, `texts * seq` rows of
-/// `heads * head_dim`: each real token's softmax-weighted sum of its text's real tokens'
-/// values (scores scaled by `1 / sqrt(head_dim)`); padding rows are zero and padding is never
-/// attended to, so it costs nothing.
-pub fn attention(qkv: &[f32], lens: &[usize], seq: usize, heads: usize, head_dim: usize) -> Vec<f32> {
+/// Self-attention of one layer for a batch of texts laid end to end: `qkv` is the stacked
+/// query, key and value projection (one row of `3 * heads * head_dim` per token, the texts'
+/// tokens one after another), `lens` each text's token count. Returns the context, one row of
+/// `heads * head_dim` per token: its softmax-weighted sum of its own text's values (scores
+/// scaled by `1 / sqrt(head_dim)`). No padding: nothing is computed for tokens that are not
+/// there.
+///
+/// Panics if `qkv` holds fewer rows than `lens` adds up to.
+pub fn attention(qkv: &[f32], lens: &[usize], heads: usize, head_dim: usize) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if available() {
         // SAFETY: the CPU has every feature the kernel is compiled for (checked above).
-        return unsafe { avx512::attention(qkv, lens, seq, heads, head_dim) };
+        return unsafe { avx512::attention(qkv, lens, heads, head_dim) };
     }
-    attention_loops(qkv, lens, seq, heads, head_dim)
+    attention_loops(qkv, lens, heads, head_dim)
 }
 
-/// [`attention`] as loops the compiler vectorizes: the inner loops run across 16 tokens or 16
-/// of a head's dimensions held in a fixed-size array (registers), never a reduction (which it
-/// may not reorder).
-#[inline(always)]
-fn attention_loops(qkv: &[f32], lens: &[usize], seq: usize, heads: usize, head_dim: usize) -> Vec<f32> {
-    const W: usize = 16;
+/// [`attention`] in plain loops: the reference the SIMD code is tested against, and the path
+/// for heads it does not take.
+fn attention_loops(qkv: &[f32], lens: &[usize], heads: usize, head_dim: usize) -> Vec<f32> {
     let hidden = heads * head_dim;
     let stride = 3 * hidden;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut out = vec![0.0f32; lens.len() * seq * hidden];
-    // Keys transposed, `[dim][token]`, tokens padded with zeros to whole chunks of W.
-    let padded = seq.div_ceil(W) * W;
-    let mut keys = vec![0.0f32; head_dim * padded];
-    let mut scores = vec![0.0f32; padded];
-    for (text, &len) in lens.iter().enumerate() {
-        let len = len.min(seq);
-        let chunks = len.div_ceil(W);
-        let rows = &qkv[text * seq * stride..(text * seq + len) * stride];
+    let mut out = vec![0.0f32; lens.iter().sum::<usize>() * hidden];
+    let mut scores = Vec::new();
+    let mut first = 0;
+    for &len in lens {
+        let rows = &qkv[first * stride..(first + len) * stride];
+        let text_out = &mut out[first * hidden..(first + len) * hidden];
+        first += len;
         for head in 0..heads {
-            keys.fill(0.0);
-            for (t, row) in rows.chunks_exact(stride).enumerate() {
-                for (d, &k) in row[hidden + head * head_dim..][..head_dim].iter().enumerate() {
-                    keys[d * padded + t] = k;
-                }
-            }
+            let (q_at, k_at, v_at) = (head * head_dim, hidden + head * head_dim, 2 * hidden + head * head_dim);
             for (i, row) in rows.chunks_exact(stride).enumerate() {
-                let query = &row[head * head_dim..][..head_dim];
-                // Four partial sums over the head's dimensions, so that four chains of fused
-                // multiply-adds run at once instead of one waiting on the last.
-                let mut maxes = [f32::NEG_INFINITY; W];
-                for chunk in 0..chunks {
-                    let mut acc = [[0.0f32; W]; 4];
-                    for (d, &q) in query.iter().enumerate() {
-                        let k = &keys[d * padded + chunk * W..][..W];
-                        let acc = &mut acc[d % 4];
-                        for l in 0..W {
-                            acc[l] = q.mul_add(k[l], acc[l]);
-                        }
-                    }
-                    for l in 0..W {
-                        let score = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
-                        scores[chunk * W + l] = score;
-                        // Padding tokens (past `len`) do not count towards the maximum.
-                        maxes[l] = if chunk * W + l < len { maxes[l].max(score) } else { maxes[l] };
-                    }
-                }
-                let max = maxes.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                let scores = &mut scores[..len];
-                for s in scores.iter_mut() {
-                    *s = exp((*s - max) * scale);
-                }
+                let query = &row[q_at..][..head_dim];
+                scores.clear();
+                scores
+                    .extend(rows.chunks_exact(stride).map(|key| {
+                        query.iter().zip(&key[k_at..][..head_dim]).map(|(q, k)| q * k).sum::<f32>() * scale
+                    }));
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                scores.iter_mut().for_each(|s| *s = exp(*s - max));
                 let inverse = 1.0 / scores.iter().sum::<f32>();
-                let context = &mut out[((text * seq + i) * hidden + head * head_dim)..][..head_dim];
-                for (part, context) in context.chunks_mut(W).enumerate() {
-                    // Four partial sums over the tokens, for the same reason.
-                    let mut acc = [[0.0f32; W]; 4];
-                    let at = 2 * hidden + head * head_dim + part * W;
-                    for (j, (p, value_row)) in scores.iter().zip(rows.chunks_exact(stride)).enumerate() {
-                        let acc = &mut acc[j % 4];
-                        match value_row[at..].first_chunk::<W>() {
-                            Some(v) if context.len() == W => {
-                                for l in 0..W {
-                                    acc[l] = p.mul_add(v[l], acc[l]);
-                                }
-                            }
-                            // A head narrower than W, or its last part.
-                            _ => {
-                                for (a, v) in acc.iter_mut().zip(&value_row[at..at + context.len()]) {
-                                    *a = p.mul_add(*v, *a);
-                                }
-                            }
-                        }
-                    }
-                    for (l, c) in context.iter_mut().enumerate() {
-                        *c = ((acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l])) * inverse;
-                    }
+                let context = &mut text_out[i * hidden + q_at..][..head_dim];
+                for (p, value) in scores.iter().zip(rows.chunks_exact(stride)) {
+                    context.iter_mut().zip(&value[v_at..][..head_dim]).for_each(|(c, v)| *c += p * v);
                 }
+                context.iter_mut().for_each(|c| *c *= inverse);
             }
         }
     }
     out
 }
 
-/// e^x for the softmax, branch-free so loops over it vectorize: x = n ln 2 + r with
-/// |r| <= ln 2 / 2, e^r by its Taylor series to the 7th power (relative error below 2e-7),
-/// times 2^n built in the exponent bits. Arguments are clamped to [-87, 88] (f32's normal
-/// range): the softmax only asks for e^x with x <= 0, where e^-87 is as good as 0.
-#[inline(always)]
+/// e^x for the softmax, the method the SIMD attention uses 16 lanes at a time: x = n ln 2 + r
+/// with |r| <= ln 2 / 2, e^r by its Taylor series to the 7th power (relative error below
+/// 2e-7), times 2^n built in the exponent bits. Arguments are clamped to [-87, 88] (f32's
+/// normal range): the softmax only asks for e^x with x <= 0, where e^-87 is as good as 0.
 fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E).round_ties_even();
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = EXP_TAYLOR.iter().rev().fold(0.0, |p, &c| p * r + c);
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
+
+/// ln 2 in two parts: `n * LN2_HI` is exact for the n the softmax meets.
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+/// 1 / k! for k = 0..=7.
+const EXP_TAYLOR: [f32; 8] = [1.0, 1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0];
 
 /// GELU on every value (inlined like [`Quantized::build`], so the kernel's caller vectorizes it
 /// for AVX-512).
@@ -360,23 +316,198 @@ mod avx512 {
     /// # Safety
     /// The CPU must have AVX-512 F, BW and VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn forward(w: &Matrix, x: &[f32], gelu: bool) -> Vec<f32> {
-        let input = quantize(x, w.cols);
-        let mut out = vec![0.0f32; input.rows * w.rows];
-        product(w, &input, &mut out);
+    pub(super) unsafe fn forward(w: &Matrix, x: &[f32], gelu: bool, out: &mut [f32]) {
+        product(w, &quantize(x, w.cols), out);
         if gelu {
-            gelu_all(&mut out);
+            gelu_all(out);
         }
-        out
     }
 
-    /// [`super::attention`]: the same loops, compiled for AVX-512.
+    /// [`super::attention`] in AVX-512, head by head: the scores of 4 queries against 16 keys
+    /// at a time (keys transposed, so one load serves the 4), a masked softmax 16 scores at a
+    /// time, then the context of 4 queries, 32 of a head's dimensions at a time. Heads whose
+    /// size is not a multiple of 32 take the plain loops.
     ///
     /// # Safety
     /// The CPU must have AVX-512 F, BW and VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn attention(qkv: &[f32], lens: &[usize], seq: usize, heads: usize, head_dim: usize) -> Vec<f32> {
-        super::attention_loops(qkv, lens, seq, heads, head_dim)
+    pub(super) unsafe fn attention(qkv: &[f32], lens: &[usize], heads: usize, head_dim: usize) -> Vec<f32> {
+        if head_dim == 0 || !head_dim.is_multiple_of(TILE) {
+            return super::attention_loops(qkv, lens, heads, head_dim);
+        }
+        let hidden = heads * head_dim;
+        let stride = 3 * hidden;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let mut out = vec![0.0f32; lens.iter().sum::<usize>() * hidden];
+        let padded = lens.iter().max().map_or(0, |&len| len.div_ceil(LANES) * LANES);
+        // `[dim][token]`, zeros past the text's end.
+        let mut keys = vec![0.0f32; head_dim * padded];
+        // `[query][key]`: e^(score - max), then zero past the text's end.
+        let mut probs = vec![0.0f32; padded * padded];
+        let mut inverses = vec![0.0f32; padded];
+        let mut first = 0;
+        for &len in lens {
+            let rows = &qkv[first * stride..(first + len) * stride];
+            let text_out = &mut out[first * hidden..(first + len) * hidden];
+            first += len;
+            let chunks = len.div_ceil(LANES);
+            for head in 0..heads {
+                let (q_at, k_at, v_at) = (head * head_dim, hidden + head * head_dim, 2 * hidden + head * head_dim);
+                keys.fill(0.0);
+                for (t, row) in rows.chunks_exact(stride).enumerate() {
+                    for (d, &k) in row[k_at..][..head_dim].iter().enumerate() {
+                        keys[d * padded + t] = k;
+                    }
+                }
+                let mut i = 0;
+                while i < len {
+                    let r = (len - i).min(ROWS);
+                    match r {
+                        4 => scores::<4>(rows, stride, q_at, &keys, padded, chunks, i, &mut probs),
+                        3 => scores::<3>(rows, stride, q_at, &keys, padded, chunks, i, &mut probs),
+                        2 => scores::<2>(rows, stride, q_at, &keys, padded, chunks, i, &mut probs),
+                        _ => scores::<1>(rows, stride, q_at, &keys, padded, chunks, i, &mut probs),
+                    }
+                    i += r;
+                }
+                for (row, inverse) in probs.chunks_exact_mut(padded).zip(inverses.iter_mut()).take(len) {
+                    *inverse = softmax(&mut row[..chunks * LANES], len, scale);
+                }
+                let mut i = 0;
+                while i < len {
+                    let r = (len - i).min(ROWS);
+                    let context = Context { rows, stride, v_at, head_dim, hidden, len, padded, out_at: q_at };
+                    match r {
+                        4 => context.tile::<4>(i, &probs, &inverses, text_out),
+                        3 => context.tile::<3>(i, &probs, &inverses, text_out),
+                        2 => context.tile::<2>(i, &probs, &inverses, text_out),
+                        _ => context.tile::<1>(i, &probs, &inverses, text_out),
+                    }
+                    i += r;
+                }
+            }
+        }
+        out
+    }
+
+    /// Raw scores of queries `i..i + R` against all of the text's keys (in chunks of 16, the
+    /// last padded with zero keys), into `probs`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn scores<const R: usize>(
+        rows: &[f32],
+        stride: usize,
+        q_at: usize,
+        keys: &[f32],
+        padded: usize,
+        chunks: usize,
+        i: usize,
+        probs: &mut [f32],
+    ) {
+        let head_dim = keys.len() / padded.max(1);
+        let queries: [&[f32]; R] = std::array::from_fn(|r| &rows[(i + r) * stride + q_at..][..head_dim]);
+        for chunk in 0..chunks {
+            let mut acc = [_mm512_setzero_ps(); R];
+            for d in 0..head_dim {
+                let k = load_f32s(&keys[d * padded + chunk * LANES..]);
+                for (acc, query) in acc.iter_mut().zip(&queries) {
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(query[d]), k, *acc);
+                }
+            }
+            for (r, acc) in acc.into_iter().enumerate() {
+                store_f32s(&mut probs[(i + r) * padded + chunk * LANES..], acc);
+            }
+        }
+    }
+
+    /// One query's raw scores (`len` real, then padding to whole chunks) to `e^(scale *
+    /// (score - max))`, padding to zero; answers 1 / their sum.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn softmax(row: &mut [f32], len: usize, scale: f32) -> f32 {
+        let mask = |chunk: usize| -> __mmask16 {
+            let valid = len.saturating_sub(chunk * LANES).min(LANES);
+            ((1u32 << valid) - 1) as __mmask16
+        };
+        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+        for (chunk, scores) in row.chunks_exact(LANES).enumerate() {
+            max = _mm512_mask_max_ps(max, mask(chunk), max, load_f32s(scores));
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+        let scale = _mm512_set1_ps(scale);
+        let mut sum = _mm512_setzero_ps();
+        for (chunk, scores) in row.chunks_exact_mut(LANES).enumerate() {
+            let e = _mm512_maskz_mov_ps(mask(chunk), exp(_mm512_mul_ps(_mm512_sub_ps(load_f32s(scores), max), scale)));
+            sum = _mm512_add_ps(sum, e);
+            store_f32s(scores, e);
+        }
+        1.0 / _mm512_reduce_add_ps(sum)
+    }
+
+    /// [`super::exp`]'s method 16 lanes at a time (fused where it is not; the 2^n factor by
+    /// `vscalefps`): within the same bound.
+    #[target_feature(enable = "avx512f")]
+    fn exp(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r =
+            _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_LO), _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_HI), x));
+        let mut p = _mm512_set1_ps(super::EXP_TAYLOR[7]);
+        for &c in super::EXP_TAYLOR[..7].iter().rev() {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// [`exp`] on 16 values, for the tests.
+    #[cfg(test)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn exp_lanes(x: &[f32; LANES]) -> [f32; LANES] {
+        let mut out = [0.0; LANES];
+        store_f32s(&mut out, exp(load_f32s(x)));
+        out
+    }
+
+    /// Where a head's context comes from and goes.
+    struct Context<'a> {
+        rows: &'a [f32],
+        stride: usize,
+        v_at: usize,
+        head_dim: usize,
+        hidden: usize,
+        len: usize,
+        padded: usize,
+        /// The head's first column in the output rows.
+        out_at: usize,
+    }
+
+    impl Context<'_> {
+        /// Queries `i..i + R`: their probabilities times the values, 32 of the head's
+        /// dimensions at a time, scaled by 1 / the probabilities' sum, into `out`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        fn tile<const R: usize>(&self, i: usize, probs: &[f32], inverses: &[f32], out: &mut [f32]) {
+            let probs: [&[f32]; R] = std::array::from_fn(|r| &probs[(i + r) * self.padded..][..self.len]);
+            for part in (0..self.head_dim).step_by(TILE) {
+                let mut acc = [[_mm512_setzero_ps(); 2]; R];
+                for (j, value) in self.rows.chunks_exact(self.stride).enumerate() {
+                    let value = &value[self.v_at + part..][..TILE];
+                    let (v0, v1) = (load_f32s(value), load_f32s(&value[LANES..]));
+                    for ([a0, a1], probs) in acc.iter_mut().zip(&probs) {
+                        let p = _mm512_set1_ps(probs[j]);
+                        *a0 = _mm512_fmadd_ps(p, v0, *a0);
+                        *a1 = _mm512_fmadd_ps(p, v1, *a1);
+                    }
+                }
+                for (r, [a0, a1]) in acc.into_iter().enumerate() {
+                    let inverse = _mm512_set1_ps(inverses[i + r]);
+                    let at = (i + r) * self.hidden + self.out_at + part;
+                    store_f32s(&mut out[at..], _mm512_mul_ps(a0, inverse));
+                    store_f32s(&mut out[at + LANES..], _mm512_mul_ps(a1, inverse));
+                }
+            }
+        }
     }
 
     /// [`Quantized::new`] 16 values at a time: the same operations, so the same values for
@@ -616,28 +747,47 @@ mod tests {
             assert!(((got - expected) / expected).abs() < 5e-7, "exp({x}) = {got}, expected {expected}");
         }
         assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
+        if available() {
+            // The SIMD attention's, 16 at a time.
+            for start in (-8700..=8800).step_by(16) {
+                let x: [f32; LANES] = std::array::from_fn(|l| (start + l as i32).min(8800) as f32 / 100.0);
+                // SAFETY: the CPU has AVX-512 (checked above).
+                let got = unsafe { avx512::exp_lanes(&x) };
+                for (x, got) in x.iter().zip(got) {
+                    let expected = f64::from(*x).exp();
+                    assert!(
+                        ((f64::from(got) - expected) / expected).abs() < 5e-7,
+                        "exp({x}) = {got}, expected {expected}"
+                    );
+                }
+            }
+        }
     }
 
-    /// Attention computed the obvious way, in f64, with padding masked.
-    fn attention_f64(qkv: &[f32], lens: &[usize], seq: usize, heads: usize, head_dim: usize) -> Vec<f64> {
+    /// Attention computed the obvious way, in f64, text by text.
+    fn attention_f64(qkv: &[f32], lens: &[usize], heads: usize, head_dim: usize) -> Vec<f64> {
         let hidden = heads * head_dim;
-        let at = |text: usize, token: usize, part: usize, head: usize, d: usize| {
-            f64::from(qkv[(text * seq + token) * 3 * hidden + part * hidden + head * head_dim + d])
+        let at = |token: usize, part: usize, head: usize, d: usize| {
+            f64::from(qkv[token * 3 * hidden + part * hidden + head * head_dim + d])
         };
-        let mut out = vec![0.0; lens.len() * seq * hidden];
-        for (text, &len) in lens.iter().enumerate() {
+        let mut out = vec![0.0; lens.iter().sum::<usize>() * hidden];
+        let mut first = 0;
+        for &len in lens {
+            let text = first..first + len;
+            first += len;
             for head in 0..heads {
-                for i in 0..len {
-                    let scores: Vec<f64> = (0..len)
-                        .map(|j| (0..head_dim).map(|d| at(text, i, 0, head, d) * at(text, j, 1, head, d)).sum::<f64>())
+                for i in text.clone() {
+                    let scores: Vec<f64> = text
+                        .clone()
+                        .map(|j| (0..head_dim).map(|d| at(i, 0, head, d) * at(j, 1, head, d)).sum::<f64>())
                         .map(|s| s / (head_dim as f64).sqrt())
                         .collect();
                     let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                     let total: f64 = weights.iter().sum();
                     for d in 0..head_dim {
-                        out[(text * seq + i) * hidden + head * head_dim + d] =
-                            (0..len).map(|j| weights[j] / total * at(text, j, 2, head, d)).sum();
+                        out[i * hidden + head * head_dim + d] =
+                            text.clone().zip(&weights).map(|(j, w)| w / total * at(j, 2, head, d)).sum();
                     }
                 }
             }
@@ -646,25 +796,33 @@ mod tests {
     }
 
     #[test]
-    fn attention_matches_the_obvious_computation_and_ignores_padding() {
+    fn attention_matches_the_obvious_computation_and_keeps_texts_apart() {
         let mut rng = Rng(3);
-        let (seq, heads, head_dim) = (9, 3, 32);
-        let lens = [9, 4, 1, 0];
-        let mut qkv: Vec<f32> = (0..lens.len() * seq * 3 * heads * head_dim).map(|_| rng.float() * 2.0).collect();
-        let expected = attention_f64(&qkv, &lens, seq, heads, head_dim);
-        let got = attention(&qkv, &lens, seq, heads, head_dim);
-        assert_eq!(got.len(), expected.len());
-        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-            assert!((f64::from(*g) - e).abs() < 1e-5, "value {i}: {g} vs {e}");
-        }
-        // What padding holds changes nothing.
+        let (heads, head_dim) = (3, 32);
         let hidden = heads * head_dim;
-        for (text, &len) in lens.iter().enumerate() {
-            for token in len..seq {
-                qkv[(text * seq + token) * 3 * hidden..][..3 * hidden].fill(1e30);
+        // Lengths on both sides of the 16-token chunk, and an empty text.
+        let lens = [9, 17, 0, 1, 33];
+        let tokens: usize = lens.iter().sum();
+        let mut qkv: Vec<f32> = (0..tokens * 3 * hidden).map(|_| rng.float() * 2.0).collect();
+        let expected = attention_f64(&qkv, &lens, heads, head_dim);
+        let got = attention(&qkv, &lens, heads, head_dim);
+        // The plain loops too (the path for heads the SIMD code does not take).
+        for (name, got) in [("kernel", &got), ("loops", &attention_loops(&qkv, &lens, heads, head_dim))] {
+            assert_eq!(got.len(), expected.len());
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert!((f64::from(*g) - e).abs() < 1e-5, "{name}: value {i}: {g} vs {e}");
             }
         }
-        assert_eq!(attention(&qkv, &lens, seq, heads, head_dim), got);
+        // A text's context does not depend on its neighbours: change every other text.
+        let second = lens[0]..lens[0] + lens[1];
+        for (token, row) in qkv.chunks_exact_mut(3 * hidden).enumerate() {
+            if !second.contains(&token) {
+                row.fill(1e30);
+            }
+        }
+        let again = attention(&qkv, &lens, heads, head_dim);
+        assert_eq!(again[second.start * hidden..second.end * hidden], got[second.start * hidden..second.end * hidden]);
+        assert!(attention(&[], &[], heads, head_dim).is_empty());
     }
 
     #[test]

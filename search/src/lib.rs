@@ -3,7 +3,7 @@
 //!
 //! - [`format`]: the packed e5 model file, parsed and checked.
 //! - [`tokenize`]: XLM-R SentencePiece tokenization on a `tokenizers` Unigram model.
-//! - [`model`]: the e5 encoder on candle: texts to unit vectors.
+//! - [`model`]: the e5 encoder (int8 kernels or candle): texts to unit vectors.
 //! - `kernels`: the encoder's hot loops on AVX-512 VNNI: int8 linear layers, attention (the
 //!   crate's one `unsafe` module).
 //! - [`store`]: what a vector store must do, and the points it keeps.

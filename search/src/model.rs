@@ -1,14 +1,14 @@
-//! multilingual-e5-small on candle: a 12-layer BERT encoder over XLM-R's vocabulary. The
-//! linear layers run in one of two [`Kernel`]s: on CPUs with AVX-512 VNNI, the file's 4-bit
-//! weights times 8-bit inputs ([`crate::kernels`]); elsewhere, candle's f32 matmul on weights
-//! dequantized at load (about 90 MB). The word embeddings stay 4-bit (250k rows) and are
-//! dequantized per token looked up.
+//! multilingual-e5-small: a 12-layer BERT encoder over XLM-R's vocabulary, in one of two
+//! [`Kernel`]s. On CPUs with AVX-512 VNNI, the file's 4-bit weights (requantized to 8 bits)
+//! times 8-bit inputs ([`crate::kernels`]), over the batch's tokens laid end to end in plain
+//! vectors; elsewhere, candle's f32 tensors on weights dequantized at load (about 90 MB), over
+//! a padded batch. The word embeddings stay 4-bit (250k rows) and are dequantized per token
+//! looked up.
 //! e5 conventions: `passage: ` before documents, `query: ` before queries, mean pooling over
 //! the tokens, L2 normalisation.
-
 use std::path::Path;
 
-use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{LayerNorm, Linear, Module};
 
 use crate::format::{self, BLOCK, BLOCK_BYTES, Dims, FormatError, ModelFile};
@@ -73,101 +73,152 @@ impl Role {
 /// Texts embedded in one forward pass at most; longer lists are split (bounded memory).
 const BATCH: usize = 32;
 
-struct Layer {
+/// One encoder layer, with `D` its linear layers and `N` its layer norms in a kernel's form.
+struct Layer<D, N> {
     /// Query, key and value stacked: one pass over the input for all three.
-    qkv: Dense,
-    attention_out: Dense,
-    attention_norm: LayerNorm,
-    /// With GELU applied.
-    intermediate: Dense,
-    output: Dense,
-    output_norm: LayerNorm,
+    qkv: D,
+    attention_out: D,
+    attention_norm: N,
+    /// Followed by GELU.
+    intermediate: D,
+    output: D,
+    output_norm: N,
 }
 
-/// A linear layer in the encoder's kernel, optionally followed by GELU (erf form).
-enum Dense {
-    F32 { linear: Linear, gelu: bool },
-    Int8 { matrix: kernels::Matrix, gelu: bool },
+/// The weights after the word embeddings, with `V` a vector, `D` a linear layer and `N` a
+/// layer norm in a kernel's form.
+struct Weights<V, D, N> {
+    /// `max_positions` rows of `hidden`.
+    positions: V,
+    /// Token type 0's row: every text is one segment.
+    token_type: V,
+    embedding_norm: N,
+    layers: Vec<Layer<D, N>>,
 }
 
-impl Dense {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Dense::F32 { linear, gelu } => {
-                let y = linear.forward(x)?;
-                if *gelu { y.gelu_erf() } else { Ok(y) }
+/// The weights as each kernel runs them.
+enum Body {
+    /// Tensors for candle's matmul, attention and norms.
+    F32(Weights<Tensor, Linear, LayerNorm>),
+    /// Plain vectors for [`kernels`] and this module's loops: the texts' tokens end to end,
+    /// no padding and no tensors.
+    Int8(Weights<Vec<f32>, kernels::Matrix, Norm>),
+}
+
+impl<V, D, N> Weights<V, D, N> {
+    /// Reads the weights from `file` into a kernel's form: `vector` takes values and their
+    /// shape, `dense` a linear layer's Q4_0 blocks, its bias and its size (outputs, inputs),
+    /// `norm` a layer norm's weight and bias.
+    fn load(
+        file: &ModelFile,
+        vector: impl Fn(Vec<f32>, &[usize]) -> Result<V, ModelError>,
+        dense: impl Fn(&[u8], Vec<f32>, usize, usize) -> Result<D, ModelError>,
+        norm: impl Fn(Vec<f32>, Vec<f32>) -> Result<N, ModelError>,
+    ) -> Result<Self, ModelError> {
+        let d = file.dims;
+        let read_norm = |prefix: &str| {
+            norm(file.f32s(&format!("{prefix}.w"), d.hidden)?, file.f32s(&format!("{prefix}.b"), d.hidden)?)
+        };
+        // The named layers stacked (same inputs), each `rows` outputs by `cols` inputs.
+        let read_dense = |names: &[String], rows: usize, cols: usize| -> Result<D, ModelError> {
+            let mut blocks = Vec::new();
+            let mut bias = Vec::new();
+            for name in names {
+                // Checked against the file before anything is allocated for it.
+                blocks.extend_from_slice(file.q4(&format!("{name}.w"), rows, cols)?);
+                bias.extend(file.f32s(&format!("{name}.b"), rows)?);
             }
-            Dense::Int8 { .. } => x.contiguous()?.apply_op1_no_bwd(self),
+            dense(&blocks, bias, rows * names.len(), cols)
+        };
+        let mut layers = Vec::with_capacity(d.layers);
+        for l in 0..d.layers {
+            let one = |s: &str| vec![format!("l{l}.{s}")];
+            let qkv: Vec<String> = ["q", "k", "v"].iter().map(|s| format!("l{l}.{s}")).collect();
+            layers.push(Layer {
+                qkv: read_dense(&qkv, d.hidden, d.hidden)?,
+                attention_out: read_dense(&one("ao"), d.hidden, d.hidden)?,
+                attention_norm: read_norm(&format!("l{l}.aln"))?,
+                intermediate: read_dense(&one("fi"), d.feed_forward, d.hidden)?,
+                output: read_dense(&one("fo"), d.hidden, d.feed_forward)?,
+                output_norm: read_norm(&format!("l{l}.oln"))?,
+            });
+        }
+        let positions = vector(file.f32s("emb.pos", d.max_positions * d.hidden)?, &[d.max_positions, d.hidden])?;
+        let mut token_type = file.f32s("emb.type", d.token_types * d.hidden)?;
+        token_type.truncate(d.hidden);
+        let token_type = vector(token_type, &[d.hidden])?;
+        Ok(Weights { positions, token_type, embedding_norm: read_norm("emb.ln")?, layers })
+    }
+}
+
+/// A layer norm over rows of `hidden` values, in plain loops (the int8 path's).
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    /// Normalises every row of `x` in place.
+    fn apply(&self, x: &mut [f32]) {
+        for row in x.chunks_exact_mut(self.weight.len()) {
+            self.normalise(row);
+        }
+    }
+
+    /// Adds `residual` to `x`, then normalises every row of `x` in place.
+    fn add_apply(&self, x: &mut [f32], residual: &[f32]) {
+        let width = self.weight.len();
+        for (row, residual) in x.chunks_exact_mut(width).zip(residual.chunks_exact(width)) {
+            row.iter_mut().zip(residual).for_each(|(v, r)| *v += r);
+            self.normalise(row);
+        }
+    }
+
+    /// Mean 0 and variance 1 (computed from the centred values: no cancellation), then the
+    /// weight and bias.
+    fn normalise(&self, row: &mut [f32]) {
+        let n = row.len() as f32;
+        let mean = sum(row) / n;
+        row.iter_mut().for_each(|v| *v -= mean);
+        let variance = sum_squares(row) / n;
+        let inverse = 1.0 / (variance + self.eps).sqrt();
+        for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+            // Not `mul_add`: outside the kernels' target features it is a libm call.
+            *v = *v * inverse * w + b;
         }
     }
 }
 
-impl CustomOp1 for Dense {
-    fn name(&self) -> &'static str {
-        "int8-linear"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Dense::Int8 { matrix, gelu } = self else {
-            candle_core::bail!("int8-linear applied with f32 weights");
-        };
-        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("int8-linear takes contiguous f32 input");
-        };
-        let mut dims = layout.shape().dims().to_vec();
-        match dims.last_mut() {
-            Some(last) if *last == matrix.cols() => *last = matrix.rows(),
-            _ => candle_core::bail!("int8-linear: input {dims:?} does not end in {} values", matrix.cols()),
-        }
-        Ok((CpuStorage::F32(matrix.forward(&data[start..end], *gelu)), Shape::from(dims)))
-    }
+/// Sums in 16 lanes, so the loop vectorizes (a plain float sum may not be reordered).
+fn sum(values: &[f32]) -> f32 {
+    lanes(values, |v| v)
 }
 
-/// Self-attention over the stacked query, key and value projection of a padded batch
-/// ([`kernels::attention`]), for the int8 kernel: one pass, padding skipped.
-struct Attention {
-    lens: Vec<usize>,
-    heads: usize,
-    head_dim: usize,
+fn sum_squares(values: &[f32]) -> f32 {
+    lanes(values, |v| v * v)
 }
 
-impl CustomOp1 for Attention {
-    fn name(&self) -> &'static str {
-        "attention"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("attention takes a contiguous f32 input");
-        };
-        let hidden = self.heads * self.head_dim;
-        let &[texts, seq, width] = layout.shape().dims() else {
-            candle_core::bail!("attention takes (texts, tokens, 3 x hidden), not {:?}", layout.shape());
-        };
-        if texts != self.lens.len() || width != 3 * hidden || self.lens.iter().any(|&len| len > seq) {
-            candle_core::bail!(
-                "attention: {:?} does not fit lengths {:?} of width {hidden}",
-                layout.shape(),
-                self.lens
-            );
+#[inline(always)]
+fn lanes(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = values.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v);
         }
-        let context = kernels::attention(&data[start..end], &self.lens, seq, self.heads, self.head_dim);
-        Ok((CpuStorage::F32(context), Shape::from((texts, seq, hidden))))
     }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// The sentence encoder. Immutable after load: share it behind an `Arc`.
 pub struct Encoder {
     dims: Dims,
-    kernel: Kernel,
     tokenizer: Tokenizer,
     /// The word embeddings, still Q4_0: `vocab_rows` rows of `hidden / 32` blocks.
     words: Vec<u8>,
-    positions: Tensor,
-    token_type: Tensor,
-    embedding_norm: LayerNorm,
-    layers: Vec<Layer>,
-    device: Device,
+    body: Body,
     /// BLAKE3 of the model file: a vector store records which model built its vectors.
     fingerprint: String,
 }
@@ -194,73 +245,32 @@ impl Encoder {
         }
         let file = ModelFile::parse(bytes)?;
         let d = file.dims;
-        let device = Device::Cpu;
-        let vector = |name: &str, len: usize| -> Result<Tensor, ModelError> {
-            Ok(Tensor::from_vec(file.f32s(name, len)?, len, &device)?)
-        };
-        let norm = |prefix: &str| -> Result<LayerNorm, ModelError> {
-            Ok(LayerNorm::new(
-                vector(&format!("{prefix}.w"), d.hidden)?,
-                vector(&format!("{prefix}.b"), d.hidden)?,
-                d.eps,
-            ))
-        };
-        // The named layers stacked (same inputs), each `rows` outputs by `cols` inputs.
-        let dense = |prefixes: &[String], rows: usize, cols: usize, gelu: bool| -> Result<Dense, ModelError> {
-            let mut blocks = Vec::new();
-            let mut bias = Vec::new();
-            for prefix in prefixes {
-                // Checked against the file before anything is allocated for it.
-                blocks.extend_from_slice(file.q4(&format!("{prefix}.w"), rows, cols)?);
-                bias.extend(file.f32s(&format!("{prefix}.b"), rows)?);
-            }
-            let rows = rows * prefixes.len();
-            Ok(match kernel {
-                Kernel::Int8 => Dense::Int8 { matrix: kernels::Matrix::from_q4(&blocks, rows, cols, bias)?, gelu },
-                Kernel::F32 => {
+        let body = match kernel {
+            Kernel::Int8 => Body::Int8(Weights::load(
+                &file,
+                |values, _| Ok(values),
+                |blocks, bias, rows, cols| Ok(kernels::Matrix::from_q4(blocks, rows, cols, bias)?),
+                |weight, bias| Ok(Norm { weight, bias, eps: d.eps as f32 }),
+            )?),
+            Kernel::F32 => Body::F32(Weights::load(
+                &file,
+                |values, shape| Ok(Tensor::from_vec(values, shape, &Device::Cpu)?),
+                |blocks, bias, rows, cols| {
                     let mut weights = vec![0.0; rows * cols];
-                    format::dequantize(&blocks, &mut weights);
-                    let weight = Tensor::from_vec(weights, (rows, cols), &device)?;
-                    let bias = Tensor::from_vec(bias, rows, &device)?;
-                    Dense::F32 { linear: Linear::new(weight, Some(bias)), gelu }
-                }
-            })
+                    format::dequantize(blocks, &mut weights);
+                    let weight = Tensor::from_vec(weights, (rows, cols), &Device::Cpu)?;
+                    Ok(Linear::new(weight, Some(Tensor::from_vec(bias, rows, &Device::Cpu)?)))
+                },
+                |weight, bias| {
+                    let (weight, bias) = (Tensor::new(weight, &Device::Cpu)?, Tensor::new(bias, &Device::Cpu)?);
+                    Ok(LayerNorm::new(weight, bias, d.eps))
+                },
+            )?),
         };
-        let mut layers = Vec::with_capacity(d.layers);
-        for l in 0..d.layers {
-            let p = |s: &str| vec![format!("l{l}.{s}")];
-            let qkv: Vec<String> = ["q", "k", "v"].iter().map(|s| format!("l{l}.{s}")).collect();
-            layers.push(Layer {
-                qkv: dense(&qkv, d.hidden, d.hidden, false)?,
-                attention_out: dense(&p("ao"), d.hidden, d.hidden, false)?,
-                attention_norm: norm(&format!("l{l}.aln"))?,
-                intermediate: dense(&p("fi"), d.feed_forward, d.hidden, true)?,
-                output: dense(&p("fo"), d.hidden, d.feed_forward, false)?,
-                output_norm: norm(&format!("l{l}.oln"))?,
-            });
-        }
-        let positions =
-            Tensor::from_vec(file.f32s("emb.pos", d.max_positions * d.hidden)?, (d.max_positions, d.hidden), &device)?;
-        // Every text is one segment: token type 0.
-        let token_type =
-            Tensor::from_vec(file.f32s("emb.type", d.token_types * d.hidden)?, (d.token_types, d.hidden), &device)?
-                .get(0)?;
         let words = file.q4("emb.word", d.vocab_rows, d.hidden)?.to_vec();
-        let embedding_norm = norm("emb.ln")?;
         let tokenizer = Tokenizer::new(file.vocab)?;
         let fingerprint = format!("e5:{}", blake3::hash(bytes).to_hex());
-        let encoder = Encoder {
-            dims: d,
-            kernel,
-            tokenizer,
-            words,
-            positions,
-            token_type,
-            embedding_norm,
-            layers,
-            device,
-            fingerprint,
-        };
+        let encoder = Encoder { dims: d, tokenizer, words, body, fingerprint };
         // Fail at load, not on the first lot, if the weights cannot run.
         encoder.embed(Role::Query, &["model check"])?;
         Ok(encoder)
@@ -273,7 +283,10 @@ impl Encoder {
 
     /// The kernel the linear layers run in.
     pub fn kernel(&self) -> Kernel {
-        self.kernel
+        match self.body {
+            Body::F32(_) => Kernel::F32,
+            Body::Int8(_) => Kernel::Int8,
+        }
     }
 
     /// The embedding size (384).
@@ -293,13 +306,18 @@ impl Encoder {
             ids.push(self.tokenizer.eos);
             tokenized.push(ids);
         }
-        // Similar lengths together: less padding computed and thrown away.
+        // Similar lengths together: less padding computed and thrown away (f32), shorter
+        // attention buffers (int8).
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| tokenized[i].len());
         let mut out = vec![Vec::new(); texts.len()];
         for chunk in order.chunks(BATCH) {
             let batch: Vec<&[u32]> = chunk.iter().map(|&i| tokenized[i].as_slice()).collect();
-            for (&i, vector) in chunk.iter().zip(self.forward(&batch)?) {
+            let vectors = match &self.body {
+                Body::F32(weights) => self.forward_f32(weights, &batch)?,
+                Body::Int8(weights) => self.forward_int8(weights, &batch)?,
+            };
+            for (&i, vector) in chunk.iter().zip(vectors) {
                 out[i] = vector;
             }
         }
@@ -317,50 +335,105 @@ impl Encoder {
         Ok(self.embed(Role::Query, &[text])?.pop().unwrap_or_default())
     }
 
-    fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
+    /// Token `id`'s word embedding into `out` (`hidden` values).
+    fn word(&self, id: u32, out: &mut [f32]) -> Result<(), ModelError> {
+        let row_bytes = self.dims.hidden / BLOCK * BLOCK_BYTES;
+        let from = id as usize * row_bytes;
+        let row = self
+            .words
+            .get(from..from + row_bytes)
+            .ok_or_else(|| ModelError::Format(FormatError::Invalid(format!("token id {id} has no embedding row"))))?;
+        format::dequantize(row, out);
+        Ok(())
+    }
+
+    /// The int8 path: the batch's tokens end to end in one matrix, through the kernels.
+    fn forward_int8(
+        &self,
+        w: &Weights<Vec<f32>, kernels::Matrix, Norm>,
+        batch: &[&[u32]],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let h = self.dims.hidden;
+        let lens: Vec<usize> = batch.iter().map(|ids| ids.len()).collect();
+        let mut x = vec![0.0f32; lens.iter().sum::<usize>() * h];
+        let mut rows = x.chunks_exact_mut(h);
+        for ids in batch {
+            for ((&id, row), position) in ids.iter().zip(rows.by_ref()).zip(w.positions.chunks_exact(h)) {
+                self.word(id, row)?;
+                for ((v, p), t) in row.iter_mut().zip(position).zip(&w.token_type) {
+                    *v += p + t;
+                }
+            }
+        }
+        w.embedding_norm.apply(&mut x);
+
+        let (heads, head_dim) = (self.dims.heads, h / self.dims.heads);
+        // Reused across layers (the kernel writes every value).
+        let (mut qkv, mut y, mut mid) = (Vec::new(), Vec::new(), Vec::new());
+        for layer in &w.layers {
+            layer.qkv.forward_into(&x, false, &mut qkv);
+            let context = kernels::attention(&qkv, &lens, heads, head_dim);
+            layer.attention_out.forward_into(&context, false, &mut y);
+            layer.attention_norm.add_apply(&mut x, &y);
+            layer.intermediate.forward_into(&x, true, &mut mid);
+            layer.output.forward_into(&mid, false, &mut y);
+            layer.output_norm.add_apply(&mut x, &y);
+        }
+
+        // Mean over each text's tokens, then unit length.
+        let mut vectors = Vec::with_capacity(batch.len());
+        let mut rows = x.chunks_exact(h);
+        for &len in &lens {
+            let mut mean = vec![0.0f32; h];
+            for row in rows.by_ref().take(len) {
+                mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+            }
+            let norm = sum_squares(&mean).sqrt().max(1e-12);
+            mean.iter_mut().for_each(|m| *m /= norm);
+            vectors.push(mean);
+        }
+        Ok(vectors)
+    }
+
+    /// The f32 path: a padded batch through candle's tensors.
+    fn forward_f32(
+        &self,
+        w: &Weights<Tensor, Linear, LayerNorm>,
+        batch: &[&[u32]],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let h = self.dims.hidden;
+        let device = Device::Cpu;
         let (n, len) = (batch.len(), batch.iter().map(|ids| ids.len()).max().unwrap_or(0));
         // Padded positions embed the pad row; the mask keeps them out of attention and pooling.
         let mut words = vec![0.0f32; n * len * h];
         let mut mask = vec![0.0f32; n * len];
-        let row_bytes = h / BLOCK * BLOCK_BYTES;
         for (b, ids) in batch.iter().enumerate() {
             for (t, &id) in ids.iter().enumerate() {
-                let from = id as usize * row_bytes;
-                let row = self.words.get(from..from + row_bytes).ok_or_else(|| {
-                    ModelError::Format(FormatError::Invalid(format!("token id {id} has no embedding row")))
-                })?;
-                format::dequantize(row, &mut words[(b * len + t) * h..(b * len + t + 1) * h]);
+                self.word(id, &mut words[(b * len + t) * h..(b * len + t + 1) * h])?;
                 mask[b * len + t] = 1.0;
             }
         }
-        let words = Tensor::from_vec(words, (n, len, h), &self.device)?;
-        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-        let positions = self.positions.narrow(0, 0, len)?;
-        let x = words.broadcast_add(&positions)?.broadcast_add(&self.token_type)?;
-        let mut x = self.embedding_norm.forward(&x)?;
+        let words = Tensor::from_vec(words, (n, len, h), &device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &device)?;
+        let positions = w.positions.narrow(0, 0, len)?;
+        let x = words.broadcast_add(&positions)?.broadcast_add(&w.token_type)?;
+        let mut x = w.embedding_norm.forward(&x)?;
 
         // Additive attention bias: 0 for real tokens, a large negative for padding.
         let bias = ((mask.clone() - 1.0)? * 1e9)?.reshape((n, 1, 1, len))?;
         let (heads, head_dim) = (self.dims.heads, h / self.dims.heads);
         let scale = 1.0 / (head_dim as f64).sqrt();
         let split = |t: Tensor| t.reshape((n, len, heads, head_dim))?.transpose(1, 2)?.contiguous();
-        let attention = Attention { lens: batch.iter().map(|ids| ids.len()).collect(), heads, head_dim };
-        for layer in &self.layers {
+        for layer in &w.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let context = match self.kernel {
-                Kernel::Int8 => qkv.contiguous()?.apply_op1_no_bwd(&attention)?,
-                Kernel::F32 => {
-                    let q = split(qkv.narrow(2, 0, h)?)?;
-                    let k = split(qkv.narrow(2, h, h)?)?;
-                    let v = split(qkv.narrow(2, 2 * h, h)?)?;
-                    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
-                    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-                    probs.matmul(&v)?.transpose(1, 2)?.reshape((n, len, h))?
-                }
-            };
+            let q = split(qkv.narrow(2, 0, h)?)?;
+            let k = split(qkv.narrow(2, h, h)?)?;
+            let v = split(qkv.narrow(2, 2 * h, h)?)?;
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, len, h))?;
             x = layer.attention_norm.forward(&(x + layer.attention_out.forward(&context)?)?)?;
-            let mid = layer.intermediate.forward(&x)?;
+            let mid = layer.intermediate.forward(&x)?.gelu_erf()?;
             x = layer.output_norm.forward(&(x + layer.output.forward(&mid)?)?)?;
         }
 
