@@ -87,8 +87,7 @@ impl Matrix {
         Ok(Matrix { rows, cols, padded, values, scales, bias })
     }
 
-    /// `x` (`x.len() / cols` rows of `cols`) times the transposed weights plus the bias:
-    /// `x.len() / cols` rows of `rows`. GELU (erf form) applied when `gelu`.
+    /// [`Matrix::forward_into`] into a new vector.
     #[cfg(test)]
     pub fn forward(&self, x: &[f32], gelu: bool) -> Vec<f32> {
         let mut out = Vec::new();
@@ -96,8 +95,10 @@ impl Matrix {
         out
     }
 
-    /// [`Matrix::forward`] into `out`, whose allocation is reused (the encoder calls this 72
-    /// times a batch: fresh buffers cost page faults).
+    /// `x` (`x.len() / cols` rows of `cols`) times the transposed weights plus the bias, into
+    /// `out`: `x.len() / cols` rows of `rows`. GELU (erf form) applied when `gelu`. `out`'s
+    /// allocation is reused (the encoder calls this 4 times a layer, 48 times a batch: fresh
+    /// buffers cost page faults).
     pub fn forward_into(&self, x: &[f32], gelu: bool, out: &mut Vec<f32>) {
         out.clear();
         out.resize(x.len() / self.cols * self.rows, 0.0);
@@ -797,11 +798,19 @@ mod tests {
 
     #[test]
     fn attention_matches_the_obvious_computation_and_keeps_texts_apart() {
+        // Heads of one and of two 32-value parts.
+        for head_dim in [32, 64] {
+            attention_case(head_dim);
+        }
+    }
+
+    fn attention_case(head_dim: usize) {
         let mut rng = Rng(3);
-        let (heads, head_dim) = (3, 32);
+        let heads = 3;
         let hidden = heads * head_dim;
-        // Lengths on both sides of the 16-token chunk, and an empty text.
-        let lens = [9, 17, 0, 1, 33];
+        // Lengths on both sides of the 16-token chunk, every remainder of the 4-query tile
+        // (9, 18, 3, 34), and an empty text.
+        let lens = [9, 18, 0, 3, 34, 2];
         let tokens: usize = lens.iter().sum();
         let mut qkv: Vec<f32> = (0..tokens * 3 * hidden).map(|_| rng.float() * 2.0).collect();
         let expected = attention_f64(&qkv, &lens, heads, head_dim);

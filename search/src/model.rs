@@ -356,6 +356,10 @@ impl Encoder {
         let h = self.dims.hidden;
         let lens: Vec<usize> = batch.iter().map(|ids| ids.len()).collect();
         let mut x = vec![0.0f32; lens.iter().sum::<usize>() * h];
+        if lens.iter().any(|&len| len > self.dims.max_positions) {
+            // `embed` cuts texts to fit: a longer one here would shift every text after it.
+            return Err(ModelError::Format(FormatError::Invalid("a text longer than the model's positions".into())));
+        }
         let mut rows = x.chunks_exact_mut(h);
         for ids in batch {
             for ((&id, row), position) in ids.iter().zip(rows.by_ref()).zip(w.positions.chunks_exact(h)) {
@@ -368,7 +372,7 @@ impl Encoder {
         w.embedding_norm.apply(&mut x);
 
         let (heads, head_dim) = (self.dims.heads, h / self.dims.heads);
-        // Reused across layers (the kernel writes every value).
+        // Reused across layers: one allocation each per batch.
         let (mut qkv, mut y, mut mid) = (Vec::new(), Vec::new(), Vec::new());
         for layer in &w.layers {
             layer.qkv.forward_into(&x, false, &mut qkv);
@@ -380,17 +384,18 @@ impl Encoder {
             layer.output_norm.add_apply(&mut x, &y);
         }
 
-        // Mean over each text's tokens, then unit length.
+        // Mean pooling then unit length: the sum over each text's tokens, scaled to unit
+        // length (dividing by the count first would change nothing).
         let mut vectors = Vec::with_capacity(batch.len());
         let mut rows = x.chunks_exact(h);
         for &len in &lens {
-            let mut mean = vec![0.0f32; h];
+            let mut sum = vec![0.0f32; h];
             for row in rows.by_ref().take(len) {
-                mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
             }
-            let norm = sum_squares(&mean).sqrt().max(1e-12);
-            mean.iter_mut().for_each(|m| *m /= norm);
-            vectors.push(mean);
+            let norm = sum_squares(&sum).sqrt().max(1e-12);
+            sum.iter_mut().for_each(|s| *s /= norm);
+            vectors.push(sum);
         }
         Ok(vectors)
     }
