@@ -1,0 +1,146 @@
+//! The checks after a run: linearizability per lot, every acknowledged bid in the final
+//! ledger exactly once, identical feeds on every replica, overdue lots closed; the verdicts go
+//! to `results.json`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ledger::bidding::Book;
+use ledger::ladder::Ladder;
+use ledger::money::Currency;
+use ledger::pb as lp;
+use node::Client;
+use serde_json::json;
+use tokio_stream::StreamExt;
+
+use super::error::RunError;
+use super::workload::START_PRICE;
+use crate::cluster::Cluster;
+use crate::linear::{self, Input, Model, Operation, Output, Verdict};
+
+/// The verdicts of one run.
+#[derive(Debug)]
+pub struct Report {
+    pub dir: PathBuf,
+    pub operations: usize,
+    pub faults: BTreeMap<String, usize>,
+    pub linearizability: BTreeMap<String, Verdict>,
+    pub lost_bids: Vec<String>,
+    pub duplicated_bids: Vec<String>,
+    pub digests_equal: bool,
+    pub feeds_equal: bool,
+    /// Lots past their end time that the leader's timer never closed.
+    pub unclosed_lots: Vec<String>,
+}
+
+impl Report {
+    /// No checker found a violation (an "unknown" from the search budget is not a pass).
+    pub fn valid(&self) -> bool {
+        self.linearizability.values().all(|v| *v == Verdict::Linearizable)
+            && self.lost_bids.is_empty()
+            && self.duplicated_bids.is_empty()
+            && self.digests_equal
+            && self.feeds_equal
+            && self.unclosed_lots.is_empty()
+    }
+}
+
+/// What the run's checks answer; `seed` and `search_budget` are the run's.
+pub(crate) async fn check(
+    cluster: &Cluster,
+    ops: &[(String, Operation)],
+    seed: u64,
+    search_budget: u64,
+    applied: u64,
+    nemesis_log: Vec<serde_json::Value>,
+    dir: PathBuf,
+) -> Result<Report, RunError> {
+    let Some(ladder) = Ladder::default_for(Currency::USD) else { return Err(RunError::Setup("no USD ladder".into())) };
+    let model = Model { ladder, initial: Book::new(START_PRICE, None) };
+    let mut by_lot: BTreeMap<&str, Vec<Operation>> = BTreeMap::new();
+    for (lot, op) in ops {
+        by_lot.entry(lot.as_str()).or_default().push(op.clone());
+    }
+    let linearizability: BTreeMap<String, Verdict> =
+        by_lot.iter().map(|(lot, ops)| ((*lot).to_owned(), linear::check(&model, ops, search_budget))).collect();
+
+    // Every acknowledged accepted bid is in the final ledger exactly once (as a placed line).
+    let client = Client::new(cluster.addrs.values().cloned().collect()).with_deadline(Duration::from_secs(30));
+    let (mut lost_bids, mut duplicated_bids, mut unclosed_lots) = (Vec::new(), Vec::new(), Vec::new());
+    for (lot, lot_ops) in &by_lot {
+        let r = client.read_lot(lot, false, true).await.map_err(|e| RunError::Setup(e.to_string()))?;
+        // lot-0 ended mid-run (in ledger time, which is never behind real time at the end).
+        if *lot == "lot-0" && r.lot.as_ref().is_some_and(|v| v.status == lp::LotStatus::InAuction as i32) {
+            unclosed_lots.push((*lot).to_owned());
+        }
+        let mut placed: BTreeMap<&str, usize> = BTreeMap::new();
+        for line in &r.bids {
+            if line.kind == lp::BidKind::Placed as i32 {
+                *placed.entry(line.bid_id.as_str()).or_default() += 1;
+            }
+        }
+        for op in lot_ops {
+            if let (Input::Bid { bid_id, .. }, Output::Bid { .. }) = (&op.input, &op.output) {
+                match placed.get(bid_id.as_str()) {
+                    None => lost_bids.push(bid_id.clone()),
+                    Some(n) if *n > 1 => duplicated_bids.push(bid_id.clone()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    // Every replica's feed from index 0 is identical and contiguous.
+    let mut feeds = Vec::new();
+    for addr in cluster.addrs.values() {
+        feeds.push(read_feed(addr, applied).await);
+    }
+    let feeds_equal = feeds.iter().all(|f| f.as_ref().is_ok_and(|items| Some(items) == feeds[0].as_ref().ok()))
+        && feeds[0].as_ref().is_ok_and(|items| items.windows(2).all(|w| w[1].index == w[0].index + 1));
+
+    let mut faults = BTreeMap::new();
+    for entry in &nemesis_log {
+        *faults.entry(entry["fault"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+    }
+    let report = Report {
+        dir: dir.clone(),
+        operations: ops.len(),
+        faults,
+        linearizability,
+        lost_bids,
+        duplicated_bids,
+        // `converge` returned only once every node reported the same digest at one index.
+        digests_equal: true,
+        feeds_equal,
+        unclosed_lots,
+    };
+    let results = json!({
+        "valid": report.valid(),
+        "seed": seed,
+        "operations": report.operations,
+        "faults": report.faults,
+        "linearizability": report.linearizability.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect::<BTreeMap<_, _>>(),
+        "lost_bids": report.lost_bids,
+        "duplicated_bids": report.duplicated_bids,
+        "digests_equal": report.digests_equal,
+        "feeds_equal": report.feeds_equal,
+        "unclosed_lots": report.unclosed_lots,
+        "applied_index": applied,
+        "lots_checked": by_lot.keys().collect::<BTreeSet<_>>(),
+    });
+    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&results).unwrap_or_default())?;
+    Ok(report)
+}
+
+async fn read_feed(addr: &str, upto: u64) -> Result<Vec<node::pb::FeedItem>, String> {
+    let mut stream = Client::subscribe(addr, 0).await.map_err(|e| e.to_string())?;
+    let mut items = Vec::new();
+    while items.last().is_none_or(|i: &node::pb::FeedItem| i.index < upto) {
+        match tokio::time::timeout(Duration::from_secs(20), stream.next()).await {
+            Ok(Some(Ok(item))) => items.push(item),
+            other => return Err(format!("feed from {addr} ended early: {other:?}")),
+        }
+    }
+    Ok(items)
+}
