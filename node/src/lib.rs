@@ -6,6 +6,8 @@
 //! - [`network`]: the Raft transport over tonic.
 //! - [`proposer`]: the batched write path and the leader's clock.
 //! - [`server`]: the gRPC services (Raft, client, admin).
+//! - [`config`]: what a node is told at start.
+//! - `replica`: the core the services and background tasks share.
 //! - [`node`]: a running node: wiring, bootstrap, the lot-closing timer.
 //! - [`client`]: the client library (leader discovery, retries, deadlines).
 //! - [`follow`]: a resumable, gap-checked follower of the committed-event feed.
@@ -15,12 +17,14 @@
 
 pub mod bridge;
 pub mod client;
+pub mod config;
 pub mod follow;
 pub mod limits;
 pub mod network;
 pub mod node;
 pub mod proposer;
 pub mod raft;
+mod replica;
 pub mod server;
 pub mod store;
 pub mod subscribe;
@@ -33,8 +37,9 @@ pub mod pb {
 
 pub use bridge::{Bridge, BridgeError};
 pub use client::{Client, ClientError};
+pub use config::NodeConfig;
 pub use follow::{FollowError, Follower};
-pub use node::{Node, NodeConfig, NodeError};
+pub use node::{Node, NodeError};
 pub use subscribe::{
     BlockingHandler, DeadLetter, HandleError, Handler, OnBlockingPool, Progress, SubscribeError, Subscriber,
 };

@@ -1,69 +1,23 @@
 //! A running replica: storage, Raft, the write path, the closing timer and the gRPC server.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::async_runtime::WatchReceiver;
-use openraft::{BasicNode, Config, SnapshotPolicy};
+use openraft::BasicNode;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
+use crate::config::NodeConfig;
 use crate::limits;
 use crate::network::Network;
 use crate::pb;
 use crate::proposer::{Clock, ProposeError, Proposer};
 use crate::raft::{self, Raft};
+use crate::replica::NodeInner;
 use crate::server::Services;
-use crate::store::{self, LogStore, Shared, StateMachine, StoreError};
-
-/// Everything a node needs to start.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    pub id: u64,
-    /// Address the gRPC server binds.
-    pub listen: SocketAddr,
-    /// Address peers and clients use to reach this node (`host:port`).
-    pub advertise: String,
-    pub data_dir: PathBuf,
-    /// On a pristine cluster, the node with the lowest id initialises it with these members.
-    pub initial_members: Vec<(u64, String)>,
-    pub heartbeat_ms: u64,
-    pub election_timeout_min_ms: u64,
-    pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many entries (then purge logs below it, keeping a margin).
-    pub snapshot_logs: u64,
-    /// Log entries kept below the last snapshot for lagging followers.
-    pub logs_kept_after_snapshot: u64,
-    /// Added to the wall clock when stamping entries (fault injection).
-    pub clock_offset_ms: i64,
-    /// UNSAFE (jepsen only): serve "linearizable" reads without a read index.
-    pub unsafe_stale_reads: bool,
-    /// UNSAFE (jepsen only): acknowledge writes before they are committed.
-    pub unsafe_ack_before_commit: bool,
-}
-
-impl NodeConfig {
-    fn raft_config(&self) -> Result<Config, NodeError> {
-        let config = Config {
-            cluster_name: "gavel".into(),
-            heartbeat_interval: self.heartbeat_ms,
-            election_timeout_min: self.election_timeout_min_ms,
-            election_timeout_max: self.election_timeout_max_ms,
-            install_snapshot_timeout: limits::SNAPSHOT_TIMEOUT_SECS * 1000,
-            max_payload_entries: 256,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
-            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
-            purge_batch_size: 256,
-            replication_lag_threshold: self.logs_kept_after_snapshot.max(1),
-            ..Config::default()
-        };
-        config.validate().map_err(|e| NodeError::Config(e.to_string()))
-    }
-}
+use crate::store::{self, LogStore, StateMachine, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -77,52 +31,6 @@ pub enum NodeError {
     Raft(String),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
-}
-
-/// Shared by the services and background tasks.
-pub(crate) struct NodeInner {
-    pub(crate) config: NodeConfig,
-    pub(crate) raft: Raft,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) proposer: Proposer,
-    pub(crate) clock: Arc<Clock>,
-}
-
-/// Outgoing peer connections leave from the listen IP unless it is a wildcard.
-fn source_ip(config: &NodeConfig) -> Option<std::net::IpAddr> {
-    let ip = config.listen.ip();
-    (!ip.is_unspecified()).then_some(ip)
-}
-
-impl NodeInner {
-    pub(crate) fn local_ip(&self) -> Option<std::net::IpAddr> {
-        source_ip(&self.config)
-    }
-
-    pub(crate) fn metrics(&self) -> pb::MetricsResponse {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let membership = m.membership_config.membership();
-        let leader_addr =
-            m.current_leader.and_then(|id| membership.get_node(&id)).map(|n| n.addr.clone()).unwrap_or_default();
-        let (digest, applied) = {
-            let ledger = self.shared.ledger();
-            (ledger.digest().to_string(), self.shared.applied_index())
-        };
-        pb::MetricsResponse {
-            node_id: m.id,
-            state: format!("{:?}", m.state),
-            leader_id: m.current_leader,
-            leader_addr,
-            term: m.current_term,
-            last_log_index: m.last_log_index.unwrap_or(0),
-            last_applied_index: applied,
-            voters: membership.voter_ids().collect(),
-            learners: membership.learner_ids().collect(),
-            state_digest: digest,
-            snapshot_index: m.snapshot.map_or(0, |s| s.index),
-            purged_index: m.purged.map_or(0, |p| p.index),
-        }
-    }
 }
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -140,8 +48,8 @@ impl Node {
         let log = LogStore::new(db.clone());
         let sm = StateMachine::open(db)?;
         let shared = sm.shared();
-        let raft_config = Arc::new(config.raft_config()?);
-        let raft = Raft::new(config.id, raft_config, Network { local_ip: source_ip(&config) }, log, sm)
+        let raft_config = Arc::new(config.raft_config().map_err(|e| NodeError::Config(e.to_string()))?);
+        let raft = Raft::new(config.id, raft_config, Network { local_ip: config.source_ip() }, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let clock = Arc::new(Clock::new(config.clock_offset_ms));

@@ -15,11 +15,11 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use crate::limits;
-use crate::node::NodeInner;
 use crate::pb;
 use crate::pb::client_service_client::ClientServiceClient;
 use crate::proposer::ProposeError;
 use crate::raft;
+use crate::replica::NodeInner;
 
 /// Metadata key naming the leader's address on `Unavailable` answers.
 pub const LEADER_ADDR_HEADER: &str = "gavel-leader-addr";

@@ -1,0 +1,61 @@
+//! What a node is told at start: identity, addresses, data directory, Raft timings, and the
+//! fault-injection switches the jepsen harness uses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use openraft::{Config, ConfigError, SnapshotPolicy};
+
+use crate::limits;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Address the gRPC server binds.
+    pub listen: SocketAddr,
+    /// Address peers and clients use to reach this node (`host:port`).
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    /// On a pristine cluster, the node with the lowest id initialises it with these members.
+    pub initial_members: Vec<(u64, String)>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries (then purge logs below it, keeping a margin).
+    pub snapshot_logs: u64,
+    /// Log entries kept below the last snapshot for lagging followers.
+    pub logs_kept_after_snapshot: u64,
+    /// Added to the wall clock when stamping entries (fault injection).
+    pub clock_offset_ms: i64,
+    /// UNSAFE (jepsen only): serve "linearizable" reads without a read index.
+    pub unsafe_stale_reads: bool,
+    /// UNSAFE (jepsen only): acknowledge writes before they are committed.
+    pub unsafe_ack_before_commit: bool,
+}
+
+impl NodeConfig {
+    /// openraft's configuration for this node, validated.
+    pub(crate) fn raft_config(&self) -> Result<Config, ConfigError> {
+        let config = Config {
+            cluster_name: "gavel".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: limits::SNAPSHOT_TIMEOUT_SECS * 1000,
+            max_payload_entries: 256,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            purge_batch_size: 256,
+            replication_lag_threshold: self.logs_kept_after_snapshot.max(1),
+            ..Config::default()
+        };
+        config.validate()
+    }
+
+    /// Outgoing peer connections leave from the listen IP unless it is a wildcard.
+    pub(crate) fn source_ip(&self) -> Option<std::net::IpAddr> {
+        let ip = self.listen.ip();
+        (!ip.is_unspecified()).then_some(ip)
+    }
+}
