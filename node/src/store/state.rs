@@ -1,299 +1,27 @@
-//! RocksDB storage: the Raft log store and the state-machine store, in one database.
-//!
-//! Column families:
-//! - `log`: entry index (big-endian u64) -> `pb::Entry`.
-//! - `raft_meta`: `vote`, `committed`, `purged` -> protobuf.
-//! - `sm_meta`: `applied` (`pb::LogId`), `membership` (`pb::StoredMembership`), `clock` (i64).
-//! - `sm_state`: one record per ledger entity: `u/<user>`, `l/<lot>`, `a/<auction>`,
-//!   `r/<bidder>\0<bid_id>`, and bid-history lines `h/<lot>\0<seq>`.
-//! - `feed`: entry index -> `pb::FeedItem`, the events that entry produced (the outbox).
-//! - `snapshot`: `meta`, `data` of the last built or installed snapshot.
-//! - `default`: `format` and `node_id`, so a foreign or mixed-up data dir is refused.
-//!
-//! Log appends are acknowledged to openraft only after the WAL is fsync'd. A state-machine
-//! batch (ledger records, feed items and the applied id) is one atomic `WriteBatch`; it need
-//! not be fsync'd because the fsync'd log can always re-apply it. Every RocksDB call runs on a
-//! blocking thread, never on the async runtime.
+//! The ledger state machine: applies committed entries, persists what they touched, builds
+//! and installs snapshots.
 
 use std::io;
-use std::ops::{Bound, RangeBounds};
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use futures::StreamExt;
-use openraft::entry::RaftEntry;
-use openraft::storage::{
-    EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine,
-};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 use tokio::sync::watch;
 
 use crate::pb;
-use crate::raft::{self, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig, Vote};
+use crate::raft::{self, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use ledger::Ledger;
 
-const FORMAT: &[u8] = b"gavel-node/1";
-/// `SnapshotData.format_version` written and read by this build.
-const SNAPSHOT_FORMAT: u32 = 1;
-const CF_LOG: &str = "log";
-const CF_RAFT_META: &str = "raft_meta";
-const CF_SM_META: &str = "sm_meta";
-const CF_SM_STATE: &str = "sm_state";
-const CF_FEED: &str = "feed";
-const CF_SNAPSHOT: &str = "snapshot";
-const CFS: [&str; 6] = [CF_LOG, CF_RAFT_META, CF_SM_META, CF_SM_STATE, CF_FEED, CF_SNAPSHOT];
-
-/// Why a data directory could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("rocksdb: {0}")]
-    Rocks(#[from] rocksdb::Error),
-    #[error("{path} is not a Gavel node data directory (format marker {found:?})")]
-    Foreign { path: String, found: String },
-    #[error("{path} belongs to node {found}, not node {expected}")]
-    WrongNode { path: String, found: u64, expected: u64 },
-    #[error("corrupt data: {0}")]
-    Corrupt(String),
-}
-
-fn corrupt(what: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.into())
-}
-
-fn rocks(e: rocksdb::Error) -> io::Error {
-    io::Error::other(e)
-}
-
-fn cf<'a>(db: &'a DB, name: &str) -> io::Result<&'a rocksdb::ColumnFamily> {
-    db.cf_handle(name).ok_or_else(|| corrupt(format!("missing column family {name}")))
-}
-
-fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> io::Result<M> {
-    M::decode(bytes).map_err(|e| corrupt(format!("{what}: {e}")))
-}
-
-fn get_msg<M: Message + Default>(db: &DB, cf_name: &str, key: &[u8]) -> io::Result<Option<M>> {
-    match db.get_cf(cf(db, cf_name)?, key).map_err(rocks)? {
-        Some(bytes) => decode(&bytes, cf_name).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// Runs RocksDB work on a blocking thread.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
-}
-
-/// Opens (or creates) the node's database, checking it belongs to `node_id`.
-pub fn open_db(path: &Path, node_id: u64) -> Result<Arc<DB>, StoreError> {
-    let mut opts = Options::default();
-    opts.create_if_missing(true);
-    opts.create_missing_column_families(true);
-    // The WAL is what makes appends durable; keep it even under memory pressure.
-    opts.set_manual_wal_flush(false);
-    let cfs = CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
-    let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-    let shown = path.display().to_string();
-    match db.get(b"format")? {
-        Some(found) if found != FORMAT => {
-            return Err(StoreError::Foreign { path: shown, found: String::from_utf8_lossy(&found).into_owned() });
-        }
-        Some(_) => {}
-        None => {
-            if db
-                .iterator_cf(db.cf_handle(CF_LOG).ok_or(StoreError::Corrupt("no log cf".into()))?, IteratorMode::Start)
-                .next()
-                .is_some()
-            {
-                return Err(StoreError::Foreign { path: shown, found: String::new() });
-            }
-            let mut batch = WriteBatch::default();
-            batch.put(b"format", FORMAT);
-            batch.put(b"node_id", node_id.to_be_bytes());
-            let mut sync = WriteOptions::default();
-            sync.set_sync(true);
-            db.write_opt(batch, &sync)?;
-        }
-    }
-    let found = db.get(b"node_id")?.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_be_bytes);
-    match found {
-        Some(found) if found == node_id => Ok(Arc::new(db)),
-        Some(found) => Err(StoreError::WrongNode { path: shown, found, expected: node_id }),
-        None => Err(StoreError::Corrupt(format!("{shown} has no node id"))),
-    }
-}
-
-// =============================================================================================
-// Log store
-// =============================================================================================
-
-/// The Raft log on RocksDB. Cheap to clone; clones share the database.
-#[derive(Clone)]
-pub struct LogStore {
-    db: Arc<DB>,
-    /// Serialises write I/O so vote, append, truncate and purge reach disk in submission order.
-    write_order: Arc<tokio::sync::Mutex<()>>,
-}
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-fn index_of(key: &[u8]) -> io::Result<u64> {
-    <[u8; 8]>::try_from(key).map(u64::from_be_bytes).map_err(|_| corrupt("log key is not 8 bytes"))
-}
-
-impl LogStore {
-    pub fn new(db: Arc<DB>) -> LogStore {
-        LogStore { db, write_order: Arc::new(tokio::sync::Mutex::new(())) }
-    }
-
-    fn meta_log_id(&self, key: &[u8]) -> io::Result<Option<LogId>> {
-        Ok(get_msg::<pb::LogId>(&self.db, CF_RAFT_META, key)?.map(|id| raft::log_id_from_pb(&id)))
-    }
-
-    fn last_entry_id(&self) -> io::Result<Option<LogId>> {
-        let mut iter = self.db.iterator_cf(cf(&self.db, CF_LOG)?, IteratorMode::End);
-        match iter.next() {
-            Some(item) => {
-                let (_, value) = item.map_err(rocks)?;
-                let entry: pb::Entry = decode(&value, "log entry")?;
-                let id = entry.log_id.ok_or_else(|| corrupt("log entry without id"))?;
-                Ok(Some(raft::log_id_from_pb(&id)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Writes a batch with fsync on a blocking thread, in submission order.
-    async fn write_synced(&self, batch: WriteBatch) -> io::Result<()> {
-        let _order = self.write_order.lock().await;
-        let db = self.db.clone();
-        blocking(move || {
-            let mut opts = WriteOptions::default();
-            opts.set_sync(true);
-            db.write_opt(batch, &opts).map_err(rocks)
-        })
-        .await
-    }
-}
-
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, io::Error> {
-        let start = match range.start_bound() {
-            Bound::Included(&i) => i,
-            Bound::Excluded(&i) => i.saturating_add(1),
-            Bound::Unbounded => 0,
-        };
-        // Owned bounds, so the blocking closure does not borrow the caller's range type.
-        let range: (Bound<u64>, Bound<u64>) = (range.start_bound().cloned(), range.end_bound().cloned());
-        let db = self.db.clone();
-        blocking(move || {
-            let mut out = Vec::new();
-            let iter = db.iterator_cf(cf(&db, CF_LOG)?, IteratorMode::From(&index_key(start), Direction::Forward));
-            for item in iter {
-                let (key, value) = item.map_err(rocks)?;
-                if !range.contains(&index_of(&key)?) {
-                    break;
-                }
-                out.push(raft::entry_from_pb(decode(&value, "log entry")?).map_err(|e| corrupt(e.to_string()))?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        let db = self.db.clone();
-        blocking(move || {
-            get_msg::<pb::Vote>(&db, CF_RAFT_META, b"vote")?
-                .map(|v| raft::vote_from_pb(&Some(v)).map_err(|e| corrupt(e.to_string())))
-                .transpose()
-        })
-        .await
-    }
-}
-
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = Self;
-
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged_log_id = self.meta_log_id(b"purged")?;
-        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
-    }
-
-    async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
-    }
-
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_RAFT_META)?, b"vote", raft::vote_to_pb(vote).encode_to_vec());
-        self.write_synced(batch).await
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        let mut batch = WriteBatch::default();
-        let meta = cf(&self.db, CF_RAFT_META)?;
-        match committed {
-            Some(id) => batch.put_cf(meta, b"committed", raft::log_id_to_pb(&id).encode_to_vec()),
-            None => batch.delete_cf(meta, b"committed"),
-        }
-        // Not fsync'd: a lost committed marker is only a hint; it is rediscovered from peers.
-        let db = self.db.clone();
-        let _order = self.write_order.lock().await;
-        blocking(move || db.write(batch).map_err(rocks)).await
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        self.meta_log_id(b"committed")
-    }
-
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let mut batch = WriteBatch::default();
-        let log = cf(&self.db, CF_LOG)?;
-        for entry in entries {
-            batch.put_cf(log, index_key(entry.index()), raft::entry_to_pb(&entry).encode_to_vec());
-        }
-        // One synced WriteBatch per append: the callback fires only once the entries are on disk.
-        let result = self.write_synced(batch).await;
-        match &result {
-            Ok(()) => callback.io_completed(Ok(())),
-            Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
-        }
-        result
-    }
-
-    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        let from = last_log_id.map_or(0, |id| id.index + 1);
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf(&self.db, CF_LOG)?, index_key(from), index_key(u64::MAX));
-        batch.delete_cf(cf(&self.db, CF_LOG)?, index_key(u64::MAX));
-        self.write_synced(batch).await
-    }
-
-    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let mut batch = WriteBatch::default();
-        // The purge marker and the deletion in one batch: the log never has a hole below it.
-        batch.put_cf(cf(&self.db, CF_RAFT_META)?, b"purged", raft::log_id_to_pb(&log_id).encode_to_vec());
-        batch.delete_range_cf(cf(&self.db, CF_LOG)?, index_key(0), index_key(log_id.index + 1));
-        self.write_synced(batch).await
-    }
-}
-
-// =============================================================================================
-// State machine store
-// =============================================================================================
+use super::db::{
+    CF_FEED, CF_SM_META, CF_SM_STATE, CF_SNAPSHOT, SNAPSHOT_FORMAT, blocking, cf, corrupt, decode, get_msg, rocks,
+};
+use super::keys::{
+    auction_key, category_key, comment_key, content_key, history_key, history_prefix, index_key, index_of, lot_key,
+    recorded_key, user_key,
+};
 
 /// State shared between the state machine (owned by openraft) and the node's read paths.
 pub struct Shared {
@@ -316,34 +44,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     }
-}
-
-fn user_key(id: &str) -> Vec<u8> {
-    [b"u/", id.as_bytes()].concat()
-}
-fn lot_key(id: &str) -> Vec<u8> {
-    [b"l/", id.as_bytes()].concat()
-}
-fn auction_key(id: &str) -> Vec<u8> {
-    [b"a/", id.as_bytes()].concat()
-}
-fn recorded_key(bidder: &str, bid_id: &str) -> Vec<u8> {
-    [b"r/", bidder.as_bytes(), b"\0", bid_id.as_bytes()].concat()
-}
-fn category_key(id: &str) -> Vec<u8> {
-    [b"c/", id.as_bytes()].concat()
-}
-fn content_key(lot_id: &str) -> Vec<u8> {
-    [b"k/", lot_id.as_bytes()].concat()
-}
-fn comment_key(lot_id: &str, comment_id: &str) -> Vec<u8> {
-    [b"m/", lot_id.as_bytes(), b"\0", comment_id.as_bytes()].concat()
-}
-fn history_prefix(lot_id: &str) -> Vec<u8> {
-    [b"h/", lot_id.as_bytes(), b"\0"].concat()
-}
-fn history_key(lot_id: &str, seq: usize) -> Vec<u8> {
-    [history_prefix(lot_id).as_slice(), &(seq as u64).to_be_bytes()].concat()
 }
 
 impl StateMachine {

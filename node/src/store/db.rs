@@ -1,0 +1,99 @@
+//! The database: column families, the format marker, and the helpers every store uses.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use prost::Message;
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+
+pub(super) const FORMAT: &[u8] = b"gavel-node/1";
+/// `SnapshotData.format_version` written and read by this build.
+pub(super) const SNAPSHOT_FORMAT: u32 = 1;
+pub(super) const CF_LOG: &str = "log";
+pub(super) const CF_RAFT_META: &str = "raft_meta";
+pub(super) const CF_SM_META: &str = "sm_meta";
+pub(super) const CF_SM_STATE: &str = "sm_state";
+pub(super) const CF_FEED: &str = "feed";
+pub(super) const CF_SNAPSHOT: &str = "snapshot";
+pub(super) const CFS: [&str; 6] = [CF_LOG, CF_RAFT_META, CF_SM_META, CF_SM_STATE, CF_FEED, CF_SNAPSHOT];
+
+/// Why a data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("{path} is not a Gavel node data directory (format marker {found:?})")]
+    Foreign { path: String, found: String },
+    #[error("{path} belongs to node {found}, not node {expected}")]
+    WrongNode { path: String, found: u64, expected: u64 },
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+pub(super) fn corrupt(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+pub(super) fn rocks(e: rocksdb::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+pub(super) fn cf<'a>(db: &'a DB, name: &str) -> io::Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name).ok_or_else(|| corrupt(format!("missing column family {name}")))
+}
+
+pub(super) fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> io::Result<M> {
+    M::decode(bytes).map_err(|e| corrupt(format!("{what}: {e}")))
+}
+
+pub(super) fn get_msg<M: Message + Default>(db: &DB, cf_name: &str, key: &[u8]) -> io::Result<Option<M>> {
+    match db.get_cf(cf(db, cf_name)?, key).map_err(rocks)? {
+        Some(bytes) => decode(&bytes, cf_name).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Runs RocksDB work on a blocking thread.
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+/// Opens (or creates) the node's database, checking it belongs to `node_id`.
+pub fn open_db(path: &Path, node_id: u64) -> Result<Arc<DB>, StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // The WAL is what makes appends durable; keep it even under memory pressure.
+    opts.set_manual_wal_flush(false);
+    let cfs = CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+    let shown = path.display().to_string();
+    match db.get(b"format")? {
+        Some(found) if found != FORMAT => {
+            return Err(StoreError::Foreign { path: shown, found: String::from_utf8_lossy(&found).into_owned() });
+        }
+        Some(_) => {}
+        None => {
+            if db
+                .iterator_cf(db.cf_handle(CF_LOG).ok_or(StoreError::Corrupt("no log cf".into()))?, IteratorMode::Start)
+                .next()
+                .is_some()
+            {
+                return Err(StoreError::Foreign { path: shown, found: String::new() });
+            }
+            let mut batch = WriteBatch::default();
+            batch.put(b"format", FORMAT);
+            batch.put(b"node_id", node_id.to_be_bytes());
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            db.write_opt(batch, &sync)?;
+        }
+    }
+    let found = db.get(b"node_id")?.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_be_bytes);
+    match found {
+        Some(found) if found == node_id => Ok(Arc::new(db)),
+        Some(found) => Err(StoreError::WrongNode { path: shown, found, expected: node_id }),
+        None => Err(StoreError::Corrupt(format!("{shown} has no node id"))),
+    }
+}

@@ -1,0 +1,171 @@
+//! The Raft log store: entries, vote, committed and purged ids.
+
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::OptionalSend;
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use prost::Message;
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+
+use crate::pb;
+use crate::raft::{self, Entry, LogId, TypeConfig, Vote};
+
+use super::db::{CF_LOG, CF_RAFT_META, blocking, cf, corrupt, decode, get_msg, rocks};
+use super::keys::{index_key, index_of};
+
+/// The Raft log on RocksDB. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    /// Serialises write I/O so vote, append, truncate and purge reach disk in submission order.
+    write_order: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>) -> LogStore {
+        LogStore { db, write_order: Arc::new(tokio::sync::Mutex::new(())) }
+    }
+
+    fn meta_log_id(&self, key: &[u8]) -> io::Result<Option<LogId>> {
+        Ok(get_msg::<pb::LogId>(&self.db, CF_RAFT_META, key)?.map(|id| raft::log_id_from_pb(&id)))
+    }
+
+    fn last_entry_id(&self) -> io::Result<Option<LogId>> {
+        let mut iter = self.db.iterator_cf(cf(&self.db, CF_LOG)?, IteratorMode::End);
+        match iter.next() {
+            Some(item) => {
+                let (_, value) = item.map_err(rocks)?;
+                let entry: pb::Entry = decode(&value, "log entry")?;
+                let id = entry.log_id.ok_or_else(|| corrupt("log entry without id"))?;
+                Ok(Some(raft::log_id_from_pb(&id)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a batch with fsync on a blocking thread, in submission order.
+    async fn write_synced(&self, batch: WriteBatch) -> io::Result<()> {
+        let _order = self.write_order.lock().await;
+        let db = self.db.clone();
+        blocking(move || {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.write_opt(batch, &opts).map_err(rocks)
+        })
+        .await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        // Owned bounds, so the blocking closure does not borrow the caller's range type.
+        let range: (Bound<u64>, Bound<u64>) = (range.start_bound().cloned(), range.end_bound().cloned());
+        let db = self.db.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            let iter = db.iterator_cf(cf(&db, CF_LOG)?, IteratorMode::From(&index_key(start), Direction::Forward));
+            for item in iter {
+                let (key, value) = item.map_err(rocks)?;
+                if !range.contains(&index_of(&key)?) {
+                    break;
+                }
+                out.push(raft::entry_from_pb(decode(&value, "log entry")?).map_err(|e| corrupt(e.to_string()))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        let db = self.db.clone();
+        blocking(move || {
+            get_msg::<pb::Vote>(&db, CF_RAFT_META, b"vote")?
+                .map(|v| raft::vote_from_pb(&Some(v)).map_err(|e| corrupt(e.to_string())))
+                .transpose()
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id = self.meta_log_id(b"purged")?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_RAFT_META)?, b"vote", raft::vote_to_pb(vote).encode_to_vec());
+        self.write_synced(batch).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::default();
+        let meta = cf(&self.db, CF_RAFT_META)?;
+        match committed {
+            Some(id) => batch.put_cf(meta, b"committed", raft::log_id_to_pb(&id).encode_to_vec()),
+            None => batch.delete_cf(meta, b"committed"),
+        }
+        // Not fsync'd: a lost committed marker is only a hint; it is rediscovered from peers.
+        let db = self.db.clone();
+        let _order = self.write_order.lock().await;
+        blocking(move || db.write(batch).map_err(rocks)).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        self.meta_log_id(b"committed")
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let log = cf(&self.db, CF_LOG)?;
+        for entry in entries {
+            batch.put_cf(log, index_key(entry.index()), raft::entry_to_pb(&entry).encode_to_vec());
+        }
+        // One synced WriteBatch per append: the callback fires only once the entries are on disk.
+        let result = self.write_synced(batch).await;
+        match &result {
+            Ok(()) => callback.io_completed(Ok(())),
+            Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |id| id.index + 1);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf(&self.db, CF_LOG)?, index_key(from), index_key(u64::MAX));
+        batch.delete_cf(cf(&self.db, CF_LOG)?, index_key(u64::MAX));
+        self.write_synced(batch).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::default();
+        // The purge marker and the deletion in one batch: the log never has a hole below it.
+        batch.put_cf(cf(&self.db, CF_RAFT_META)?, b"purged", raft::log_id_to_pb(&log_id).encode_to_vec());
+        batch.delete_range_cf(cf(&self.db, CF_LOG)?, index_key(0), index_key(log_id.index + 1));
+        self.write_synced(batch).await
+    }
+}
