@@ -353,21 +353,22 @@ mod avx512 {
             first += len;
             let chunks = len.div_ceil(LANES);
             for head in 0..heads {
-                let (q_at, k_at, v_at) = (head * head_dim, hidden + head * head_dim, 2 * hidden + head * head_dim);
+                let k_at = hidden + head * head_dim;
                 keys.fill(0.0);
                 for (t, row) in rows.chunks_exact(stride).enumerate() {
                     for (d, &k) in row[k_at..][..head_dim].iter().enumerate() {
                         keys[d * padded + t] = k;
                     }
                 }
+                let head = Head { rows, stride, hidden, head_dim, len, padded, q_at: head * head_dim };
                 let mut i = 0;
                 while i < len {
                     let r = (len - i).min(ROWS);
                     match r {
-                        4 => scores::<4>(rows, stride, q_at, &keys, padded, chunks, i, &mut probs),
-                        3 => scores::<3>(rows, stride, q_at, &keys, padded, chunks, i, &mut probs),
-                        2 => scores::<2>(rows, stride, q_at, &keys, padded, chunks, i, &mut probs),
-                        _ => scores::<1>(rows, stride, q_at, &keys, padded, chunks, i, &mut probs),
+                        4 => head.scores::<4>(i, &keys, &mut probs),
+                        3 => head.scores::<3>(i, &keys, &mut probs),
+                        2 => head.scores::<2>(i, &keys, &mut probs),
+                        _ => head.scores::<1>(i, &keys, &mut probs),
                     }
                     i += r;
                 }
@@ -377,48 +378,17 @@ mod avx512 {
                 let mut i = 0;
                 while i < len {
                     let r = (len - i).min(ROWS);
-                    let context = Context { rows, stride, v_at, head_dim, hidden, len, padded, out_at: q_at };
                     match r {
-                        4 => context.tile::<4>(i, &probs, &inverses, text_out),
-                        3 => context.tile::<3>(i, &probs, &inverses, text_out),
-                        2 => context.tile::<2>(i, &probs, &inverses, text_out),
-                        _ => context.tile::<1>(i, &probs, &inverses, text_out),
+                        4 => head.context::<4>(i, &probs, &inverses, text_out),
+                        3 => head.context::<3>(i, &probs, &inverses, text_out),
+                        2 => head.context::<2>(i, &probs, &inverses, text_out),
+                        _ => head.context::<1>(i, &probs, &inverses, text_out),
                     }
                     i += r;
                 }
             }
         }
         out
-    }
-
-    /// Raw scores of queries `i..i + R` against all of the text's keys (in chunks of 16, the
-    /// last padded with zero keys), into `probs`.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn scores<const R: usize>(
-        rows: &[f32],
-        stride: usize,
-        q_at: usize,
-        keys: &[f32],
-        padded: usize,
-        chunks: usize,
-        i: usize,
-        probs: &mut [f32],
-    ) {
-        let head_dim = keys.len() / padded.max(1);
-        let queries: [&[f32]; R] = std::array::from_fn(|r| &rows[(i + r) * stride + q_at..][..head_dim]);
-        for chunk in 0..chunks {
-            let mut acc = [_mm512_setzero_ps(); R];
-            for d in 0..head_dim {
-                let k = load_f32s(&keys[d * padded + chunk * LANES..]);
-                for (acc, query) in acc.iter_mut().zip(&queries) {
-                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(query[d]), k, *acc);
-                }
-            }
-            for (r, acc) in acc.into_iter().enumerate() {
-                store_f32s(&mut probs[(i + r) * padded + chunk * LANES..], acc);
-            }
-        }
     }
 
     /// One query's raw scores (`len` real, then padding to whole chunks) to `e^(scale *
@@ -471,29 +441,54 @@ mod avx512 {
         out
     }
 
-    /// Where a head's context comes from and goes.
-    struct Context<'a> {
+    /// One head of one text: where its queries, keys and values sit in the text's rows of the
+    /// stacked projection, and the shape of the buffers its steps share.
+    struct Head<'a> {
+        /// The text's rows of the stacked projection.
         rows: &'a [f32],
         stride: usize,
-        v_at: usize,
-        head_dim: usize,
         hidden: usize,
+        head_dim: usize,
+        /// The text's tokens.
         len: usize,
+        /// `len` of the batch's longest text, rounded up to whole chunks of 16: the row length
+        /// of the transposed keys and of the probabilities.
         padded: usize,
-        /// The head's first column in the output rows.
-        out_at: usize,
+        /// The head's first column among the queries (and in the output rows).
+        q_at: usize,
     }
 
-    impl Context<'_> {
+    impl Head<'_> {
+        /// Raw scores of queries `i..i + R` against all of the text's keys (`keys` transposed,
+        /// in chunks of 16, the last padded with zero keys), into `probs`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        fn scores<const R: usize>(&self, i: usize, keys: &[f32], probs: &mut [f32]) {
+            let queries: [&[f32]; R] =
+                std::array::from_fn(|r| &self.rows[(i + r) * self.stride + self.q_at..][..self.head_dim]);
+            for chunk in 0..self.len.div_ceil(LANES) {
+                let mut acc = [_mm512_setzero_ps(); R];
+                for d in 0..self.head_dim {
+                    let k = load_f32s(&keys[d * self.padded + chunk * LANES..]);
+                    for (acc, query) in acc.iter_mut().zip(&queries) {
+                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(query[d]), k, *acc);
+                    }
+                }
+                for (r, acc) in acc.into_iter().enumerate() {
+                    store_f32s(&mut probs[(i + r) * self.padded + chunk * LANES..], acc);
+                }
+            }
+        }
+
         /// Queries `i..i + R`: their probabilities times the values, 32 of the head's
         /// dimensions at a time, scaled by 1 / the probabilities' sum, into `out`.
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        fn tile<const R: usize>(&self, i: usize, probs: &[f32], inverses: &[f32], out: &mut [f32]) {
+        fn context<const R: usize>(&self, i: usize, probs: &[f32], inverses: &[f32], out: &mut [f32]) {
             let probs: [&[f32]; R] = std::array::from_fn(|r| &probs[(i + r) * self.padded..][..self.len]);
+            let v_at = 2 * self.hidden + self.q_at;
             for part in (0..self.head_dim).step_by(TILE) {
                 let mut acc = [[_mm512_setzero_ps(); 2]; R];
                 for (j, value) in self.rows.chunks_exact(self.stride).enumerate() {
-                    let value = &value[self.v_at + part..][..TILE];
+                    let value = &value[v_at + part..][..TILE];
                     let (v0, v1) = (load_f32s(value), load_f32s(&value[LANES..]));
                     for ([a0, a1], probs) in acc.iter_mut().zip(&probs) {
                         let p = _mm512_set1_ps(probs[j]);
@@ -503,7 +498,7 @@ mod avx512 {
                 }
                 for (r, [a0, a1]) in acc.into_iter().enumerate() {
                     let inverse = _mm512_set1_ps(inverses[i + r]);
-                    let at = (i + r) * self.hidden + self.out_at + part;
+                    let at = (i + r) * self.hidden + self.q_at + part;
                     store_f32s(&mut out[at..], _mm512_mul_ps(a0, inverse));
                     store_f32s(&mut out[at + LANES..], _mm512_mul_ps(a1, inverse));
                 }

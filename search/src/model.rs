@@ -6,6 +6,7 @@
 //! looked up.
 //! e5 conventions: `passage: ` before documents, `query: ` before queries, mean pooling over
 //! the tokens, L2 normalisation.
+
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor};
@@ -355,11 +356,11 @@ impl Encoder {
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let h = self.dims.hidden;
         let lens: Vec<usize> = batch.iter().map(|ids| ids.len()).collect();
-        let mut x = vec![0.0f32; lens.iter().sum::<usize>() * h];
         if lens.iter().any(|&len| len > self.dims.max_positions) {
             // `embed` cuts texts to fit: a longer one here would shift every text after it.
             return Err(ModelError::Format(FormatError::Invalid("a text longer than the model's positions".into())));
         }
+        let mut x = vec![0.0f32; lens.iter().sum::<usize>() * h];
         let mut rows = x.chunks_exact_mut(h);
         for ids in batch {
             for ((&id, row), position) in ids.iter().zip(rows.by_ref()).zip(w.positions.chunks_exact(h)) {
