@@ -15,6 +15,7 @@
 //!   sweeper.
 //! - [`events`]: the live projection: feed items to WebSocket messages.
 //! - [`hub`]: fan-out of those messages to sockets, with replay history.
+//! - [`woken`]: a stream polled only when it woke its task (each socket's read half).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`web`]: the bidder page, embedded.
 //! - [`dev`]: `gavel dev`, a local cluster with demo data.
@@ -38,6 +39,7 @@ pub mod server;
 pub mod state;
 pub mod tools;
 pub mod web;
+pub mod woken;
 
 pub use config::{GatewayConfig, HttpArgs};
 pub use error::AppError;

@@ -12,8 +12,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use futures::stream::SplitSink;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -28,6 +27,7 @@ use crate::extract::ApiQuery;
 use crate::feed::now_ms;
 use crate::hub::{Frame, Outbox};
 use crate::state::AppState;
+use crate::woken::WhenWoken;
 
 /// Close code for a client that fell behind (application range 4000-4999).
 pub const CLOSE_LAGGING: u16 = 4000;
@@ -149,16 +149,22 @@ struct Session {
     keys: BTreeMap<String, u64>,
     /// The highest index sent: where the client resumes (`since`) after a lagging close.
     last_index: u64,
-    sink: SplitSink<WebSocket, WsMessage>,
+    /// Read through [`WhenWoken`]: a socket's task wakes for every event it sends, and the
+    /// read half is only worth polling when the socket woke it.
+    socket: WhenWoken<WebSocket>,
 }
 
 impl Session {
     async fn run(socket: WebSocket, state: AppState, caller: Option<Caller>, permit: OwnedSemaphorePermit) {
         let (outbox, mut queue) = state.live.hub.outbox();
-        let (sink, mut stream) = socket.split();
         let limits = state.sockets.limits;
         let mut stopped = state.sockets.stopped.clone();
-        let mut session = Session { state, caller, outbox, keys: BTreeMap::new(), last_index: 0, sink };
+        // Made once: a fresh `wait_for` per loop would register and drop a waiter under the
+        // channel's lock for every event this socket sends.
+        let stop = stopping(&mut stopped);
+        tokio::pin!(stop);
+        let socket = WhenWoken::new(socket);
+        let mut session = Session { state, caller, outbox, keys: BTreeMap::new(), last_index: 0, socket };
         session.state.metrics.ws_connections.inc();
         let quota = Quota::per_second(
             std::num::NonZeroU32::new(limits.actions_per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
@@ -166,17 +172,21 @@ impl Session {
         .allow_burst(std::num::NonZeroU32::new(limits.actions_burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN));
         let actions = RateLimiter::direct(quota);
         let mut warned_flood = false;
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + limits.heartbeat, limits.heartbeat);
+        let ticks = tokio::time::interval_at(Instant::now() + limits.heartbeat, limits.heartbeat);
+        let mut heartbeat = WhenWoken::new(Box::pin(futures::stream::unfold(ticks, |mut ticks| async move {
+            ticks.tick().await;
+            Some(((), ticks))
+        })));
         let mut last_heard = Instant::now();
 
         let end = loop {
             let step = tokio::select! {
-                () = stopping(&mut stopped) => Err(End::Close(close_code::AWAY, "the gateway is shutting down; reconnect with since".into())),
+                () = &mut stop => Err(End::Close(close_code::AWAY, "the gateway is shutting down; reconnect with since".into())),
                 frame = queue.recv() => match frame {
                     Some(frame) => session.deliver(frame).await,
                     None => Err(End::Gone),
                 },
-                incoming = stream.next() => {
+                incoming = session.socket.next() => {
                     last_heard = Instant::now();
                     match incoming {
                         None => Err(End::Gone),
@@ -203,7 +213,7 @@ impl Session {
                         Some(Ok(_)) => Ok(()),
                     }
                 }
-                _ = heartbeat.tick() => {
+                _ = heartbeat.next() => {
                     if last_heard.elapsed() > limits.heartbeat * 2 {
                         // Dead: nothing to say to it, and no closing handshake to wait for.
                         debug!("socket silent for two heartbeats; dropping it");
@@ -226,12 +236,12 @@ impl Session {
         };
         if let End::Close(code, reason) = end {
             let close = WsMessage::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }));
-            if let Ok(Ok(())) = tokio::time::timeout(limits.send_timeout, session.sink.send(close)).await {
+            if let Ok(Ok(())) = tokio::time::timeout(limits.send_timeout, session.socket.get_mut().send(close)).await {
                 // The closing handshake: read until the peer's close (briefly). Dropping a
                 // socket with unread input makes the kernel reset it, and a reset discards
                 // what the peer had not read yet, our close frame and error included.
                 let _ = tokio::time::timeout(CLOSE_LINGER, async {
-                    while let Some(Ok(m)) = stream.next().await {
+                    while let Some(Ok(m)) = session.socket.next().await {
                         if matches!(m, WsMessage::Close(_)) {
                             break;
                         }
@@ -260,7 +270,7 @@ impl Session {
     }
 
     async fn send(&mut self, message: WsMessage) -> Result<(), End> {
-        let send = self.sink.send(message);
+        let send = self.socket.get_mut().send(message);
         tokio::pin!(send);
         // Nearly every send completes at once (the kernel takes it): arm the timer only for
         // one that waits, so ten thousand sockets do not each register a timer per event.

@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod fanout;
 pub mod plot;
 pub mod search;
+mod stamped;
 pub mod suite;
 pub mod target;
 

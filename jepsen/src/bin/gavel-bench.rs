@@ -300,8 +300,7 @@ async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchErro
         Cmd::Fanout { sockets, bids, rate } => {
             let r = fanout::run(env, &FanoutSpec { sockets, bids, rate }).await?;
             println!(
-                "fanout {} sockets ({} connected in {:.1} s), {} bids at {}/s: delivered {}/{}  \
-                 p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  (bid round trip p50 {:.2} ms p99 {:.2} ms)",
+                "fanout {} sockets ({} connected in {:.1} s), {} bids at {}/s: delivered {}/{}\n  read by the clients: p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  (bid round trip p50 {:.2} ms p99 {:.2} ms)",
                 r.sockets,
                 r.connected,
                 r.connect_seconds,
@@ -317,8 +316,16 @@ async fn main_async(env: &Env, command: Cmd, out: &Path) -> Result<(), BenchErro
                 r.bid_p99_ms
             );
             println!(
+                "  arrived at the sockets (kernel stamp): p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  ({} unstamped)",
+                r.arrival_p50_ms, r.arrival_p99_ms, r.arrival_p999_ms, r.arrival_max_ms, r.unstamped
+            );
+            println!(
                 "gateway memory: {} KiB before, {} KiB with the sockets: {} bytes per connection; lagging disconnects {}",
                 r.gateway_rss_before_kib, r.gateway_rss_connected_kib, r.bytes_per_connection, r.lagging
+            );
+            println!(
+                "CPU per delivery: gateway {:.1} µs, clients {:.1} µs",
+                r.gateway_cpu_us_per_delivery, r.clients_cpu_us_per_delivery
             );
             write_json(&out.join(format!("fanout-{sockets}.json")), &json!(r))?;
         }
