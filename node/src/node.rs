@@ -17,7 +17,7 @@ use crate::proposer::{Clock, ProposeError, Proposer};
 use crate::raft::{self, Raft};
 use crate::replica::NodeInner;
 use crate::server::Services;
-use crate::store::{self, LogStore, StateMachine, StoreError};
+use crate::store::{self, LogStore, Poisoned, StateMachine, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -92,7 +92,7 @@ impl Node {
         self.inner.config.id
     }
 
-    pub fn metrics(&self) -> pb::MetricsResponse {
+    pub fn metrics(&self) -> Result<pb::MetricsResponse, Poisoned> {
         self.inner.metrics()
     }
 
@@ -164,7 +164,13 @@ async fn close_lots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
         }
         let now_ms = node.clock.now_ms();
         let due: Vec<ledger::pb::Command> = {
-            let ledger = node.shared.ledger();
+            let ledger = match node.shared.ledger() {
+                Ok(ledger) => ledger,
+                Err(e) => {
+                    tracing::error!(error = %e, "closing lots stops");
+                    return;
+                }
+            };
             ledger
                 .lots_due(now_ms)
                 .take(limits::CLOSE_LOTS_PER_TICK_MAX)

@@ -120,7 +120,17 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, shared: Arc<Shared>, c
             }
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let at_ms = clock.stamp(shared.ledger().last_at_ms());
+        let last_at_ms = match shared.ledger() {
+            Ok(ledger) => ledger.last_at_ms(),
+            Err(e) => {
+                // The state machine is broken and raft halts on it: nothing can be proposed.
+                for p in batch {
+                    let _ = p.reply.send(Err(ProposeError::Stopped(e.to_string())));
+                }
+                continue;
+            }
+        };
+        let at_ms = clock.stamp(last_at_ms);
         let raft = raft.clone();
         let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         if unsafe_ack && raft.is_leader() {
@@ -147,7 +157,15 @@ fn ack_before_commit(
     commands: &[ledger::pb::Command],
     replies: Vec<oneshot::Sender<Result<pb::CommandResult, ProposeError>>>,
 ) {
-    let mut scratch = shared.ledger().clone();
+    let mut scratch = match shared.ledger() {
+        Ok(ledger) => ledger.clone(),
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(ProposeError::Stopped(e.to_string())));
+            }
+            return;
+        }
+    };
     for (command, reply) in commands.iter().zip(replies) {
         let mut command = command.clone();
         command.at_ms = at_ms;

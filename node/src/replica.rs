@@ -8,7 +8,7 @@ use crate::config::NodeConfig;
 use crate::pb;
 use crate::proposer::{Clock, Proposer};
 use crate::raft::Raft;
-use crate::store::Shared;
+use crate::store::{Poisoned, Shared};
 
 /// Shared by the services and background tasks.
 pub(crate) struct NodeInner {
@@ -24,16 +24,14 @@ impl NodeInner {
         self.config.source_ip()
     }
 
-    pub(crate) fn metrics(&self) -> pb::MetricsResponse {
+    pub(crate) fn metrics(&self) -> Result<pb::MetricsResponse, Poisoned> {
         let m = self.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let leader_addr =
             m.current_leader.and_then(|id| membership.get_node(&id)).map(|n| n.addr.clone()).unwrap_or_default();
-        let (digest, applied) = {
-            let ledger = self.shared.ledger();
-            (ledger.digest().to_string(), self.shared.applied_index())
-        };
-        pb::MetricsResponse {
+        let digest = self.shared.state_digest()?;
+        let applied = self.shared.applied_index();
+        Ok(pb::MetricsResponse {
             node_id: m.id,
             state: format!("{:?}", m.state),
             leader_id: m.current_leader,
@@ -46,6 +44,6 @@ impl NodeInner {
             state_digest: digest,
             snapshot_index: m.snapshot.map_or(0, |s| s.index),
             purged_index: m.purged.map_or(0, |p| p.index),
-        }
+        })
     }
 }

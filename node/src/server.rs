@@ -20,6 +20,7 @@ use crate::pb::client_service_client::ClientServiceClient;
 use crate::proposer::ProposeError;
 use crate::raft;
 use crate::replica::NodeInner;
+use crate::store::Poisoned;
 
 /// Metadata key naming the leader's address on `Unavailable` answers.
 pub const LEADER_ADDR_HEADER: &str = "gavel-leader-addr";
@@ -51,6 +52,11 @@ fn propose_status(e: ProposeError) -> Status {
         }
         ProposeError::Stopped(msg) => Status::unavailable(format!("raft unavailable: {msg}")),
     }
+}
+
+/// The state machine is broken: this replica answers nothing from it.
+fn poisoned(e: Poisoned) -> Status {
+    Status::unavailable(e.to_string())
 }
 
 fn is_forwarded<T>(request: &Request<T>) -> bool {
@@ -215,7 +221,7 @@ impl pb::client_service_server::ClientService for Services {
         }
         let shared = &self.node.shared;
         let applied_index = shared.applied_index();
-        let ledger = shared.ledger();
+        let ledger = shared.ledger().map_err(poisoned)?;
         let lot = ledger.lot(&req.lot_id);
         Ok(Response::new(pb::ReadLotResponse {
             lot: lot.map(ledger::state::lot_view),
@@ -242,7 +248,7 @@ impl pb::client_service_server::ClientService for Services {
         }
         let shared = &self.node.shared;
         let applied_index = shared.applied_index();
-        let categories = shared.ledger().category_views();
+        let categories = shared.ledger().map_err(poisoned)?.category_views();
         Ok(Response::new(pb::ReadCategoriesResponse { categories, applied_index, stale: req.stale }))
     }
 
@@ -257,7 +263,7 @@ impl pb::client_service_server::ClientService for Services {
         }
         let shared = &self.node.shared;
         let applied_index = shared.applied_index();
-        let ledger = shared.ledger();
+        let ledger = shared.ledger().map_err(poisoned)?;
         Ok(Response::new(pb::ReadImageResponse {
             image: if req.image_id.is_empty() { None } else { ledger.image(&req.image_id) },
             referenced: !req.content_hash.is_empty() && ledger.image_referenced(&req.content_hash),
@@ -274,7 +280,7 @@ impl pb::client_service_server::ClientService for Services {
         }
         let shared = &self.node.shared;
         let applied_index = shared.applied_index();
-        let ledger = shared.ledger();
+        let ledger = shared.ledger().map_err(poisoned)?;
         let user = if req.user_id.is_empty() { ledger.user_by_name(&req.username) } else { ledger.user(&req.user_id) };
         Ok(Response::new(pb::ReadUserResponse {
             user: user.map(ledger::state::user_view),
@@ -295,7 +301,7 @@ impl pb::client_service_server::ClientService for Services {
         }
         let shared = &self.node.shared;
         let applied_index = shared.applied_index();
-        let ledger = shared.ledger();
+        let ledger = shared.ledger().map_err(poisoned)?;
         Ok(Response::new(pb::ReadAuctionResponse {
             auction: ledger.auction(&req.auction_id).map(ledger::state::auction_view),
             applied_index,
@@ -425,6 +431,6 @@ impl pb::admin_service_server::AdminService for Services {
     }
 
     async fn metrics(&self, _request: Request<pb::MetricsRequest>) -> Result<Response<pb::MetricsResponse>, Status> {
-        Ok(Response::new(self.node.metrics()))
+        Ok(Response::new(self.node.metrics().map_err(poisoned)?))
     }
 }

@@ -107,13 +107,13 @@ async fn state_machine_batches_are_atomic_across_a_crash_image() {
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1)), "the image holds exactly the first batch");
     let shared = sm.shared();
-    assert_eq!(shared.ledger().digest(), expected.digest(), "ledger state is the first batch's, whole");
+    assert_eq!(shared.ledger().unwrap().digest(), expected.digest(), "ledger state is the first batch's, whole");
     assert_eq!(shared.feed_after(0, 10).unwrap().len(), 1, "one feed item, for entry 1");
     // And the full database reopens with both batches.
     drop(shared);
     drop(sm);
     let sm = StateMachine::open(open_db(dir.path(), 1).unwrap()).unwrap();
-    assert_eq!(sm.shared().ledger().users().count(), 100);
+    assert_eq!(sm.shared().ledger().unwrap().users().count(), 100);
 }
 
 fn command(actor: &str, body: Body) -> lp::Command {
@@ -229,20 +229,57 @@ async fn lot_content_survives_a_reopen_and_a_snapshot_install() {
     let snapshot = {
         let mut sm = StateMachine::open(open_db(dir.path(), 1).unwrap()).unwrap();
         apply(&mut sm, entries).await;
-        assert_eq!(sm.shared().ledger().digest(), expected.digest());
+        assert_eq!(sm.shared().ledger().unwrap().digest(), expected.digest());
         let mut builder = sm.get_snapshot_builder().await;
         builder.build_snapshot().await.unwrap()
     };
     let reopened = StateMachine::open(open_db(dir.path(), 1).unwrap()).unwrap();
-    assert_eq!(reopened.shared().ledger().digest(), expected.digest(), "reopened from its records");
-    let content = reopened.shared().ledger().lot("L").unwrap().content.clone();
+    assert_eq!(reopened.shared().ledger().unwrap().digest(), expected.digest(), "reopened from its records");
+    let content = reopened.shared().ledger().unwrap().lot("L").unwrap().content.clone();
     assert_eq!(content.comments.iter().map(|c| c.comment_id.as_str()).collect::<Vec<_>>(), ["c2"]);
     assert_eq!(content.images.iter().map(|i| i.image_id.as_str()).collect::<Vec<_>>(), ["i2", "i1"]);
     let fresh = tempfile::tempdir().unwrap();
     let mut installed = StateMachine::open(open_db(fresh.path(), 1).unwrap()).unwrap();
     installed.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
-    assert_eq!(installed.shared().ledger().digest(), expected.digest(), "installed from a snapshot");
+    assert_eq!(installed.shared().ledger().unwrap().digest(), expected.digest(), "installed from a snapshot");
     drop(installed);
     let reopened = StateMachine::open(open_db(fresh.path(), 1).unwrap()).unwrap();
-    assert_eq!(reopened.shared().ledger().digest(), expected.digest(), "the installed replica reopened");
+    assert_eq!(reopened.shared().ledger().unwrap().digest(), expected.digest(), "the installed replica reopened");
+}
+
+/// The metrics digest is cached per ledger change: it must follow every applied batch and an
+/// installed snapshot, and never answer with an older state's.
+#[tokio::test]
+async fn the_cached_digest_follows_every_change() {
+    use openraft::storage::RaftSnapshotBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(open_db(dir.path(), 1).unwrap()).unwrap();
+    let shared = sm.shared();
+    let empty = shared.state_digest().unwrap();
+    assert_eq!(empty, Ledger::new().digest().to_string());
+    apply(&mut sm, vec![proposal_entry(1, 1_000, vec![user("a")])]).await;
+    let one = shared.state_digest().unwrap();
+    assert_ne!(one, empty, "a new user changes the digest");
+    assert_eq!(one, shared.ledger().unwrap().digest().to_string());
+    assert_eq!(shared.state_digest().unwrap(), one, "asked again, the same");
+    // A blank entry changes nothing in the ledger, so nothing in its digest.
+    let blank = Entry { log_id: log_id(2), payload: EntryPayload::Blank };
+    apply(&mut sm, vec![blank]).await;
+    assert_eq!(shared.state_digest().unwrap(), one);
+    apply(&mut sm, vec![proposal_entry(3, 3_000, vec![user("b")])]).await;
+    let two = shared.state_digest().unwrap();
+    assert_ne!(two, one, "not the cached digest of the older state");
+    assert_eq!(two, shared.ledger().unwrap().digest().to_string());
+    // A snapshot of the one-user state, installed over the two-user one.
+    let snapshot = {
+        let other = tempfile::tempdir().unwrap();
+        let mut older = StateMachine::open(open_db(other.path(), 1).unwrap()).unwrap();
+        apply(&mut older, vec![proposal_entry(4, 4_000, vec![user("c")])]).await;
+        let mut builder = older.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap()
+    };
+    sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    let installed = shared.state_digest().unwrap();
+    assert_ne!(installed, two);
+    assert_eq!(installed, shared.ledger().unwrap().digest().to_string());
 }

@@ -27,4 +27,4 @@ mod state;
 
 pub use db::{StoreError, open_db};
 pub use log::LogStore;
-pub use state::{Shared, StateMachine};
+pub use state::{Poisoned, Shared, StateMachine};

@@ -2,7 +2,8 @@
 //! and installs snapshots.
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::StreamExt;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -30,6 +31,24 @@ pub struct Shared {
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     /// The last applied log index, for feed subscribers and read-index waits.
     applied_index: watch::Sender<u64>,
+    /// Bumped under the ledger's write lock whenever the ledger changes: the key of `digest`.
+    generation: AtomicU64,
+    /// The state digest of one generation: hashing the whole state is not redone for every
+    /// metrics call, only after the ledger changed.
+    digest: Mutex<Option<(u64, String)>>,
+}
+
+/// A lock poisoned by a panic while it was held: the state behind it may be half-changed.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "the {0} lock was poisoned by a panic mid-update; this replica stops rather than read or apply half-changed state"
+)]
+pub struct Poisoned(&'static str);
+
+impl From<Poisoned> for io::Error {
+    fn from(p: Poisoned) -> io::Error {
+        io::Error::other(p)
+    }
 }
 
 /// The ledger state machine on RocksDB. Cheap to clone; clones share the state.
@@ -38,12 +57,10 @@ pub struct StateMachine {
     shared: Arc<Shared>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock means a panic mid-apply: the replica must stop rather than diverge.
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+/// A panic while the lock was held may have left its data half-changed: an error, so the
+/// replica stops (openraft halts on a state-machine error) rather than diverge.
+fn lock<'a, T>(m: &'a Mutex<T>, what: &'static str) -> Result<MutexGuard<'a, T>, Poisoned> {
+    m.lock().map_err(|_| Poisoned(what))
 }
 
 impl StateMachine {
@@ -54,8 +71,14 @@ impl StateMachine {
         let membership = raft::stored_membership_from_pb(&membership).map_err(|e| corrupt(e.to_string()))?;
         let ledger = load_ledger(&db)?;
         let (applied_index, _) = watch::channel(applied.map_or(0, |id| id.index));
-        let shared =
-            Shared { db, ledger: RwLock::new(ledger), applied: Mutex::new((applied, membership)), applied_index };
+        let shared = Shared {
+            db,
+            ledger: RwLock::new(ledger),
+            applied: Mutex::new((applied, membership)),
+            applied_index,
+            generation: AtomicU64::new(0),
+            digest: Mutex::new(None),
+        };
         Ok(StateMachine { shared: Arc::new(shared) })
     }
 
@@ -116,11 +139,30 @@ fn load_ledger(db: &DB) -> io::Result<Ledger> {
 }
 
 impl Shared {
-    pub fn ledger(&self) -> RwLockReadGuard<'_, Ledger> {
-        match self.ledger.read() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
+    pub fn ledger(&self) -> Result<RwLockReadGuard<'_, Ledger>, Poisoned> {
+        self.ledger.read().map_err(|_| Poisoned("ledger"))
+    }
+
+    /// The ledger for a change; the caller bumps `generation` before releasing it.
+    fn ledger_mut(&self) -> Result<RwLockWriteGuard<'_, Ledger>, Poisoned> {
+        self.ledger.write().map_err(|_| Poisoned("ledger"))
+    }
+
+    /// The state digest (BLAKE3 of the canonical encoding), recomputed only when the ledger
+    /// changed since the last call.
+    pub fn state_digest(&self) -> Result<String, Poisoned> {
+        let ledger = self.ledger()?;
+        // Read under the ledger's read lock: no change can land between this and the hash.
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut cached = lock(&self.digest, "digest")?;
+        if let Some((g, digest)) = cached.as_ref()
+            && *g == generation
+        {
+            return Ok(digest.clone());
         }
+        let digest = ledger.digest().to_string();
+        *cached = Some((generation, digest.clone()));
+        Ok(digest)
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -252,7 +294,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok(lock(&self.shared.applied).clone())
+        Ok(lock(&self.shared.applied, "applied")?.clone())
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -274,13 +316,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match &entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(proposal) => {
-                    let mut ledger = match self.shared.ledger.write() {
-                        Ok(g) => g,
-                        Err(poisoned) => poisoned.into_inner(),
-                    };
+                    let mut ledger = self.shared.ledger_mut()?;
                     let state = cf(&db, CF_SM_STATE)?;
                     let (outcomes, events) = apply_proposal(&mut ledger, &mut batch, state, proposal, index);
                     let clock = ledger.last_at_ms();
+                    self.shared.generation.fetch_add(1, Ordering::Release);
                     drop(ledger);
                     batch.put_cf(cf(&db, CF_SM_META)?, b"clock", clock.to_be_bytes());
                     item.at_ms = proposal.at_ms;
@@ -308,7 +348,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         batch.put_cf(cf(&db, CF_SM_META)?, b"applied", raft::log_id_to_pb(&last_id).encode_to_vec());
         blocking(move || db.write(batch).map_err(rocks)).await?;
         {
-            let mut applied = lock(&self.shared.applied);
+            let mut applied = lock(&self.shared.applied, "applied")?;
             debug_assert!(applied.0.is_none_or(|a| a.index < last_id.index), "applied index must increase");
             applied.0 = Some(last_id);
             if let Some(m) = membership {
@@ -344,13 +384,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await?;
         {
-            let mut guard = match self.shared.ledger.write() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut guard = self.shared.ledger_mut()?;
             *guard = ledger;
+            self.shared.generation.fetch_add(1, Ordering::Release);
         }
-        *lock(&self.shared.applied) = (meta.last_log_id, meta.last_membership.clone());
+        *lock(&self.shared.applied, "applied")? = (meta.last_log_id, meta.last_membership.clone());
         self.shared.applied_index.send_replace(meta.last_log_id.map_or(0, |id| id.index));
         Ok(())
     }
@@ -448,8 +486,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         blocking(move || {
             let db = &shared.db;
-            let guard = shared.ledger();
-            let (applied, membership) = lock(&shared.applied).clone();
+            let guard = shared.ledger()?;
+            let (applied, membership) = lock(&shared.applied, "applied")?.clone();
             // Copy under the lock, encode after it: applying waits for the copy only, not for
             // the canonical encoding too.
             let ledger = guard.clone();
@@ -483,5 +521,34 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Ok(raft::Snapshot { meta, snapshot: raw })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+    use super::*;
+    use crate::raft::{Entry, LeaderId};
+
+    #[tokio::test]
+    async fn a_panic_under_the_ledger_lock_stops_the_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(super::super::open_db(dir.path(), 1).unwrap()).unwrap();
+        let shared = sm.shared();
+        // A panic while applying: the ledger may be half-changed.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = shared.ledger.write();
+            panic!("a bug mid-apply (deliberate, for this test)");
+        }));
+        assert!(shared.ledger().is_err(), "reads refuse the half-changed state");
+        assert!(shared.state_digest().is_err());
+        let proposal = pb::Proposal { at_ms: 1_000, commands: Vec::new() };
+        let log_id = LogId { leader_id: LeaderId { term: 1, node_id: 1 }, index: 1 };
+        let entry = Entry { log_id, payload: EntryPayload::Normal(proposal) };
+        let entries = futures::stream::iter([Ok::<_, io::Error>((entry, None))]);
+        let applied = sm.apply(entries).await;
+        assert!(applied.is_err_and(|e| e.to_string().contains("poisoned")), "applying stops instead of carrying on");
+        assert_eq!(shared.applied_index(), 0, "nothing was applied on top");
     }
 }
