@@ -210,7 +210,8 @@ async fn follow(
         match item {
             Ok(item) => {
                 let messages = live.with_projection(|p| p.apply(&item));
-                live.hub.publish(item.index, messages);
+                let sent = live.hub.publish(item.index, messages).await;
+                metrics.ws_messages_sent.inc_by(sent);
                 view.feed_index.store(item.index, Ordering::Release);
                 metrics.feed_index.set(i64::try_from(item.index).unwrap_or(i64::MAX));
             }

@@ -1,10 +1,15 @@
 //! The fan-out hub: one feed follower per gateway publishes here, every socket subscribes here.
 //!
-//! Each socket has one bounded outbox; publishing puts each message into the outbox of every
-//! socket subscribed to its topic, so a socket receives its topics' messages in log order. An
-//! outbox that is full means its socket fell behind: it is marked lagging and gets nothing
-//! more (a later message after a dropped one would be a silent gap), and the socket tells its
-//! client to resume from the last index it was sent.
+//! Each socket has one bounded outbox. Publishing writes a message straight to every
+//! subscribed socket whose write half is idle: nothing queued ahead of it, its session not
+//! writing, the kernel taking the bytes at once. That is nearly every socket, and it spares a
+//! queue hand-off and a task wake-up per socket per event. Any other socket gets the message
+//! in its queue, and its session sends it. Once a socket has anything queued, everything after
+//! it queues too, so a socket receives its topics' messages in log order. A queue that is full
+//! means its socket fell behind: it is marked lagging and gets nothing more (a later message
+//! after a dropped one would be a silent gap), and the socket tells its client to resume from
+//! the last index it was sent. Publishing splits the subscribers of a message across the
+//! runtime's workers and finishes one message before the next.
 //!
 //! Each topic keeps a bounded history for `since` replays. Joining takes the replay and
 //! registers the outbox under the lock publishing holds, so the seam between replayed and
@@ -12,12 +17,15 @@
 //! topics; a topic remembers the newest index it dropped, and a `since` below that is refused
 //! (`history_gone`), never answered with a hole.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
-use axum::extract::ws::Utf8Bytes;
+use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket};
+use futures::Sink;
+use futures::stream::SplitSink;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -47,6 +55,26 @@ impl Default for HubLimits {
     }
 }
 
+/// Subscribers a part of one message's delivery is given at least.
+const PART_MIN: usize = 512;
+/// Sockets written between yields: each write is a system call, and the worker has other
+/// tasks.
+const YIELD_EVERY: usize = 64;
+
+/// Offers `frame` to each of `targets`; returns how many took it at once.
+async fn offer_all(frame: &Frame, targets: &[Arc<Outbox>]) -> u64 {
+    let mut sent = 0;
+    for (i, outbox) in targets.iter().enumerate() {
+        if outbox.offer(frame) == Offer::Sent {
+            sent += 1;
+        }
+        if i % YIELD_EVERY == YIELD_EVERY - 1 {
+            tokio::task::yield_now().await;
+        }
+    }
+    sent
+}
+
 /// A `since` the hub can no longer answer without a hole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("history up to index {floor} is gone")]
@@ -54,17 +82,104 @@ pub struct HistoryGone {
     pub floor: u64,
 }
 
-/// A socket's side of the hub: its queue of frames and whether it fell behind.
+/// A socket's write half.
+pub type Writer = SplitSink<WebSocket, WsMessage>;
+
+/// What publishing and a socket's session share, under the outbox's lock (never held across
+/// an await).
+#[derive(Default)]
+pub struct Line {
+    /// The write half, while the session is not writing with it.
+    pub writer: Option<Writer>,
+    /// Frames in the queue not sent yet: while there are any, new ones queue behind them.
+    pub queued: usize,
+    /// A frame was accepted but the kernel has not taken all of it: the session finishes it
+    /// (woken by `attention`), and frames queue until then.
+    pub unflushed: bool,
+    /// Topic keys held, each with the index its live frames must exceed: a client's `since`
+    /// may be ahead of a gateway still catching up after a restart, and those it has.
+    pub keys: BTreeMap<String, u64>,
+    /// The highest index sent: where the client resumes (`since`) after a lagging close.
+    pub last_index: u64,
+}
+
+impl Line {
+    /// Whether `frame` is for a topic held, and new to the client.
+    pub fn wants(&self, frame: &Frame) -> bool {
+        self.keys.get(frame.key.as_ref()).is_some_and(|&after| frame.index > after)
+    }
+}
+
+/// A socket's side of the hub: its line, its queue of frames and whether it fell behind.
 pub struct Outbox {
     id: u64,
     tx: mpsc::Sender<Frame>,
     lagging: AtomicBool,
+    line: Mutex<Line>,
+    /// Wakes the session to finish an unflushed frame.
+    pub attention: tokio::sync::Notify,
+}
+
+/// What became of a frame offered to one socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offer {
+    Sent,
+    Queued,
+    Skipped,
 }
 
 impl Outbox {
     /// True once a message could not be queued: nothing after it will be.
     pub fn is_lagging(&self) -> bool {
         self.lagging.load(Ordering::Acquire)
+    }
+
+    pub fn line(&self) -> MutexGuard<'_, Line> {
+        // Every step under this lock is an assignment or a non-blocking poll: a panic leaves
+        // the line usable.
+        self.line.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends `frame` now if the socket's write half is idle, else queues it behind the rest.
+    fn offer(&self, frame: &Frame) -> Offer {
+        if self.is_lagging() {
+            return Offer::Skipped;
+        }
+        let mut line = self.line();
+        if line.queued == 0 && !line.unflushed && line.writer.is_some() {
+            if !line.wants(frame) {
+                return Offer::Skipped;
+            }
+            let Line { writer: Some(writer), .. } = &mut *line else { return Offer::Skipped };
+            // A waker that does nothing: whatever would wait goes to the queue instead, and
+            // the session waits for it with its own.
+            let mut cx = Context::from_waker(Waker::noop());
+            match Pin::new(&mut *writer).poll_ready(&mut cx) {
+                Poll::Ready(Ok(())) => {
+                    if Pin::new(&mut *writer).start_send(WsMessage::Text(frame.text.clone())).is_err() {
+                        // Broken: the session hears of it on its next read or write.
+                        return Offer::Skipped;
+                    }
+                    let flushed = Pin::new(&mut *writer).poll_flush(&mut cx);
+                    line.last_index = line.last_index.max(frame.index);
+                    if flushed.is_pending() {
+                        line.unflushed = true;
+                        self.attention.notify_one();
+                    }
+                    return Offer::Sent;
+                }
+                Poll::Ready(Err(_)) => return Offer::Skipped,
+                Poll::Pending => {}
+            }
+        }
+        if self.tx.try_send(frame.clone()).is_ok() {
+            line.queued += 1;
+            Offer::Queued
+        } else {
+            // Full (or the socket is gone): drop it from everything after this point.
+            self.lagging.store(true, Ordering::Release);
+            Offer::Skipped
+        }
     }
 }
 
@@ -92,6 +207,8 @@ struct Inner {
 
 pub struct Hub {
     limits: HubLimits,
+    /// Parts a message's subscribers are split into: the runtime's workers.
+    parts_max: usize,
     next_id: AtomicU64,
     inner: Mutex<Inner>,
 }
@@ -100,6 +217,7 @@ impl Hub {
     pub fn new(limits: HubLimits) -> Hub {
         Hub {
             limits,
+            parts_max: std::thread::available_parallelism().map_or(1, |n| n.get()),
             next_id: AtomicU64::new(1),
             inner: Mutex::new(Inner { topics: HashMap::new(), order: VecDeque::new(), index: 0 }),
         }
@@ -119,37 +237,66 @@ impl Hub {
     pub fn outbox(&self) -> (Arc<Outbox>, mpsc::Receiver<Frame>) {
         let (tx, rx) = mpsc::channel(self.limits.outbox_max.max(1));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        (Arc::new(Outbox { id, tx, lagging: AtomicBool::new(false) }), rx)
+        let outbox = Outbox {
+            id,
+            tx,
+            lagging: AtomicBool::new(false),
+            line: Mutex::new(Line::default()),
+            attention: tokio::sync::Notify::new(),
+        };
+        (Arc::new(outbox), rx)
     }
 
-    /// Publishes the messages of feed entry `index` (greater than every earlier one).
-    pub fn publish(&self, index: u64, messages: Vec<Message>) {
-        let mut inner = self.lock();
-        inner.index = index;
-        for m in messages {
-            let key = m.topic.key();
-            let text = json!({"topic": m.topic.wire_name(), "index": index, "event": m.event}).to_string();
-            let frame = Frame { index, key: Arc::from(key.as_str()), text: Utf8Bytes::from(text) };
-            let topic = inner.topics.entry(key.clone()).or_insert_with(TopicState::new);
-            for outbox in topic.subscribers.values() {
-                if outbox.is_lagging() {
-                    continue;
-                }
-                if outbox.tx.try_send(frame.clone()).is_err() {
-                    // Full (or the socket is gone): drop it from everything after this point.
-                    outbox.lagging.store(true, Ordering::Release);
+    /// Publishes the messages of feed entry `index` (greater than every earlier one), and
+    /// returns how many frames went straight to sockets (the rest were queued).
+    pub async fn publish(&self, index: u64, messages: Vec<Message>) -> u64 {
+        let mut deliveries = Vec::with_capacity(messages.len());
+        {
+            let mut inner = self.lock();
+            inner.index = index;
+            for m in messages {
+                let key = m.topic.key();
+                let text = json!({"topic": m.topic.wire_name(), "index": index, "event": m.event}).to_string();
+                let frame = Frame { index, key: Arc::from(key.as_str()), text: Utf8Bytes::from(text) };
+                let topic = inner.topics.entry(key.clone()).or_insert_with(TopicState::new);
+                // Taken with the history under one lock: a socket joining later replays this
+                // frame from the history, one joined earlier is among these.
+                let targets: Vec<Arc<Outbox>> = topic.subscribers.values().cloned().collect();
+                topic.history.push_back(frame.clone());
+                inner.order.push_back(key);
+                deliveries.push((frame, targets));
+            }
+            while inner.order.len() > self.limits.history_max {
+                let Some(key) = inner.order.pop_front() else { break };
+                let Some(topic) = inner.topics.get_mut(&key) else { continue };
+                if let Some(old) = topic.history.pop_front() {
+                    topic.dropped_upto = old.index;
                 }
             }
-            topic.history.push_back(frame);
-            inner.order.push_back(key);
         }
-        while inner.order.len() > self.limits.history_max {
-            let Some(key) = inner.order.pop_front() else { break };
-            let Some(topic) = inner.topics.get_mut(&key) else { continue };
-            if let Some(old) = topic.history.pop_front() {
-                topic.dropped_upto = old.index;
-            }
+        let mut sent = 0;
+        for (frame, targets) in deliveries {
+            sent += self.deliver(frame, targets).await;
         }
+        sent
+    }
+
+    /// Offers `frame` to every target, in parts on the runtime's workers at once.
+    async fn deliver(&self, frame: Frame, mut targets: Vec<Arc<Outbox>>) -> u64 {
+        let parts = self.parts_max.min(targets.len() / PART_MIN).max(1);
+        let size = targets.len().div_ceil(parts);
+        let mut helpers = Vec::with_capacity(parts);
+        while targets.len() > size {
+            let part = targets.split_off(targets.len() - size);
+            let frame = frame.clone();
+            helpers.push(tokio::spawn(async move { offer_all(&frame, &part).await }));
+        }
+        let mut sent = offer_all(&frame, &targets).await;
+        for helper in helpers {
+            // A part cannot panic short of a bug; its sockets' sessions would time out then.
+            sent += helper.await.unwrap_or(0);
+        }
+        sent
     }
 
     /// Subscribes `outbox` to `key` and returns the replay of every message after `since`
@@ -203,15 +350,15 @@ mod tests {
         out
     }
 
-    #[test]
-    fn replay_then_live_has_no_gap_and_no_duplicate() {
+    #[tokio::test]
+    async fn replay_then_live_has_no_gap_and_no_duplicate() {
         let hub = Hub::new(HubLimits::default());
         for i in 1..=5 {
-            hub.publish(i, vec![lot_msg("a", i)]);
+            hub.publish(i, vec![lot_msg("a", i)]).await;
         }
         let (outbox, mut rx) = hub.outbox();
         let replay = hub.join(&outbox, "lot:a", Some(2));
-        hub.publish(6, vec![lot_msg("a", 6), lot_msg("b", 6)]);
+        hub.publish(6, vec![lot_msg("a", 6), lot_msg("b", 6)]).await;
         let replay = replay.unwrap_or_default();
         assert_eq!(indices(&replay), [3, 4, 5]);
         assert_eq!(drain(&mut rx), [6], "lot b is not subscribed");
@@ -219,62 +366,62 @@ mod tests {
         assert_eq!(v, json!({"topic": "lot:a", "index": 3, "event": {"type": "bid", "n": 3}}));
     }
 
-    #[test]
-    fn one_outbox_gets_all_its_topics_in_log_order() {
+    #[tokio::test]
+    async fn one_outbox_gets_all_its_topics_in_log_order() {
         let hub = Hub::new(HubLimits::default());
         let (outbox, mut rx) = hub.outbox();
         assert!(hub.join(&outbox, "lot:a", None).is_ok());
         assert!(hub.join(&outbox, "lot:b", None).is_ok());
         for i in 1..=6 {
-            hub.publish(i, vec![lot_msg(if i % 2 == 0 { "a" } else { "b" }, i)]);
+            hub.publish(i, vec![lot_msg(if i % 2 == 0 { "a" } else { "b" }, i)]).await;
         }
         assert_eq!(drain(&mut rx), [1, 2, 3, 4, 5, 6]);
         hub.leave(&outbox, "lot:a");
-        hub.publish(7, vec![lot_msg("a", 7)]);
-        hub.publish(8, vec![lot_msg("b", 8)]);
+        hub.publish(7, vec![lot_msg("a", 7)]).await;
+        hub.publish(8, vec![lot_msg("b", 8)]).await;
         assert_eq!(drain(&mut rx), [8]);
     }
 
-    #[test]
-    fn evicted_history_refuses_an_older_since_per_topic() {
+    #[tokio::test]
+    async fn evicted_history_refuses_an_older_since_per_topic() {
         let hub = Hub::new(HubLimits { history_max: 3, ..HubLimits::default() });
         let (outbox, _rx) = hub.outbox();
-        hub.publish(1, vec![lot_msg("a", 1)]);
-        hub.publish(2, vec![lot_msg("b", 2)]);
-        hub.publish(3, vec![lot_msg("a", 3)]);
-        hub.publish(4, vec![lot_msg("a", 4)]);
+        hub.publish(1, vec![lot_msg("a", 1)]).await;
+        hub.publish(2, vec![lot_msg("b", 2)]).await;
+        hub.publish(3, vec![lot_msg("a", 3)]).await;
+        hub.publish(4, vec![lot_msg("a", 4)]).await;
         // Index 1 (lot a) was evicted; lot b lost nothing.
         assert_eq!(hub.join(&outbox, "lot:a", Some(0)).err(), Some(HistoryGone { floor: 1 }));
         assert!(hub.join(&outbox, "lot:a", Some(1)).is_ok_and(|r| indices(&r) == [3, 4]));
         assert!(hub.join(&outbox, "lot:b", Some(0)).is_ok_and(|r| indices(&r) == [2]));
-        hub.publish(5, vec![lot_msg("c", 5)]);
-        hub.publish(6, vec![lot_msg("c", 6)]);
+        hub.publish(5, vec![lot_msg("c", 5)]).await;
+        hub.publish(6, vec![lot_msg("c", 6)]).await;
         // Lot b's only message is gone now, and it says so.
         assert_eq!(hub.join(&outbox, "lot:b", Some(0)).err(), Some(HistoryGone { floor: 2 }));
         // A topic that never had a message has nothing to miss.
         assert!(hub.join(&outbox, "lot:never", Some(0)).is_ok_and(|r| r.is_empty()));
     }
 
-    #[test]
-    fn a_full_outbox_is_lagging_and_gets_nothing_after_the_gap() {
+    #[tokio::test]
+    async fn a_full_outbox_is_lagging_and_gets_nothing_after_the_gap() {
         let hub = Hub::new(HubLimits { outbox_max: 2, ..HubLimits::default() });
         let (slow, mut slow_rx) = hub.outbox();
         let (fast, mut fast_rx) = hub.outbox();
         assert!(hub.join(&slow, "lot:a", None).is_ok());
         assert!(hub.join(&fast, "lot:a", None).is_ok());
-        hub.publish(1, vec![lot_msg("a", 1)]);
-        hub.publish(2, vec![lot_msg("a", 2)]);
+        hub.publish(1, vec![lot_msg("a", 1)]).await;
+        hub.publish(2, vec![lot_msg("a", 2)]).await;
         assert_eq!(drain(&mut fast_rx), [1, 2]);
-        hub.publish(3, vec![lot_msg("a", 3)]);
+        hub.publish(3, vec![lot_msg("a", 3)]).await;
         assert!(slow.is_lagging());
         assert_eq!(drain(&mut slow_rx), [1, 2]);
-        hub.publish(4, vec![lot_msg("a", 4)]);
+        hub.publish(4, vec![lot_msg("a", 4)]).await;
         assert_eq!(drain(&mut slow_rx), Vec::<u64>::new(), "nothing after the gap");
         assert_eq!(drain(&mut fast_rx), [3, 4], "the others are unaffected");
     }
 
-    #[test]
-    fn a_topic_is_forgotten_when_it_remembers_nothing() {
+    #[tokio::test]
+    async fn a_topic_is_forgotten_when_it_remembers_nothing() {
         let hub = Hub::new(HubLimits::default());
         let (outbox, _rx) = hub.outbox();
         assert!(hub.join(&outbox, "lot:a", None).is_ok());

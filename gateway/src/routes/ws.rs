@@ -4,7 +4,6 @@
 //! pings the peer. Everything a client can send wrong gets an error frame (or, for frames
 //! over the size limit, close code 1009); nothing a client sends can stop another socket.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,8 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use futures::{FutureExt, StreamExt};
+use futures::stream::SplitStream;
+use futures::{FutureExt, SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -25,7 +25,7 @@ use crate::error::AppError;
 use crate::events::Topic;
 use crate::extract::ApiQuery;
 use crate::feed::now_ms;
-use crate::hub::{Frame, Outbox};
+use crate::hub::{Frame, Outbox, Writer};
 use crate::state::AppState;
 use crate::woken::WhenWoken;
 
@@ -140,18 +140,16 @@ enum End {
     Close(u16, String),
 }
 
+/// A socket's task. Its write half lives in its outbox's [`Line`], where publishing writes
+/// straight to it; the session takes it out for its own writes (replies, pings, queued and
+/// replayed frames) and puts it back after, so the two never interleave.
 struct Session {
     state: AppState,
     caller: Option<Caller>,
     outbox: Arc<Outbox>,
-    /// Hub keys held, each with the index its live frames must exceed: the client's `since`
-    /// may be ahead of a gateway still catching up after a restart, and those it has.
-    keys: BTreeMap<String, u64>,
-    /// The highest index sent: where the client resumes (`since`) after a lagging close.
-    last_index: u64,
-    /// Read through [`WhenWoken`]: a socket's task wakes for every event it sends, and the
+    /// Read through [`WhenWoken`]: the task also wakes for its queue and heartbeat, and the
     /// read half is only worth polling when the socket woke it.
-    socket: WhenWoken<WebSocket>,
+    stream: WhenWoken<SplitStream<WebSocket>>,
 }
 
 impl Session {
@@ -163,8 +161,9 @@ impl Session {
         // channel's lock for every event this socket sends.
         let stop = stopping(&mut stopped);
         tokio::pin!(stop);
-        let socket = WhenWoken::new(socket);
-        let mut session = Session { state, caller, outbox, keys: BTreeMap::new(), last_index: 0, socket };
+        let (writer, stream) = socket.split();
+        outbox.line().writer = Some(writer);
+        let mut session = Session { state, caller, outbox, stream: WhenWoken::new(stream) };
         session.state.metrics.ws_connections.inc();
         let quota = Quota::per_second(
             std::num::NonZeroU32::new(limits.actions_per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
@@ -186,7 +185,8 @@ impl Session {
                     Some(frame) => session.deliver(frame).await,
                     None => Err(End::Gone),
                 },
-                incoming = session.socket.next() => {
+                () = session.outbox.attention.notified() => session.finish_flush().await,
+                incoming = session.stream.next() => {
                     last_heard = Instant::now();
                     match incoming {
                         None => Err(End::Gone),
@@ -228,7 +228,7 @@ impl Session {
             }
             if session.outbox.is_lagging() {
                 session.state.metrics.ws_lagging.inc();
-                let last = session.last_index;
+                let last = session.outbox.line().last_index;
                 let m = format!("this socket fell behind; reconnect and subscribe with since={last}");
                 let _ = session.send(error_frame("lagging", m, json!({"last_index": last}))).await;
                 break End::Close(CLOSE_LAGGING, format!("lagging; resume with since={last}"));
@@ -236,12 +236,17 @@ impl Session {
         };
         if let End::Close(code, reason) = end {
             let close = WsMessage::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }));
-            if let Ok(Ok(())) = tokio::time::timeout(limits.send_timeout, session.socket.get_mut().send(close)).await {
+            let writer = session.outbox.line().writer.take();
+            let closed = match writer {
+                Some(mut writer) => tokio::time::timeout(limits.send_timeout, writer.send(close)).await,
+                None => Ok(Err(axum::Error::new("the socket's write half is gone"))),
+            };
+            if let Ok(Ok(())) = closed {
                 // The closing handshake: read until the peer's close (briefly). Dropping a
                 // socket with unread input makes the kernel reset it, and a reset discards
                 // what the peer had not read yet, our close frame and error included.
                 let _ = tokio::time::timeout(CLOSE_LINGER, async {
-                    while let Some(Ok(m)) = session.socket.next().await {
+                    while let Some(Ok(m)) = session.stream.next().await {
                         if matches!(m, WsMessage::Close(_)) {
                             break;
                         }
@@ -250,7 +255,8 @@ impl Session {
                 .await;
             }
         }
-        for key in std::mem::take(&mut session.keys).into_keys() {
+        let keys = std::mem::take(&mut session.outbox.line().keys);
+        for key in keys.into_keys() {
             session.state.live.hub.leave(&session.outbox, &key);
         }
         session.state.metrics.ws_connections.dec();
@@ -269,34 +275,41 @@ impl Session {
         }
     }
 
+    /// Sends with the write half taken out of the line, so publishing queues meanwhile.
     async fn send(&mut self, message: WsMessage) -> Result<(), End> {
-        let send = self.socket.get_mut().send(message);
-        tokio::pin!(send);
-        // Nearly every send completes at once (the kernel takes it): arm the timer only for
-        // one that waits, so ten thousand sockets do not each register a timer per event.
-        let sent = match (&mut send).now_or_never() {
-            Some(sent) => sent,
-            None => match tokio::time::timeout(self.state.sockets.limits.send_timeout, send).await {
-                Ok(sent) => sent,
-                Err(_) => return Err(End::Gone),
-            },
-        };
-        sent.map_err(|_| End::Gone)
+        let Some(mut writer) = self.outbox.line().writer.take() else { return Err(End::Gone) };
+        let sent = send_within(&mut writer, message, self.state.sockets.limits.send_timeout).await;
+        self.outbox.line().writer = Some(writer);
+        sent
     }
 
+    /// Sends a frame from the queue, if its topic is still held and it is new to the client.
     async fn deliver(&mut self, frame: Frame) -> Result<(), End> {
-        if self.keys.get(frame.key.as_ref()).is_none_or(|&after| frame.index <= after) {
-            return Ok(());
+        let wanted = self.outbox.line().wants(&frame);
+        let index = frame.index;
+        let sent = if wanted { self.send(WsMessage::Text(frame.text)).await } else { Ok(()) };
+        let mut line = self.outbox.line();
+        // Counted down only now: until the frame is out, later ones queue behind it.
+        line.queued = line.queued.saturating_sub(1);
+        if wanted && sent.is_ok() {
+            line.last_index = line.last_index.max(index);
+            self.state.metrics.ws_messages_sent.inc();
         }
-        self.send_frame(frame).await
+        sent
     }
 
-    /// Sends one event frame and records it as the resume point.
-    async fn send_frame(&mut self, frame: Frame) -> Result<(), End> {
-        self.send(WsMessage::Text(frame.text)).await?;
-        self.last_index = self.last_index.max(frame.index);
-        self.state.metrics.ws_messages_sent.inc();
-        Ok(())
+    /// Finishes a frame publishing wrote that the kernel did not take in full.
+    async fn finish_flush(&mut self) -> Result<(), End> {
+        let Some(mut writer) = self.outbox.line().writer.take() else { return Err(End::Gone) };
+        let timeout = self.state.sockets.limits.send_timeout;
+        let flushed = match tokio::time::timeout(timeout, writer.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        };
+        let mut line = self.outbox.line();
+        line.writer = Some(writer);
+        line.unflushed = false;
+        flushed
     }
 
     async fn act(&mut self, text: &str) -> Result<(), End> {
@@ -320,7 +333,9 @@ impl Session {
                     match self.topic(&name) {
                         Ok(topic) => {
                             let key = topic.key();
-                            if self.keys.remove(&key).is_some() {
+                            // Out of the line first: publishing writes nothing more for it.
+                            let held = self.outbox.line().keys.remove(&key).is_some();
+                            if held {
                                 self.state.live.hub.leave(&self.outbox, &key);
                             }
                         }
@@ -354,29 +369,37 @@ impl Session {
         }
     }
 
+    /// Joins the topics and sends their replays. The write half is held throughout, so
+    /// publishing queues what arrives meanwhile and a live frame cannot overtake the replay.
     async fn subscribe(&mut self, names: Vec<String>, since: Option<u64>) -> Result<(), End> {
+        let Some(mut writer) = self.outbox.line().writer.take() else { return Err(End::Gone) };
+        let mut out: Vec<WsMessage> = Vec::new();
         let mut replay: Vec<Frame> = Vec::new();
         for name in names {
             let topic = match self.topic(&name) {
                 Ok(t) => t,
                 Err((code, message)) => {
-                    self.send(error_frame(code, message, json!({"topic": name}))).await?;
+                    out.push(error_frame(code, message, json!({"topic": name})));
                     continue;
                 }
             };
             let key = topic.key();
-            if self.keys.contains_key(&key) {
-                // Already live: a second replay would repeat what is queued.
-                continue;
-            }
-            if self.keys.len() >= self.state.sockets.limits.topics_max {
+            let held = {
+                let line = self.outbox.line();
+                if line.keys.contains_key(&key) {
+                    // Already live: a second replay would repeat what is queued.
+                    continue;
+                }
+                line.keys.len()
+            };
+            if held >= self.state.sockets.limits.topics_max {
                 let m = format!("a socket may hold at most {} topics", self.state.sockets.limits.topics_max);
-                self.send(error_frame("too_many_topics", m, json!({"topic": name}))).await?;
+                out.push(error_frame("too_many_topics", m, json!({"topic": name})));
                 continue;
             }
             match self.state.live.hub.join(&self.outbox, &key, since) {
                 Ok(frames) => {
-                    self.keys.insert(key, since.unwrap_or(0));
+                    self.outbox.line().keys.insert(key, since.unwrap_or(0));
                     replay.extend(frames);
                 }
                 Err(gone) => {
@@ -384,18 +407,54 @@ impl Session {
                         "events of {name} up to index {} are no longer held; reload over HTTP and subscribe without since",
                         gone.floor
                     );
-                    self.send(error_frame("history_gone", m, json!({"topic": name, "floor": gone.floor}))).await?;
+                    out.push(error_frame("history_gone", m, json!({"topic": name, "floor": gone.floor})));
                 }
             }
         }
         // Several topics' replays interleave by log index; a stable sort keeps each entry's
         // own order.
         replay.sort_by_key(|f| f.index);
-        for frame in replay {
-            self.send_frame(frame).await?;
+        let timeout = self.state.sockets.limits.send_timeout;
+        let mut sent = Ok(());
+        let mut last = 0;
+        for message in out {
+            sent = send_within(&mut writer, message, timeout).await;
+            if sent.is_err() {
+                break;
+            }
         }
-        Ok(())
+        if sent.is_ok() {
+            for frame in replay {
+                let index = frame.index;
+                sent = send_within(&mut writer, WsMessage::Text(frame.text), timeout).await;
+                if sent.is_err() {
+                    break;
+                }
+                last = index;
+                self.state.metrics.ws_messages_sent.inc();
+            }
+        }
+        let mut line = self.outbox.line();
+        line.writer = Some(writer);
+        line.last_index = line.last_index.max(last);
+        sent
     }
+}
+
+/// One send, given at most `timeout` if the kernel does not take it at once.
+async fn send_within(writer: &mut Writer, message: WsMessage, timeout: Duration) -> Result<(), End> {
+    let send = writer.send(message);
+    tokio::pin!(send);
+    // Nearly every send completes at once: arm the timer only for one that waits, so ten
+    // thousand sockets do not each register a timer per event.
+    let sent = match (&mut send).now_or_never() {
+        Some(sent) => sent,
+        None => match tokio::time::timeout(timeout, send).await {
+            Ok(sent) => sent,
+            Err(_) => return Err(End::Gone),
+        },
+    };
+    sent.map_err(|_| End::Gone)
 }
 
 /// Resolves once the gateway stops (the guard `wait_for` returns must not live across awaits).
