@@ -24,8 +24,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket};
-use futures::Sink;
+use std::panic::AssertUnwindSafe;
+
 use futures::stream::SplitSink;
+use futures::{FutureExt, Sink};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -61,7 +63,21 @@ const PART_MIN: usize = 512;
 /// tasks.
 const YIELD_EVERY: usize = 64;
 
-/// Offers `frame` to each of `targets`; returns how many took it at once.
+/// Offers `frame` to each of `targets`; returns how many took it at once. A panic (a bug)
+/// marks every target lagging: none of them may get a later frame after a possible gap.
+async fn offer_part(frame: &Frame, targets: &[Arc<Outbox>]) -> u64 {
+    // Unconstrained: tokio's per-task budget would make a socket write answer "not ready"
+    // after a hundred or so, sending every later socket down the slow path for nothing. The
+    // loop yields by itself.
+    let offered = tokio::task::unconstrained(AssertUnwindSafe(offer_all(frame, targets)).catch_unwind()).await;
+    offered.unwrap_or_else(|_| {
+        for outbox in targets {
+            outbox.lagging.store(true, Ordering::Release);
+        }
+        0
+    })
+}
+
 async fn offer_all(frame: &Frame, targets: &[Arc<Outbox>]) -> u64 {
     let mut sent = 0;
     for (i, outbox) in targets.iter().enumerate() {
@@ -156,17 +172,28 @@ impl Outbox {
             let mut cx = Context::from_waker(Waker::noop());
             match Pin::new(&mut *writer).poll_ready(&mut cx) {
                 Poll::Ready(Ok(())) => {
-                    if Pin::new(&mut *writer).start_send(WsMessage::Text(frame.text.clone())).is_err() {
-                        // Broken: the session hears of it on its next read or write.
-                        return Offer::Skipped;
+                    // The sink only stores the frame here; the write happens in the flush.
+                    let stored = Pin::new(&mut *writer).start_send(WsMessage::Text(frame.text.clone()));
+                    match (stored, Pin::new(&mut *writer).poll_flush(&mut cx)) {
+                        (Ok(()), Poll::Ready(Ok(()))) => {
+                            line.last_index = line.last_index.max(frame.index);
+                            return Offer::Sent;
+                        }
+                        (Ok(()), Poll::Pending) => {
+                            // Accepted, and written out ahead of anything sent after it.
+                            line.last_index = line.last_index.max(frame.index);
+                            line.unflushed = true;
+                            self.attention.notify_one();
+                            return Offer::Sent;
+                        }
+                        _ => {
+                            // Broken or closing: not sent. The session's flush meets the same
+                            // error and ends the socket; until then frames queue.
+                            line.unflushed = true;
+                            self.attention.notify_one();
+                            return Offer::Skipped;
+                        }
                     }
-                    let flushed = Pin::new(&mut *writer).poll_flush(&mut cx);
-                    line.last_index = line.last_index.max(frame.index);
-                    if flushed.is_pending() {
-                        line.unflushed = true;
-                        self.attention.notify_one();
-                    }
-                    return Offer::Sent;
                 }
                 Poll::Ready(Err(_)) => return Offer::Skipped,
                 Poll::Pending => {}
@@ -289,19 +316,21 @@ impl Hub {
         while targets.len() > size {
             let part = targets.split_off(targets.len() - size);
             let frame = frame.clone();
-            helpers.push(tokio::spawn(async move { offer_all(&frame, &part).await }));
+            helpers.push(tokio::spawn(async move { offer_part(&frame, &part).await }));
         }
-        let mut sent = offer_all(&frame, &targets).await;
+        let mut sent = offer_part(&frame, &targets).await;
         for helper in helpers {
-            // A part cannot panic short of a bug; its sockets' sessions would time out then.
+            // A part that panicked marked its sockets lagging itself.
             sent += helper.await.unwrap_or(0);
         }
         sent
     }
 
     /// Subscribes `outbox` to `key` and returns the replay of every message after `since`
-    /// (oldest first; empty without `since`).
-    pub fn join(&self, outbox: &Arc<Outbox>, key: &str, since: Option<u64>) -> Result<Vec<Frame>, HistoryGone> {
+    /// (oldest first; empty without `since`) and the last index published when it joined:
+    /// frames up to that one are in the replay or came before the join, so live offers of them
+    /// (a publish still working through its subscribers) are not wanted.
+    pub fn join(&self, outbox: &Arc<Outbox>, key: &str, since: Option<u64>) -> Result<(Vec<Frame>, u64), HistoryGone> {
         let mut inner = self.lock();
         let topic = inner.topics.entry(key.to_owned()).or_insert_with(TopicState::new);
         let mut replay = Vec::new();
@@ -313,7 +342,7 @@ impl Hub {
             replay.extend(topic.history.iter().filter(|f| f.index > since).cloned());
         }
         topic.subscribers.insert(outbox.id, outbox.clone());
-        Ok(replay)
+        Ok((replay, inner.index))
     }
 
     /// Unsubscribes `outbox` from `key`, and forgets the topic when it remembers nothing.
@@ -357,7 +386,7 @@ mod tests {
             hub.publish(i, vec![lot_msg("a", i)]).await;
         }
         let (outbox, mut rx) = hub.outbox();
-        let replay = hub.join(&outbox, "lot:a", Some(2));
+        let replay = hub.join(&outbox, "lot:a", Some(2)).map(|(frames, _)| frames);
         hub.publish(6, vec![lot_msg("a", 6), lot_msg("b", 6)]).await;
         let replay = replay.unwrap_or_default();
         assert_eq!(indices(&replay), [3, 4, 5]);
@@ -392,14 +421,14 @@ mod tests {
         hub.publish(4, vec![lot_msg("a", 4)]).await;
         // Index 1 (lot a) was evicted; lot b lost nothing.
         assert_eq!(hub.join(&outbox, "lot:a", Some(0)).err(), Some(HistoryGone { floor: 1 }));
-        assert!(hub.join(&outbox, "lot:a", Some(1)).is_ok_and(|r| indices(&r) == [3, 4]));
-        assert!(hub.join(&outbox, "lot:b", Some(0)).is_ok_and(|r| indices(&r) == [2]));
+        assert!(hub.join(&outbox, "lot:a", Some(1)).is_ok_and(|(r, _)| indices(&r) == [3, 4]));
+        assert!(hub.join(&outbox, "lot:b", Some(0)).is_ok_and(|(r, _)| indices(&r) == [2]));
         hub.publish(5, vec![lot_msg("c", 5)]).await;
         hub.publish(6, vec![lot_msg("c", 6)]).await;
         // Lot b's only message is gone now, and it says so.
         assert_eq!(hub.join(&outbox, "lot:b", Some(0)).err(), Some(HistoryGone { floor: 2 }));
         // A topic that never had a message has nothing to miss.
-        assert!(hub.join(&outbox, "lot:never", Some(0)).is_ok_and(|r| r.is_empty()));
+        assert!(hub.join(&outbox, "lot:never", Some(0)).is_ok_and(|(r, _)| r.is_empty()));
     }
 
     #[tokio::test]
@@ -418,6 +447,36 @@ mod tests {
         hub.publish(4, vec![lot_msg("a", 4)]).await;
         assert_eq!(drain(&mut slow_rx), Vec::<u64>::new(), "nothing after the gap");
         assert_eq!(drain(&mut fast_rx), [3, 4], "the others are unaffected");
+    }
+
+    /// A socket that leaves a topic and joins it again with `since` gets the frames it
+    /// missed once, from the replay: any offer of them still under way (a publish working
+    /// through its subscribers, or frames queued before the leave) is not wanted any more.
+    #[tokio::test]
+    async fn frames_before_a_join_are_not_wanted_live_after_it() {
+        let hub = Hub::new(HubLimits::default());
+        let (outbox, mut rx) = hub.outbox();
+        let (_, joined_at) = hub.join(&outbox, "lot:a", None).unwrap_or_default();
+        outbox.line().keys.insert("lot:a".into(), joined_at);
+        for i in 1..=3 {
+            hub.publish(i, vec![lot_msg("a", i)]).await;
+        }
+        // Queued, not yet sent: the client leaves and comes back from index 1.
+        outbox.line().keys.remove("lot:a");
+        hub.leave(&outbox, "lot:a");
+        let (replay, joined_at) = hub.join(&outbox, "lot:a", Some(1)).unwrap_or_default();
+        assert_eq!(indices(&replay), [2, 3]);
+        assert_eq!(joined_at, 3);
+        outbox.line().keys.insert("lot:a".into(), 1_u64.max(joined_at));
+        let mut stale = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            stale.push(f);
+        }
+        assert_eq!(indices(&stale), [1, 2, 3]);
+        assert!(stale.iter().all(|f| !outbox.line().wants(f)), "2 and 3 would come twice, 1 before the since");
+        hub.publish(4, vec![lot_msg("a", 4)]).await;
+        let live = rx.try_recv().map(|f| outbox.line().wants(&f));
+        assert_eq!(live.ok(), Some(true), "what comes after the join is wanted");
     }
 
     #[tokio::test]

@@ -44,11 +44,6 @@ impl<S> WhenWoken<S> {
         let waker = Waker::from(signal.clone());
         WhenWoken { inner, signal, waker }
     }
-
-    /// The stream itself, for what is not reading (a socket's sends).
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
 }
 
 impl<S: Stream + Unpin> Stream for WhenWoken<S> {

@@ -1,7 +1,7 @@
 //! `GET /v1/ws`: live events for lots, sales and the caller's own notifications.
 //!
-//! A socket is one task: it reads client actions, drains its hub outbox in log order, and
-//! pings the peer. Everything a client can send wrong gets an error frame (or, for frames
+//! A socket is one task: it reads client actions, sends what its hub outbox queued (the hub
+//! writes most events to the socket itself) in log order, and pings the peer. Everything a client can send wrong gets an error frame (or, for frames
 //! over the size limit, close code 1009); nothing a client sends can stop another socket.
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -140,9 +140,9 @@ enum End {
     Close(u16, String),
 }
 
-/// A socket's task. Its write half lives in its outbox's [`Line`], where publishing writes
-/// straight to it; the session takes it out for its own writes (replies, pings, queued and
-/// replayed frames) and puts it back after, so the two never interleave.
+/// A socket's task. Its write half lives in its outbox's line (`hub::Line`), where
+/// publishing writes straight to it; the session takes it out for its own writes (replies,
+/// pings, queued and replayed frames) and puts it back after, so the two never interleave.
 struct Session {
     state: AppState,
     caller: Option<Caller>,
@@ -150,11 +150,13 @@ struct Session {
     /// Read through [`WhenWoken`]: the task also wakes for its queue and heartbeat, and the
     /// read half is only worth polling when the socket woke it.
     stream: WhenWoken<SplitStream<WebSocket>>,
+    /// Frames the hub could not write at once, in log order.
+    queue: mpsc::Receiver<Frame>,
 }
 
 impl Session {
     async fn run(socket: WebSocket, state: AppState, caller: Option<Caller>, permit: OwnedSemaphorePermit) {
-        let (outbox, mut queue) = state.live.hub.outbox();
+        let (outbox, queue) = state.live.hub.outbox();
         let limits = state.sockets.limits;
         let mut stopped = state.sockets.stopped.clone();
         // Made once: a fresh `wait_for` per loop would register and drop a waiter under the
@@ -163,7 +165,7 @@ impl Session {
         tokio::pin!(stop);
         let (writer, stream) = socket.split();
         outbox.line().writer = Some(writer);
-        let mut session = Session { state, caller, outbox, stream: WhenWoken::new(stream) };
+        let mut session = Session { state, caller, outbox, stream: WhenWoken::new(stream), queue };
         session.state.metrics.ws_connections.inc();
         let quota = Quota::per_second(
             std::num::NonZeroU32::new(limits.actions_per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
@@ -181,7 +183,7 @@ impl Session {
         let end = loop {
             let step = tokio::select! {
                 () = &mut stop => Err(End::Close(close_code::AWAY, "the gateway is shutting down; reconnect with since".into())),
-                frame = queue.recv() => match frame {
+                frame = session.queue.recv() => match frame {
                     Some(frame) => session.deliver(frame).await,
                     None => Err(End::Gone),
                 },
@@ -234,6 +236,11 @@ impl Session {
                 break End::Close(CLOSE_LAGGING, format!("lagging; resume with since={last}"));
             }
         };
+        // Out of the hub first: a closing socket takes no more frames.
+        let keys = std::mem::take(&mut session.outbox.line().keys);
+        for key in keys.into_keys() {
+            session.state.live.hub.leave(&session.outbox, &key);
+        }
         if let End::Close(code, reason) = end {
             let close = WsMessage::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }));
             let writer = session.outbox.line().writer.take();
@@ -254,10 +261,6 @@ impl Session {
                 })
                 .await;
             }
-        }
-        let keys = std::mem::take(&mut session.outbox.line().keys);
-        for key in keys.into_keys() {
-            session.state.live.hub.leave(&session.outbox, &key);
         }
         session.state.metrics.ws_connections.dec();
         drop(permit);
@@ -398,8 +401,10 @@ impl Session {
                 continue;
             }
             match self.state.live.hub.join(&self.outbox, &key, since) {
-                Ok(frames) => {
-                    self.outbox.line().keys.insert(key, since.unwrap_or(0));
+                Ok((frames, joined_at)) => {
+                    // Live frames must be newer than both the client's `since` and the join:
+                    // anything older is in the replay or came before the subscription.
+                    self.outbox.line().keys.insert(key, since.unwrap_or(0).max(joined_at));
                     replay.extend(frames);
                 }
                 Err(gone) => {
@@ -411,9 +416,18 @@ impl Session {
                 }
             }
         }
-        // Several topics' replays interleave by log index; a stable sort keeps each entry's
-        // own order.
-        replay.sort_by_key(|f| f.index);
+        // Frames already queued for the topics held before go out merged with the replay by
+        // log index: sent after it, an older one would arrive out of order, and a socket that
+        // lagged meanwhile would be told to resume past it.
+        let mut queued = Vec::new();
+        while let Ok(frame) = self.queue.try_recv() {
+            queued.push(frame);
+        }
+        let drained = queued.len();
+        queued.retain(|f| self.outbox.line().wants(f));
+        let mut frames: Vec<Frame> = replay.into_iter().chain(queued).collect();
+        // Several topics interleave by log index; a stable sort keeps each entry's own order.
+        frames.sort_by_key(|f| f.index);
         let timeout = self.state.sockets.limits.send_timeout;
         let mut sent = Ok(());
         let mut last = 0;
@@ -424,7 +438,7 @@ impl Session {
             }
         }
         if sent.is_ok() {
-            for frame in replay {
+            for frame in frames {
                 let index = frame.index;
                 sent = send_within(&mut writer, WsMessage::Text(frame.text), timeout).await;
                 if sent.is_err() {
@@ -437,6 +451,7 @@ impl Session {
         let mut line = self.outbox.line();
         line.writer = Some(writer);
         line.last_index = line.last_index.max(last);
+        line.queued = line.queued.saturating_sub(drained);
         sent
     }
 }
