@@ -14,10 +14,10 @@ use crate::limits;
 use crate::network::Network;
 use crate::pb;
 use crate::proposer::{Clock, ProposeError, Proposer};
-use crate::raft::{self, Raft};
+use crate::raft;
 use crate::replica::NodeInner;
 use crate::server::Services;
-use crate::store::{self, LogStore, Poisoned, StateMachine, StoreError};
+use crate::store::{self, LogStore, Poisoned, Raft, StateMachine, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

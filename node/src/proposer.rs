@@ -17,8 +17,8 @@ use tracing::warn;
 
 use crate::limits;
 use crate::pb;
-use crate::raft::{Raft, TypeConfig};
-use crate::store::Shared;
+use crate::raft::TypeConfig;
+use crate::store::{Raft, Shared};
 
 /// Why a command could not be ordered. Every variant is safe to retry with the same ids.
 #[derive(Clone, Debug, thiserror::Error)]

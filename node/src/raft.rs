@@ -33,7 +33,6 @@ impl fmt::Display for pb::Proposal {
     }
 }
 
-pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
 pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;

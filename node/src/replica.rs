@@ -7,8 +7,7 @@ use openraft::async_runtime::WatchReceiver;
 use crate::config::NodeConfig;
 use crate::pb;
 use crate::proposer::{Clock, Proposer};
-use crate::raft::Raft;
-use crate::store::{Poisoned, Shared};
+use crate::store::{Poisoned, Raft, Shared};
 
 /// Shared by the services and background tasks.
 pub(crate) struct NodeInner {

@@ -28,3 +28,7 @@ mod state;
 pub use db::{StoreError, open_db};
 pub use log::LogStore;
 pub use state::{Poisoned, Shared, StateMachine};
+
+/// The Raft instance over this state machine. Declared here rather than in `raft`, which the
+/// stores import: the type configuration does not depend on the stores.
+pub type Raft = openraft::Raft<crate::raft::TypeConfig, StateMachine>;
