@@ -12,20 +12,21 @@
 //! runtime's workers and finishes one message before the next.
 //!
 //! Each topic keeps a bounded history for `since` replays. Joining takes the replay and
-//! registers the outbox under the lock publishing holds, so the seam between replayed and
-//! live messages has no gap and no duplicate. History is evicted oldest-first across all
+//! registers the outbox under the lock publishing holds, and the socket then wants live
+//! only what is newer than the index it joined at (a publish may still be working through
+//! an older subscriber list), so the seam between replayed and live messages has no gap and
+//! no duplicate. History is evicted oldest-first across all
 //! topics; a topic remembers the newest index it dropped, and a `since` below that is refused
 //! (`history_gone`), never answered with a hole.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket};
-use std::panic::AssertUnwindSafe;
-
 use futures::stream::SplitSink;
 use futures::{FutureExt, Sink};
 use serde_json::json;
