@@ -1,9 +1,10 @@
 //! A stream polled only after it has woken its task, not every time its task runs.
 //!
-//! A socket's task wakes for every event it sends, and `select!` then polls every branch
-//! again. Polling the socket's read half goes five layers down to a readiness check and
-//! re-registers wakers on the way: at 10,000 sockets a measured tenth of the gateway's time
-//! went to asking sockets with nothing to read. Wrapped here, the inner stream gets a waker of
+//! A socket's task wakes for each frame it sends itself (queued ones, replays, pings), and
+//! `select!` then polls every branch again. Polling the socket's read half goes five layers
+//! down to a readiness check and re-registers wakers on the way: when every event went
+//! through the tasks, a measured tenth of the gateway's time at 10,000 sockets went to asking
+//! sockets with nothing to read. Wrapped here, the inner stream gets a waker of
 //! its own, and the wrapper answers `Pending` at once until that waker has fired.
 
 use std::pin::Pin;

@@ -1,8 +1,9 @@
 //! `GET /v1/ws`: live events for lots, sales and the caller's own notifications.
 //!
 //! A socket is one task: it reads client actions, sends what its hub outbox queued (the hub
-//! writes most events to the socket itself) in log order, and pings the peer. Everything a client can send wrong gets an error frame (or, for frames
-//! over the size limit, close code 1009); nothing a client sends can stop another socket.
+//! writes most events to the socket itself) in log order, and pings the peer. Everything a
+//! client can send wrong gets an error frame (or, for frames over the size limit, close code
+//! 1009); nothing a client sends can stop another socket.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,11 +174,7 @@ impl Session {
         .allow_burst(std::num::NonZeroU32::new(limits.actions_burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN));
         let actions = RateLimiter::direct(quota);
         let mut warned_flood = false;
-        let ticks = tokio::time::interval_at(Instant::now() + limits.heartbeat, limits.heartbeat);
-        let mut heartbeat = WhenWoken::new(Box::pin(futures::stream::unfold(ticks, |mut ticks| async move {
-            ticks.tick().await;
-            Some(((), ticks))
-        })));
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + limits.heartbeat, limits.heartbeat);
         let mut last_heard = Instant::now();
 
         let end = loop {
@@ -215,7 +212,7 @@ impl Session {
                         Some(Ok(_)) => Ok(()),
                     }
                 }
-                _ = heartbeat.next() => {
+                _ = heartbeat.tick() => {
                     if last_heard.elapsed() > limits.heartbeat * 2 {
                         // Dead: nothing to say to it, and no closing handshake to wait for.
                         debug!("socket silent for two heartbeats; dropping it");
@@ -244,11 +241,9 @@ impl Session {
         if let End::Close(code, reason) = end {
             let close = WsMessage::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }));
             let writer = session.outbox.line().writer.take();
-            let closed = match writer {
-                Some(mut writer) => tokio::time::timeout(limits.send_timeout, writer.send(close)).await,
-                None => Ok(Err(axum::Error::new("the socket's write half is gone"))),
-            };
-            if let Ok(Ok(())) = closed {
+            if let Some(mut writer) = writer
+                && let Ok(Ok(())) = tokio::time::timeout(limits.send_timeout, writer.send(close)).await
+            {
                 // The closing handshake: read until the peer's close (briefly). Dropping a
                 // socket with unread input makes the kernel reset it, and a reset discards
                 // what the peer had not read yet, our close frame and error included.

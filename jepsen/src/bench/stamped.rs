@@ -70,7 +70,8 @@ impl AsyncRead for Stamped {
                 if n > 0 && n < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
             });
             match (read, got) {
-                (Ok(()), Some((n, stamp))) | (Err(_), Some((n, stamp))) => {
+                // Bytes read: whatever `try_io` made of it, they are the answer.
+                (_, Some((n, stamp))) => {
                     buf.advance(n);
                     if stamp.is_some() {
                         this.last = stamp;
