@@ -42,5 +42,5 @@ pub mod pb {
 
 pub use error::{Code, Rejection};
 pub use money::{Currency, Money};
-pub use snapshot::{Digest, Footprint, SnapshotError};
+pub use snapshot::{Digest, SnapshotError};
 pub use state::{Applied, Ledger};

@@ -46,7 +46,7 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)?;
         let db = store::open_db(&config.data_dir, config.id)?;
         let log = LogStore::new(db.clone());
-        let sm = StateMachine::open(db)?;
+        let sm = StateMachine::open(db, &config.data_dir.join("snapshots"))?;
         let shared = sm.shared();
         let raft_config = Arc::new(config.raft_config().map_err(|e| NodeError::Config(e.to_string()))?);
         let raft = Raft::new(config.id, raft_config, Network { local_ip: config.source_ip() }, log, sm)

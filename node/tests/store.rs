@@ -1,5 +1,5 @@
-//! The RocksDB stores on their own: openraft's storage conformance suite, reopen, and
-//! state-machine atomicity across a crash image taken between two applied batches.
+//! The stores on their own: openraft's storage conformance suite, reopen, restart from a
+//! snapshot plus log replay, and the rewrite of a format-1 data directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 use std::io;
@@ -21,7 +21,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path(), 1).unwrap();
-        let sm = StateMachine::open(db.clone()).unwrap();
+        let sm = StateMachine::open(db.clone(), &dir.path().join("snapshots")).unwrap();
         Ok((dir, LogStore::new(db), sm))
     }
 }
@@ -80,40 +80,111 @@ async fn log_append_truncate_purge_and_reopen() {
     assert!(matches!(open_db(dir.path(), 8), Err(node::store::StoreError::WrongNode { found: 7, .. })));
 }
 
+/// A replica that stops at any point comes back, from its newest snapshot file and the log
+/// after it, to exactly the state of one that never stopped: once with no snapshot yet (the
+/// crash came after the log's fsync, before any snapshot), once with one in the middle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn state_machine_batches_are_atomic_across_a_crash_image() {
-    let dir = tempfile::tempdir().unwrap();
-    let crash_image = tempfile::tempdir().unwrap();
-    let image_path = crash_image.path().join("db");
-    let first: Vec<lp::Command> = (0..50).map(|i| user(&format!("a{i}"))).collect();
-    let second: Vec<lp::Command> = (0..50).map(|i| user(&format!("b{i}"))).collect();
+async fn restart_from_snapshot_and_log_replay_gives_the_never_stopped_state() {
+    use openraft::storage::{RaftSnapshotBuilder, StorageHelper};
+    // openraft's log starts at index 0 (a cluster's first membership; a blank entry here).
+    let entries: Vec<Entry> = std::iter::once(Entry { log_id: log_id(0), payload: EntryPayload::Blank })
+        .chain((1..=12).map(|i| proposal_entry(i, 1_000 * i as i64, vec![user(&format!("u{i}")), user("u1")])))
+        .collect();
+    let mut never_stopped = Ledger::new();
+    for e in &entries {
+        let EntryPayload::Normal(p) = &e.payload else { continue };
+        for c in &p.commands {
+            let mut c = c.clone();
+            c.at_ms = p.at_ms;
+            c.log_index = e.log_id.index;
+            never_stopped.apply(&c);
+        }
+    }
+    for snapshot_at in [None, Some(5)] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(dir.path(), 1).unwrap();
+            let mut log = LogStore::new(db.clone());
+            let mut sm = StateMachine::open(db, &dir.path().join("snapshots")).unwrap();
+            let (tx, rx) = TypeConfig::oneshot();
+            log.append(entries.clone(), IOFlushed::signal(tx)).await.unwrap();
+            rx.await.unwrap().unwrap();
+            log.save_committed(Some(log_id(12))).await.unwrap();
+            let cut = snapshot_at.map_or(0, |at| at as usize + 1);
+            apply(&mut sm, entries[..cut].to_vec()).await;
+            if snapshot_at.is_some() {
+                sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+            }
+            apply(&mut sm, entries[cut..].to_vec()).await;
+            assert_eq!(sm.shared().ledger().unwrap().digest(), never_stopped.digest());
+            // Stopped here, with nothing flushed but what each write did itself.
+        }
+        let db = open_db(dir.path(), 1).unwrap();
+        let mut log = LogStore::new(db.clone());
+        let mut sm = StateMachine::open(db, &dir.path().join("snapshots")).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|id| id.index), snapshot_at, "reopened at the snapshot, before replay");
+        StorageHelper::new(&mut log, &mut sm).with_id(1).get_initial_state().await.unwrap();
+        let shared = sm.shared();
+        assert_eq!(shared.applied_index(), 12, "the committed log is re-applied");
+        assert_eq!(shared.ledger().unwrap().digest(), never_stopped.digest(), "snapshot at {snapshot_at:?}");
+        let feed = shared.feed_after(0, 100).unwrap();
+        assert_eq!(feed.iter().map(|i| i.index).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>(), "the feed after index 0");
+    }
+}
+
+/// A data directory of format 1 (one RocksDB record per entity) is rewritten on open as one
+/// snapshot file holding the same ledger, and opens as format 2 from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_directory_is_rewritten_as_a_snapshot() {
     let mut expected = Ledger::new();
-    for c in &first {
-        let mut c = c.clone();
-        c.at_ms = 1_000;
+    for (i, id) in ["ana", "ben", "cy"].into_iter().enumerate() {
+        let mut c = user(id);
+        c.at_ms = 1_000 * (i as i64 + 1);
+        c.log_index = i as u64 + 1;
         expected.apply(&c);
     }
+    let dir = tempfile::tempdir().unwrap();
     {
-        let db = open_db(dir.path(), 1).unwrap();
-        let mut sm = StateMachine::open(db.clone()).unwrap();
-        apply(&mut sm, vec![proposal_entry(1, 1_000, first)]).await;
-        // The crash image: everything on disk between the two batches.
-        rocksdb::checkpoint::Checkpoint::new(&db).unwrap().create_checkpoint(&image_path).unwrap();
-        apply(&mut sm, vec![proposal_entry(2, 2_000, second)]).await;
-        assert_eq!(sm.shared().applied_index(), 2);
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = ["log", "raft_meta", "sm_meta", "sm_state", "feed", "snapshot"];
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+        db.put(b"format", b"gavel-node/1").unwrap();
+        db.put(b"node_id", 1u64.to_be_bytes()).unwrap();
+        let meta = db.cf_handle("sm_meta").unwrap();
+        let applied = pb::LogId { term: 1, node_id: 1, index: 3 };
+        db.put_cf(meta, b"applied", prost::Message::encode_to_vec(&applied)).unwrap();
+        db.put_cf(meta, b"clock", expected.last_at_ms().to_be_bytes()).unwrap();
+        let state = db.cf_handle("sm_state").unwrap();
+        for u in expected.to_snapshot().users {
+            db.put_cf(state, format!("u/{}", u.user_id), prost::Message::encode_to_vec(&u)).unwrap();
+        }
+        let feed = db.cf_handle("feed").unwrap();
+        for index in 1..=4u64 {
+            let item = pb::FeedItem { index, at_ms: 0, events: vec![] };
+            db.put_cf(feed, index.to_be_bytes(), prost::Message::encode_to_vec(&item)).unwrap();
+        }
     }
-    let db = open_db(&image_path, 1).unwrap();
-    let mut sm = StateMachine::open(db).unwrap();
-    let (applied, _) = sm.applied_state().await.unwrap();
-    assert_eq!(applied, Some(log_id(1)), "the image holds exactly the first batch");
-    let shared = sm.shared();
-    assert_eq!(shared.ledger().unwrap().digest(), expected.digest(), "ledger state is the first batch's, whole");
-    assert_eq!(shared.feed_after(0, 10).unwrap().len(), 1, "one feed item, for entry 1");
-    // And the full database reopens with both batches.
-    drop(shared);
+    let mut sm = open_sm(dir.path());
+    assert_eq!(sm.shared().ledger().unwrap().digest(), expected.digest());
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(3)));
+    let snapshot = sm.get_current_snapshot().await.unwrap().expect("the rewrite is a snapshot");
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(3)));
+    let data: pb::SnapshotData = prost::Message::decode(snapshot.snapshot.as_slice()).unwrap();
+    assert_eq!(data.feed.iter().map(|i| i.index).collect::<Vec<_>>(), [1, 2, 3], "the feed up to applied");
     drop(sm);
-    let sm = StateMachine::open(open_db(dir.path(), 1).unwrap()).unwrap();
-    assert_eq!(sm.shared().ledger().unwrap().users().count(), 100);
+    let db = open_db(dir.path(), 1).unwrap();
+    assert_eq!(db.get(b"format").unwrap().as_deref(), Some(&b"gavel-node/2"[..]));
+    let state = db.cf_handle("sm_state").unwrap();
+    assert_eq!(db.iterator_cf(state, rocksdb::IteratorMode::Start).count(), 0, "the old records are gone");
+    let sm = StateMachine::open(db, &dir.path().join("snapshots")).unwrap();
+    assert_eq!(sm.shared().ledger().unwrap().digest(), expected.digest(), "and it reopens as format 2");
+}
+
+fn open_sm(dir: &std::path::Path) -> StateMachine {
+    StateMachine::open(open_db(dir, 1).unwrap(), &dir.join("snapshots")).unwrap()
 }
 
 fn command(actor: &str, body: Body) -> lp::Command {
@@ -227,23 +298,23 @@ async fn lot_content_survives_a_reopen_and_a_snapshot_install() {
     }
     let dir = tempfile::tempdir().unwrap();
     let snapshot = {
-        let mut sm = StateMachine::open(open_db(dir.path(), 1).unwrap()).unwrap();
+        let mut sm = open_sm(dir.path());
         apply(&mut sm, entries).await;
         assert_eq!(sm.shared().ledger().unwrap().digest(), expected.digest());
         let mut builder = sm.get_snapshot_builder().await;
         builder.build_snapshot().await.unwrap()
     };
-    let reopened = StateMachine::open(open_db(dir.path(), 1).unwrap()).unwrap();
-    assert_eq!(reopened.shared().ledger().unwrap().digest(), expected.digest(), "reopened from its records");
+    let reopened = open_sm(dir.path());
+    assert_eq!(reopened.shared().ledger().unwrap().digest(), expected.digest(), "reopened from its snapshot file");
     let content = reopened.shared().ledger().unwrap().lot("L").unwrap().content.clone();
     assert_eq!(content.comments.iter().map(|c| c.comment_id.as_str()).collect::<Vec<_>>(), ["c2"]);
     assert_eq!(content.images.iter().map(|i| i.image_id.as_str()).collect::<Vec<_>>(), ["i2", "i1"]);
     let fresh = tempfile::tempdir().unwrap();
-    let mut installed = StateMachine::open(open_db(fresh.path(), 1).unwrap()).unwrap();
+    let mut installed = open_sm(fresh.path());
     installed.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
     assert_eq!(installed.shared().ledger().unwrap().digest(), expected.digest(), "installed from a snapshot");
     drop(installed);
-    let reopened = StateMachine::open(open_db(fresh.path(), 1).unwrap()).unwrap();
+    let reopened = open_sm(fresh.path());
     assert_eq!(reopened.shared().ledger().unwrap().digest(), expected.digest(), "the installed replica reopened");
 }
 
@@ -253,7 +324,7 @@ async fn lot_content_survives_a_reopen_and_a_snapshot_install() {
 async fn the_cached_digest_follows_every_change() {
     use openraft::storage::RaftSnapshotBuilder;
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(open_db(dir.path(), 1).unwrap()).unwrap();
+    let mut sm = open_sm(dir.path());
     let shared = sm.shared();
     let empty = shared.state_digest().unwrap();
     assert_eq!(empty, Ledger::new().digest().to_string());
@@ -273,7 +344,7 @@ async fn the_cached_digest_follows_every_change() {
     // A snapshot of the one-user state, installed over the two-user one.
     let snapshot = {
         let other = tempfile::tempdir().unwrap();
-        let mut older = StateMachine::open(open_db(other.path(), 1).unwrap()).unwrap();
+        let mut older = open_sm(other.path());
         apply(&mut older, vec![proposal_entry(4, 4_000, vec![user("c")])]).await;
         let mut builder = older.get_snapshot_builder().await;
         builder.build_snapshot().await.unwrap()

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use prost::Message;
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 
-pub(super) const FORMAT: &[u8] = b"gavel-node/1";
+/// The data directory's format: 2 keeps the ledger only as snapshot files beside the database.
+pub(super) const FORMAT: &[u8] = b"gavel-node/2";
+/// Format 1 kept one record per ledger entity; `legacy` rewrites it on open.
+pub(super) const FORMAT_V1: &[u8] = b"gavel-node/1";
 /// `SnapshotData.format_version` written and read by this build.
 pub(super) const SNAPSHOT_FORMAT: u32 = 1;
 pub(super) const CF_LOG: &str = "log";
@@ -54,6 +57,15 @@ pub(super) fn get_msg<M: Message + Default>(db: &DB, cf_name: &str, key: &[u8]) 
     }
 }
 
+/// The big-endian key of a log or feed index: keys sort as the indexes do.
+pub(super) fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub(super) fn index_of(key: &[u8]) -> io::Result<u64> {
+    <[u8; 8]>::try_from(key).map(u64::from_be_bytes).map_err(|_| corrupt("log key is not 8 bytes"))
+}
+
 /// Runs RocksDB work on a blocking thread.
 pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
@@ -70,7 +82,7 @@ pub fn open_db(path: &Path, node_id: u64) -> Result<Arc<DB>, StoreError> {
     let db = DB::open_cf_descriptors(&opts, path, cfs)?;
     let shown = path.display().to_string();
     match db.get(b"format")? {
-        Some(found) if found != FORMAT => {
+        Some(found) if found != FORMAT && found != FORMAT_V1 => {
             return Err(StoreError::Foreign { path: shown, found: String::from_utf8_lossy(&found).into_owned() });
         }
         Some(_) => {}

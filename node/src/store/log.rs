@@ -13,8 +13,7 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 use crate::pb;
 use crate::raft::{self, Entry, LogId, TypeConfig, Vote};
 
-use super::db::{CF_LOG, CF_RAFT_META, blocking, cf, corrupt, decode, get_msg, rocks};
-use super::keys::{index_key, index_of};
+use super::db::{CF_LOG, CF_RAFT_META, blocking, cf, corrupt, decode, get_msg, index_key, index_of, rocks};
 
 /// The Raft log on RocksDB. Cheap to clone; clones share the database.
 #[derive(Clone)]

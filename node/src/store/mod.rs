@@ -1,28 +1,28 @@
-//! RocksDB storage: the Raft log store and the state-machine store, in one database.
+//! Storage: the Raft log in RocksDB, the ledger in memory with snapshot files.
 //!
 //! - `db`: opening the database, its column families and shared helpers.
 //! - `log`: the Raft log store ([`LogStore`]).
 //! - `state`: the ledger state machine ([`StateMachine`], [`Shared`]).
-//! - `keys`: the state machine's record keys.
+//! - `snapshots`: the snapshot files, the state machine's only persisted form.
+//! - `legacy`: rewrites a format-1 data directory (one record per entity) as a snapshot.
 //!
 //! Column families:
 //! - `log`: entry index (big-endian u64) -> `pb::Entry`.
 //! - `raft_meta`: `vote`, `committed`, `purged` -> protobuf.
-//! - `sm_meta`: `applied` (`pb::LogId`), `membership` (`pb::StoredMembership`), `clock` (i64).
-//! - `sm_state`: one record per ledger entity: `u/<user>`, `l/<lot>`, `a/<auction>`,
-//!   `r/<bidder>\0<bid_id>`, and bid-history lines `h/<lot>\0<seq>`.
 //! - `feed`: entry index -> `pb::FeedItem`, the events that entry produced (the outbox).
-//! - `snapshot`: `meta`, `data` of the last built or installed snapshot.
 //! - `default`: `format` and `node_id`, so a foreign or mixed-up data dir is refused.
+//! - `sm_meta`, `sm_state`, `snapshot`: format 1 only, emptied by the rewrite.
 //!
-//! Log appends are acknowledged to openraft only after the WAL is fsync'd. A state-machine
-//! batch (ledger records, feed items and the applied id) is one atomic `WriteBatch`; it need
-//! not be fsync'd because the fsync'd log can always re-apply it. Every RocksDB call runs on a
+//! Log appends are acknowledged to openraft only after the WAL is fsync'd; they are the only
+//! synced write per entry. Applying an entry changes the in-memory ledger and writes the entry's
+//! feed item unsynced: after a crash, the newest snapshot file is loaded and openraft re-applies
+//! the committed log after it, rewriting the same items. Every RocksDB and file call runs on a
 //! blocking thread, never on the async runtime.
 
 mod db;
-mod keys;
+mod legacy;
 mod log;
+mod snapshots;
 mod state;
 
 pub use db::{StoreError, open_db};
