@@ -324,20 +324,28 @@ async fn killing_every_node_between_snapshots_loses_no_acknowledged_bid() {
     let client = cluster.client();
     let results = client.propose(setup("lot-k", 600)).await.unwrap();
     assert!(results.iter().all(|r| rejection(r).is_none()), "setup rejected: {results:?}");
-    // One entry per bid: 65 entries in all, so a snapshot (every 40) lies behind the tail.
+    // One entry per command, 330 in all: past a snapshot (every 40) and a log purge (in steps
+    // of 256). Every tenth adds an attribute, which is not idempotent: an entry applied twice
+    // after the restart would show in the lot and the digest.
     let mut acked = Vec::new();
-    for i in 0..64 {
-        let r = client
-            .propose(vec![bid(&format!("b{}", i % 4), &format!("k{i}"), "lot-k", 10_000 + i * 500)])
-            .await
-            .unwrap();
-        if rejection(&r[0]).is_none() {
+    for i in 0..330 {
+        let command = if i % 10 == 0 {
+            let attribute = lp::AttributeInput { key: format!("k{i}"), value: "v".into() };
+            cmd("cur", Body::AddAttributes(lp::AddAttributes { lot_id: "lot-k".into(), attributes: vec![attribute] }))
+        } else {
+            bid(&format!("b{}", i % 4), &format!("k{i}"), "lot-k", 10_000 + i * 500)
+        };
+        let r = client.propose(vec![command]).await.unwrap();
+        if rejection(&r[0]).is_none() && i % 10 != 0 {
             acked.push(format!("k{i}"));
         }
     }
-    let before = client.read_lot("lot-k", false, true).await.unwrap();
+    let read = pb::ReadLotRequest { lot_id: "lot-k".into(), stale: false, include_bids: true, include_content: true };
+    let before = client.read_lot_with(read.clone()).await.unwrap();
+    assert_eq!(before.content.as_ref().map(|c| c.attributes.len()), Some(33), "33 attributes added");
     let m = Client::metrics(&cluster.addrs[&1]).await.unwrap();
     assert!(m.snapshot_index > 0 && m.snapshot_index < before.applied_index, "the log runs past a snapshot: {m:?}");
+    assert!(m.purged_index > 0, "the log below a snapshot was purged: {m:?}");
 
     for id in all {
         cluster.kill(id);
@@ -346,9 +354,10 @@ async fn killing_every_node_between_snapshots_loses_no_acknowledged_bid() {
         cluster.spawn(id, false);
     }
     cluster.leader(&all).await;
-    let after = client.read_lot("lot-k", false, true).await.unwrap();
+    let after = client.read_lot_with(read).await.unwrap();
     assert_eq!(after.lot, before.lot, "the lot is as it was");
     assert_eq!(after.bids, before.bids, "the bid history is as it was");
+    assert_eq!(after.content, before.content, "each attribute once");
     let in_history: std::collections::BTreeSet<_> = after.bids.iter().map(|b| b.bid_id.clone()).collect();
     for id in &acked {
         assert!(in_history.contains(id), "acknowledged bid {id} lost");

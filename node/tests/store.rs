@@ -80,26 +80,63 @@ async fn log_append_truncate_purge_and_reopen() {
     assert!(matches!(open_db(dir.path(), 8), Err(node::store::StoreError::WrongNode { found: 7, .. })));
 }
 
+/// Entry 0 is blank (openraft's log starts there, with a cluster's first membership), entry 1
+/// makes a curator and a lot, and every later entry adds an attribute: not idempotent, so an
+/// entry applied twice shows in the digest. Returns the entries and, per index, the ledger's
+/// digest after it and the feed item it makes when applied once.
+fn attribute_entries(last: u64) -> (Vec<Entry>, Vec<(String, pb::FeedItem)>) {
+    let curator = lp::CreateUser { user_id: "cur".into(), username: "cur".into(), role: 2, password_hash: vec![] };
+    let lot = lp::CreateLot {
+        lot_id: "L".into(),
+        title: "Harbour".into(),
+        currency: "USD".into(),
+        start_price: 100,
+        starts_at_ms: 10_000,
+        ends_at_ms: 20_000,
+        seller_id: "cur".into(),
+        ..Default::default()
+    };
+    let mut entries = vec![Entry { log_id: log_id(0), payload: EntryPayload::Blank }];
+    entries.push(proposal_entry(
+        1,
+        1_000,
+        vec![command("", Body::CreateUser(curator)), user("ana"), command("cur", Body::CreateLot(lot))],
+    ));
+    for i in 2..=last {
+        let add = lp::AddAttributes {
+            lot_id: "L".into(),
+            attributes: vec![lp::AttributeInput { key: format!("k{i}"), value: "v".into() }],
+        };
+        entries.push(proposal_entry(i, 1_000 * i as i64, vec![command("cur", Body::AddAttributes(add))]));
+    }
+    let mut ledger = Ledger::new();
+    let mut after = Vec::new();
+    for e in &entries {
+        let mut item = pb::FeedItem { index: e.log_id.index, at_ms: 0, events: vec![] };
+        if let EntryPayload::Normal(p) = &e.payload {
+            item.at_ms = p.at_ms;
+            for c in &p.commands {
+                let mut c = c.clone();
+                c.at_ms = p.at_ms;
+                c.log_index = e.log_id.index;
+                let applied = ledger.apply(&c);
+                assert!(applied.rejection().is_none(), "{c:?}: {:?}", applied.rejection());
+                item.events.extend(applied.events);
+            }
+        }
+        after.push((ledger.digest().to_string(), item));
+    }
+    (entries, after)
+}
+
 /// A replica that stops at any point comes back, from its newest snapshot file and the log
-/// after it, to exactly the state of one that never stopped: once with no snapshot yet (the
-/// crash came after the log's fsync, before any snapshot), once with one in the middle.
+/// after it, to exactly the state and feed of one that never stopped: once with no snapshot yet
+/// (the crash came after the log's fsync, before any snapshot), once with one in the middle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_from_snapshot_and_log_replay_gives_the_never_stopped_state() {
     use openraft::storage::{RaftSnapshotBuilder, StorageHelper};
-    // openraft's log starts at index 0 (a cluster's first membership; a blank entry here).
-    let entries: Vec<Entry> = std::iter::once(Entry { log_id: log_id(0), payload: EntryPayload::Blank })
-        .chain((1..=12).map(|i| proposal_entry(i, 1_000 * i as i64, vec![user(&format!("u{i}")), user("u1")])))
-        .collect();
-    let mut never_stopped = Ledger::new();
-    for e in &entries {
-        let EntryPayload::Normal(p) = &e.payload else { continue };
-        for c in &p.commands {
-            let mut c = c.clone();
-            c.at_ms = p.at_ms;
-            c.log_index = e.log_id.index;
-            never_stopped.apply(&c);
-        }
-    }
+    let (entries, after) = attribute_entries(12);
+    let (never_stopped, _) = &after[12];
     for snapshot_at in [None, Some(5)] {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -116,7 +153,7 @@ async fn restart_from_snapshot_and_log_replay_gives_the_never_stopped_state() {
                 sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
             }
             apply(&mut sm, entries[cut..].to_vec()).await;
-            assert_eq!(sm.shared().ledger().unwrap().digest(), never_stopped.digest());
+            assert_eq!(&sm.shared().state_digest().unwrap(), never_stopped);
             // Stopped here, with nothing flushed but what each write did itself.
         }
         let db = open_db(dir.path(), 1).unwrap();
@@ -127,60 +164,182 @@ async fn restart_from_snapshot_and_log_replay_gives_the_never_stopped_state() {
         StorageHelper::new(&mut log, &mut sm).with_id(1).get_initial_state().await.unwrap();
         let shared = sm.shared();
         assert_eq!(shared.applied_index(), 12, "the committed log is re-applied");
-        assert_eq!(shared.ledger().unwrap().digest(), never_stopped.digest(), "snapshot at {snapshot_at:?}");
+        assert_eq!(&shared.state_digest().unwrap(), never_stopped, "snapshot at {snapshot_at:?}");
         let feed = shared.feed_after(0, 100).unwrap();
-        assert_eq!(feed.iter().map(|i| i.index).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>(), "the feed after index 0");
+        let expected: Vec<pb::FeedItem> = after[1..].iter().map(|(_, item)| item.clone()).collect();
+        assert_eq!(feed, expected, "the feed after index 0, event for event");
+    }
+}
+
+/// openraft builds snapshots in a task of their own while entries are applied. A snapshot cut
+/// in the middle of an applied batch would hold a ledger ahead of the index it is filed under,
+/// and a restart from it would apply those entries twice: the cut waits for the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_never_cut_in_the_middle_of_an_applied_batch() {
+    use openraft::storage::RaftSnapshotBuilder;
+    let (entries, after) = attribute_entries(8);
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_sm(dir.path());
+    apply(&mut sm, entries[..3].to_vec()).await;
+    // One batch, entries 3..=8, whose stream stalls after entry 5.
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    for e in &entries[3..6] {
+        tx.unbounded_send(Ok::<_, io::Error>((e.clone(), None))).unwrap();
+    }
+    let mut applier = sm.clone();
+    let batch = tokio::spawn(async move { applier.apply(rx).await });
+    let shared = sm.shared();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shared.state_digest().unwrap() != after[5].0 {
+        assert!(std::time::Instant::now() < deadline, "the batch never reached entry 5");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut builder = sm.get_snapshot_builder().await;
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for e in &entries[6..] {
+        tx.unbounded_send(Ok((e.clone(), None))).unwrap();
+    }
+    drop(tx);
+    batch.await.unwrap().unwrap();
+    let snapshot = build.await.unwrap().unwrap();
+    let index = snapshot.meta.last_log_id.unwrap().index;
+    let data: pb::SnapshotData = prost::Message::decode(snapshot.snapshot.as_slice()).unwrap();
+    let ledger = Ledger::decode_snapshot(&data.ledger).unwrap();
+    assert_eq!(ledger.digest().to_string(), after[index as usize].0, "the ledger is the state after {index}");
+    assert_eq!(data.feed.last().map(|i| i.index), Some(index), "and so is the feed");
+}
+
+/// Writes `ledger` as a format-1 directory did: one record per user, lot (without history and
+/// content), bid-history line, content, comment, category and exactly-once record.
+fn write_format_1(dir: &std::path::Path, ledger: &Ledger, applied: u64) {
+    use prost::Message;
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = ["log", "raft_meta", "sm_meta", "sm_state", "feed", "snapshot"];
+    let db = rocksdb::DB::open_cf(&opts, dir, cfs).unwrap();
+    db.put(b"format", b"gavel-node/1").unwrap();
+    db.put(b"node_id", 1u64.to_be_bytes()).unwrap();
+    let meta = db.cf_handle("sm_meta").unwrap();
+    db.put_cf(meta, b"applied", pb::LogId { term: 1, node_id: 1, index: applied }.encode_to_vec()).unwrap();
+    db.put_cf(meta, b"clock", ledger.last_at_ms().to_be_bytes()).unwrap();
+    let state = db.cf_handle("sm_state").unwrap();
+    let put = |key: Vec<u8>, value: Vec<u8>| db.put_cf(state, key, value).unwrap();
+    let key = |prefix: &str, parts: &[&[u8]]| [prefix.as_bytes(), &parts.join(&b"\0"[..])].concat();
+    let snap = ledger.to_snapshot();
+    for u in &snap.users {
+        put(key("u/", &[u.user_id.as_bytes()]), u.encode_to_vec());
+    }
+    for c in &snap.categories {
+        put(key("c/", &[c.category_id.as_bytes()]), c.encode_to_vec());
+    }
+    for r in &snap.recorded_bids {
+        put(key("r/", &[r.bidder.as_bytes(), r.bid_id.as_bytes()]), r.encode_to_vec());
+    }
+    for lot in &snap.lots {
+        let id = lot.lot_id.as_bytes();
+        for (seq, line) in lot.history.iter().enumerate() {
+            put(key("h/", &[id, &(seq as u64).to_be_bytes()]), line.encode_to_vec());
+        }
+        if let Some(content) = &lot.content {
+            for comment in &content.comments {
+                put(key("m/", &[id, comment.comment_id.as_bytes()]), comment.encode_to_vec());
+            }
+            put(key("k/", &[id]), lp::LotContentState { comments: vec![], ..content.clone() }.encode_to_vec());
+        }
+        put(key("l/", &[id]), lp::LotState { history: vec![], content: None, ..lot.clone() }.encode_to_vec());
+    }
+    let feed = db.cf_handle("feed").unwrap();
+    for index in 1..=applied + 1 {
+        db.put_cf(feed, index.to_be_bytes(), pb::FeedItem { index, at_ms: 0, events: vec![] }.encode_to_vec()).unwrap();
     }
 }
 
 /// A data directory of format 1 (one RocksDB record per entity) is rewritten on open as one
-/// snapshot file holding the same ledger, and opens as format 2 from then on.
+/// snapshot file holding the same ledger, and opens as format 2 from then on. A crash after
+/// the file but before the format marker flips just does the rewrite again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_format_1_directory_is_rewritten_as_a_snapshot() {
+    let lot = lp::CreateLot {
+        lot_id: "L".into(),
+        title: "Harbour".into(),
+        currency: "USD".into(),
+        start_price: 100,
+        starts_at_ms: 10_000,
+        ends_at_ms: 90_000,
+        seller_id: "sam".into(),
+        ..Default::default()
+    };
+    let status = |s: lp::LotStatus| {
+        command("cur", Body::SetLotStatus(lp::SetLotStatus { lot_id: "L".into(), status: s as i32 }))
+    };
+    let place = |who: &str, id: &str, max: i64| {
+        command(who, Body::PlaceBid(lp::PlaceBid { lot_id: "L".into(), bid_id: id.into(), max_amount: max }))
+    };
+    let comment = lp::AddComment { lot_id: "L".into(), comment_id: "c1".into(), content: "lovely".into() };
+    let attribute = lp::AttributeInput { key: "medium".into(), value: "oil".into() };
+    let category = lp::PutCategory { category_id: "art".into(), name: "Art".into(), parent_id: String::new() };
+    let commands = vec![
+        command(
+            "",
+            Body::CreateUser(lp::CreateUser {
+                user_id: "cur".into(),
+                username: "cur".into(),
+                role: 2,
+                password_hash: vec![],
+            }),
+        ),
+        user("sam"),
+        user("ana"),
+        user("ben"),
+        command("cur", Body::PutCategory(category)),
+        command("cur", Body::CreateLot(lot)),
+        command("cur", Body::AddAttributes(lp::AddAttributes { lot_id: "L".into(), attributes: vec![attribute] })),
+        status(lp::LotStatus::UnderReview),
+        status(lp::LotStatus::Authenticated),
+        status(lp::LotStatus::ReadyForAuction),
+        status(lp::LotStatus::InAuction),
+        command("ana", Body::AddComment(comment)),
+        place("ana", "x1", 500),
+        place("ben", "x2", 1_000),
+        place("ana", "x3", 2_000),
+    ];
     let mut expected = Ledger::new();
-    for (i, id) in ["ana", "ben", "cy"].into_iter().enumerate() {
-        let mut c = user(id);
-        c.at_ms = 1_000 * (i as i64 + 1);
+    for (i, c) in commands.into_iter().enumerate() {
+        let mut c = c;
+        c.at_ms = 10_000 + 1_000 * i as i64;
         c.log_index = i as u64 + 1;
-        expected.apply(&c);
+        let applied = expected.apply(&c);
+        assert!(applied.rejection().is_none(), "{c:?}: {:?}", applied.rejection());
     }
+    assert!(expected.lot("L").unwrap().history.len() >= 3, "the lot has a bid history");
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        let cfs = ["log", "raft_meta", "sm_meta", "sm_state", "feed", "snapshot"];
-        let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
-        db.put(b"format", b"gavel-node/1").unwrap();
-        db.put(b"node_id", 1u64.to_be_bytes()).unwrap();
-        let meta = db.cf_handle("sm_meta").unwrap();
-        let applied = pb::LogId { term: 1, node_id: 1, index: 3 };
-        db.put_cf(meta, b"applied", prost::Message::encode_to_vec(&applied)).unwrap();
-        db.put_cf(meta, b"clock", expected.last_at_ms().to_be_bytes()).unwrap();
-        let state = db.cf_handle("sm_state").unwrap();
-        for u in expected.to_snapshot().users {
-            db.put_cf(state, format!("u/{}", u.user_id), prost::Message::encode_to_vec(&u)).unwrap();
-        }
-        let feed = db.cf_handle("feed").unwrap();
-        for index in 1..=4u64 {
-            let item = pb::FeedItem { index, at_ms: 0, events: vec![] };
-            db.put_cf(feed, index.to_be_bytes(), prost::Message::encode_to_vec(&item)).unwrap();
-        }
-    }
+    write_format_1(dir.path(), &expected, 15);
     let mut sm = open_sm(dir.path());
     assert_eq!(sm.shared().ledger().unwrap().digest(), expected.digest());
-    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(3)));
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(15)));
     let snapshot = sm.get_current_snapshot().await.unwrap().expect("the rewrite is a snapshot");
-    assert_eq!(snapshot.meta.last_log_id, Some(log_id(3)));
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(15)));
     let data: pb::SnapshotData = prost::Message::decode(snapshot.snapshot.as_slice()).unwrap();
-    assert_eq!(data.feed.iter().map(|i| i.index).collect::<Vec<_>>(), [1, 2, 3], "the feed up to applied");
+    assert_eq!(
+        data.feed.iter().map(|i| i.index).collect::<Vec<_>>(),
+        (1..=15).collect::<Vec<_>>(),
+        "the feed up to applied"
+    );
     drop(sm);
-    let db = open_db(dir.path(), 1).unwrap();
-    assert_eq!(db.get(b"format").unwrap().as_deref(), Some(&b"gavel-node/2"[..]));
-    let state = db.cf_handle("sm_state").unwrap();
-    assert_eq!(db.iterator_cf(state, rocksdb::IteratorMode::Start).count(), 0, "the old records are gone");
-    let sm = StateMachine::open(db, &dir.path().join("snapshots")).unwrap();
-    assert_eq!(sm.shared().ledger().unwrap().digest(), expected.digest(), "and it reopens as format 2");
+    {
+        let db = open_db(dir.path(), 1).unwrap();
+        assert_eq!(db.get(b"format").unwrap().as_deref(), Some(&b"gavel-node/2"[..]));
+        let state = db.cf_handle("sm_state").unwrap();
+        assert_eq!(db.iterator_cf(state, rocksdb::IteratorMode::Start).count(), 0, "the old records are gone");
+        let sm = StateMachine::open(db, &dir.path().join("snapshots")).unwrap();
+        assert_eq!(sm.shared().ledger().unwrap().digest(), expected.digest(), "and it reopens as format 2");
+    }
+    // The crash: the file is written, the records and the format-1 marker still in place.
+    write_format_1(dir.path(), &expected, 15);
+    let sm = open_sm(dir.path());
+    assert_eq!(sm.shared().ledger().unwrap().digest(), expected.digest(), "the redone rewrite");
 }
 
 fn open_sm(dir: &std::path::Path) -> StateMachine {

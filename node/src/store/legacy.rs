@@ -44,6 +44,8 @@ pub(super) fn migrate(db: &DB, snapshots: &SnapshotDir) -> io::Result<()> {
             ledger: ledger.encode_snapshot(),
             feed,
         };
+        // The feed items are unsynced writes: durable before the snapshot that relies on them.
+        db.flush_wal(true).map_err(rocks)?;
         snapshots.write(applied.index, &data.encode_to_vec())?;
         info!(applied = applied.index, "data directory format 1 rewritten as a snapshot file");
     }

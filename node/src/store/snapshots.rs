@@ -8,6 +8,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::warn;
@@ -21,26 +22,34 @@ pub(super) struct SnapshotDir {
     path: PathBuf,
     /// Distinguishes the temporary files of two writes in flight (a build and an install).
     next_tmp: AtomicU64,
+    /// Held while the set of files changes or the newest is read: a reader never lists a file
+    /// a concurrent write then removes before it is read.
+    files: Mutex<()>,
+}
+
+/// An I/O error that names the path it happened on.
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 impl SnapshotDir {
     /// Opens (creating it if needed) the directory and removes temporary files a crash left.
     pub(super) fn open(path: &Path) -> io::Result<SnapshotDir> {
-        fs::create_dir_all(path)?;
-        for entry in fs::read_dir(path)? {
-            let entry = entry?;
+        fs::create_dir_all(path).map_err(|e| at(path, e))?;
+        for entry in fs::read_dir(path).map_err(|e| at(path, e))? {
+            let entry = entry.map_err(|e| at(path, e))?;
             if entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
-                fs::remove_file(entry.path())?;
+                fs::remove_file(entry.path()).map_err(|e| at(&entry.path(), e))?;
             }
         }
-        Ok(SnapshotDir { path: path.to_owned(), next_tmp: AtomicU64::new(0) })
+        Ok(SnapshotDir { path: path.to_owned(), next_tmp: AtomicU64::new(0), files: Mutex::new(()) })
     }
 
     /// The snapshot files present, by index.
     fn indexes(&self) -> io::Result<Vec<u64>> {
         let mut found = Vec::new();
-        for entry in fs::read_dir(&self.path)? {
-            let name = entry?.file_name();
+        for entry in fs::read_dir(&self.path).map_err(|e| at(&self.path, e))? {
+            let name = entry.map_err(|e| at(&self.path, e))?.file_name();
             let name = name.to_string_lossy();
             if let Some(index) = name.strip_suffix(SUFFIX).and_then(|n| n.parse::<u64>().ok()) {
                 found.push(index);
@@ -57,23 +66,33 @@ impl SnapshotDir {
     /// The newest snapshot's bytes, if any. An unreadable newest file is an error, never a
     /// reason to fall back to an older one: the log it would need may be purged.
     pub(super) fn latest(&self) -> io::Result<Option<Vec<u8>>> {
+        let _files = self.lock()?;
         match self.indexes()?.last() {
-            Some(&index) => fs::read(self.file(index)).map(Some),
+            Some(&index) => {
+                let file = self.file(index);
+                fs::read(&file).map(Some).map_err(|e| at(&file, e))
+            }
             None => Ok(None),
         }
+    }
+
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, ()>> {
+        self.files.lock().map_err(|_| io::Error::other("the snapshot directory lock was poisoned"))
     }
 
     /// Writes the snapshot of the state after `index`, durably, then drops older ones.
     pub(super) fn write(&self, index: u64, bytes: &[u8]) -> io::Result<()> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = self.path.join(format!("{index:020}.{n}{TMP_SUFFIX}"));
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, self.file(index))?;
+        let written = File::create(&tmp).and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        });
+        written.map_err(|e| at(&tmp, e))?;
+        let _files = self.lock()?;
+        fs::rename(&tmp, self.file(index)).map_err(|e| at(&tmp, e))?;
         // The rename is durable only once the directory entry is.
-        File::open(&self.path)?.sync_all()?;
+        File::open(&self.path).and_then(|dir| dir.sync_all()).map_err(|e| at(&self.path, e))?;
         for older in self.indexes()?.into_iter().filter(|&i| i < index) {
             if let Err(e) = fs::remove_file(self.file(older)) {
                 warn!(error = %e, index = older, "could not remove an older snapshot file");

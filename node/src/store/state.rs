@@ -26,6 +26,10 @@ use super::snapshots::SnapshotDir;
 pub struct Shared {
     db: Arc<DB>,
     snapshots: SnapshotDir,
+    /// Held by `apply` for a whole batch. The ledger changes entry by entry but `applied` and
+    /// the feed items only at the batch's end, so a snapshot is cut only between batches:
+    /// never a ledger that is ahead of the index it is filed under.
+    apply_gate: tokio::sync::Mutex<()>,
     ledger: RwLock<Ledger>,
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     /// The last applied log index, for feed subscribers and read-index waits.
@@ -93,6 +97,7 @@ impl StateMachine {
         let shared = Shared {
             db,
             snapshots,
+            apply_gate: tokio::sync::Mutex::new(()),
             ledger: RwLock::new(ledger),
             applied: Mutex::new((applied, membership)),
             applied_index,
@@ -191,6 +196,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let shared = self.shared.clone();
+        let _gate = shared.apply_gate.lock().await;
         let db = self.shared.db.clone();
         let mut batch = WriteBatch::default();
         let mut responses = Vec::new();
@@ -297,6 +304,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         blocking(move || {
             let db = &shared.db;
+            let gate = shared.apply_gate.blocking_lock();
             let guard = shared.ledger()?;
             let (applied, membership) = lock(&shared.applied, "applied")?.clone();
             // Copy under the lock, encode after it: applying waits for the copy only, not for
@@ -304,6 +312,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let ledger = guard.clone();
             let view = db.snapshot();
             drop(guard);
+            drop(gate);
             let ledger_bytes = ledger.encode_snapshot();
             drop(ledger);
             let last_index = applied.map_or(0, |id| id.index);
@@ -323,6 +332,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 feed,
             };
             let raw = data.encode_to_vec();
+            // The feed items up to here were written unsynced. Sync them before the file: after
+            // a power loss, only entries past the snapshot are re-applied.
+            db.flush_wal(true).map_err(rocks)?;
             // Durable before openraft may purge the log it covers.
             shared.snapshots.write(last_index, &raw)?;
             let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
