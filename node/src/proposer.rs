@@ -2,8 +2,9 @@
 //! one replication round serve many bids (TigerBeetle-style batching), while every command
 //! still gets its own outcome.
 //!
-//! Callers enqueue commands on a bounded queue. A single batcher drains what is waiting (up to
-//! `BATCH_COMMANDS_MAX`, lingering `BATCH_LINGER_US` only while entries are already in flight),
+//! Callers enqueue requests (each with one reply channel) on a queue bounded in commands. A
+//! single batcher drains whole requests while they fit (up to `BATCH_COMMANDS_MAX` commands,
+//! lingering `BATCH_LINGER_US` only while entries are already in flight),
 //! stamps the batch with the leader's clock and hands it to openraft; up to
 //! `ENTRIES_IN_FLIGHT_MAX` entries replicate concurrently.
 
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::errors::{ClientWriteError, RaftError};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tracing::warn;
 
 use crate::limits;
@@ -60,61 +61,93 @@ impl Clock {
     }
 }
 
+/// One request's commands and the one channel its outcomes go back on. A request is never
+/// split: its commands land in one log entry, so they commit (or fail) together.
 struct Pending {
-    command: ledger::pb::Command,
-    reply: oneshot::Sender<Result<pb::CommandResult, ProposeError>>,
+    commands: Vec<ledger::pb::Command>,
+    reply: oneshot::Sender<Result<Vec<pb::CommandResult>, ProposeError>>,
+    /// Its share of the queue's room, given back once the batcher takes the request.
+    _room: OwnedSemaphorePermit,
 }
 
 /// Handle to the batcher. Cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::UnboundedSender<Pending>,
+    /// The queue's bound, in commands (`PROPOSER_QUEUE_COMMANDS_MAX`).
+    room: Arc<Semaphore>,
 }
 
 impl Proposer {
     /// `unsafe_ack_before_commit` is a deliberately broken mode for the jepsen harness: it
     /// answers from a speculative copy of the ledger before the entry is committed.
     pub fn start(raft: Raft, shared: Arc<Shared>, clock: Arc<Clock>, unsafe_ack_before_commit: bool) -> Proposer {
-        let (tx, rx) = mpsc::channel(limits::PROPOSER_QUEUE_COMMANDS_MAX);
+        let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(rx, raft, shared, clock, unsafe_ack_before_commit));
-        Proposer { tx }
+        Proposer { tx, room: Arc::new(Semaphore::new(limits::PROPOSER_QUEUE_COMMANDS_MAX)) }
     }
 
-    /// Orders `commands` and returns their outcomes, in order.
+    /// Orders `commands` (all in one log entry) and returns their outcomes, in order. Either
+    /// every command is queued or none is.
     pub async fn propose(&self, commands: Vec<ledger::pb::Command>) -> Result<Vec<pb::CommandResult>, ProposeError> {
-        let mut replies = Vec::with_capacity(commands.len());
-        for command in commands {
-            let (reply, rx) = oneshot::channel();
-            self.tx.try_send(Pending { command, reply }).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => ProposeError::Stopped("proposer stopped".into()),
-            })?;
-            replies.push(rx);
-        }
-        let mut results = Vec::with_capacity(replies.len());
-        for rx in replies {
-            results.push(rx.await.map_err(|_| ProposeError::Stopped("proposer dropped the command".into()))??);
-        }
-        Ok(results)
+        let n = u32::try_from(commands.len()).map_err(|_| ProposeError::Overloaded)?;
+        let room = self.room.clone().try_acquire_many_owned(n).map_err(|e| match e {
+            TryAcquireError::NoPermits => ProposeError::Overloaded,
+            TryAcquireError::Closed => ProposeError::Stopped("proposer stopped".into()),
+        })?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { commands, reply, _room: room })
+            .map_err(|_| ProposeError::Stopped("proposer stopped".into()))?;
+        rx.await.map_err(|_| ProposeError::Stopped("proposer dropped the request".into()))?
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, shared: Arc<Shared>, clock: Arc<Clock>, unsafe_ack: bool) {
+/// Takes whole requests off the queue while they fit in one entry (`BATCH_COMMANDS_MAX`; a
+/// larger request is an entry of its own). One that does not fit waits in `carry` for the next.
+fn fill(batch: &mut Vec<Pending>, commands: &mut usize, carry: &mut Option<Pending>, next: Pending) {
+    if *commands + next.commands.len() > limits::BATCH_COMMANDS_MAX {
+        *carry = Some(next);
+    } else {
+        *commands += next.commands.len();
+        batch.push(next);
+    }
+}
+
+async fn run(
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    raft: Raft,
+    shared: Arc<Shared>,
+    clock: Arc<Clock>,
+    unsafe_ack: bool,
+) {
     let in_flight = Arc::new(Semaphore::new(limits::ENTRIES_IN_FLIGHT_MAX));
-    while let Some(first) = rx.recv().await {
+    let mut carry = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut commands = first.commands.len();
         let mut batch = vec![first];
-        while batch.len() < limits::BATCH_COMMANDS_MAX {
+        while carry.is_none() {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => fill(&mut batch, &mut commands, &mut carry, p),
                 Err(_) => break,
             }
         }
         // Linger only when the pipeline is busy: an idle cluster answers a lone bid at once.
-        if batch.len() < limits::BATCH_COMMANDS_MAX && in_flight.available_permits() < limits::ENTRIES_IN_FLIGHT_MAX {
+        if carry.is_none()
+            && commands < limits::BATCH_COMMANDS_MAX
+            && in_flight.available_permits() < limits::ENTRIES_IN_FLIGHT_MAX
+        {
             let deadline = tokio::time::Instant::now() + Duration::from_micros(limits::BATCH_LINGER_US);
-            while batch.len() < limits::BATCH_COMMANDS_MAX {
+            while carry.is_none() && commands < limits::BATCH_COMMANDS_MAX {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(p)) => batch.push(p),
+                    Ok(Some(p)) => fill(&mut batch, &mut commands, &mut carry, p),
                     _ => break,
                 }
             }
@@ -132,60 +165,77 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, shared: Arc<Shared>, c
         };
         let at_ms = clock.stamp(last_at_ms);
         let raft = raft.clone();
-        let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        let mut all = Vec::with_capacity(commands);
+        let mut replies = Vec::with_capacity(batch.len());
+        for p in batch {
+            replies.push((p.commands.len(), p.reply));
+            all.extend(p.commands);
+        }
         if unsafe_ack && raft.is_leader() {
-            ack_before_commit(&shared, at_ms, &commands, replies);
+            ack_before_commit(&shared, at_ms, &all, replies);
             tokio::spawn(async move {
-                let _ = raft.client_write(pb::Proposal { at_ms, commands }).await;
+                let _ = raft.client_write(pb::Proposal { at_ms, commands: all }).await;
                 drop(permit);
             });
             continue;
         }
         tokio::spawn(async move {
-            let result = raft.client_write(pb::Proposal { at_ms, commands }).await;
+            let result = raft.client_write(pb::Proposal { at_ms, commands: all }).await;
             drop(permit);
             deliver(result, replies);
         });
     }
 }
 
+/// Each request's command count and reply channel, in the entry's order.
+type Replies = Vec<(usize, oneshot::Sender<Result<Vec<pb::CommandResult>, ProposeError>>)>;
+
 /// UNSAFE: answers every command from a copy of the applied ledger, before replication. A
 /// leader crash loses these acknowledged writes, and concurrent batches see stale state.
-fn ack_before_commit(
-    shared: &Shared,
-    at_ms: i64,
-    commands: &[ledger::pb::Command],
-    replies: Vec<oneshot::Sender<Result<pb::CommandResult, ProposeError>>>,
-) {
+fn ack_before_commit(shared: &Shared, at_ms: i64, commands: &[ledger::pb::Command], replies: Replies) {
     let mut scratch = match shared.ledger() {
         Ok(ledger) => ledger.clone(),
         Err(e) => {
-            for reply in replies {
+            for (_, reply) in replies {
                 let _ = reply.send(Err(ProposeError::Stopped(e.to_string())));
             }
             return;
         }
     };
-    for (command, reply) in commands.iter().zip(replies) {
-        let mut command = command.clone();
-        command.at_ms = at_ms;
-        let outcome = scratch.apply(&command).outcome;
-        let _ = reply.send(Ok(pb::CommandResult { log_index: 0, outcome: Some(outcome) }));
+    let mut commands = commands.iter();
+    for (n, reply) in replies {
+        let results = commands
+            .by_ref()
+            .take(n)
+            .map(|command| {
+                let mut command = command.clone();
+                command.at_ms = at_ms;
+                let outcome = scratch.apply(&command).outcome;
+                pb::CommandResult { log_index: 0, outcome: Some(outcome) }
+            })
+            .collect();
+        let _ = reply.send(Ok(results));
     }
 }
 
 type WriteResult =
     Result<openraft::raft::ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>;
 
-fn deliver(result: WriteResult, replies: Vec<oneshot::Sender<Result<pb::CommandResult, ProposeError>>>) {
+fn deliver(result: WriteResult, replies: Replies) {
     match result {
         Ok(response) => {
             let index = response.log_id.index;
             let mut outcomes = response.data.outcomes.into_iter();
-            for reply in replies {
-                let result = match outcomes.next() {
-                    Some(outcome) => Ok(pb::CommandResult { log_index: index, outcome: Some(outcome) }),
-                    None => Err(ProposeError::Stopped("an entry returned fewer outcomes than commands".into())),
+            for (n, reply) in replies {
+                let results: Vec<pb::CommandResult> = outcomes
+                    .by_ref()
+                    .take(n)
+                    .map(|outcome| pb::CommandResult { log_index: index, outcome: Some(outcome) })
+                    .collect();
+                let result = if results.len() == n {
+                    Ok(results)
+                } else {
+                    Err(ProposeError::Stopped("an entry returned fewer outcomes than commands".into()))
                 };
                 let _ = reply.send(result);
             }
@@ -201,7 +251,7 @@ fn deliver(result: WriteResult, replies: Vec<oneshot::Sender<Result<pb::CommandR
                     ProposeError::Stopped(fatal.to_string())
                 }
             };
-            for reply in replies {
+            for (_, reply) in replies {
                 let _ = reply.send(Err(error.clone()));
             }
         }

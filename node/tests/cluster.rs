@@ -366,6 +366,34 @@ async fn killing_every_node_between_snapshots_loses_no_acknowledged_bid() {
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "replica digests differ: {digests:?}");
 }
 
+/// The write path batches whole requests: a request's commands land in one log entry (so they
+/// commit together), even one larger than a batch, while concurrent requests share entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_lands_in_one_entry_and_concurrent_requests_share_them() {
+    let cluster = Cluster::start(3);
+    cluster.leader(&[1, 2, 3]).await;
+    let client = cluster.client();
+    let big: Vec<lp::Command> = (0..2_000).map(|i| user(&format!("big{i}"), lp::Role::User)).collect();
+    let results = client.propose(big).await.unwrap();
+    assert_eq!(results.len(), 2_000);
+    assert!(results.iter().all(|r| rejection(r).is_none()));
+    assert!(results.iter().all(|r| r.log_index == results[0].log_index), "2,000 commands, one entry");
+
+    let client = &client;
+    let requests = (0..16).map(|r| async move {
+        let cmds = (0..100).map(|i| user(&format!("r{r}-{i}"), lp::Role::User)).collect();
+        client.propose(cmds).await.unwrap()
+    });
+    let answers = futures::future::join_all(requests).await;
+    let mut entries = std::collections::BTreeSet::new();
+    for results in &answers {
+        assert_eq!(results.len(), 100);
+        assert!(results.iter().all(|r| r.log_index == results[0].log_index), "a request split across entries");
+        entries.insert(results[0].log_index);
+    }
+    assert!(entries.len() < answers.len(), "concurrent requests share entries: {entries:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_of_another_node_is_refused() {
     let dir = tempfile::tempdir().unwrap();
