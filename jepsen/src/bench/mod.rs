@@ -34,6 +34,8 @@ pub enum Workload {
     Hot,
     /// Every operation a bid, on many lots with Zipf(1.0) popularity.
     Zipf,
+    /// Every operation a bid, on many lots picked uniformly (little contention per lot).
+    Uniform,
     /// 90% linearizable lot reads, 10% bids, Zipf popularity.
     ReadHeavy,
 }
@@ -43,8 +45,9 @@ impl Workload {
         match s {
             "hot" => Ok(Workload::Hot),
             "zipf" => Ok(Workload::Zipf),
+            "uniform" => Ok(Workload::Uniform),
             "read-heavy" => Ok(Workload::ReadHeavy),
-            other => Err(format!("unknown workload {other:?} (hot, zipf, read-heavy)")),
+            other => Err(format!("unknown workload {other:?} (hot, zipf, uniform, read-heavy)")),
         }
     }
 }
@@ -82,7 +85,7 @@ static MAXIMA: AtomicU64 = AtomicU64::new(0);
 impl Generator {
     fn new(spec: &Spec) -> Generator {
         let zipf = match spec.workload {
-            Workload::Hot => None,
+            Workload::Hot | Workload::Uniform => None,
             Workload::Zipf | Workload::ReadHeavy => Zipf::new(spec.lots as u64, 1.0).ok(),
         };
         Generator { spec: spec.clone(), zipf }
