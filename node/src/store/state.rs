@@ -165,16 +165,16 @@ impl Shared {
 }
 
 /// Applies one proposal to the ledger. Returns the outcomes (one per command) and the events.
+/// The proposal is taken by value: its commands are stamped in place, not copied.
 fn apply_proposal(
     ledger: &mut Ledger,
-    proposal: &pb::Proposal,
+    proposal: pb::Proposal,
     index: u64,
 ) -> (Vec<ledger::pb::Outcome>, Vec<ledger::pb::Event>) {
     let mut outcomes = Vec::with_capacity(proposal.commands.len());
     let mut events = Vec::new();
-    for command in &proposal.commands {
+    for mut command in proposal.commands {
         // The leader's stamp is the only clock; whatever the client sent is ignored.
-        let mut command = command.clone();
         command.at_ms = proposal.at_ms;
         command.log_index = index;
         let applied = ledger.apply(&command);
@@ -210,18 +210,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Every entry gets a feed item (empty for blank and membership entries), so the
             // feed's indices are contiguous and a subscriber can check it missed nothing.
             let mut item = pb::FeedItem { index, at_ms: 0, events: Vec::new() };
-            match &entry.payload {
+            match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(proposal) => {
+                    item.at_ms = proposal.at_ms;
                     let mut ledger = self.shared.ledger_mut()?;
                     let (outcomes, events) = apply_proposal(&mut ledger, proposal, index);
                     self.shared.generation.fetch_add(1, Ordering::Release);
                     drop(ledger);
-                    item.at_ms = proposal.at_ms;
                     item.events = events;
                     outcome.outcomes = outcomes;
                 }
-                EntryPayload::Membership(m) => membership = Some(StoredMembership::new(Some(entry.log_id), m.clone())),
+                EntryPayload::Membership(m) => membership = Some(StoredMembership::new(Some(entry.log_id), m)),
             }
             batch.put_cf(cf(&db, CF_FEED)?, index_key(index), item.encode_to_vec());
             let prev = last.take().and_then(|(_, m)| m);
