@@ -4,8 +4,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use openraft::BasicNode;
-use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::limits;
@@ -16,6 +16,8 @@ use crate::raft::{self, NodeId, TypeConfig};
 /// Builds one lazily connecting client per peer.
 #[derive(Clone, Default)]
 pub struct Network {
+    /// This node's id, named in timeout errors.
+    pub id: NodeId,
     /// Source address for connections to peers (the node's own listen IP), so that traffic
     /// between two nodes is identifiable by address pair (the jepsen harness cuts links so).
     pub local_ip: Option<std::net::IpAddr>,
@@ -23,6 +25,7 @@ pub struct Network {
 
 /// A connection to one peer.
 pub struct Connection {
+    id: NodeId,
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, String>,
 }
@@ -48,20 +51,33 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
         });
-        Connection { target, client }
+        Connection { id: self.id, target, client }
     }
 }
 
 type RpcError = RPCError<TypeConfig>;
 
-/// Transport failures back off (unreachable); anything else is retried at once.
-fn status_error(status: tonic::Status) -> RpcError {
+/// How openraft should treat a failed call. Only a peer that cannot be reached at all backs
+/// off (`Unreachable`: 200 ms to 1 s between tries, at once). A call that ran out of time is a
+/// `Timeout`, which backs off only after about ten in a row: one append slower than its
+/// deadline (a follower's fsync under load) must not park the follower for a second.
+fn status_error(status: tonic::Status, call: Call) -> RpcError {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            RPCError::Unreachable(Unreachable::new(&status))
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+        tonic::Code::DeadlineExceeded => {
+            RPCError::Timeout(Timeout { action: call.action, id: call.id, target: call.target, timeout: call.timeout })
         }
         _ => RPCError::Network(NetworkError::new(&status)),
     }
+}
+
+/// What a failed call was, for its error.
+#[derive(Clone, Copy)]
+struct Call {
+    action: RPCTypes,
+    id: NodeId,
+    target: NodeId,
+    timeout: Duration,
 }
 
 fn malformed(e: raft::Malformed) -> RpcError {
@@ -71,6 +87,10 @@ fn malformed(e: raft::Malformed) -> RpcError {
 impl Connection {
     fn client(&self) -> Result<RaftServiceClient<Channel>, RpcError> {
         self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
+    }
+
+    fn call(&self, action: RPCTypes, timeout: Duration) -> Call {
+        Call { action, id: self.id, target: self.target, timeout }
     }
 
     fn request<T>(&self, message: T, option: &RPCOption) -> tonic::Request<T> {
@@ -90,13 +110,15 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<raft::AppendEntriesResponse, RpcError> {
         let request = self.request(raft::append_request_to_pb(&rpc), &option);
-        let response = self.client()?.append_entries(request).await.map_err(status_error)?;
+        let call = self.call(RPCTypes::AppendEntries, option.soft_ttl());
+        let response = self.client()?.append_entries(request).await.map_err(|s| status_error(s, call))?;
         raft::append_response_from_pb(response.into_inner()).map_err(malformed)
     }
 
     async fn vote(&mut self, rpc: raft::VoteRequest, option: RPCOption) -> Result<raft::VoteResponse, RpcError> {
         let request = self.request(raft::vote_request_to_pb(&rpc), &option);
-        let response = self.client()?.vote(request).await.map_err(status_error)?;
+        let call = self.call(RPCTypes::Vote, option.soft_ttl());
+        let response = self.client()?.vote(request).await.map_err(|s| status_error(s, call))?;
         raft::vote_response_from_pb(response.into_inner()).map_err(malformed)
     }
 
@@ -121,14 +143,35 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         );
         let mut request = tonic::Request::new(tokio_stream::iter(chunks));
         // A snapshot may be large: allow it the hard TTL rather than the soft one.
-        request.set_timeout(option.hard_ttl().max(Duration::from_secs(limits::SNAPSHOT_TIMEOUT_SECS)));
+        let timeout = option.hard_ttl().max(Duration::from_secs(limits::SNAPSHOT_TIMEOUT_SECS));
+        request.set_timeout(timeout);
+        let call = self.call(RPCTypes::InstallSnapshot, timeout);
         let mut client = self.client()?;
-        let call = client.install_snapshot(request);
+        let install = client.install_snapshot(request);
         let response = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
-            response = call => response.map_err(|s| StreamingError::from(status_error(s)))?,
+            response = install => response.map_err(|s| StreamingError::from(status_error(s, call)))?,
         };
         let vote = raft::vote_from_pb(&response.into_inner().vote).map_err(|e| StreamingError::from(malformed(e)))?;
         Ok(openraft::raft::SnapshotResponse::new(vote))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> Call {
+        Call { action: RPCTypes::AppendEntries, id: 1, target: 2, timeout: Duration::from_millis(50) }
+    }
+
+    #[test]
+    fn a_slow_call_is_a_timeout_and_only_a_dead_peer_is_unreachable() {
+        let slow = status_error(tonic::Status::deadline_exceeded("slow append"), call());
+        assert!(matches!(slow, RPCError::Timeout(Timeout { target: 2, .. })), "{slow:?}");
+        let dead = status_error(tonic::Status::unavailable("connection refused"), call());
+        assert!(matches!(dead, RPCError::Unreachable(_)), "{dead:?}");
+        let other = status_error(tonic::Status::cancelled("dropped"), call());
+        assert!(matches!(other, RPCError::Network(_)), "{other:?}");
     }
 }

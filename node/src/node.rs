@@ -49,7 +49,7 @@ impl Node {
         let sm = StateMachine::open(db, &config.data_dir.join("snapshots"))?;
         let shared = sm.shared();
         let raft_config = Arc::new(config.raft_config().map_err(|e| NodeError::Config(e.to_string()))?);
-        let raft = Raft::new(config.id, raft_config, Network { local_ip: config.source_ip() }, log, sm)
+        let raft = Raft::new(config.id, raft_config, Network { id: config.id, local_ip: config.source_ip() }, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let clock = Arc::new(Clock::new(config.clock_offset_ms));
