@@ -10,11 +10,6 @@
 
 use std::hint::black_box;
 
-/// The allocator the binaries ship with (`gavel-node`, `gavel`): the ledger allocates small
-/// strings and messages on every bid, and glibc's malloc spent half of this benchmark.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ledger::Ledger;
 use ledger::pb::{self, command::Body};

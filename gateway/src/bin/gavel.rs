@@ -10,11 +10,6 @@
 //! Every flag can also be set from the environment (`GAVEL_...`) or a file of
 //! `GAVEL_...=value` lines (`--config FILE`). Precedence: flag, then environment, then file.
 
-/// mimalloc: the ledger and the request paths allocate many small strings and messages per bid,
-/// which glibc's malloc served at about half the speed (BENCHMARKS.md, ledger apply).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -13,11 +13,6 @@
 //! ```
 //! Every cluster is started fresh on loopback (3 members, fsync on) and killed at the end.
 
-/// mimalloc: the ledger and the request paths allocate many small strings and messages per bid,
-/// which glibc's malloc served at about half the speed (BENCHMARKS.md, ledger apply).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
