@@ -85,23 +85,8 @@ async fn log_append_truncate_purge_and_reopen() {
 /// entry applied twice shows in the digest. Returns the entries and, per index, the ledger's
 /// digest after it and the feed item it makes when applied once.
 fn attribute_entries(last: u64) -> (Vec<Entry>, Vec<(String, pb::FeedItem)>) {
-    let curator = lp::CreateUser { user_id: "cur".into(), username: "cur".into(), role: 2, password_hash: vec![] };
-    let lot = lp::CreateLot {
-        lot_id: "L".into(),
-        title: "Harbour".into(),
-        currency: "USD".into(),
-        start_price: 100,
-        starts_at_ms: 10_000,
-        ends_at_ms: 20_000,
-        seller_id: "cur".into(),
-        ..Default::default()
-    };
     let mut entries = vec![Entry { log_id: log_id(0), payload: EntryPayload::Blank }];
-    entries.push(proposal_entry(
-        1,
-        1_000,
-        vec![command("", Body::CreateUser(curator)), user("ana"), command("cur", Body::CreateLot(lot))],
-    ));
+    entries.push(proposal_entry(1, 1_000, vec![curator(), user("ana"), create_lot("cur", 20_000)]));
     for i in 2..=last {
         let add = lp::AddAttributes {
             lot_id: "L".into(),
@@ -261,16 +246,6 @@ fn write_format_1(dir: &std::path::Path, ledger: &Ledger, applied: u64) {
 /// the file but before the format marker flips just does the rewrite again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_format_1_directory_is_rewritten_as_a_snapshot() {
-    let lot = lp::CreateLot {
-        lot_id: "L".into(),
-        title: "Harbour".into(),
-        currency: "USD".into(),
-        start_price: 100,
-        starts_at_ms: 10_000,
-        ends_at_ms: 90_000,
-        seller_id: "sam".into(),
-        ..Default::default()
-    };
     let status = |s: lp::LotStatus| {
         command("cur", Body::SetLotStatus(lp::SetLotStatus { lot_id: "L".into(), status: s as i32 }))
     };
@@ -281,20 +256,12 @@ async fn a_format_1_directory_is_rewritten_as_a_snapshot() {
     let attribute = lp::AttributeInput { key: "medium".into(), value: "oil".into() };
     let category = lp::PutCategory { category_id: "art".into(), name: "Art".into(), parent_id: String::new() };
     let commands = vec![
-        command(
-            "",
-            Body::CreateUser(lp::CreateUser {
-                user_id: "cur".into(),
-                username: "cur".into(),
-                role: 2,
-                password_hash: vec![],
-            }),
-        ),
+        curator(),
         user("sam"),
         user("ana"),
         user("ben"),
         command("cur", Body::PutCategory(category)),
-        command("cur", Body::CreateLot(lot)),
+        create_lot("sam", 90_000),
         command("cur", Body::AddAttributes(lp::AddAttributes { lot_id: "L".into(), attributes: vec![attribute] })),
         status(lp::LotStatus::UnderReview),
         status(lp::LotStatus::Authenticated),
@@ -350,22 +317,32 @@ fn command(actor: &str, body: Body) -> lp::Command {
     lp::Command { at_ms: 0, actor: actor.into(), log_index: 0, body: Some(body) }
 }
 
-/// Lot content through the RocksDB state machine: a reopen (per-record persistence) and a
-/// snapshot installed on a fresh replica both give the ledger that applied it in memory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lot_content_survives_a_reopen_and_a_snapshot_install() {
-    use openraft::storage::RaftSnapshotBuilder;
-    let curator = lp::CreateUser { user_id: "cur".into(), username: "cur".into(), role: 2, password_hash: vec![] };
+/// A curator (role 2) named `cur`.
+fn curator() -> lp::Command {
+    let user = lp::CreateUser { user_id: "cur".into(), username: "cur".into(), role: 2, password_hash: vec![] };
+    command("", Body::CreateUser(user))
+}
+
+/// Lot `L` in draft, in dollars from $1, open from 10 s to `ends_at_ms` on the ledger's clock.
+fn create_lot(seller: &str, ends_at_ms: i64) -> lp::Command {
     let lot = lp::CreateLot {
         lot_id: "L".into(),
         title: "Harbour".into(),
         currency: "USD".into(),
         start_price: 100,
         starts_at_ms: 10_000,
-        ends_at_ms: 20_000,
-        seller_id: "cur".into(),
+        ends_at_ms,
+        seller_id: seller.into(),
         ..Default::default()
     };
+    command("cur", Body::CreateLot(lot))
+}
+
+/// Lot content through the state machine: a reopen (from its snapshot file) and a snapshot
+/// installed on a fresh replica both give the ledger that applied it in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lot_content_survives_a_reopen_and_a_snapshot_install() {
+    use openraft::storage::RaftSnapshotBuilder;
     let image = |id: &str, byte: char| {
         Body::AddImage(lp::AddImage {
             lot_id: "L".into(),
@@ -378,7 +355,7 @@ async fn lot_content_survives_a_reopen_and_a_snapshot_install() {
         })
     };
     let batches: Vec<Vec<lp::Command>> = vec![
-        vec![command("", Body::CreateUser(curator)), user("ana"), command("cur", Body::CreateLot(lot))],
+        vec![curator(), user("ana"), create_lot("cur", 20_000)],
         vec![
             command(
                 "cur",
