@@ -26,9 +26,10 @@ use super::snapshots::SnapshotDir;
 pub struct Shared {
     db: Arc<DB>,
     snapshots: SnapshotDir,
-    /// Held by `apply` for a whole batch. The ledger changes entry by entry but `applied` and
-    /// the feed items only at the batch's end, so a snapshot is cut only between batches:
-    /// never a ledger that is ahead of the index it is filed under.
+    /// Held by `apply` for a whole batch and by `install_snapshot` for a whole install. The
+    /// ledger changes entry by entry but `applied` and the feed items only at the batch's end,
+    /// so a snapshot is cut only between batches: never a ledger that is ahead of (or behind)
+    /// the index it is filed under.
     apply_gate: tokio::sync::Mutex<()>,
     ledger: RwLock<Ledger>,
     applied: Mutex<(Option<LogId>, StoredMembership)>,
@@ -196,8 +197,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let shared = self.shared.clone();
-        let _gate = shared.apply_gate.lock().await;
+        let _gate = self.shared.apply_gate.lock().await;
         let db = self.shared.db.clone();
         let mut batch = WriteBatch::default();
         let mut responses = Vec::new();
@@ -255,6 +255,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
         let (_, data, ledger) = read_snapshot(&snapshot)?;
+        // Like a batch of entries: a snapshot build must see the feed, the ledger and the
+        // applied id all from before this install or all from after it.
+        let _gate = self.shared.apply_gate.lock().await;
         let shared = self.shared.clone();
         let index = meta.last_log_id.map_or(0, |id| id.index);
         blocking(move || {
