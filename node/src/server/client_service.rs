@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{LEADER_ADDR_HEADER, Services, is_forwarded, poisoned, propose_status};
+use super::{LEADER_ADDR_HEADER, Services, is_forwarded, propose_status};
 use crate::limits;
 use crate::pb;
 use crate::proposer::ProposeError;
@@ -46,9 +46,7 @@ impl pb::client_service_server::ClientService for Services {
         if !self.read_here(req.stale, forwarded).await? {
             return self.leader_client()?.0.read_lot(Self::forward(req)).await;
         }
-        let shared = &self.node.shared;
-        let applied_index = shared.applied_index();
-        let ledger = shared.ledger().map_err(poisoned)?;
+        let (applied_index, ledger) = self.local_read()?;
         let lot = ledger.lot(&req.lot_id);
         Ok(Response::new(pb::ReadLotResponse {
             lot: lot.map(ledger::state::lot_view),
@@ -73,9 +71,8 @@ impl pb::client_service_server::ClientService for Services {
         if !self.read_here(req.stale, forwarded).await? {
             return self.leader_client()?.0.read_categories(Self::forward(req)).await;
         }
-        let shared = &self.node.shared;
-        let applied_index = shared.applied_index();
-        let categories = shared.ledger().map_err(poisoned)?.category_views();
+        let (applied_index, ledger) = self.local_read()?;
+        let categories = ledger.category_views();
         Ok(Response::new(pb::ReadCategoriesResponse { categories, applied_index, stale: req.stale }))
     }
 
@@ -88,9 +85,7 @@ impl pb::client_service_server::ClientService for Services {
         if !self.read_here(req.stale, forwarded).await? {
             return self.leader_client()?.0.read_image(Self::forward(req)).await;
         }
-        let shared = &self.node.shared;
-        let applied_index = shared.applied_index();
-        let ledger = shared.ledger().map_err(poisoned)?;
+        let (applied_index, ledger) = self.local_read()?;
         Ok(Response::new(pb::ReadImageResponse {
             image: if req.image_id.is_empty() { None } else { ledger.image(&req.image_id) },
             referenced: !req.content_hash.is_empty() && ledger.image_referenced(&req.content_hash),
@@ -105,9 +100,7 @@ impl pb::client_service_server::ClientService for Services {
         if !self.read_here(req.stale, forwarded).await? {
             return self.leader_client()?.0.read_user(Self::forward(req)).await;
         }
-        let shared = &self.node.shared;
-        let applied_index = shared.applied_index();
-        let ledger = shared.ledger().map_err(poisoned)?;
+        let (applied_index, ledger) = self.local_read()?;
         let user = if req.user_id.is_empty() { ledger.user_by_name(&req.username) } else { ledger.user(&req.user_id) };
         Ok(Response::new(pb::ReadUserResponse {
             user: user.map(ledger::state::user_view),
@@ -126,9 +119,7 @@ impl pb::client_service_server::ClientService for Services {
         if !self.read_here(req.stale, forwarded).await? {
             return self.leader_client()?.0.read_auction(Self::forward(req)).await;
         }
-        let shared = &self.node.shared;
-        let applied_index = shared.applied_index();
-        let ledger = shared.ledger().map_err(poisoned)?;
+        let (applied_index, ledger) = self.local_read()?;
         Ok(Response::new(pb::ReadAuctionResponse {
             auction: ledger.auction(&req.auction_id).map(ledger::state::auction_view),
             applied_index,

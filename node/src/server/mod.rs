@@ -111,6 +111,14 @@ impl Services {
         }
     }
 
+    /// The applied index and the ledger to answer a read from here, read in that order: the
+    /// ledger is at least as new as the index the answer reports.
+    fn local_read(&self) -> Result<(u64, std::sync::RwLockReadGuard<'_, ledger::Ledger>), Status> {
+        let shared = &self.node.shared;
+        let applied_index = shared.applied_index();
+        Ok((applied_index, shared.ledger().map_err(poisoned)?))
+    }
+
     /// Waits for a read index from the leader; on a follower, says who leads.
     async fn linearize(&self) -> Result<(), Status> {
         if self.node.config.unsafe_stale_reads {
