@@ -135,8 +135,7 @@ fn node_config(args: &DevArgs, id: u64) -> NodeConfig {
         snapshot_logs: 10_000,
         logs_kept_after_snapshot: 1_000,
         clock_offset_ms: 0,
-        unsafe_stale_reads: false,
-        unsafe_ack_before_commit: false,
+        unsafe_modes: node::UnsafeModes::default(),
     }
 }
 

@@ -76,6 +76,31 @@ fn acknowledging_before_commit_is_caught() {
     panic!("three runs with --unsafe-ack-before-commit were judged valid: the checkers missed it");
 }
 
+/// The number after `label` in the harness's summary.
+fn count_after(stdout: &str, label: &str) -> usize {
+    let at = stdout.find(label).unwrap_or_else(|| panic!("no {label:?} in:\n{stdout}")) + label.len();
+    stdout[at..].split_whitespace().next().and_then(|n| n.parse().ok()).unwrap()
+}
+
+#[test]
+fn a_bid_applied_twice_is_caught_by_the_duplicate_check_in_every_run() {
+    // Not "one of three": with exactly-once off, every run must be caught, and by the
+    // duplicate check itself (the workload re-sends some answered bids with the same id).
+    for seed in [21, 22] {
+        let (ok, stdout) = jepsen(&[
+            "--time-limit",
+            "10",
+            "--nemesis",
+            "kill-leader",
+            "--seed",
+            &seed.to_string(),
+            "--unsafe-no-exactly-once",
+        ]);
+        assert!(!ok && stdout.contains("INVALID"), "seed {seed}: exactly-once off was judged valid:\n{stdout}");
+        assert!(count_after(&stdout, "duplicated bids:") > 0, "seed {seed}: not seen as duplicates:\n{stdout}");
+    }
+}
+
 #[test]
 fn a_short_run_under_partitions_is_valid() {
     // Needs root and nftables (scripts/setup installs nftables; CI runs as root).

@@ -288,6 +288,15 @@ impl Ledger {
         self.recorded.get(bidder).and_then(|bids| bids.get(bid_id))
     }
 
+    /// Drops the recorded answer to a bidder's bid id, so a retry of it is applied again.
+    /// This breaks exactly-once on purpose: it exists only for the node's unsafe jepsen mode,
+    /// which shows that the harness catches a bid applied twice.
+    pub fn forget_recorded_bid(&mut self, bidder: &str, bid_id: &str) {
+        if let Some(bids) = self.recorded.get_mut(bidder) {
+            bids.remove(bid_id);
+        }
+    }
+
     // ---- users ---------------------------------------------------------------------------
 
     fn create_user(&mut self, ctx: &Ctx, c: &pb::CreateUser, events: &mut Events) -> Result<Res, Rejection> {

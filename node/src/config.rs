@@ -28,10 +28,22 @@ pub struct NodeConfig {
     pub logs_kept_after_snapshot: u64,
     /// Added to the wall clock when stamping entries (fault injection).
     pub clock_offset_ms: i64,
-    /// UNSAFE (jepsen only): serve "linearizable" reads without a read index.
-    pub unsafe_stale_reads: bool,
-    /// UNSAFE (jepsen only): acknowledge writes before they are committed.
-    pub unsafe_ack_before_commit: bool,
+    /// Deliberately broken modes, all off by default: the jepsen harness turns one on to
+    /// show that its checkers catch it.
+    pub unsafe_modes: UnsafeModes,
+}
+
+/// Switches that break a guarantee on purpose (jepsen only; a node logs a warning for each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnsafeModes {
+    /// Serve "linearizable" reads without a read index.
+    pub stale_reads: bool,
+    /// Acknowledge writes before they are committed.
+    pub ack_before_commit: bool,
+    /// Forget bid ids: a retried bid is applied again instead of answered from its record.
+    pub no_exactly_once: bool,
+    /// Write the log without fsync: only a power loss (not kill -9) can show the difference.
+    pub no_fsync: bool,
 }
 
 impl NodeConfig {

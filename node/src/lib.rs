@@ -37,7 +37,7 @@ pub mod pb {
 
 pub use bridge::{Bridge, BridgeError};
 pub use client::{Client, ClientError};
-pub use config::NodeConfig;
+pub use config::{NodeConfig, UnsafeModes};
 pub use follow::{FollowError, Follower};
 pub use node::{Node, NodeError};
 pub use subscribe::{

@@ -46,14 +46,17 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)?;
         let db = store::open_db(&config.data_dir, config.id)?;
         let log = LogStore::new(db.clone());
+        let log = if config.unsafe_modes.no_fsync { log.without_fsync() } else { log };
         let sm = StateMachine::open(db, &config.data_dir.join("snapshots"))?;
+        sm.shared().set_forget_bid_ids(config.unsafe_modes.no_exactly_once);
         let shared = sm.shared();
         let raft_config = Arc::new(config.raft_config().map_err(|e| NodeError::Config(e.to_string()))?);
         let raft = Raft::new(config.id, raft_config, Network { id: config.id, local_ip: config.source_ip() }, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let clock = Arc::new(Clock::new(config.clock_offset_ms));
-        let proposer = Proposer::start(raft.clone(), shared.clone(), clock.clone(), config.unsafe_ack_before_commit);
+        let proposer =
+            Proposer::start(raft.clone(), shared.clone(), clock.clone(), config.unsafe_modes.ack_before_commit);
         let inner = Arc::new(NodeInner { config: config.clone(), raft, shared, proposer, clock });
 
         let (stop, stopped) = watch::channel(false);

@@ -103,8 +103,7 @@ impl TestCluster {
                 snapshot_logs: 10_000,
                 logs_kept_after_snapshot: 1_000,
                 clock_offset_ms: 0,
-                unsafe_stale_reads: false,
-                unsafe_ack_before_commit: false,
+                unsafe_modes: node::UnsafeModes::default(),
             };
             nodes.push(Some(Node::start(config).await.unwrap()));
         }

@@ -62,6 +62,12 @@ enum Cmd {
         /// Run the nodes acknowledging writes before commit (to see the checker fail).
         #[arg(long)]
         unsafe_ack_before_commit: bool,
+        /// Run the nodes applying retried bids again, exactly-once off (to see the checker fail).
+        #[arg(long)]
+        unsafe_no_exactly_once: bool,
+        /// Run the nodes writing their log without fsync (only the power-loss fault catches it).
+        #[arg(long)]
+        unsafe_no_fsync: bool,
     },
 }
 
@@ -79,6 +85,8 @@ fn main() -> ExitCode {
         net,
         unsafe_stale_reads,
         unsafe_ack_before_commit,
+        unsafe_no_exactly_once,
+        unsafe_no_fsync,
     } = Cli::parse().command;
     let faults = match Fault::parse_list(&nemesis) {
         Ok(f) => f,
@@ -105,6 +113,8 @@ fn main() -> ExitCode {
         node_args: [
             (unsafe_stale_reads, "--unsafe-stale-reads"),
             (unsafe_ack_before_commit, "--unsafe-ack-before-commit"),
+            (unsafe_no_exactly_once, "--unsafe-no-exactly-once"),
+            (unsafe_no_fsync, "--unsafe-no-fsync"),
         ]
         .into_iter()
         .filter(|(on, _)| *on)

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio_stream::StreamExt;
 
 use super::error::RunError;
-use super::workload::START_PRICE;
+use super::workload::{Recorded, START_PRICE};
 use crate::cluster::Cluster;
 use crate::linear::{self, Input, Model, Operation, Output, Verdict};
 
@@ -27,6 +27,10 @@ pub struct Report {
     pub faults: BTreeMap<String, usize>,
     pub linearizability: BTreeMap<String, Verdict>,
     pub lost_bids: Vec<String>,
+    /// Bids applied more than once: acknowledged as accepted with more than one placed line;
+    /// acknowledged as refused although a placed line carries their id (only a retry applied
+    /// a second time answers "refused" for a bid its first application placed); or sent again
+    /// by the workload and answered differently the second time.
     pub duplicated_bids: Vec<String>,
     pub digests_equal: bool,
     pub feeds_equal: bool,
@@ -49,7 +53,7 @@ impl Report {
 /// What the run's checks answer; `seed` and `search_budget` are the run's.
 pub(crate) async fn check(
     cluster: &Cluster,
-    ops: &[(String, Operation)],
+    recorded: &Recorded,
     seed: u64,
     search_budget: u64,
     applied: u64,
@@ -59,13 +63,15 @@ pub(crate) async fn check(
     let Some(ladder) = Ladder::default_for(Currency::USD) else { return Err(RunError::Setup("no USD ladder".into())) };
     let model = Model { ladder, initial: Book::new(START_PRICE, None) };
     let mut by_lot: BTreeMap<&str, Vec<Operation>> = BTreeMap::new();
+    let (ops, resends) = (&recorded.ops, &recorded.resends);
     for (lot, op) in ops {
         by_lot.entry(lot.as_str()).or_default().push(op.clone());
     }
     let linearizability: BTreeMap<String, Verdict> =
         by_lot.iter().map(|(lot, ops)| ((*lot).to_owned(), linear::check(&model, ops, search_budget))).collect();
 
-    // Every acknowledged accepted bid is in the final ledger exactly once (as a placed line).
+    // Every acknowledged accepted bid is in the final ledger exactly once (as a placed line);
+    // every acknowledged refused bid is in it not at all.
     let client = Client::new(cluster.addrs.values().cloned().collect()).with_deadline(Duration::from_secs(30));
     let (mut lost_bids, mut duplicated_bids, mut unclosed_lots) = (Vec::new(), Vec::new(), Vec::new());
     for (lot, lot_ops) in &by_lot {
@@ -81,13 +87,21 @@ pub(crate) async fn check(
             }
         }
         for op in lot_ops {
-            if let (Input::Bid { bid_id, .. }, Output::Bid { .. }) = (&op.input, &op.output) {
-                match placed.get(bid_id.as_str()) {
-                    None => lost_bids.push(bid_id.clone()),
-                    Some(n) if *n > 1 => duplicated_bids.push(bid_id.clone()),
-                    _ => {}
-                }
+            let Input::Bid { bid_id, .. } = &op.input else { continue };
+            let lines = placed.get(bid_id.as_str()).copied().unwrap_or(0);
+            match &op.output {
+                Output::Bid { .. } if lines == 0 => lost_bids.push(bid_id.clone()),
+                Output::Bid { .. } if lines > 1 => duplicated_bids.push(bid_id.clone()),
+                Output::Rejected { .. } if lines > 0 => duplicated_bids.push(bid_id.clone()),
+                _ => {}
             }
+        }
+    }
+
+    // A bid sent again is answered from its record: the first answer, whatever happened since.
+    for r in resends {
+        if r.again != r.first && !duplicated_bids.contains(&r.bid_id) {
+            duplicated_bids.push(r.bid_id.clone());
         }
     }
 
@@ -119,6 +133,7 @@ pub(crate) async fn check(
         "valid": report.valid(),
         "seed": seed,
         "operations": report.operations,
+        "resends": resends.len(),
         "faults": report.faults,
         "linearizability": report.linearizability.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect::<BTreeMap<_, _>>(),
         "lost_bids": report.lost_bids,

@@ -73,6 +73,7 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
         started: Instant::now(),
         ops: Vec::new(),
         processes: Vec::new(),
+        resends: Vec::new(),
     }));
     let deadline = Instant::now() + opts.time_limit;
     let mut workers = Vec::new();
@@ -89,12 +90,12 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
     cluster.leader(Duration::from_secs(30)).await?;
     let (applied, _) = cluster.converge(Duration::from_secs(60)).await?;
 
-    let (ops, processes) = {
-        let mut h = history.lock().map_err(|_| RunError::Setup("poisoned".into()))?;
-        (std::mem::take(&mut h.ops), std::mem::take(&mut h.processes))
-    };
-    let end_ns = ops.iter().filter_map(|(_, op)| op.ret).max().unwrap_or(0);
-    std::fs::write(dir.join("timeline.svg"), timeline(&ops, &processes, &nemesis_log, opts.clients, end_ns))?;
-    let report = check(&cluster, &ops, opts.seed, opts.search_budget, applied, nemesis_log, dir).await?;
+    let recorded = history.lock().map_err(|_| RunError::Setup("poisoned".into()))?.take();
+    let end_ns = recorded.ops.iter().filter_map(|(_, op)| op.ret).max().unwrap_or(0);
+    std::fs::write(
+        dir.join("timeline.svg"),
+        timeline(&recorded.ops, &recorded.processes, &nemesis_log, opts.clients, end_ns),
+    )?;
+    let report = check(&cluster, &recorded, opts.seed, opts.search_budget, applied, nemesis_log, dir).await?;
     Ok(report)
 }

@@ -26,9 +26,39 @@ pub(crate) struct History {
     pub(crate) ops: Vec<(String, Operation)>,
     /// The client (process) of each operation in `ops`, for the timeline.
     pub(crate) processes: Vec<usize>,
+    /// Answered bids sent a second time with the same id, as a client whose answer was lost
+    /// would: exactly-once means the second answer is the first one again.
+    pub(crate) resends: Vec<Resend>,
 }
 
+/// The history's operations and re-sent bids, once the clients have stopped.
+pub(crate) struct Recorded {
+    pub(crate) ops: Vec<(String, Operation)>,
+    pub(crate) processes: Vec<usize>,
+    pub(crate) resends: Vec<Resend>,
+}
+
+/// A bid sent again after its answer came back.
+#[derive(Clone, Debug)]
+pub(crate) struct Resend {
+    pub(crate) bid_id: String,
+    pub(crate) first: Output,
+    pub(crate) again: Output,
+}
+
+/// The share of answered bids that are sent again with the same id.
+const RESEND_PROBABILITY: f64 = 0.1;
+
 impl History {
+    /// What the clients recorded, taken out for the checks.
+    pub(crate) fn take(&mut self) -> Recorded {
+        Recorded {
+            ops: std::mem::take(&mut self.ops),
+            processes: std::mem::take(&mut self.processes),
+            resends: std::mem::take(&mut self.resends),
+        }
+    }
+
     fn now(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
     }
@@ -138,12 +168,29 @@ pub(crate) async fn client_loop(
         if let Output::Bid { price, .. } | Output::Read { price, .. } = &output {
             last_seen.insert(lot.clone(), *price);
         }
-        let Ok(mut h) = history.lock() else { return };
-        let ret = h.now();
-        h.line(json!({"process": c, "type": kind, "lot": lot, "op": format!("{input:?}"), "result": format!("{output:?}"), "time_ns": ret}));
-        let ret = (kind != "info").then_some(ret);
-        h.ops.push((lot, Operation { input, output, call, ret }));
-        h.processes.push(c);
+        let resend = match &input {
+            Input::Bid { bid_id, .. } if kind != "info" && rng.gen_bool(RESEND_PROBABILITY) => Some(bid_id.clone()),
+            _ => None,
+        };
+        {
+            let Ok(mut h) = history.lock() else { return };
+            let ret = h.now();
+            h.line(json!({"process": c, "type": kind, "lot": lot, "op": format!("{input:?}"), "result": format!("{output:?}"), "time_ns": ret}));
+            let ret = (kind != "info").then_some(ret);
+            h.ops.push((lot.clone(), Operation { input: input.clone(), output: output.clone(), call, ret }));
+            h.processes.push(c);
+        }
+        // Not an operation of the history: a no-op on the ledger when exactly-once holds, so
+        // the linearizability model never sees it; the checks compare its answer instead.
+        if let Some(bid_id) = resend {
+            let (again, kind) = perform(&client, &lot, &input).await;
+            let Ok(mut h) = history.lock() else { return };
+            let t = h.now();
+            h.line(json!({"process": c, "type": "resend", "lot": lot, "op": format!("{input:?}"), "result": format!("{again:?}"), "first": format!("{output:?}"), "time_ns": t}));
+            if kind != "info" {
+                h.resends.push(Resend { bid_id, first: output, again });
+            }
+        }
     }
 }
 

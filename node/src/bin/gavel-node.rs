@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use node::{Node, NodeConfig};
+use node::{Node, NodeConfig, UnsafeModes};
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
@@ -63,6 +63,13 @@ struct Args {
     /// UNSAFE, for the jepsen harness only: acknowledge writes before a majority commit.
     #[arg(long)]
     unsafe_ack_before_commit: bool,
+    /// UNSAFE, for the jepsen harness only: apply a retried bid again instead of answering it
+    /// from its record (exactly-once off).
+    #[arg(long)]
+    unsafe_no_exactly_once: bool,
+    /// UNSAFE, for the jepsen harness only: write the Raft log without fsync.
+    #[arg(long)]
+    unsafe_no_fsync: bool,
 }
 
 fn parse_members(members: &[String]) -> Result<Vec<(u64, String)>, String> {
@@ -120,6 +127,12 @@ fn main() -> ExitCode {
     if args.unsafe_ack_before_commit {
         tracing::warn!("--unsafe-ack-before-commit: acknowledged writes can be LOST on this node");
     }
+    if args.unsafe_no_exactly_once {
+        tracing::warn!("--unsafe-no-exactly-once: retried bids can be APPLIED TWICE on this node");
+    }
+    if args.unsafe_no_fsync {
+        tracing::warn!("--unsafe-no-fsync: acknowledged writes can be LOST on power loss on this node");
+    }
     let config = NodeConfig {
         id: args.id,
         listen: args.listen,
@@ -132,8 +145,12 @@ fn main() -> ExitCode {
         snapshot_logs: args.snapshot_logs,
         logs_kept_after_snapshot: args.logs_kept_after_snapshot,
         clock_offset_ms: args.clock_offset_ms,
-        unsafe_stale_reads: args.unsafe_stale_reads,
-        unsafe_ack_before_commit: args.unsafe_ack_before_commit,
+        unsafe_modes: UnsafeModes {
+            stale_reads: args.unsafe_stale_reads,
+            ack_before_commit: args.unsafe_ack_before_commit,
+            no_exactly_once: args.unsafe_no_exactly_once,
+            no_fsync: args.unsafe_no_fsync,
+        },
     };
     // The runtime starts only now: the config file above was loaded while single-threaded.
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

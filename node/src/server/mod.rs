@@ -121,7 +121,7 @@ impl Services {
 
     /// Waits for a read index from the leader; on a follower, says who leads.
     async fn linearize(&self) -> Result<(), Status> {
-        if self.node.config.unsafe_stale_reads {
+        if self.node.config.unsafe_modes.stale_reads {
             return Ok(());
         }
         match self.node.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {

@@ -21,11 +21,19 @@ pub struct LogStore {
     db: Arc<DB>,
     /// Serialises write I/O so vote, append, truncate and purge reach disk in submission order.
     write_order: Arc<tokio::sync::Mutex<()>>,
+    /// Off only in the jepsen harness's unsafe mode ([`LogStore::without_fsync`]).
+    fsync: bool,
 }
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> LogStore {
-        LogStore { db, write_order: Arc::new(tokio::sync::Mutex::new(())) }
+        LogStore { db, write_order: Arc::new(tokio::sync::Mutex::new(())), fsync: true }
+    }
+
+    /// UNSAFE (jepsen only): writes reach the page cache, not the disk, before they are
+    /// reported flushed, so a power loss (not a kill) can lose acknowledged entries.
+    pub fn without_fsync(self) -> LogStore {
+        LogStore { fsync: false, ..self }
     }
 
     fn meta_log_id(&self, key: &[u8]) -> io::Result<Option<LogId>> {
@@ -48,10 +56,10 @@ impl LogStore {
     /// Writes a batch with fsync on a blocking thread, in submission order.
     async fn write_synced(&self, batch: WriteBatch) -> io::Result<()> {
         let _order = self.write_order.lock().await;
-        let db = self.db.clone();
+        let (db, fsync) = (self.db.clone(), self.fsync);
         blocking(move || {
             let mut opts = WriteOptions::default();
-            opts.set_sync(true);
+            opts.set_sync(fsync);
             db.write_opt(batch, &opts).map_err(rocks)
         })
         .await

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::StreamExt;
@@ -40,6 +40,9 @@ pub struct Shared {
     /// The state digest of one generation: hashing the whole state is not redone for every
     /// metrics call, only after the ledger changed.
     digest: Mutex<Option<(u64, String)>>,
+    /// UNSAFE (jepsen only): forget each bid's recorded outcome before applying it, so a
+    /// retry is applied again. Every replica must run with the same setting.
+    forget_bid_ids: AtomicBool,
 }
 
 /// A lock poisoned by a panic while it was held: the state behind it may be half-changed.
@@ -104,6 +107,7 @@ impl StateMachine {
             applied_index,
             generation: AtomicU64::new(0),
             digest: Mutex::new(None),
+            forget_bid_ids: AtomicBool::new(false),
         };
         Ok(StateMachine { shared: Arc::new(shared) })
     }
@@ -140,6 +144,11 @@ impl Shared {
         Ok(digest)
     }
 
+    /// UNSAFE (jepsen only): switches exactly-once bids off (see `forget_bid_ids`).
+    pub fn set_forget_bid_ids(&self, on: bool) {
+        self.forget_bid_ids.store(on, Ordering::Relaxed);
+    }
+
     pub fn applied_index(&self) -> u64 {
         *self.applied_index.borrow()
     }
@@ -171,6 +180,7 @@ fn apply_proposal(
     ledger: &mut Ledger,
     proposal: pb::Proposal,
     index: u64,
+    forget_bid_ids: bool,
 ) -> (Vec<ledger::pb::Outcome>, Vec<ledger::pb::Event>) {
     let mut outcomes = Vec::with_capacity(proposal.commands.len());
     let mut events = Vec::new();
@@ -178,6 +188,9 @@ fn apply_proposal(
         // The leader's stamp is the only clock; whatever the client sent is ignored.
         command.at_ms = proposal.at_ms;
         command.log_index = index;
+        if forget_bid_ids && let Some(ledger::pb::command::Body::PlaceBid(bid)) = &command.body {
+            ledger.forget_recorded_bid(&command.actor, &bid.bid_id);
+        }
         let applied = ledger.apply(&command);
         outcomes.push(applied.outcome);
         events.extend(applied.events);
@@ -199,6 +212,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let _gate = self.shared.apply_gate.lock().await;
         let db = self.shared.db.clone();
+        let forget = self.shared.forget_bid_ids.load(Ordering::Relaxed);
         let mut batch = WriteBatch::default();
         let mut responses = Vec::new();
         let mut last: Option<(LogId, Option<StoredMembership>)> = None;
@@ -215,7 +229,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(proposal) => {
                     item.at_ms = proposal.at_ms;
                     let mut ledger = self.shared.ledger_mut()?;
-                    let (outcomes, events) = apply_proposal(&mut ledger, proposal, index);
+                    let (outcomes, events) = apply_proposal(&mut ledger, proposal, index, forget);
                     self.shared.generation.fetch_add(1, Ordering::Release);
                     drop(ledger);
                     item.events = events;
