@@ -1,6 +1,7 @@
 //! Cluster control: real `gavel-node` processes, each on its own host (see [`crate::net`]) with
 //! its own data directory, that the nemesis can kill -9, restart, pause (SIGSTOP) and resume
-//! (SIGCONT). Every process is killed when the `Cluster` is dropped, then the network torn down.
+//! (SIGCONT), and, on power-loss disks ([`crate::powerfs`]), cut the power of. Every process is
+//! killed when the `Cluster` is dropped, then the disks unmounted and the network torn down.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use node::Client;
 
 use crate::net::{Mode, Net, NetError};
+use crate::powerfs::{Loss, PowerFs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -23,6 +25,8 @@ pub enum ClusterError {
     NoLeader(Duration),
     #[error("replicas did not converge within {0:?}: {1}")]
     NoConvergence(Duration, String),
+    #[error("node {0} is not on a power-loss disk: start the cluster with Cluster::start_on_power_loss_disks")]
+    NoPowerLossDisk(u64),
 }
 
 pub struct Cluster {
@@ -34,6 +38,9 @@ pub struct Cluster {
     children: BTreeMap<u64, Child>,
     paused: BTreeMap<u64, bool>,
     extra_args: Vec<String>,
+    /// Each node's data directory, when the cluster runs on power-loss disks. Dropped (so
+    /// unmounted) after `Drop::drop` has killed the processes.
+    disks: BTreeMap<u64, PowerFs>,
     /// Declared last: dropped after `Drop::drop` has killed the processes.
     pub net: Net,
 }
@@ -47,6 +54,30 @@ impl Cluster {
         extra_args: Vec<String>,
         mode: Mode,
     ) -> Result<Cluster, ClusterError> {
+        Cluster::launch(bin, dir, n, extra_args, mode, false).await
+    }
+
+    /// Like [`Cluster::start`], with each node's data directory on a power-loss filesystem,
+    /// so that [`Cluster::power_loss`] can drop what a node did not fsync. Needs root and
+    /// `/dev/fuse`.
+    pub async fn start_on_power_loss_disks(
+        bin: &Path,
+        dir: &Path,
+        n: u64,
+        extra_args: Vec<String>,
+        mode: Mode,
+    ) -> Result<Cluster, ClusterError> {
+        Cluster::launch(bin, dir, n, extra_args, mode, true).await
+    }
+
+    async fn launch(
+        bin: &Path,
+        dir: &Path,
+        n: u64,
+        extra_args: Vec<String>,
+        mode: Mode,
+        power_loss_disks: bool,
+    ) -> Result<Cluster, ClusterError> {
         let net = Net::new(mode, n).await?;
         let addrs: BTreeMap<u64, String> = net.hosts().iter().map(|(id, h)| (*id, h.advertise.clone())).collect();
         let members = addrs.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
@@ -58,9 +89,13 @@ impl Cluster {
             children: BTreeMap::new(),
             paused: BTreeMap::new(),
             extra_args,
+            disks: BTreeMap::new(),
             net,
         };
         for id in 1..=n {
+            if power_loss_disks {
+                cluster.disks.insert(id, PowerFs::mount(&cluster.data_dir(id))?);
+            }
             cluster.spawn(id)?;
         }
         Ok(cluster)
@@ -72,6 +107,10 @@ impl Cluster {
 
     pub fn is_running(&self, id: u64) -> bool {
         self.children.contains_key(&id)
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}"))
     }
 
     fn spawn(&mut self, id: u64) -> Result<(), ClusterError> {
@@ -93,7 +132,7 @@ impl Cluster {
             .args(["--id", &id.to_string(), "--listen", &host.listen, "--advertise", &host.advertise])
             .args(["--members", &self.members])
             .arg("--data-dir")
-            .arg(self.dir.join(format!("node-{id}")))
+            .arg(self.data_dir(id))
             .args(&self.extra_args)
             .args(extra)
             .env("RUST_LOG", std::env::var("GAVEL_NODE_LOG").unwrap_or_else(|_| "warn".into()))
@@ -113,6 +152,24 @@ impl Cluster {
         }
         self.paused.remove(&id);
         Ok(())
+    }
+
+    /// The power goes out on `ids` at once: each is killed -9, then everything it wrote and
+    /// did not fsync is gone. What each lost, by node.
+    pub fn power_loss(&mut self, ids: &[u64]) -> Result<BTreeMap<u64, Loss>, ClusterError> {
+        if let Some(id) = ids.iter().find(|id| !self.disks.contains_key(id)) {
+            return Err(ClusterError::NoPowerLossDisk(*id));
+        }
+        for id in ids {
+            self.kill(*id)?;
+        }
+        let mut lost = BTreeMap::new();
+        for id in ids {
+            if let Some(disk) = self.disks.get(id) {
+                lost.insert(*id, disk.lose_unsynced()?);
+            }
+        }
+        Ok(lost)
     }
 
     pub fn restart(&mut self, id: u64) -> Result<(), ClusterError> {

@@ -28,8 +28,9 @@ enum Cmd {
         /// Seconds of workload under faults.
         #[arg(long, default_value_t = 60)]
         time_limit: u64,
-        /// Faults: all, kill, kill-leader, kill-majority, pause, membership,
+        /// Faults: all, kill, kill-leader, kill-majority, power-loss, pause, membership,
         /// partition[-leader|-halves|-bridge|-ring], clock, none (comma separated).
+        /// power-loss (and so all) puts the nodes' data on FUSE: needs root and /dev/fuse.
         #[arg(long, default_value = "all")]
         nemesis: String,
         #[arg(long, default_value_t = 1)]
@@ -140,6 +141,9 @@ fn main() -> ExitCode {
                 "replica digests equal: {}  feeds equal and gap-free: {}",
                 report.digests_equal, report.feeds_equal
             );
+            for why in &report.broken {
+                println!("broken: {why}");
+            }
             if report.valid() {
                 println!("VALID");
                 ExitCode::SUCCESS

@@ -33,6 +33,9 @@ pub struct Report {
     /// by the workload and answered differently the second time.
     pub duplicated_bids: Vec<String>,
     pub digests_equal: bool,
+    /// What kept the final checks from running after the heal: replicas that never reached
+    /// one index with equal digests, a final state no node would serve. Each is a violation.
+    pub broken: Vec<String>,
     pub feeds_equal: bool,
     /// Lots past their end time that the leader's timer never closed.
     pub unclosed_lots: Vec<String>,
@@ -47,16 +50,18 @@ impl Report {
             && self.digests_equal
             && self.feeds_equal
             && self.unclosed_lots.is_empty()
+            && self.broken.is_empty()
     }
 }
 
-/// What the run's checks answer; `seed` and `search_budget` are the run's.
+/// What the run's checks answer; `seed` and `search_budget` are the run's; `converged` is the
+/// index every replica reached with equal digests, or why they never did.
 pub(crate) async fn check(
     cluster: &Cluster,
     recorded: &Recorded,
     seed: u64,
     search_budget: u64,
-    applied: u64,
+    converged: Result<u64, String>,
     nemesis_log: Vec<serde_json::Value>,
     dir: PathBuf,
 ) -> Result<Report, RunError> {
@@ -74,8 +79,15 @@ pub(crate) async fn check(
     // every acknowledged refused bid is in it not at all.
     let client = Client::new(cluster.addrs.values().cloned().collect()).with_deadline(Duration::from_secs(30));
     let (mut lost_bids, mut duplicated_bids, mut unclosed_lots) = (Vec::new(), Vec::new(), Vec::new());
+    let mut broken: Vec<String> = converged.as_ref().err().cloned().into_iter().collect();
     for (lot, lot_ops) in &by_lot {
-        let r = client.read_lot(lot, false, true).await.map_err(|e| RunError::Setup(e.to_string()))?;
+        let r = match client.read_lot(lot, false, true).await {
+            Ok(r) => r,
+            Err(e) => {
+                broken.push(format!("the final state of {lot} could not be read: {e}"));
+                break;
+            }
+        };
         // lot-0 ended mid-run (in ledger time, which is never behind real time at the end).
         if *lot == "lot-0" && r.lot.as_ref().is_some_and(|v| v.status == lp::LotStatus::InAuction as i32) {
             unclosed_lots.push((*lot).to_owned());
@@ -106,11 +118,15 @@ pub(crate) async fn check(
     }
 
     // Every replica's feed from index 0 is identical and contiguous.
+    // Without convergence there is no common index to compare the feeds at.
     let mut feeds = Vec::new();
-    for addr in cluster.addrs.values() {
-        feeds.push(read_feed(addr, applied).await);
+    if let Ok(applied) = &converged {
+        for addr in cluster.addrs.values() {
+            feeds.push(read_feed(addr, *applied).await);
+        }
     }
-    let feeds_equal = feeds.iter().all(|f| f.as_ref().is_ok_and(|items| Some(items) == feeds[0].as_ref().ok()))
+    let feeds_equal = !feeds.is_empty()
+        && feeds.iter().all(|f| f.as_ref().is_ok_and(|items| Some(items) == feeds[0].as_ref().ok()))
         && feeds[0].as_ref().is_ok_and(|items| items.windows(2).all(|w| w[1].index == w[0].index + 1));
 
     let mut faults = BTreeMap::new();
@@ -125,7 +141,8 @@ pub(crate) async fn check(
         lost_bids,
         duplicated_bids,
         // `converge` returned only once every node reported the same digest at one index.
-        digests_equal: true,
+        digests_equal: converged.is_ok(),
+        broken,
         feeds_equal,
         unclosed_lots,
     };
@@ -141,7 +158,8 @@ pub(crate) async fn check(
         "digests_equal": report.digests_equal,
         "feeds_equal": report.feeds_equal,
         "unclosed_lots": report.unclosed_lots,
-        "applied_index": applied,
+        "applied_index": converged.as_ref().ok(),
+        "broken": report.broken,
         "lots_checked": by_lot.keys().collect::<BTreeSet<_>>(),
     });
     std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&results).unwrap_or_default())?;

@@ -25,7 +25,7 @@ pub use error::RunError;
 pub use nemesis::Fault;
 pub(crate) use workload::{client_rng, now_ms, setup_commands};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterError};
 use check::check;
 use nemesis::nemesis;
 use timeline::timeline;
@@ -53,7 +53,12 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
     let dir = opts.out_dir.join(format!("run-{}-seed{}", now_ms(), opts.seed));
     std::fs::create_dir_all(&dir)?;
     let data = tempfile::tempdir()?;
-    let mut cluster = Cluster::start(&opts.node_bin, data.path(), opts.nodes, opts.node_args.clone(), opts.net).await?;
+    let (bin, args) = (&opts.node_bin, opts.node_args.clone());
+    let mut cluster = if opts.faults.contains(&Fault::PowerLoss) {
+        Cluster::start_on_power_loss_disks(bin, data.path(), opts.nodes, args, opts.net).await?
+    } else {
+        Cluster::start(bin, data.path(), opts.nodes, args, opts.net).await?
+    };
     cluster.leader(Duration::from_secs(30)).await?;
     let addrs: Vec<String> = cluster.addrs.values().cloned().collect();
     let setup_client = Client::new(addrs.clone()).with_deadline(Duration::from_secs(30));
@@ -87,8 +92,17 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
         let _ = w.await;
     }
     cluster.heal()?;
-    cluster.leader(Duration::from_secs(30)).await?;
-    let (applied, _) = cluster.converge(Duration::from_secs(60)).await?;
+    // No leader, or replicas that never agree again, is a verdict (a broken node mode can do
+    // that), not a reason to stop before the checks.
+    let converged = match cluster.leader(Duration::from_secs(30)).await {
+        Ok(_) => cluster.converge(Duration::from_secs(60)).await.map(|(applied, _)| applied),
+        Err(e) => Err(e),
+    };
+    let converged = match converged {
+        Ok(applied) => Ok(applied),
+        Err(e @ (ClusterError::NoLeader(_) | ClusterError::NoConvergence(..))) => Err(e.to_string()),
+        Err(e) => return Err(e.into()),
+    };
 
     let recorded = history.lock().map_err(|_| RunError::Setup("poisoned".into()))?.take();
     let end_ns = recorded.ops.iter().filter_map(|(_, op)| op.ret).max().unwrap_or(0);
@@ -96,6 +110,6 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
         dir.join("timeline.svg"),
         timeline(&recorded.ops, &recorded.processes, &nemesis_log, opts.clients, end_ns),
     )?;
-    let report = check(&cluster, &recorded, opts.seed, opts.search_budget, applied, nemesis_log, dir).await?;
+    let report = check(&cluster, &recorded, opts.seed, opts.search_budget, converged, nemesis_log, dir).await?;
     Ok(report)
 }

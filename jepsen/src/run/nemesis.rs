@@ -37,12 +37,15 @@ pub enum Fault {
     /// Each node reaches only its two ring neighbours (every node still sees a majority when
     /// there are 5: the "majorities ring"). With 3 nodes nothing is cut.
     PartitionRing,
+    /// The power goes out on every node, or on a random majority, at once: each is killed
+    /// and loses every write it did not fsync (the cluster runs on [`crate::powerfs`] disks).
+    PowerLoss,
 }
 
 impl Fault {
     const PARTITIONS: [Fault; 4] =
         [Fault::PartitionLeader, Fault::PartitionHalves, Fault::PartitionBridge, Fault::PartitionRing];
-    const ALL: [Fault; 10] = [
+    const ALL: [Fault; 11] = [
         Fault::KillRandom,
         Fault::KillLeader,
         Fault::KillMajority,
@@ -53,6 +56,7 @@ impl Fault {
         Fault::PartitionBridge,
         Fault::PartitionRing,
         Fault::ClockSkew,
+        Fault::PowerLoss,
     ];
 
     fn is_partition(self) -> bool {
@@ -74,10 +78,12 @@ impl Fault {
                 "kill-leader" => vec![Ok(Fault::KillLeader)],
                 "kill-majority" => vec![Ok(Fault::KillMajority)],
                 "pause" => vec![Ok(Fault::Pause)],
+                "power-loss" => vec![Ok(Fault::PowerLoss)],
                 "none" | "" => vec![],
                 other => vec![Err(format!(
-                    "unknown nemesis {other:?} (all, kill, kill-leader, kill-majority, pause, membership, \
-                     partition, partition-leader, partition-halves, partition-bridge, partition-ring, clock, none)"
+                    "unknown nemesis {other:?} (all, kill, kill-leader, kill-majority, power-loss, pause, \
+                     membership, partition, partition-leader, partition-halves, partition-bridge, \
+                     partition-ring, clock, none)"
                 ))],
             })
             .collect()
@@ -121,6 +127,15 @@ pub(crate) async fn nemesis(
                     cluster.kill(*id)?;
                 }
                 sides = json!(victims);
+            }
+            Fault::PowerLoss => {
+                let mut victims = ids.clone();
+                victims.shuffle(&mut rng);
+                if rng.gen_bool(0.5) {
+                    victims.truncate(ids.len() / 2 + 1);
+                }
+                let lost = cluster.power_loss(&victims)?;
+                sides = json!({"nodes": victims, "lost": lost});
             }
             Fault::Pause => cluster.pause(target)?,
             // A failed change is logged, not fatal (it happens under faults).

@@ -1,0 +1,693 @@
+//! A filesystem for the power-loss fault. kill -9 cannot catch a missing fsync: the kernel
+//! still writes the page cache out after the process dies. So, as Jepsen's LazyFS does, each
+//! node's data directory can be a FUSE mount of this in-memory filesystem, which remembers for
+//! every file what its last fsync made durable. [`PowerFs::lose_unsynced`], called once the
+//! node is killed, puts every file back to exactly that.
+//!
+//! The model, and its limits:
+//! - A file's data is durable once an `fsync` or `fdatasync` of it returns. Everything written
+//!   after that is lost on power loss: unsynced appends, overwrites and truncations alike.
+//! - Names are durable at once: create, rename, unlink and mkdir are not rolled back (LazyFS's
+//!   model too). A lost unsynced rename or directory entry is not modelled.
+//! - Nothing is cached by the kernel: files are opened `direct_io` and attributes and entries
+//!   live for 0 s, so a restarted node reads what this filesystem holds, not what the page
+//!   cache remembers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner,
+    MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use nix::libc;
+
+/// Attributes and entries are never cached by the kernel (see the module's doc).
+const TTL: Duration = Duration::ZERO;
+
+/// A mounted power-loss filesystem; unmounted when dropped.
+pub struct PowerFs {
+    tree: Arc<Mutex<Tree>>,
+    dir: PathBuf,
+    /// Dropping it unmounts.
+    _session: BackgroundSession,
+}
+
+/// What a power loss dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Loss {
+    /// Files that had unsynced changes.
+    pub files: usize,
+    /// Unsynced bytes dropped: a file's unsynced tail, or all of a file whose synced part was
+    /// overwritten or truncated since its last fsync.
+    pub bytes: u64,
+}
+
+impl PowerFs {
+    /// Mounts an empty power-loss filesystem on `dir` (created if missing). Needs root (or
+    /// `fusermount3`) and `/dev/fuse`.
+    pub fn mount(dir: &Path) -> io::Result<PowerFs> {
+        std::fs::create_dir_all(dir)?;
+        let meta = std::fs::metadata(dir)?;
+        let tree = Arc::new(Mutex::new(Tree::new(meta.uid(), meta.gid())));
+        let mut config = Config::default();
+        config.mount_options = vec![MountOption::FSName("gavel-powerfs".into()), MountOption::NoAtime];
+        let session = fuser::spawn_mount(Fs { tree: tree.clone() }, dir, &config).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot mount the power-loss filesystem on {}: {e}", dir.display()))
+        })?;
+        Ok(PowerFs { tree, dir: dir.to_owned(), _session: session })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The power goes out: every file goes back to what its last fsync made durable. Call it
+    /// only once every process using the filesystem is dead.
+    pub fn lose_unsynced(&self) -> io::Result<Loss> {
+        let mut tree = self.tree.lock().map_err(|_| io::Error::other("power-loss filesystem lock poisoned"))?;
+        let mut loss = Loss::default();
+        for inode in tree.inodes.values_mut() {
+            if let Kind::File(content) = &mut inode.kind
+                && let Some(bytes) = content.lose_unsynced()
+            {
+                loss.files += 1;
+                loss.bytes += bytes;
+            }
+        }
+        Ok(loss)
+    }
+}
+
+/// A file's bytes, and what of them is durable.
+#[derive(Debug, Default)]
+struct Content {
+    data: Vec<u8>,
+    /// `data[..synced_len]` is what the last fsync made durable, unless `synced` holds it.
+    synced_len: usize,
+    /// The durable bytes, saved before the first change since the last fsync that touched
+    /// them (an overwrite or a truncation below `synced_len`). Appends never need it.
+    synced: Option<Vec<u8>>,
+}
+
+impl Content {
+    /// Called before a change from byte `from` on: keeps the durable bytes if it reaches them.
+    fn before_change(&mut self, from: usize) {
+        if from < self.synced_len && self.synced.is_none() {
+            self.synced = Some(self.data[..self.synced_len].to_vec());
+        }
+    }
+
+    fn write(&mut self, offset: usize, buf: &[u8]) {
+        self.before_change(offset);
+        let end = offset + buf.len();
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        self.data[offset..end].copy_from_slice(buf);
+    }
+
+    fn set_len(&mut self, len: usize) {
+        self.before_change(len);
+        self.data.resize(len, 0);
+    }
+
+    fn sync(&mut self) {
+        self.synced = None;
+        self.synced_len = self.data.len();
+    }
+
+    /// Back to the durable bytes; how many unsynced bytes that dropped, if any changed.
+    fn lose_unsynced(&mut self) -> Option<u64> {
+        let dropped = match self.synced.take() {
+            Some(synced) => {
+                let bytes = self.data.len().max(synced.len()) as u64;
+                self.data = synced;
+                bytes
+            }
+            None if self.data.len() > self.synced_len => {
+                let bytes = (self.data.len() - self.synced_len) as u64;
+                self.data.truncate(self.synced_len);
+                bytes
+            }
+            None => return None,
+        };
+        self.synced_len = self.data.len();
+        Some(dropped)
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    Dir { parent: u64, entries: BTreeMap<OsString, u64> },
+    File(Content),
+}
+
+#[derive(Debug)]
+struct Inode {
+    kind: Kind,
+    perm: u16,
+    uid: u32,
+    gid: u32,
+    mtime: SystemTime,
+    /// 0 once unlinked; the inode lives on while it is open.
+    nlink: u32,
+    open: u32,
+}
+
+#[derive(Debug)]
+struct Tree {
+    inodes: HashMap<u64, Inode>,
+    next: u64,
+}
+
+type Result<T> = std::result::Result<T, Errno>;
+
+impl Tree {
+    fn new(uid: u32, gid: u32) -> Tree {
+        let root = Inode {
+            kind: Kind::Dir { parent: INodeNo::ROOT.0, entries: BTreeMap::new() },
+            perm: 0o755,
+            uid,
+            gid,
+            mtime: SystemTime::now(),
+            nlink: 2,
+            open: 0,
+        };
+        Tree { inodes: HashMap::from([(INodeNo::ROOT.0, root)]), next: INodeNo::ROOT.0 + 1 }
+    }
+
+    fn get(&self, ino: u64) -> Result<&Inode> {
+        self.inodes.get(&ino).ok_or(Errno::ENOENT)
+    }
+
+    fn get_mut(&mut self, ino: u64) -> Result<&mut Inode> {
+        self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)
+    }
+
+    fn content(&mut self, ino: u64) -> Result<&mut Content> {
+        match &mut self.get_mut(ino)?.kind {
+            Kind::File(content) => Ok(content),
+            Kind::Dir { .. } => Err(Errno::EISDIR),
+        }
+    }
+
+    fn entries(&self, dir: u64) -> Result<&BTreeMap<OsString, u64>> {
+        match &self.get(dir)?.kind {
+            Kind::Dir { entries, .. } => Ok(entries),
+            Kind::File(_) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    fn entries_mut(&mut self, dir: u64) -> Result<&mut BTreeMap<OsString, u64>> {
+        match &mut self.get_mut(dir)?.kind {
+            Kind::Dir { entries, .. } => Ok(entries),
+            Kind::File(_) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    fn lookup(&self, parent: u64, name: &OsStr) -> Result<u64> {
+        self.entries(parent)?.get(name).copied().ok_or(Errno::ENOENT)
+    }
+
+    fn attr(&self, ino: u64) -> Result<FileAttr> {
+        let inode = self.get(ino)?;
+        let (kind, size) = match &inode.kind {
+            Kind::Dir { entries, .. } => (FileType::Directory, entries.len() as u64),
+            Kind::File(content) => (FileType::RegularFile, content.data.len() as u64),
+        };
+        Ok(FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: inode.mtime,
+            mtime: inode.mtime,
+            ctime: inode.mtime,
+            crtime: inode.mtime,
+            kind,
+            perm: inode.perm,
+            nlink: inode.nlink,
+            uid: inode.uid,
+            gid: inode.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+
+    /// Adds `name` in `parent`; its inode number.
+    fn add(&mut self, req: &Request, parent: u64, name: &OsStr, kind: Kind, mode: u32, umask: u32) -> Result<u64> {
+        if self.entries(parent)?.contains_key(name) {
+            return Err(Errno::EEXIST);
+        }
+        let ino = self.next;
+        self.next += 1;
+        let nlink = if matches!(kind, Kind::Dir { .. }) { 2 } else { 1 };
+        let perm = (mode & !umask & 0o7777) as u16;
+        let inode = Inode { kind, perm, uid: req.uid(), gid: req.gid(), mtime: SystemTime::now(), nlink, open: 0 };
+        self.inodes.insert(ino, inode);
+        self.entries_mut(parent)?.insert(name.to_owned(), ino);
+        Ok(ino)
+    }
+
+    /// The inode lost its name: gone for good once nothing has it open.
+    fn unlinked(&mut self, ino: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.nlink = 0;
+            if inode.open == 0 {
+                self.inodes.remove(&ino);
+            }
+        }
+    }
+
+    fn rename(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<()> {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return Err(Errno::EINVAL);
+        }
+        let ino = self.lookup(parent, name)?;
+        let moving_dir = matches!(self.get(ino)?.kind, Kind::Dir { .. });
+        if let Some(&target) = self.entries(new_parent)?.get(new_name) {
+            if target == ino {
+                return Ok(());
+            }
+            if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                return Err(Errno::EEXIST);
+            }
+            match (&self.get(target)?.kind, moving_dir) {
+                (Kind::Dir { entries, .. }, true) if !entries.is_empty() => {
+                    return Err(Errno::from_i32(libc::ENOTEMPTY));
+                }
+                (Kind::Dir { .. }, false) => return Err(Errno::EISDIR),
+                (Kind::File(_), true) => return Err(Errno::ENOTDIR),
+                _ => {}
+            }
+            self.unlinked(target);
+        }
+        self.entries_mut(parent)?.remove(name);
+        self.entries_mut(new_parent)?.insert(new_name.to_owned(), ino);
+        if let Kind::Dir { parent, .. } = &mut self.get_mut(ino)?.kind {
+            *parent = new_parent;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        let ino = self.lookup(parent, name)?;
+        match (&self.get(ino)?.kind, dir) {
+            (Kind::Dir { entries, .. }, true) if !entries.is_empty() => return Err(Errno::from_i32(libc::ENOTEMPTY)),
+            (Kind::Dir { .. }, false) => return Err(Errno::EISDIR),
+            (Kind::File(_), true) => return Err(Errno::ENOTDIR),
+            _ => {}
+        }
+        self.entries_mut(parent)?.remove(name);
+        self.unlinked(ino);
+        Ok(())
+    }
+
+    /// Opens a file: a handle is its inode number.
+    fn open(&mut self, ino: u64, flags: i32) -> Result<()> {
+        if flags & libc::O_TRUNC != 0 {
+            self.content(ino)?.set_len(0);
+        } else {
+            self.content(ino)?;
+        }
+        self.get_mut(ino)?.open += 1;
+        Ok(())
+    }
+
+    fn release(&mut self, ino: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.open = inode.open.saturating_sub(1);
+            if inode.open == 0 && inode.nlink == 0 {
+                self.inodes.remove(&ino);
+            }
+        }
+    }
+
+    fn touch(&mut self, ino: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.mtime = SystemTime::now();
+        }
+    }
+}
+
+/// The FUSE side: every request is a short critical section on the tree.
+struct Fs {
+    tree: Arc<Mutex<Tree>>,
+}
+
+impl Fs {
+    fn tree(&self) -> Result<MutexGuard<'_, Tree>> {
+        self.tree.lock().map_err(|_| Errno::EIO)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Tree) -> Result<T>) -> Result<T> {
+        f(&mut *self.tree()?)
+    }
+}
+
+fn offset(offset: u64) -> Result<usize> {
+    usize::try_from(offset).map_err(|_| Errno::EINVAL)
+}
+
+fn reply_entry(reply: ReplyEntry, attr: Result<FileAttr>) {
+    match attr {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl fuser::Filesystem for Fs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_entry(reply, self.with(|t| t.attr(t.lookup(parent.0, name)?)));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.with(|t| t.attr(ino.0)) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let result = self.with(|t| {
+            if let Some(size) = size {
+                t.content(ino.0)?.set_len(offset(size)?);
+            }
+            let inode = t.get_mut(ino.0)?;
+            if let Some(mode) = mode {
+                inode.perm = (mode & 0o7777) as u16;
+            }
+            inode.uid = uid.unwrap_or(inode.uid);
+            inode.gid = gid.unwrap_or(inode.gid);
+            match mtime {
+                Some(TimeOrNow::SpecificTime(at)) => inode.mtime = at,
+                Some(TimeOrNow::Now) => inode.mtime = SystemTime::now(),
+                None if size.is_some() => inode.mtime = SystemTime::now(),
+                None => {}
+            }
+            t.attr(ino.0)
+        });
+        match result {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            reply.error(Errno::ENOSYS);
+            return;
+        }
+        let file = Kind::File(Content::default());
+        reply_entry(reply, self.with(|t| t.add(req, parent.0, name, file, mode, umask).and_then(|ino| t.attr(ino))));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let dir = Kind::Dir { parent: parent.0, entries: BTreeMap::new() };
+        reply_entry(reply, self.with(|t| t.add(req, parent.0, name, dir, mode, umask).and_then(|ino| t.attr(ino))));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.with(|t| t.remove(parent.0, name, false)));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.with(|t| t.remove(parent.0, name, true)));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.with(|t| t.rename(parent.0, name, newparent.0, newname, flags)));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.with(|t| t.open(ino.0, flags.0)) {
+            Ok(()) => reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_DIRECT_IO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        at: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let result = self.with(|t| {
+            let data = &t.content(ino.0)?.data;
+            let start = offset(at)?.min(data.len());
+            let end = start.saturating_add(size as usize).min(data.len());
+            Ok(data[start..end].to_vec())
+        });
+        match result {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        at: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let result = self.with(|t| {
+            t.content(ino.0)?.write(offset(at)?, data);
+            t.touch(ino.0);
+            u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
+        });
+        match result {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(
+            reply,
+            self.with(|t| {
+                t.release(ino.0);
+                Ok(())
+            }),
+        );
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply_empty(
+            reply,
+            self.with(|t| {
+                t.content(ino.0)?.sync();
+                Ok(())
+            }),
+        );
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, at: u64, mut reply: ReplyDirectory) {
+        let listing = self.with(|t| {
+            let Kind::Dir { parent, entries } = &t.get(ino.0)?.kind else { return Err(Errno::ENOTDIR) };
+            let mut out =
+                vec![(ino.0, FileType::Directory, OsString::from(".")), (*parent, FileType::Directory, "..".into())];
+            for (name, &child) in entries {
+                let kind = match t.get(child)?.kind {
+                    Kind::Dir { .. } => FileType::Directory,
+                    Kind::File(_) => FileType::RegularFile,
+                };
+                out.push((child, kind, name.clone()));
+            }
+            Ok(out)
+        });
+        match listing {
+            Ok(listing) => {
+                for (i, (child, kind, name)) in listing.into_iter().enumerate().skip(offset(at).unwrap_or(usize::MAX)) {
+                    if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Names are durable at once in this model, so a directory fsync has nothing to do.
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(1 << 28, 1 << 28, 1 << 28, 1 << 20, 1 << 20, 4096, 255, 4096);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let result = self.with(|t| {
+            let ino = match t.lookup(parent.0, name) {
+                Ok(_) if flags & libc::O_EXCL != 0 => return Err(Errno::EEXIST),
+                Ok(ino) => ino,
+                Err(_) => t.add(req, parent.0, name, Kind::File(Content::default()), mode, umask)?,
+            };
+            t.open(ino, flags)?;
+            t.attr(ino)
+        });
+        match result {
+            Ok(attr) => reply.created(&TTL, &attr, Generation(0), FileHandle(attr.ino.0), FopenFlags::FOPEN_DIRECT_IO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        at: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.with(|t| {
+            let content = t.content(ino.0)?;
+            match mode {
+                // Space reserved without a size change: nothing to hold in memory.
+                libc::FALLOC_FL_KEEP_SIZE => Ok(()),
+                0 => {
+                    let end = offset(at.checked_add(length).ok_or(Errno::EINVAL)?)?;
+                    if end > content.data.len() {
+                        content.set_len(end);
+                    }
+                    Ok(())
+                }
+                _ => Err(Errno::from_i32(libc::EOPNOTSUPP)),
+            }
+        });
+        reply_empty(reply, result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsynced_appends_are_dropped_and_synced_ones_kept() {
+        let mut c = Content::default();
+        c.write(0, b"hello ");
+        c.sync();
+        c.write(6, b"world");
+        assert_eq!(c.lose_unsynced(), Some(5));
+        assert_eq!(c.data, b"hello ");
+        assert_eq!(c.lose_unsynced(), None, "nothing unsynced is left");
+    }
+
+    #[test]
+    fn an_unsynced_overwrite_or_truncation_rolls_back_to_the_synced_bytes() {
+        let mut c = Content::default();
+        c.write(0, b"abcdef");
+        c.sync();
+        c.write(2, b"XY");
+        c.write(6, b"tail");
+        assert_eq!(c.data, b"abXYeftail");
+        assert!(c.lose_unsynced().is_some());
+        assert_eq!(c.data, b"abcdef");
+
+        c.set_len(2);
+        c.write(2, b"zz");
+        c.lose_unsynced();
+        assert_eq!(c.data, b"abcdef", "a truncation below the synced length is undone too");
+    }
+
+    #[test]
+    fn a_file_never_synced_comes_back_empty() {
+        let mut c = Content::default();
+        c.write(0, b"never synced");
+        c.lose_unsynced();
+        assert!(c.data.is_empty());
+    }
+}
