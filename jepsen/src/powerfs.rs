@@ -5,8 +5,11 @@
 //! node is killed, puts every file back to exactly that.
 //!
 //! The model, and its limits:
-//! - A file's data is durable once an `fsync` or `fdatasync` of it returns. Everything written
-//!   after that is lost on power loss: unsynced appends, overwrites and truncations alike.
+//! - A file's data is durable once an `fsync` or `fdatasync` of it returns, or once a write to
+//!   a file opened `O_SYNC`/`O_DSYNC` returns. Everything else is lost on power loss, all of
+//!   it: unsynced appends, overwrites and truncations alike. (A torn tail, or a later unsynced
+//!   write kept without an earlier one, is not modelled.) `sync()` and `syncfs()` never reach a
+//!   FUSE filesystem, so they make nothing durable here.
 //! - Names are durable at once: create, rename, unlink and mkdir are not rolled back (LazyFS's
 //!   model too). A lost unsynced rename or directory entry is not modelled.
 //! - Nothing is cached by the kernel: files are opened `direct_io` and attributes and entries
@@ -31,6 +34,10 @@ use nix::libc;
 /// Attributes and entries are never cached by the kernel (see the module's doc).
 const TTL: Duration = Duration::ZERO;
 
+/// Files grow no larger than this (what `statfs` reports as the disk): a bigger write,
+/// truncation or allocation is `EFBIG`, not an allocation that aborts the harness.
+const FILE_BYTES_MAX: u64 = 1 << 40;
+
 /// A mounted power-loss filesystem; unmounted when dropped.
 pub struct PowerFs {
     tree: Arc<Mutex<Tree>>,
@@ -49,6 +56,19 @@ pub struct Loss {
     pub bytes: u64,
 }
 
+/// Why this process cannot mount a power-loss filesystem, if it cannot: it mounts with the
+/// mount system call, which needs root, and FUSE needs `/dev/fuse`.
+pub fn unavailable() -> Option<String> {
+    let root = std::fs::read_to_string("/proc/self/status").ok().is_some_and(|s| {
+        s.lines().find(|l| l.starts_with("Uid:")).is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+    });
+    match (root, Path::new("/dev/fuse").exists()) {
+        (true, true) => None,
+        (false, _) => Some("mounting the power-loss filesystem needs root".into()),
+        (true, false) => Some("mounting the power-loss filesystem needs /dev/fuse".into()),
+    }
+}
+
 impl PowerFs {
     /// Mounts an empty power-loss filesystem on `dir` (created if missing). Needs root (or
     /// `fusermount3`) and `/dev/fuse`.
@@ -58,7 +78,8 @@ impl PowerFs {
         let tree = Arc::new(Mutex::new(Tree::new(meta.uid(), meta.gid())));
         let mut config = Config::default();
         config.mount_options = vec![MountOption::FSName("gavel-powerfs".into()), MountOption::NoAtime];
-        let session = fuser::spawn_mount(Fs { tree: tree.clone() }, dir, &config).map_err(|e| {
+        let fs = Fs { tree: tree.clone(), listings: Mutex::default(), next_listing: 1.into() };
+        let session = fuser::spawn_mount(fs, dir, &config).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot mount the power-loss filesystem on {}: {e}", dir.display()))
         })?;
         Ok(PowerFs { tree, dir: dir.to_owned(), _session: session })
@@ -344,14 +365,25 @@ impl Tree {
     }
 }
 
+/// One directory entry of a listing.
+type Listed = (u64, FileType, OsString);
+
 /// The FUSE side: every request is a short critical section on the tree.
 struct Fs {
     tree: Arc<Mutex<Tree>>,
+    /// Each open directory's listing, taken at `opendir`: positions in it stay valid while the
+    /// directory changes between `readdir` calls.
+    listings: Mutex<HashMap<u64, Vec<Listed>>>,
+    next_listing: std::sync::atomic::AtomicU64,
 }
 
 impl Fs {
     fn tree(&self) -> Result<MutexGuard<'_, Tree>> {
         self.tree.lock().map_err(|_| Errno::EIO)
+    }
+
+    fn listings(&self) -> Result<MutexGuard<'_, HashMap<u64, Vec<Listed>>>> {
+        self.listings.lock().map_err(|_| Errno::EIO)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Tree) -> Result<T>) -> Result<T> {
@@ -361,6 +393,14 @@ impl Fs {
 
 fn offset(offset: u64) -> Result<usize> {
     usize::try_from(offset).map_err(|_| Errno::EINVAL)
+}
+
+/// A file size or end of write, within [`FILE_BYTES_MAX`].
+fn file_end(end: u64) -> Result<usize> {
+    if end > FILE_BYTES_MAX {
+        return Err(Errno::from_i32(libc::EFBIG));
+    }
+    offset(end)
 }
 
 fn reply_entry(reply: ReplyEntry, attr: Result<FileAttr>) {
@@ -409,7 +449,7 @@ impl fuser::Filesystem for Fs {
     ) {
         let result = self.with(|t| {
             if let Some(size) = size {
-                t.content(ino.0)?.set_len(offset(size)?);
+                t.content(ino.0)?.set_len(file_end(size)?);
             }
             let inode = t.get_mut(ino.0)?;
             if let Some(mode) = mode {
@@ -513,12 +553,18 @@ impl fuser::Filesystem for Fs {
         at: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let result = self.with(|t| {
-            t.content(ino.0)?.write(offset(at)?, data);
+            file_end(at.saturating_add(data.len() as u64))?;
+            let content = t.content(ino.0)?;
+            content.write(offset(at)?, data);
+            // O_SYNC includes O_DSYNC's bit: either makes each write durable when it returns.
+            if flags.0 & libc::O_DSYNC != 0 {
+                content.sync();
+            }
             t.touch(ino.0);
             u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
         });
@@ -561,7 +607,7 @@ impl fuser::Filesystem for Fs {
         );
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, at: u64, mut reply: ReplyDirectory) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let listing = self.with(|t| {
             let Kind::Dir { parent, entries } = &t.get(ino.0)?.kind else { return Err(Errno::ENOTDIR) };
             let mut out =
@@ -575,17 +621,38 @@ impl fuser::Filesystem for Fs {
             }
             Ok(out)
         });
-        match listing {
-            Ok(listing) => {
-                for (i, (child, kind, name)) in listing.into_iter().enumerate().skip(offset(at).unwrap_or(usize::MAX)) {
-                    if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let opened = listing.and_then(|listing| {
+            let fh = self.next_listing.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.listings()?.insert(fh, listing);
+            Ok(fh)
+        });
+        match opened {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, at: u64, mut reply: ReplyDirectory) {
+        let listings = match self.listings() {
+            Ok(listings) => listings,
+            Err(e) => return reply.error(e),
+        };
+        let Some(listing) = listings.get(&fh.0) else { return reply.error(Errno::EBADF) };
+        for (i, (child, kind, name)) in listing.iter().enumerate().skip(offset(at).unwrap_or(usize::MAX)) {
+            if reply.add(INodeNo(*child), i as u64 + 1, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        reply_empty(
+            reply,
+            self.listings().map(|mut listings| {
+                listings.remove(&fh.0);
+            }),
+        );
     }
 
     /// Names are durable at once in this model, so a directory fsync has nothing to do.
@@ -638,7 +705,7 @@ impl fuser::Filesystem for Fs {
                 // Space reserved without a size change: nothing to hold in memory.
                 libc::FALLOC_FL_KEEP_SIZE => Ok(()),
                 0 => {
-                    let end = offset(at.checked_add(length).ok_or(Errno::EINVAL)?)?;
+                    let end = file_end(at.checked_add(length).ok_or(Errno::EINVAL)?)?;
                     if end > content.data.len() {
                         content.set_len(end);
                     }

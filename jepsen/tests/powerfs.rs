@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 
 use jepsen::powerfs::PowerFs;
 
@@ -34,7 +35,11 @@ fn a_power_loss_keeps_what_was_fsynced_and_drops_the_rest() {
     meta.seek(SeekFrom::Start(9)).unwrap();
     meta.write_all(b"2").unwrap();
     std::fs::write(root.join("scratch"), b"never synced").unwrap();
-    drop((log, meta));
+    // Opened O_DSYNC: every write is durable when it returns, with no fsync call.
+    let mut dsync =
+        OpenOptions::new().create(true).write(true).custom_flags(nix::libc::O_DSYNC).open(root.join("dsync")).unwrap();
+    dsync.write_all(b"durable at once").unwrap();
+    drop((log, meta, dsync));
 
     // Before the power goes, everything reads back (the page cache would hide nothing).
     assert_eq!(read(&log_path), b"record-1;record-2;");
@@ -45,6 +50,7 @@ fn a_power_loss_keeps_what_was_fsynced_and_drops_the_rest() {
     assert_eq!(read(&log_path), b"record-1;", "the unsynced record is gone");
     assert_eq!(read(&root.join("CURRENT")), b"MANIFEST-1", "the overwrite is rolled back");
     assert_eq!(read(&root.join("scratch")), b"", "names survive, unsynced bytes do not");
+    assert_eq!(read(&root.join("dsync")), b"durable at once");
     assert_eq!(std::fs::metadata(&log_path).unwrap().len(), 9, "the size the kernel reports follows");
 
     // The disk keeps working after the loss: append, rename over, delete, list.
@@ -53,6 +59,7 @@ fn a_power_loss_keeps_what_was_fsynced_and_drops_the_rest() {
     log.sync_all().unwrap();
     std::fs::rename(&log_path, root.join("wal/000002.log")).unwrap();
     std::fs::remove_file(root.join("scratch")).unwrap();
+    std::fs::remove_file(root.join("dsync")).unwrap();
     let mut names: Vec<String> =
         std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();

@@ -23,7 +23,8 @@ use node::Client;
 pub use check::Report;
 pub use error::RunError;
 pub use nemesis::Fault;
-pub(crate) use workload::{client_rng, now_ms, setup_commands};
+pub(crate) use workload::client_rng;
+pub use workload::{now_ms, setup_commands};
 
 use crate::cluster::{Cluster, ClusterError};
 use check::check;
@@ -95,7 +96,10 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
     // No leader, or replicas that never agree again, is a verdict (a broken node mode can do
     // that), not a reason to stop before the checks.
     let converged = match cluster.leader(Duration::from_secs(30)).await {
-        Ok(_) => cluster.converge(Duration::from_secs(60)).await.map(|(applied, _)| applied),
+        Ok(leader) => {
+            restore_membership(&cluster, leader, Duration::from_secs(30)).await;
+            cluster.converge(Duration::from_secs(60)).await.map(|(applied, _)| applied)
+        }
         Err(e) => Err(e),
     };
     let converged = match converged {
@@ -112,4 +116,26 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
     )?;
     let report = check(&cluster, &recorded, opts.seed, opts.search_budget, converged, nemesis_log, dir).await?;
     Ok(report)
+}
+
+/// Every node a voter again, retried for up to `within`: a membership fault whose heal failed
+/// under later faults must not leave a node out of the final comparison.
+async fn restore_membership(cluster: &Cluster, leader: u64, within: Duration) {
+    let ids = cluster.ids();
+    let admin = Client::new(cluster.addrs.values().cloned().collect()).with_deadline(Duration::from_secs(10));
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let leader = cluster.leader(Duration::from_secs(5)).await.unwrap_or(leader);
+        match Client::metrics(&cluster.addrs[&leader]).await {
+            Ok(m) if m.learners.is_empty() && ids.iter().all(|id| m.voters.contains(id)) => return,
+            Ok(m) => {
+                for id in ids.iter().filter(|id| !m.voters.contains(id) && !m.learners.contains(id)) {
+                    let _ = admin.add_learner(node::pb::Node { id: *id, addr: cluster.addrs[id].clone() }).await;
+                }
+                let _ = admin.change_membership(ids.clone(), false).await;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

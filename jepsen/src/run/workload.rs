@@ -74,7 +74,7 @@ pub(crate) fn cmd(actor: &str, body: Body) -> lp::Command {
 
 /// Users and lots; `lot-0` closes `close_after_ms` from now (so closing happens under faults),
 /// the others stay open for the whole run.
-pub(crate) fn setup_commands(clients: usize, lots: usize, now_ms: i64, close_after_ms: i64) -> Vec<lp::Command> {
+pub fn setup_commands(clients: usize, lots: usize, now_ms: i64, close_after_ms: i64) -> Vec<lp::Command> {
     let user = |id: String, role: lp::Role| {
         cmd(
             "",
@@ -123,7 +123,7 @@ pub(crate) fn client_rng(seed: u64, c: usize) -> StdRng {
     StdRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
