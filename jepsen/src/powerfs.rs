@@ -10,8 +10,11 @@
 //!   it: unsynced appends, overwrites and truncations alike. (A torn tail, or a later unsynced
 //!   write kept without an earlier one, is not modelled.) `sync()` and `syncfs()` never reach a
 //!   FUSE filesystem, so they make nothing durable here.
-//! - Names are durable at once: create, rename, unlink and mkdir are not rolled back (LazyFS's
-//!   model too). A lost unsynced rename or directory entry is not modelled.
+//! - A directory's entries are durable once an `fsync` of the directory itself returns, as
+//!   fsync(2) says ("an explicit fsync() on a file descriptor for the directory is also
+//!   needed"): a file created, renamed or unlinked since is back as it was after a power loss,
+//!   and a file whose every durable name is gone is gone. This is stricter than ext4, whose
+//!   journal makes earlier renames durable with any later fsync; it is what POSIX promises.
 //! - Nothing is cached by the kernel: files are opened `direct_io` and attributes and entries
 //!   live for 0 s, so a restarted node reads what this filesystem holds, not what the page
 //!   cache remembers.
@@ -54,6 +57,9 @@ pub struct Loss {
     /// Unsynced bytes dropped: a file's unsynced tail, or all of a file whose synced part was
     /// overwritten or truncated since its last fsync.
     pub bytes: u64,
+    /// Directory entries put back as they were at their directory's last fsync: names that
+    /// appear, disappear or point elsewhere.
+    pub names: usize,
 }
 
 /// Why this process cannot mount a power-loss filesystem, if it cannot: it mounts with the
@@ -95,13 +101,23 @@ impl PowerFs {
         let mut tree = self.tree.lock().map_err(|_| io::Error::other("power-loss filesystem lock poisoned"))?;
         let mut loss = Loss::default();
         for inode in tree.inodes.values_mut() {
-            if let Kind::File(content) = &mut inode.kind
-                && let Some(bytes) = content.lose_unsynced()
-            {
-                loss.files += 1;
-                loss.bytes += bytes;
+            match &mut inode.kind {
+                Kind::File(content) => {
+                    if let Some(bytes) = content.lose_unsynced() {
+                        loss.files += 1;
+                        loss.bytes += bytes;
+                    }
+                }
+                Kind::Dir { entries, synced, .. } => {
+                    if let Some(synced) = synced.take() {
+                        loss.names += entries.iter().filter(|(n, i)| synced.get(*n) != Some(*i)).count();
+                        loss.names += synced.keys().filter(|n| !entries.contains_key(*n)).count();
+                        *entries = synced;
+                    }
+                }
             }
         }
+        tree.relink();
         Ok(loss)
     }
 }
@@ -166,8 +182,21 @@ impl Content {
 
 #[derive(Debug)]
 enum Kind {
-    Dir { parent: u64, entries: BTreeMap<OsString, u64> },
+    Dir {
+        parent: u64,
+        entries: BTreeMap<OsString, u64>,
+        /// The entries as of the directory's last fsync, saved before the first change since
+        /// (`None`: `entries` are all durable).
+        synced: Option<BTreeMap<OsString, u64>>,
+    },
     File(Content),
+}
+
+impl Kind {
+    /// A directory made by mkdir: its own entries are durable, empty, until its first fsync.
+    fn new_dir(parent: u64) -> Kind {
+        Kind::Dir { parent, entries: BTreeMap::new(), synced: None }
+    }
 }
 
 #[derive(Debug)]
@@ -193,7 +222,7 @@ type Result<T> = std::result::Result<T, Errno>;
 impl Tree {
     fn new(uid: u32, gid: u32) -> Tree {
         let root = Inode {
-            kind: Kind::Dir { parent: INodeNo::ROOT.0, entries: BTreeMap::new() },
+            kind: Kind::new_dir(INodeNo::ROOT.0),
             perm: 0o755,
             uid,
             gid,
@@ -226,10 +255,86 @@ impl Tree {
         }
     }
 
+    /// A directory's entries, to change: the durable ones are saved first if they were not.
     fn entries_mut(&mut self, dir: u64) -> Result<&mut BTreeMap<OsString, u64>> {
         match &mut self.get_mut(dir)?.kind {
-            Kind::Dir { entries, .. } => Ok(entries),
+            Kind::Dir { entries, synced, .. } => {
+                if synced.is_none() {
+                    *synced = Some(entries.clone());
+                }
+                Ok(entries)
+            }
             Kind::File(_) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    /// Whether a directory's durable entries still name `ino` (a power loss would bring it
+    /// back, so its bytes must be kept).
+    fn durably_named(&self, ino: u64) -> bool {
+        self.inodes.values().any(|i| match &i.kind {
+            Kind::Dir { entries, synced, .. } => synced.as_ref().unwrap_or(entries).values().any(|&n| n == ino),
+            Kind::File(_) => false,
+        })
+    }
+
+    /// Frees `ino` if nothing can reach it any more: no name, nobody holding it open, no
+    /// durable name a power loss would restore.
+    fn collect(&mut self, ino: u64) {
+        if ino == INodeNo::ROOT.0 {
+            return;
+        }
+        let unreachable = self.inodes.get(&ino).is_some_and(|i| i.nlink == 0 && i.open == 0);
+        if unreachable && !self.durably_named(ino) {
+            self.inodes.remove(&ino);
+        }
+    }
+
+    /// A directory's fsync: its entries become durable; inodes only its old durable entries
+    /// kept alive go.
+    fn sync_dir(&mut self, dir: u64) -> Result<()> {
+        let Kind::Dir { synced, .. } = &mut self.get_mut(dir)?.kind else { return Err(Errno::ENOTDIR) };
+        if let Some(old) = synced.take() {
+            for ino in old.into_values() {
+                self.collect(ino);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a power loss: link counts and parents from what is reachable from the root;
+    /// everything else is gone, once closed.
+    fn relink(&mut self) {
+        let mut names: HashMap<u64, u32> = HashMap::new();
+        let mut parents = Vec::new();
+        let mut stack = vec![INodeNo::ROOT.0];
+        while let Some(dir) = stack.pop() {
+            let Some(Kind::Dir { entries, .. }) = self.inodes.get(&dir).map(|i| &i.kind) else { continue };
+            for &child in entries.values() {
+                let seen = names.entry(child).or_default();
+                *seen += 1;
+                if *seen == 1 && matches!(self.inodes.get(&child).map(|i| &i.kind), Some(Kind::Dir { .. })) {
+                    parents.push((child, dir));
+                    stack.push(child);
+                }
+            }
+        }
+        for (child, dir) in parents {
+            if let Some(Inode { kind: Kind::Dir { parent, .. }, .. }) = self.inodes.get_mut(&child) {
+                *parent = dir;
+            }
+        }
+        let all: Vec<u64> = self.inodes.keys().copied().collect();
+        for ino in all {
+            if let Some(inode) = self.inodes.get_mut(&ino)
+                && ino != INodeNo::ROOT.0
+            {
+                inode.nlink = match (&inode.kind, names.get(&ino)) {
+                    (_, None) => 0,
+                    (Kind::Dir { .. }, Some(_)) => 2,
+                    (Kind::File(_), Some(&n)) => n,
+                };
+            }
+            self.collect(ino);
         }
     }
 
@@ -277,14 +382,16 @@ impl Tree {
         Ok(ino)
     }
 
-    /// The inode lost its name: gone for good once nothing has it open.
+    /// The inode lost a name: gone for good once it has none, nothing has it open and no
+    /// durable name would bring it back.
     fn unlinked(&mut self, ino: u64) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.nlink = 0;
-            if inode.open == 0 {
-                self.inodes.remove(&ino);
-            }
+            inode.nlink = match inode.kind {
+                Kind::Dir { .. } => 0,
+                Kind::File(_) => inode.nlink.saturating_sub(1),
+            };
         }
+        self.collect(ino);
     }
 
     fn rename(
@@ -352,10 +459,8 @@ impl Tree {
     fn release(&mut self, ino: u64) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.open = inode.open.saturating_sub(1);
-            if inode.open == 0 && inode.nlink == 0 {
-                self.inodes.remove(&ino);
-            }
         }
+        self.collect(ino);
     }
 
     fn touch(&mut self, ino: u64) {
@@ -490,7 +595,7 @@ impl fuser::Filesystem for Fs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let dir = Kind::Dir { parent: parent.0, entries: BTreeMap::new() };
+        let dir = Kind::new_dir(parent.0);
         reply_entry(reply, self.with(|t| t.add(req, parent.0, name, dir, mode, umask).and_then(|ino| t.attr(ino))));
     }
 
@@ -609,7 +714,7 @@ impl fuser::Filesystem for Fs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let listing = self.with(|t| {
-            let Kind::Dir { parent, entries } = &t.get(ino.0)?.kind else { return Err(Errno::ENOTDIR) };
+            let Kind::Dir { parent, entries, .. } = &t.get(ino.0)?.kind else { return Err(Errno::ENOTDIR) };
             let mut out =
                 vec![(ino.0, FileType::Directory, OsString::from(".")), (*parent, FileType::Directory, "..".into())];
             for (name, &child) in entries {
@@ -655,9 +760,8 @@ impl fuser::Filesystem for Fs {
         );
     }
 
-    /// Names are durable at once in this model, so a directory fsync has nothing to do.
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        reply.ok();
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply_empty(reply, self.with(|t| t.sync_dir(ino.0)));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
