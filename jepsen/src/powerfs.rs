@@ -11,10 +11,13 @@
 //!   write kept without an earlier one, is not modelled.) `sync()` and `syncfs()` never reach a
 //!   FUSE filesystem, so they make nothing durable here.
 //! - A directory's entries are durable once an `fsync` of the directory itself returns, as
-//!   fsync(2) says ("an explicit fsync() on a file descriptor for the directory is also
-//!   needed"): a file created, renamed or unlinked since is back as it was after a power loss,
-//!   and a file whose every durable name is gone is gone. This is stricter than ext4, whose
-//!   journal makes earlier renames durable with any later fsync; it is what POSIX promises.
+//!   Linux's fsync(2) page says ("an explicit fsync() on a file descriptor for the directory is
+//!   also needed"): a file created, renamed or unlinked since is back as it was after a power
+//!   loss, and a file whose every durable name is gone is gone. This is stricter than ext4,
+//!   whose journal makes earlier renames durable with any later fsync. Each directory stands
+//!   alone, so a rename across two directories is not atomic here as it is in a journaling
+//!   filesystem: after a loss the file may have both names or neither. (Gavel renames only
+//!   within one directory.)
 //! - Nothing is cached by the kernel: files are opened `direct_io` and attributes and entries
 //!   live for 0 s, so a restarted node reads what this filesystem holds, not what the page
 //!   cache remembers.
@@ -268,24 +271,30 @@ impl Tree {
         }
     }
 
-    /// Whether a directory's durable entries still name `ino` (a power loss would bring it
-    /// back, so its bytes must be kept).
-    fn durably_named(&self, ino: u64) -> bool {
+    /// Whether any directory names `ino`, now or durably (a power loss would bring the name
+    /// back, so the inode must be kept).
+    fn named(&self, ino: u64) -> bool {
         self.inodes.values().any(|i| match &i.kind {
-            Kind::Dir { entries, synced, .. } => synced.as_ref().unwrap_or(entries).values().any(|&n| n == ino),
+            Kind::Dir { entries, synced, .. } => {
+                entries.values().any(|&n| n == ino) || synced.as_ref().is_some_and(|s| s.values().any(|&n| n == ino))
+            }
             Kind::File(_) => false,
         })
     }
 
-    /// Frees `ino` if nothing can reach it any more: no name, nobody holding it open, no
-    /// durable name a power loss would restore.
+    /// Frees `ino` if nothing can reach it any more: no name, now or durable, and nobody
+    /// holding it open. A freed directory's children are looked at in turn.
     fn collect(&mut self, ino: u64) {
-        if ino == INodeNo::ROOT.0 {
-            return;
-        }
-        let unreachable = self.inodes.get(&ino).is_some_and(|i| i.nlink == 0 && i.open == 0);
-        if unreachable && !self.durably_named(ino) {
-            self.inodes.remove(&ino);
+        let mut work = vec![ino];
+        while let Some(ino) = work.pop() {
+            let unreachable = self.inodes.get(&ino).is_some_and(|i| i.nlink == 0 && i.open == 0);
+            if ino == INodeNo::ROOT.0 || !unreachable || self.named(ino) {
+                continue;
+            }
+            if let Some(Inode { kind: Kind::Dir { entries, synced, .. }, .. }) = self.inodes.remove(&ino) {
+                work.extend(entries.into_values());
+                work.extend(synced.into_iter().flat_map(BTreeMap::into_values));
+            }
         }
     }
 
@@ -306,16 +315,29 @@ impl Tree {
     fn relink(&mut self) {
         let mut names: HashMap<u64, u32> = HashMap::new();
         let mut parents = Vec::new();
+        // A directory restored under two names (a cross-directory rename half undone) keeps
+        // its first: directories have one parent.
+        let mut extra_names = Vec::new();
         let mut stack = vec![INodeNo::ROOT.0];
         while let Some(dir) = stack.pop() {
             let Some(Kind::Dir { entries, .. }) = self.inodes.get(&dir).map(|i| &i.kind) else { continue };
-            for &child in entries.values() {
+            for (name, &child) in entries {
+                let is_dir = matches!(self.inodes.get(&child).map(|i| &i.kind), Some(Kind::Dir { .. }));
                 let seen = names.entry(child).or_default();
+                if is_dir && *seen > 0 {
+                    extra_names.push((dir, name.clone()));
+                    continue;
+                }
                 *seen += 1;
-                if *seen == 1 && matches!(self.inodes.get(&child).map(|i| &i.kind), Some(Kind::Dir { .. })) {
+                if is_dir && child != INodeNo::ROOT.0 {
                     parents.push((child, dir));
                     stack.push(child);
                 }
+            }
+        }
+        for (dir, name) in extra_names {
+            if let Some(Inode { kind: Kind::Dir { entries, .. }, .. }) = self.inodes.get_mut(&dir) {
+                entries.remove(&name);
             }
         }
         for (child, dir) in parents {
@@ -407,7 +429,8 @@ impl Tree {
         }
         let ino = self.lookup(parent, name)?;
         let moving_dir = matches!(self.get(ino)?.kind, Kind::Dir { .. });
-        if let Some(&target) = self.entries(new_parent)?.get(new_name) {
+        let replaced = self.entries(new_parent)?.get(new_name).copied();
+        if let Some(target) = replaced {
             if target == ino {
                 return Ok(());
             }
@@ -422,12 +445,15 @@ impl Tree {
                 (Kind::File(_), true) => return Err(Errno::ENOTDIR),
                 _ => {}
             }
-            self.unlinked(target);
         }
         self.entries_mut(parent)?.remove(name);
         self.entries_mut(new_parent)?.insert(new_name.to_owned(), ino);
         if let Kind::Dir { parent, .. } = &mut self.get_mut(ino)?.kind {
             *parent = new_parent;
+        }
+        // Only now that its name points elsewhere can the replaced inode be freed.
+        if let Some(target) = replaced {
+            self.unlinked(target);
         }
         Ok(())
     }

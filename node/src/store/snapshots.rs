@@ -38,9 +38,8 @@ impl SnapshotDir {
         fs::create_dir_all(path).map_err(|e| at(path, e))?;
         // The directory's own name is durable only once its parent is fsync'd: without it, a
         // power loss could take the directory, and the snapshots in it, with it.
-        if let Some(parent) = path.parent() {
-            File::open(parent).and_then(|dir| dir.sync_all()).map_err(|e| at(parent, e))?;
-        }
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        File::open(parent).and_then(|dir| dir.sync_all()).map_err(|e| at(parent, e))?;
         for entry in fs::read_dir(path).map_err(|e| at(path, e))? {
             let entry = entry.map_err(|e| at(path, e))?;
             if entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
