@@ -2,6 +2,10 @@
 
 /// Largest gRPC message either way (Raft batches, proposals, snapshot chunks).
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Encoded entry bytes in one AppendEntries call: a follower catching up on large entries gets
+/// them in several calls (openraft's partial success), never one over `GRPC_MESSAGE_BYTES_MAX`.
+/// A single larger entry still goes alone.
+pub const APPEND_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Snapshot bytes per streamed chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest snapshot a node accepts over the wire.

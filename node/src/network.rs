@@ -6,12 +6,13 @@ use std::time::Duration;
 use openraft::BasicNode;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
+use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::limits;
 use crate::pb;
 use crate::pb::raft_service_client::RaftServiceClient;
-use crate::raft::{self, NodeId, TypeConfig};
+use crate::raft::{self, AppendEntriesResponse, NodeId, TypeConfig};
 
 /// Builds one lazily connecting client per peer.
 #[derive(Clone, Default)]
@@ -80,6 +81,21 @@ struct Call {
     timeout: Duration,
 }
 
+/// How many of `entries` one AppendEntries call carries: the longest prefix within `budget`
+/// encoded bytes, and at least one.
+fn entries_within(entries: &[pb::Entry], budget: usize) -> usize {
+    let mut total = 0usize;
+    for (i, entry) in entries.iter().enumerate() {
+        let len = entry.encoded_len();
+        // The repeated field's tag and length prefix come with each entry.
+        total = total.saturating_add(1 + prost::length_delimiter_len(len) + len);
+        if total > budget && i > 0 {
+            return i;
+        }
+    }
+    entries.len()
+}
+
 fn malformed(e: raft::Malformed) -> RpcError {
     RPCError::Network(NetworkError::new(&e))
 }
@@ -109,10 +125,20 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: raft::AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<raft::AppendEntriesResponse, RpcError> {
-        let request = self.request(raft::append_request_to_pb(&rpc), &option);
+        let mut message = raft::append_request_to_pb(&rpc);
+        let kept = entries_within(&message.entries, limits::APPEND_BYTES_MAX);
+        message.entries.truncate(kept);
+        let request = self.request(message, &option);
         let call = self.call(RPCTypes::AppendEntries, option.soft_ttl());
         let response = self.client()?.append_entries(request).await.map_err(|s| status_error(s, call))?;
-        raft::append_response_from_pb(response.into_inner()).map_err(malformed)
+        let response = raft::append_response_from_pb(response.into_inner()).map_err(malformed)?;
+        // Only a prefix went: success means the follower holds it, and openraft sends the rest.
+        Ok(match (response, rpc.entries.get(kept.wrapping_sub(1))) {
+            (AppendEntriesResponse::Success, Some(last)) if kept < rpc.entries.len() => {
+                AppendEntriesResponse::PartialSuccess(Some(last.log_id))
+            }
+            (response, _) => response,
+        })
     }
 
     async fn vote(&mut self, rpc: raft::VoteRequest, option: RPCOption) -> Result<raft::VoteResponse, RpcError> {
@@ -163,6 +189,27 @@ mod tests {
 
     fn call() -> Call {
         Call { action: RPCTypes::AppendEntries, id: 1, target: 2, timeout: Duration::from_millis(50) }
+    }
+
+    fn entry(index: u64, bytes: usize) -> pb::Entry {
+        let command = ledger::pb::Command { actor: "x".repeat(bytes), ..Default::default() };
+        let proposal = pb::Proposal { commands: vec![command], ..Default::default() };
+        pb::Entry {
+            log_id: Some(pb::LogId { term: 1, node_id: 1, index }),
+            payload: Some(pb::entry::Payload::Proposal(proposal)),
+        }
+    }
+
+    #[test]
+    fn an_append_carries_entries_up_to_its_byte_budget_and_always_one() {
+        let entries: Vec<pb::Entry> = (1..=10).map(|i| entry(i, 1000)).collect();
+        assert_eq!(entries_within(&entries, usize::MAX), 10);
+        let one = entries[0].encoded_len() + 3;
+        assert_eq!(entries_within(&entries, 3 * one), 3, "three fit, the fourth waits");
+        assert_eq!(entries_within(&entries, 10), 1, "an entry larger than the budget goes alone");
+        assert_eq!(entries_within(&[], 10), 0);
+        let request = pb::AppendEntriesRequest { entries: entries[..3].to_vec(), ..Default::default() };
+        assert!(request.encoded_len() <= 3 * one + 16, "the count matches the message's size");
     }
 
     #[test]

@@ -582,3 +582,58 @@ async fn a_subscriber_parks_refusals_retries_failures_and_survives_its_node_dyin
     assert!(last.retries > 0, "no transient failure was retried");
     assert!(!last.broken);
 }
+
+/// A follower that missed more than one gRPC message's worth of entries (64 MB) still catches
+/// up: each append is bounded in bytes, and openraft sends the rest after a partial success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_by_more_than_a_message_catches_up() {
+    let mut cluster = Cluster::start(3);
+    let all = [1, 2, 3];
+    let leader = cluster.leader(&all).await;
+    let client = cluster.client();
+    let results = client.propose(vec![user("cur", lp::Role::Curator), user("sam", lp::Role::User)]).await.unwrap();
+    assert!(results.iter().all(|r| rejection(r).is_none()), "{results:?}");
+    let behind = all.into_iter().find(|id| *id != leader).unwrap();
+    cluster.kill(behind);
+
+    // 30 entries of about 2.6 MB each (170 lots with 15 KB descriptions): 78 MB of log, in
+    // fewer entries than a snapshot is taken after (40), so the follower gets it as entries.
+    let description = "d".repeat(15_000);
+    for e in 0..30 {
+        let lots: Vec<lp::Command> = (0..170)
+            .map(|i| {
+                let lot = lp::CreateLot {
+                    lot_id: format!("big-{e}-{i}"),
+                    title: "Large lot".into(),
+                    description: description.clone(),
+                    currency: "USD".into(),
+                    start_price: 10_000,
+                    starts_at_ms: now_ms(),
+                    ends_at_ms: now_ms() + 3_600_000,
+                    seller_id: "sam".into(),
+                    ..Default::default()
+                };
+                cmd("cur", Body::CreateLot(lot))
+            })
+            .collect();
+        let results = client.propose(lots).await.unwrap();
+        assert!(results.iter().all(|r| rejection(r).is_none()), "entry {e} rejected");
+    }
+    let m = Client::metrics(&cluster.addrs[&leader]).await.unwrap();
+    assert_eq!(m.snapshot_index, 0, "no snapshot yet: the follower must get entries, not a snapshot");
+
+    cluster.spawn(behind, false);
+    let target = m.last_applied_index;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(f) = Client::metrics(&cluster.addrs[&behind]).await
+            && f.last_applied_index >= target
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {behind} never caught up to {target}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let digests = cluster.digests_at(&all, target).await;
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "replica digests differ: {digests:?}");
+}
