@@ -20,6 +20,9 @@ pub const PROPOSE_COMMANDS_MAX: usize = 4096;
 pub const PROPOSER_QUEUE_COMMANDS_MAX: usize = 65_536;
 /// Commands coalesced into one log entry.
 pub const BATCH_COMMANDS_MAX: usize = 1024;
+/// Encoded command bytes coalesced into one log entry (a single larger request is an entry
+/// of its own): large entries make every fsync and append behind them wait.
+pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
 /// How long the proposer waits for more commands before sealing a batch.
 pub const BATCH_LINGER_US: u64 = 200;
 /// Log entries the proposer keeps in flight at once (pipelining).

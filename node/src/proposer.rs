@@ -3,9 +3,9 @@
 //! still gets its own outcome.
 //!
 //! Callers enqueue requests (each with one reply channel) on a queue bounded in commands. A
-//! single batcher drains whole requests while they fit (up to `BATCH_COMMANDS_MAX` commands,
-//! lingering `BATCH_LINGER_US` only while entries are already in flight),
-//! stamps the batch with the leader's clock and hands it to openraft; up to
+//! single batcher drains whole requests while they fit (up to `BATCH_COMMANDS_MAX` commands
+//! and `BATCH_BYTES_MAX` encoded bytes; lingering `BATCH_LINGER_US` only while entries are
+//! already in flight), stamps the batch with the leader's clock and hands it to openraft; up to
 //! `ENTRIES_IN_FLIGHT_MAX` entries replicate concurrently.
 
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::errors::{ClientWriteError, RaftError};
+use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tracing::warn;
 
@@ -65,6 +66,8 @@ impl Clock {
 /// split: its commands land in one log entry, so they commit (or fail) together.
 struct Pending {
     commands: Vec<ledger::pb::Command>,
+    /// The commands' encoded size, for the entry's byte bound.
+    bytes: usize,
     reply: oneshot::Sender<Result<Vec<pb::CommandResult>, ProposeError>>,
     /// Its share of the queue's room, given back once the batcher takes the request.
     _room: OwnedSemaphorePermit,
@@ -96,20 +99,38 @@ impl Proposer {
             TryAcquireError::Closed => ProposeError::Stopped("proposer stopped".into()),
         })?;
         let (reply, rx) = oneshot::channel();
+        let bytes = commands.iter().map(Message::encoded_len).sum();
         self.tx
-            .send(Pending { commands, reply, _room: room })
+            .send(Pending { commands, bytes, reply, _room: room })
             .map_err(|_| ProposeError::Stopped("proposer stopped".into()))?;
         rx.await.map_err(|_| ProposeError::Stopped("proposer dropped the request".into()))?
     }
 }
 
-/// Takes whole requests off the queue while they fit in one entry (`BATCH_COMMANDS_MAX`; a
-/// larger request is an entry of its own). One that does not fit waits in `carry` for the next.
-fn fill(batch: &mut Vec<Pending>, commands: &mut usize, carry: &mut Option<Pending>, next: Pending) {
-    if *commands + next.commands.len() > limits::BATCH_COMMANDS_MAX {
+/// What a batch holds so far.
+#[derive(Default)]
+struct Size {
+    commands: usize,
+    bytes: usize,
+}
+
+impl Size {
+    fn full(&self) -> bool {
+        self.commands >= limits::BATCH_COMMANDS_MAX || self.bytes >= limits::BATCH_BYTES_MAX
+    }
+}
+
+/// Takes whole requests off the queue while they fit in one entry (`BATCH_COMMANDS_MAX`
+/// commands, `BATCH_BYTES_MAX` bytes; a larger request is an entry of its own). One that does
+/// not fit waits in `carry` for the next.
+fn fill(batch: &mut Vec<Pending>, size: &mut Size, carry: &mut Option<Pending>, next: Pending) {
+    if size.commands + next.commands.len() > limits::BATCH_COMMANDS_MAX
+        || size.bytes + next.bytes > limits::BATCH_BYTES_MAX
+    {
         *carry = Some(next);
     } else {
-        *commands += next.commands.len();
+        size.commands += next.commands.len();
+        size.bytes += next.bytes;
         batch.push(next);
     }
 }
@@ -131,27 +152,25 @@ async fn run(
                 None => return,
             },
         };
-        let mut commands = first.commands.len();
+        let mut size = Size { commands: first.commands.len(), bytes: first.bytes };
         let mut batch = vec![first];
         while carry.is_none() {
             match rx.try_recv() {
-                Ok(p) => fill(&mut batch, &mut commands, &mut carry, p),
+                Ok(p) => fill(&mut batch, &mut size, &mut carry, p),
                 Err(_) => break,
             }
         }
         // Linger only when the pipeline is busy: an idle cluster answers a lone bid at once.
-        if carry.is_none()
-            && commands < limits::BATCH_COMMANDS_MAX
-            && in_flight.available_permits() < limits::ENTRIES_IN_FLIGHT_MAX
-        {
+        if carry.is_none() && !size.full() && in_flight.available_permits() < limits::ENTRIES_IN_FLIGHT_MAX {
             let deadline = tokio::time::Instant::now() + Duration::from_micros(limits::BATCH_LINGER_US);
-            while carry.is_none() && commands < limits::BATCH_COMMANDS_MAX {
+            while carry.is_none() && !size.full() {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(p)) => fill(&mut batch, &mut commands, &mut carry, p),
+                    Ok(Some(p)) => fill(&mut batch, &mut size, &mut carry, p),
                     _ => break,
                 }
             }
         }
+        let commands = size.commands;
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let last_at_ms = match shared.ledger() {
             Ok(ledger) => ledger.last_at_ms(),

@@ -394,6 +394,55 @@ async fn a_request_lands_in_one_entry_and_concurrent_requests_share_them() {
     assert!(entries.len() < answers.len(), "concurrent requests share entries: {entries:?}");
 }
 
+/// Entries are bounded in bytes too: concurrent large requests share entries only up to
+/// about 1 MiB of commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_requests_share_entries_up_to_the_byte_bound() {
+    use prost::Message;
+    let cluster = Cluster::start(3);
+    cluster.leader(&[1, 2, 3]).await;
+    let client = cluster.client();
+    client.propose(vec![user("cur", lp::Role::Curator), user("sam", lp::Role::User)]).await.unwrap();
+    // 32 requests of 10 lots with 15 KB descriptions: about 150 KB each, 4.8 MB in all.
+    let requests: Vec<Vec<lp::Command>> = (0..32)
+        .map(|r| {
+            (0..10)
+                .map(|i| {
+                    let lot = lp::CreateLot {
+                        lot_id: format!("l-{r}-{i}"),
+                        title: "Large lot".into(),
+                        description: "d".repeat(15_000),
+                        currency: "USD".into(),
+                        start_price: 10_000,
+                        starts_at_ms: now_ms(),
+                        ends_at_ms: now_ms() + 3_600_000,
+                        seller_id: "sam".into(),
+                        ..Default::default()
+                    };
+                    cmd("cur", Body::CreateLot(lot))
+                })
+                .collect()
+        })
+        .collect();
+    let client = &client;
+    let answers = futures::future::join_all(requests.iter().map(|cmds| async move {
+        let bytes: usize = cmds.iter().map(Message::encoded_len).sum();
+        (bytes, client.propose(cmds.clone()).await.unwrap())
+    }))
+    .await;
+    let mut per_entry: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+    for (bytes, results) in &answers {
+        assert!(results.iter().all(|r| rejection(r).is_none() && r.log_index == results[0].log_index));
+        let entry = per_entry.entry(results[0].log_index).or_default();
+        *entry = (entry.0 + 1, entry.1 + bytes);
+    }
+    for (index, (requests, bytes)) in &per_entry {
+        assert!(*bytes <= 1024 * 1024, "entry {index} holds {requests} requests, {bytes} bytes");
+    }
+    assert!(per_entry.len() >= 5, "32 requests of 150 KB fill at least five entries: {per_entry:?}");
+    assert!(per_entry.values().any(|(n, _)| *n > 1), "concurrent requests still share entries: {per_entry:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_of_another_node_is_refused() {
     let dir = tempfile::tempdir().unwrap();
