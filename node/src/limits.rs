@@ -14,6 +14,9 @@ pub const SNAPSHOT_BYTES_MAX: usize = 4 * 1024 * 1024 * 1024;
 pub const SNAPSHOT_TIMEOUT_SECS: u64 = 60;
 /// TCP connect timeout to a peer or the leader.
 pub const CONNECT_TIMEOUT_MS: u64 = 500;
+/// Encoded command bytes in one `Propose` call: a request is one log entry, and the entry
+/// must still fit in an AppendEntries message with room for its header.
+pub const PROPOSAL_BYTES_MAX: usize = GRPC_MESSAGE_BYTES_MAX - 1024 * 1024;
 /// Commands in one `Propose` call.
 pub const PROPOSE_COMMANDS_MAX: usize = 4096;
 /// Commands waiting for the proposer before callers are refused (`overloaded`).

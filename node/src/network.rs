@@ -81,19 +81,29 @@ struct Call {
     timeout: Duration,
 }
 
-/// How many of `entries` one AppendEntries call carries: the longest prefix within `budget`
-/// encoded bytes, and at least one.
-fn entries_within(entries: &[pb::Entry], budget: usize) -> usize {
+/// The AppendEntries message for `rpc`, carrying the longest prefix of its entries within
+/// `budget` encoded bytes (at least one), and how many that is. Entries are converted one at a
+/// time, so the ones left for the next call cost nothing now.
+fn append_within(rpc: &raft::AppendEntriesRequest, budget: usize) -> (pb::AppendEntriesRequest, usize) {
+    let mut message = pb::AppendEntriesRequest {
+        vote: Some(raft::vote_to_pb(&rpc.vote)),
+        prev_log_id: raft::opt_log_id_to_pb(&rpc.prev_log_id),
+        entries: Vec::new(),
+        leader_commit: raft::opt_log_id_to_pb(&rpc.leader_commit),
+    };
     let mut total = 0usize;
-    for (i, entry) in entries.iter().enumerate() {
+    for entry in &rpc.entries {
+        let entry = raft::entry_to_pb(entry);
         let len = entry.encoded_len();
         // The repeated field's tag and length prefix come with each entry.
         total = total.saturating_add(1 + prost::length_delimiter_len(len) + len);
-        if total > budget && i > 0 {
-            return i;
+        if total > budget && !message.entries.is_empty() {
+            break;
         }
+        message.entries.push(entry);
     }
-    entries.len()
+    let kept = message.entries.len();
+    (message, kept)
 }
 
 fn malformed(e: raft::Malformed) -> RpcError {
@@ -125,15 +135,13 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: raft::AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<raft::AppendEntriesResponse, RpcError> {
-        let mut message = raft::append_request_to_pb(&rpc);
-        let kept = entries_within(&message.entries, limits::APPEND_BYTES_MAX);
-        message.entries.truncate(kept);
+        let (message, kept) = append_within(&rpc, limits::APPEND_BYTES_MAX);
         let request = self.request(message, &option);
         let call = self.call(RPCTypes::AppendEntries, option.soft_ttl());
         let response = self.client()?.append_entries(request).await.map_err(|s| status_error(s, call))?;
         let response = raft::append_response_from_pb(response.into_inner()).map_err(malformed)?;
         // Only a prefix went: success means the follower holds it, and openraft sends the rest.
-        Ok(match (response, rpc.entries.get(kept.wrapping_sub(1))) {
+        Ok(match (response, kept.checked_sub(1).and_then(|last| rpc.entries.get(last))) {
             (AppendEntriesResponse::Success, Some(last)) if kept < rpc.entries.len() => {
                 AppendEntriesResponse::PartialSuccess(Some(last.log_id))
             }
@@ -200,16 +208,28 @@ mod tests {
         }
     }
 
+    fn request(entries: usize) -> raft::AppendEntriesRequest {
+        let message = pb::AppendEntriesRequest {
+            vote: Some(pb::Vote { term: 1, node_id: 1, committed: true }),
+            entries: (1..=entries as u64).map(|i| entry(i, 1000)).collect(),
+            ..Default::default()
+        };
+        raft::append_request_from_pb(message).unwrap()
+    }
+
     #[test]
     fn an_append_carries_entries_up_to_its_byte_budget_and_always_one() {
-        let entries: Vec<pb::Entry> = (1..=10).map(|i| entry(i, 1000)).collect();
-        assert_eq!(entries_within(&entries, usize::MAX), 10);
-        let one = entries[0].encoded_len() + 3;
-        assert_eq!(entries_within(&entries, 3 * one), 3, "three fit, the fourth waits");
-        assert_eq!(entries_within(&entries, 10), 1, "an entry larger than the budget goes alone");
-        assert_eq!(entries_within(&[], 10), 0);
-        let request = pb::AppendEntriesRequest { entries: entries[..3].to_vec(), ..Default::default() };
-        assert!(request.encoded_len() <= 3 * one + 16, "the count matches the message's size");
+        let ten = request(10);
+        let (all, kept) = append_within(&ten, usize::MAX);
+        assert_eq!((kept, all.entries.len()), (10, 10));
+        let one = entry(1, 1000).encoded_len() + 3;
+        let (three, kept) = append_within(&ten, 3 * one);
+        assert_eq!((kept, three.entries.len()), (3, 3), "three fit, the fourth waits");
+        assert!(three.encoded_len() <= 3 * one + 16, "the count is the message's size");
+        assert_eq!(three.entries.last().and_then(|e| e.log_id.as_ref()).map(|id| id.index), Some(3));
+        assert_eq!(append_within(&ten, 10).1, 1, "an entry larger than the budget goes alone");
+        let (heartbeat, kept) = append_within(&request(0), 10);
+        assert_eq!((kept, heartbeat.vote.is_some()), (0, true), "a heartbeat is just the header");
     }
 
     #[test]

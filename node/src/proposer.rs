@@ -31,6 +31,8 @@ pub enum ProposeError {
     Overloaded,
     #[error("raft stopped: {0}")]
     Stopped(String),
+    #[error("the request's commands take {bytes} bytes; at most {max} fit in one log entry", max = limits::PROPOSAL_BYTES_MAX)]
+    TooLarge { bytes: usize },
 }
 
 /// The leader's clock: wall time plus an offset (for fault injection), never going backwards
@@ -93,13 +95,16 @@ impl Proposer {
     /// Orders `commands` (all in one log entry) and returns their outcomes, in order. Either
     /// every command is queued or none is.
     pub async fn propose(&self, commands: Vec<ledger::pb::Command>) -> Result<Vec<pb::CommandResult>, ProposeError> {
+        let bytes: usize = commands.iter().map(Message::encoded_len).sum();
+        if bytes > limits::PROPOSAL_BYTES_MAX {
+            return Err(ProposeError::TooLarge { bytes });
+        }
         let n = u32::try_from(commands.len()).map_err(|_| ProposeError::Overloaded)?;
         let room = self.room.clone().try_acquire_many_owned(n).map_err(|e| match e {
             TryAcquireError::NoPermits => ProposeError::Overloaded,
             TryAcquireError::Closed => ProposeError::Stopped("proposer stopped".into()),
         })?;
         let (reply, rx) = oneshot::channel();
-        let bytes = commands.iter().map(Message::encoded_len).sum();
         self.tx
             .send(Pending { commands, bytes, reply, _room: room })
             .map_err(|_| ProposeError::Stopped("proposer stopped".into()))?;

@@ -686,3 +686,38 @@ async fn a_follower_behind_by_more_than_a_message_catches_up() {
     let digests = cluster.digests_at(&all, target).await;
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "replica digests differ: {digests:?}");
 }
+
+/// A request too large to travel as one log entry is refused whole, with a clear error, and
+/// the cluster goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_an_entry_can_be_is_refused_whole() {
+    let cluster = Cluster::start(3);
+    cluster.leader(&[1, 2, 3]).await;
+    let client = cluster.client();
+    client.propose(vec![user("cur", lp::Role::Curator), user("sam", lp::Role::User)]).await.unwrap();
+    // 4,064 lots with 16 KB descriptions: 63.5 MiB, under the 64 MiB message limit but over
+    // what fits in an entry with its AppendEntries header.
+    let description = "d".repeat(16 * 1024);
+    let lots: Vec<lp::Command> = (0..4_064)
+        .map(|i| {
+            let lot = lp::CreateLot {
+                lot_id: format!("huge-{i}"),
+                title: "Huge".into(),
+                description: description.clone(),
+                currency: "USD".into(),
+                start_price: 10_000,
+                starts_at_ms: now_ms(),
+                ends_at_ms: now_ms() + 3_600_000,
+                seller_id: "sam".into(),
+                ..Default::default()
+            };
+            cmd("cur", Body::CreateLot(lot))
+        })
+        .collect();
+    let err = client.propose(lots).await.unwrap_err().to_string();
+    assert!(err.contains("fit in one log entry"), "{err}");
+    let r = client.read_lot("huge-0", false, false).await;
+    assert!(r.is_err() || r.is_ok_and(|r| r.lot.is_none()), "nothing of the request was applied");
+    let ok = client.propose(vec![user("after", lp::Role::User)]).await.unwrap();
+    assert!(rejection(&ok[0]).is_none(), "the cluster goes on");
+}

@@ -11,7 +11,6 @@ use tonic::{Request, Response, Status};
 use super::{LEADER_ADDR_HEADER, Services, is_forwarded, propose_status};
 use crate::limits;
 use crate::pb;
-use crate::proposer::ProposeError;
 use crate::replica::NodeInner;
 
 type FeedStream = Pin<Box<dyn Stream<Item = Result<pb::FeedItem, Status>> + Send>>;
@@ -24,18 +23,21 @@ impl pb::client_service_server::ClientService for Services {
         if commands.is_empty() || commands.len() > limits::PROPOSE_COMMANDS_MAX {
             return Err(Status::invalid_argument(format!("send 1 to {} commands", limits::PROPOSE_COMMANDS_MAX)));
         }
-        match self.node.proposer.propose(commands.clone()).await {
-            Ok(results) => Ok(Response::new(pb::ProposeResponse { results })),
-            // Writes through a follower are forwarded to the leader, once.
-            Err(ProposeError::NotLeader { .. }) if !forwarded => {
-                let (mut leader, addr) = self.leader_client()?;
-                let mut response = leader.propose(Self::forward(pb::ProposeRequest { commands })).await?;
-                // Tell the client who leads, so its next write skips this hop.
-                if let Ok(value) = addr.parse() {
-                    response.metadata_mut().insert(LEADER_ADDR_HEADER, value);
-                }
-                Ok(response)
+        // Writes through a follower are forwarded to the leader, once. Decided before
+        // proposing, so the leader's path never copies the commands; leadership lost in
+        // between is answered `not_leader` with the new leader, and the client retries there
+        // with the same ids.
+        if !forwarded && !self.node.raft.is_leader() {
+            let (mut leader, addr) = self.leader_client()?;
+            let mut response = leader.propose(Self::forward(pb::ProposeRequest { commands })).await?;
+            // Tell the client who leads, so its next write skips this hop.
+            if let Ok(value) = addr.parse() {
+                response.metadata_mut().insert(LEADER_ADDR_HEADER, value);
             }
+            return Ok(response);
+        }
+        match self.node.proposer.propose(commands).await {
+            Ok(results) => Ok(Response::new(pb::ProposeResponse { results })),
             Err(e) => Err(propose_status(e)),
         }
     }

@@ -50,6 +50,7 @@ fn propose_status(e: ProposeError) -> Status {
             Status::resource_exhausted("overloaded: too many commands queued; retry with backoff")
         }
         ProposeError::Stopped(msg) => Status::unavailable(format!("raft unavailable: {msg}")),
+        e @ ProposeError::TooLarge { .. } => Status::invalid_argument(e.to_string()),
     }
 }
 
