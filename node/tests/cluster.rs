@@ -168,6 +168,22 @@ fn bid(bidder: &str, bid_id: &str, lot: &str, max: i64) -> lp::Command {
     cmd(bidder, Body::PlaceBid(lp::PlaceBid { lot_id: lot.into(), bid_id: bid_id.into(), max_amount: max }))
 }
 
+/// A lot by "cur" for "sam" with a long description: a large command.
+fn large_lot(lot_id: String, description: &str) -> lp::Command {
+    let lot = lp::CreateLot {
+        lot_id,
+        title: "Large lot".into(),
+        description: description.into(),
+        currency: "USD".into(),
+        start_price: 10_000,
+        starts_at_ms: now_ms(),
+        ends_at_ms: now_ms() + 3_600_000,
+        seller_id: "sam".into(),
+        ..Default::default()
+    };
+    cmd("cur", Body::CreateLot(lot))
+}
+
 fn rejection(r: &pb::CommandResult) -> Option<&lp::Rejection> {
     match r.outcome.as_ref().and_then(|o| o.result.as_ref()) {
         Some(Res::Rejected(rej)) => Some(rej),
@@ -404,26 +420,8 @@ async fn concurrent_large_requests_share_entries_up_to_the_byte_bound() {
     let client = cluster.client();
     client.propose(vec![user("cur", lp::Role::Curator), user("sam", lp::Role::User)]).await.unwrap();
     // 32 requests of 10 lots with 15 KB descriptions: about 150 KB each, 4.8 MB in all.
-    let requests: Vec<Vec<lp::Command>> = (0..32)
-        .map(|r| {
-            (0..10)
-                .map(|i| {
-                    let lot = lp::CreateLot {
-                        lot_id: format!("l-{r}-{i}"),
-                        title: "Large lot".into(),
-                        description: "d".repeat(15_000),
-                        currency: "USD".into(),
-                        start_price: 10_000,
-                        starts_at_ms: now_ms(),
-                        ends_at_ms: now_ms() + 3_600_000,
-                        seller_id: "sam".into(),
-                        ..Default::default()
-                    };
-                    cmd("cur", Body::CreateLot(lot))
-                })
-                .collect()
-        })
-        .collect();
+    let requests: Vec<Vec<lp::Command>> =
+        (0..32).map(|r| (0..10).map(|i| large_lot(format!("l-{r}-{i}"), &"d".repeat(15_000))).collect()).collect();
     let client = &client;
     let answers = futures::future::join_all(requests.iter().map(|cmds| async move {
         let bytes: usize = cmds.iter().map(Message::encoded_len).sum();
@@ -649,22 +647,7 @@ async fn a_follower_behind_by_more_than_a_message_catches_up() {
     // fewer entries than a snapshot is taken after (40), so the follower gets it as entries.
     let description = "d".repeat(15_000);
     for e in 0..30 {
-        let lots: Vec<lp::Command> = (0..170)
-            .map(|i| {
-                let lot = lp::CreateLot {
-                    lot_id: format!("big-{e}-{i}"),
-                    title: "Large lot".into(),
-                    description: description.clone(),
-                    currency: "USD".into(),
-                    start_price: 10_000,
-                    starts_at_ms: now_ms(),
-                    ends_at_ms: now_ms() + 3_600_000,
-                    seller_id: "sam".into(),
-                    ..Default::default()
-                };
-                cmd("cur", Body::CreateLot(lot))
-            })
-            .collect();
+        let lots: Vec<lp::Command> = (0..170).map(|i| large_lot(format!("big-{e}-{i}"), &description)).collect();
         let results = client.propose(lots).await.unwrap();
         assert!(results.iter().all(|r| rejection(r).is_none()), "entry {e} rejected");
     }
@@ -698,22 +681,7 @@ async fn a_request_larger_than_an_entry_can_be_is_refused_whole() {
     // 4,064 lots with 16 KB descriptions: 63.5 MiB, under the 64 MiB message limit but over
     // what fits in an entry with its AppendEntries header.
     let description = "d".repeat(16 * 1024);
-    let lots: Vec<lp::Command> = (0..4_064)
-        .map(|i| {
-            let lot = lp::CreateLot {
-                lot_id: format!("huge-{i}"),
-                title: "Huge".into(),
-                description: description.clone(),
-                currency: "USD".into(),
-                start_price: 10_000,
-                starts_at_ms: now_ms(),
-                ends_at_ms: now_ms() + 3_600_000,
-                seller_id: "sam".into(),
-                ..Default::default()
-            };
-            cmd("cur", Body::CreateLot(lot))
-        })
-        .collect();
+    let lots: Vec<lp::Command> = (0..4_064).map(|i| large_lot(format!("huge-{i}"), &description)).collect();
     let err = client.propose(lots).await.unwrap_err().to_string();
     assert!(err.contains("fit in one log entry"), "{err}");
     let r = client.read_lot("huge-0", false, false).await;
