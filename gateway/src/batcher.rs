@@ -3,7 +3,8 @@
 //! one-command-per-call figure.
 //!
 //! Requests wait on a bounded queue (full: `503 overloaded`). One task seals batches: when a
-//! call slot is free it takes what is queued (up to `batch_commands_max`); while other batches
+//! call slot is free it takes what is queued (up to `batch_commands_max`, and up to the node's
+//! entry bound `node::limits::BATCH_BYTES_MAX` of encoded commands); while other batches
 //! are still in flight it lingers up to `linger_us_max` for more, since the wait is hidden
 //! behind theirs anyway. At most `batches_in_flight_max` calls run at once. Retries inside the
 //! node client reuse the same commands, so a bid is still applied exactly once.
@@ -15,6 +16,7 @@ use axum::http::StatusCode;
 use ledger::pb::Command;
 use node::Client;
 use node::pb::CommandResult;
+use prost::Message;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -79,20 +81,37 @@ async fn run(
 ) {
     let slots = Arc::new(Semaphore::new(limits.batches_in_flight_max.max(1)));
     let linger = Duration::from_micros(limits.linger_us_max);
-    while let Some(first) = rx.recv().await {
+    // A command that would take the batch past its byte bound starts the next one.
+    let mut carry: Option<(Command, Reply)> = None;
+    loop {
+        let first = match carry.take() {
+            Some(pending) => pending,
+            None => match rx.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut bytes = first.0.encoded_len();
         let mut batch = vec![first];
         let others_in_flight = slots.available_permits() + 1 < limits.batches_in_flight_max.max(1);
         let deadline = Instant::now() + if others_in_flight { linger } else { Duration::ZERO };
         while batch.len() < limits.batch_commands_max {
-            match rx.try_recv() {
-                Ok(pending) => batch.push(pending),
+            let next = match rx.try_recv() {
+                Ok(pending) => pending,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(pending)) => batch.push(pending),
+                    Ok(Some(pending)) => pending,
                     Ok(None) | Err(_) => break,
                 },
+            };
+            let size = next.0.encoded_len();
+            if bytes + size > node::limits::BATCH_BYTES_MAX {
+                carry = Some(next);
+                break;
             }
+            bytes += size;
+            batch.push(next);
         }
         metrics.batch_commands.observe(batch.len() as f64);
         let client = client.clone();

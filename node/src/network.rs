@@ -93,17 +93,28 @@ fn append_within(rpc: &raft::AppendEntriesRequest, budget: usize) -> (pb::Append
     };
     let mut total = 0usize;
     for entry in &rpc.entries {
-        let entry = raft::entry_to_pb(entry);
-        let len = entry.encoded_len();
+        let len = entry_len(entry);
         // The repeated field's tag and length prefix come with each entry.
         total = total.saturating_add(1 + prost::length_delimiter_len(len) + len);
         if total > budget && !message.entries.is_empty() {
             break;
         }
-        message.entries.push(entry);
+        message.entries.push(raft::entry_to_pb(entry));
     }
     let kept = message.entries.len();
     (message, kept)
+}
+
+/// An entry's encoded size, without converting (copying) a proposal that may not be sent.
+fn entry_len(entry: &raft::Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(proposal) => {
+            let log_id = raft::log_id_to_pb(&entry.log_id);
+            let field = |len: usize| 1 + prost::length_delimiter_len(len) + len;
+            field(log_id.encoded_len()) + field(proposal.encoded_len())
+        }
+        _ => raft::entry_to_pb(entry).encoded_len(),
+    }
 }
 
 fn malformed(e: raft::Malformed) -> RpcError {
@@ -220,6 +231,9 @@ mod tests {
     #[test]
     fn an_append_carries_entries_up_to_its_byte_budget_and_always_one() {
         let ten = request(10);
+        for entry in &ten.entries {
+            assert_eq!(entry_len(entry), raft::entry_to_pb(entry).encoded_len(), "sized without converting");
+        }
         let (all, kept) = append_within(&ten, usize::MAX);
         assert_eq!((kept, all.entries.len()), (10, 10));
         let one = entry(1, 1000).encoded_len() + 3;

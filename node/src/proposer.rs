@@ -22,7 +22,8 @@ use crate::pb;
 use crate::raft::TypeConfig;
 use crate::store::{Raft, Shared};
 
-/// Why a command could not be ordered. Every variant is safe to retry with the same ids.
+/// Why a command could not be ordered. Every variant is safe to retry with the same ids;
+/// `TooLarge` will fail again unless the request is split.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ProposeError {
     #[error("not the leader (leader: {leader_addr:?})")]
