@@ -6,7 +6,6 @@ use std::time::Duration;
 use openraft::BasicNode;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
-use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::limits;
@@ -81,42 +80,6 @@ struct Call {
     timeout: Duration,
 }
 
-/// The AppendEntries message for `rpc`, carrying the longest prefix of its entries within
-/// `budget` encoded bytes (at least one), and how many that is. Entries are converted one at a
-/// time, so the ones left for the next call cost nothing now.
-fn append_within(rpc: &raft::AppendEntriesRequest, budget: usize) -> (pb::AppendEntriesRequest, usize) {
-    let mut message = pb::AppendEntriesRequest {
-        vote: Some(raft::vote_to_pb(&rpc.vote)),
-        prev_log_id: raft::opt_log_id_to_pb(&rpc.prev_log_id),
-        entries: Vec::new(),
-        leader_commit: raft::opt_log_id_to_pb(&rpc.leader_commit),
-    };
-    let mut total = 0usize;
-    for entry in &rpc.entries {
-        let len = entry_len(entry);
-        // The repeated field's tag and length prefix come with each entry.
-        total = total.saturating_add(1 + prost::length_delimiter_len(len) + len);
-        if total > budget && !message.entries.is_empty() {
-            break;
-        }
-        message.entries.push(raft::entry_to_pb(entry));
-    }
-    let kept = message.entries.len();
-    (message, kept)
-}
-
-/// An entry's encoded size, without converting (copying) a proposal that may not be sent.
-fn entry_len(entry: &raft::Entry) -> usize {
-    match &entry.payload {
-        openraft::EntryPayload::Normal(proposal) => {
-            let log_id = raft::log_id_to_pb(&entry.log_id);
-            let field = |len: usize| 1 + prost::length_delimiter_len(len) + len;
-            field(log_id.encoded_len()) + field(proposal.encoded_len())
-        }
-        _ => raft::entry_to_pb(entry).encoded_len(),
-    }
-}
-
 fn malformed(e: raft::Malformed) -> RpcError {
     RPCError::Network(NetworkError::new(&e))
 }
@@ -146,7 +109,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: raft::AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<raft::AppendEntriesResponse, RpcError> {
-        let (message, kept) = append_within(&rpc, limits::APPEND_BYTES_MAX);
+        let (message, kept) = raft::append_request_to_pb(&rpc, limits::APPEND_BYTES_MAX);
         let request = self.request(message, &option);
         let call = self.call(RPCTypes::AppendEntries, option.soft_ttl());
         let response = self.client()?.append_entries(request).await.map_err(|s| status_error(s, call))?;
@@ -204,6 +167,8 @@ impl RaftNetworkV2<TypeConfig> for Connection {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
 
     fn call() -> Call {
@@ -231,18 +196,23 @@ mod tests {
     #[test]
     fn an_append_carries_entries_up_to_its_byte_budget_and_always_one() {
         let ten = request(10);
-        for entry in &ten.entries {
-            assert_eq!(entry_len(entry), raft::entry_to_pb(entry).encoded_len(), "sized without converting");
-        }
-        let (all, kept) = append_within(&ten, usize::MAX);
+        // Entries are sized without converting them: exactly as they encode, framing included.
+        let framed = |e: &raft::Entry| {
+            let n = raft::entry_to_pb(e).encoded_len();
+            1 + prost::length_delimiter_len(n) + n
+        };
+        let exact: usize = ten.entries[..3].iter().map(framed).sum();
+        assert_eq!(raft::append_request_to_pb(&ten, exact).1, 3, "sized exactly as encoded");
+        assert_eq!(raft::append_request_to_pb(&ten, exact - 1).1, 2);
+        let (all, kept) = raft::append_request_to_pb(&ten, usize::MAX);
         assert_eq!((kept, all.entries.len()), (10, 10));
         let one = entry(1, 1000).encoded_len() + 3;
-        let (three, kept) = append_within(&ten, 3 * one);
+        let (three, kept) = raft::append_request_to_pb(&ten, 3 * one);
         assert_eq!((kept, three.entries.len()), (3, 3), "three fit, the fourth waits");
         assert!(three.encoded_len() <= 3 * one + 16, "the count is the message's size");
         assert_eq!(three.entries.last().and_then(|e| e.log_id.as_ref()).map(|id| id.index), Some(3));
-        assert_eq!(append_within(&ten, 10).1, 1, "an entry larger than the budget goes alone");
-        let (heartbeat, kept) = append_within(&request(0), 10);
+        assert_eq!(raft::append_request_to_pb(&ten, 10).1, 1, "an entry larger than the budget goes alone");
+        let (heartbeat, kept) = raft::append_request_to_pb(&request(0), 10);
         assert_eq!((kept, heartbeat.vote.is_some()), (0, true), "a heartbeat is just the header");
     }
 

@@ -127,12 +127,41 @@ pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<TypeConfi
 pub type VoteRequest = openraft::raft::VoteRequest<TypeConfig>;
 pub type VoteResponse = openraft::raft::VoteResponse<TypeConfig>;
 
-pub fn append_request_to_pb(r: &AppendEntriesRequest) -> pb::AppendEntriesRequest {
-    pb::AppendEntriesRequest {
+/// The message for `r`, carrying the longest prefix of its entries within `budget` encoded
+/// bytes (at least one), and how many that is. Entries are sized before they are converted,
+/// so the ones left for the next call are never copied.
+pub fn append_request_to_pb(r: &AppendEntriesRequest, budget: usize) -> (pb::AppendEntriesRequest, usize) {
+    let mut message = pb::AppendEntriesRequest {
         vote: Some(vote_to_pb(&r.vote)),
         prev_log_id: opt_log_id_to_pb(&r.prev_log_id),
-        entries: r.entries.iter().map(entry_to_pb).collect(),
+        entries: Vec::new(),
         leader_commit: opt_log_id_to_pb(&r.leader_commit),
+    };
+    let mut total = 0usize;
+    for entry in &r.entries {
+        total = total.saturating_add(field_len(entry_len(entry)));
+        if total > budget && !message.entries.is_empty() {
+            break;
+        }
+        message.entries.push(entry_to_pb(entry));
+    }
+    let kept = message.entries.len();
+    (message, kept)
+}
+
+/// A length-delimited protobuf field's encoded size (tag below 16, so one byte of tag).
+fn field_len(len: usize) -> usize {
+    1 + prost::length_delimiter_len(len) + len
+}
+
+/// An entry's encoded size as `entry_to_pb` would make it, without copying its proposal.
+fn entry_len(entry: &Entry) -> usize {
+    use prost::Message;
+    match &entry.payload {
+        EntryPayload::Normal(proposal) => {
+            field_len(log_id_to_pb(&entry.log_id).encoded_len()) + field_len(proposal.encoded_len())
+        }
+        _ => entry_to_pb(entry).encoded_len(),
     }
 }
 
