@@ -81,7 +81,7 @@ fn bids(base: &Ledger, lots: usize, n: usize) -> Vec<pb::Command> {
         i += 1;
         let lot_id = format!("lot-{}", next(&mut rng) as usize % lots);
         let lot = dry.lot(&lot_id).expect("lot exists");
-        let leader = lot.book.leader.as_ref().map(|l| l.bidder.clone());
+        let leader = lot.book.leader.as_ref().map(|l| l.bidder.to_string());
         let mut bidder = format!("bidder{}", next(&mut rng) as usize % BIDDERS);
         if Some(&bidder) == leader.as_ref() {
             bidder = format!("bidder{}", (next(&mut rng) as usize) % BIDDERS);

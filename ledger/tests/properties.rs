@@ -64,7 +64,7 @@ fn run_bids(terms: (i64, Option<i64>, u32), ops: &[BidOp]) -> World {
             let best = accepted.iter().map(|&(_, m)| m).max().unwrap();
             let first_best = accepted.iter().find(|&&(_, m)| m == best).unwrap().0;
             assert_eq!(leader.max, best, "the leader holds the highest maximum");
-            assert_eq!(leader.bidder, first_best, "ties go to the earliest maximum");
+            assert_eq!(&*leader.bidder, first_best, "ties go to the earliest maximum");
             if let Some(r) = reserve.filter(|&r| leader.max >= r) {
                 assert!(price >= r, "reserve met but price {price} below it");
             }

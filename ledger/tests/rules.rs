@@ -240,7 +240,7 @@ fn bid_history_records_placed_and_proxy_bids_with_visible_amounts() {
     w.bid("ana", "a1", "L", 100_000).unwrap();
     w.bid("ben", "b1", "L", 20_000).unwrap();
     let lot = w.ledger.lot("L").unwrap();
-    let lines: Vec<_> = lot.history.iter().map(|h| (h.bidder.as_str(), h.bid_id.as_str(), h.amount, h.kind)).collect();
+    let lines: Vec<_> = lot.history.iter().map(|h| (&*h.bidder, &*h.bid_id, h.amount, h.kind)).collect();
     assert_eq!(
         lines,
         [
@@ -474,7 +474,7 @@ fn users_are_unique_and_creation_is_idempotent() {
     let mut clash = user("eve2", pb::Role::User);
     clash.username = "eve".into();
     w.rejected("", Body::CreateUser(clash), "username_taken");
-    assert_eq!(w.ledger.user_by_name("eve").map(|u| u.user_id.as_str()), Some("eve"));
+    assert_eq!(w.ledger.user_by_name("eve").map(|u| &*u.user_id), Some("eve"));
 }
 
 #[test]
