@@ -39,7 +39,7 @@ pub enum Decision {
     Overtake { price: i64, previous: Leader },
     /// The leader's maximum held (ties go to the earlier maximum): the challenger's bid of
     /// `amount` stands in the history, answered by the (unchanged) leader's proxy bid at `price`.
-    Defended { amount: i64, price: i64 },
+    Defended { amount: i64, price: i64, leader: Id },
 }
 
 /// What the rules decided, before the book changes.
@@ -47,7 +47,8 @@ enum Plan {
     First,
     Raise,
     Overtake,
-    Defended,
+    /// Carries the leader's id.
+    Defended(Id),
 }
 
 impl Decision {
@@ -114,7 +115,7 @@ impl Book {
                 Some(previous) => Decision::Overtake { price, previous },
                 None => Decision::First { price },
             },
-            Plan::Defended => Decision::Defended { amount: max, price },
+            Plan::Defended(leader) => Decision::Defended { amount: max, price, leader },
         };
         self.price = price;
         debug_assert!(self.price >= price_before, "price decreased");
@@ -169,7 +170,7 @@ impl Book {
             if let Some(r) = self.reserve.filter(|&r| big_m >= r) {
                 price = price.max(r);
             }
-            Ok((Plan::Defended, price))
+            Ok((Plan::Defended(leader.bidder.clone()), price))
         }
     }
 }

@@ -11,7 +11,7 @@ use prost::Message;
 
 use crate::bidding::{Book, Leader};
 use crate::content::{Category, LotContent};
-use crate::id::Id;
+use crate::id::{Id, IdMap};
 use crate::ladder::{Ladder, Tier};
 use crate::limits;
 use crate::money::Currency;
@@ -102,7 +102,10 @@ impl Ledger {
             if ledger.usernames.insert(user.username.clone(), user.user_id.clone()).is_some() {
                 return invalid(format!("username {} appears twice", user.username));
             }
-            insert_once(&mut ledger.users, user.user_id.clone(), user, "user")?;
+            let id = user.user_id.clone();
+            if ledger.users.insert(id.clone(), user).is_some() {
+                return invalid(format!("user {id} appears twice"));
+            }
         }
         for c in snap.categories {
             let category = Category { category_id: c.category_id, name: c.name, parent_id: c.parent_id };
@@ -120,7 +123,10 @@ impl Ledger {
                 }
                 *ledger.image_refs.entry(image.content_hash.clone()).or_default() += 1;
             }
-            insert_once(&mut ledger.lots, lot.lot_id.clone(), lot, "lot")?;
+            let id = lot.lot_id.clone();
+            if ledger.lots.insert(id.clone(), lot).is_some() {
+                return invalid(format!("lot {id} appears twice"));
+            }
         }
         for a in snap.auctions {
             let auction = restore_auction(a)?;
@@ -138,7 +144,11 @@ impl Ledger {
             };
             let record = Recorded::from_result(&r.bid_id, result, intern)
                 .map_err(|e| SnapshotError::Invalid(format!("{what}: {e}")))?;
-            let bids = ledger.recorded.entry(shared(users, r.bidder)).or_default();
+            // Bids are only ever recorded for users, and `place_bid` relies on it.
+            let Some((bidder, _)) = users.get_key_value(&r.bidder) else {
+                return invalid(format!("{what} names no user"));
+            };
+            let bids = ledger.recorded.get_or_default(&bidder.clone());
             if bids.insert(Id::from(r.bid_id), record).is_some() {
                 return invalid(format!("{what} appears twice"));
             }
@@ -151,12 +161,7 @@ fn invalid<T>(message: String) -> Result<T, SnapshotError> {
     Err(SnapshotError::Invalid(message))
 }
 
-fn insert_once<K: Ord + fmt::Display, V>(
-    map: &mut BTreeMap<K, V>,
-    key: K,
-    value: V,
-    what: &str,
-) -> Result<(), SnapshotError> {
+fn insert_once<V>(map: &mut BTreeMap<String, V>, key: String, value: V, what: &str) -> Result<(), SnapshotError> {
     if map.contains_key(&key) {
         return invalid(format!("{what} {key} appears twice"));
     }
@@ -262,12 +267,12 @@ fn restore_user(u: pb::UserState) -> Result<User, SnapshotError> {
 }
 
 /// The id already held under `s` in `map`, shared; else a new one.
-fn shared<V>(map: &BTreeMap<Id, V>, s: String) -> Id {
+fn shared<V>(map: &IdMap<V>, s: String) -> Id {
     map.get_key_value(s.as_str()).map_or_else(|| s.into(), |(id, _)| id.clone())
 }
 
 /// A lot from its state; bidder ids are shared with `users` where they match.
-fn restore_lot(l: pb::LotState, users: &BTreeMap<Id, User>) -> Result<Lot, SnapshotError> {
+fn restore_lot(l: pb::LotState, users: &IdMap<User>) -> Result<Lot, SnapshotError> {
     let what = format!("lot {}", l.lot_id);
     let status = match LotStatus::try_from(l.status) {
         Ok(LotStatus::Unspecified) | Err(_) => return invalid(format!("{what} has status {}", l.status)),

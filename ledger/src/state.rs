@@ -6,7 +6,6 @@
 //! answer: that record is the one thing a rejection writes.)
 
 use std::collections::{BTreeMap, HashMap, hash_map};
-use std::sync::Arc;
 
 use prost::Message;
 
@@ -14,7 +13,7 @@ use crate::bidding::{Book, Decision, Leader};
 use crate::checks::{check_amount, check_id, check_secs, check_text, check_window};
 use crate::content::{self, Category, LotContent, Put};
 use crate::error::{Code, Rejection, reject};
-use crate::id::Id;
+use crate::id::{Id, IdMap};
 use crate::ladder::{Ladder, Tier};
 use crate::lifecycle;
 use crate::limits;
@@ -86,21 +85,22 @@ pub struct Auction {
     pub(crate) create_digest: [u8; 32],
 }
 
-/// The whole replicated state. Ordered maps only: iteration order reaches snapshots and the
-/// digest, so it must be the same on every replica.
+/// The whole replicated state. Iteration order reaches snapshots and the digest, so it must
+/// be the same on every replica: maps are ordered, or iterated in id order ([`IdMap`]), or
+/// sorted before they are written (the exactly-once records).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ledger {
     /// The ledger's clock: the latest command time seen. Commands stamped earlier are treated
     /// as stamped now, so time never runs backwards here whatever the input.
     pub(crate) last_at_ms: i64,
-    pub(crate) users: BTreeMap<Id, User>,
+    pub(crate) users: IdMap<User>,
     /// Derived index username -> user_id (rebuilt on restore, not snapshotted).
     pub(crate) usernames: BTreeMap<String, Id>,
-    pub(crate) lots: BTreeMap<Id, Lot>,
+    pub(crate) lots: IdMap<Lot>,
     pub(crate) auctions: BTreeMap<String, Auction>,
-    /// First outcome of each (bidder, bid_id), for exactly-once bids. The inner maps are
-    /// hashed, not ordered (the hot path looks them up twice per bid); snapshots sort them.
-    pub(crate) recorded: BTreeMap<Id, HashMap<Id, Recorded>>,
+    /// First outcome of each (bidder, bid_id), for exactly-once bids. The per-bidder maps are
+    /// hashed, not ordered, for the hot path; snapshots sort them.
+    pub(crate) recorded: IdMap<HashMap<Id, Recorded>>,
     pub(crate) categories: BTreeMap<String, Category>,
     /// Derived index image_id -> lot_id (image ids are unique across lots; rebuilt on restore).
     pub(crate) images: BTreeMap<String, Id>,
@@ -514,14 +514,15 @@ impl Ledger {
             return reject(Code::InvalidInput, "a bid needs a bidder");
         }
         check_id("bid_id", &c.bid_id)?;
-        // Users are never removed, so every bidder with records is still a user.
+        // Users are never removed (and a snapshot's records must name users), so a bidder
+        // with records is always a user: checking the user first answers retries the same.
         let Some(user) = self.users.get(ctx.actor) else {
             return reject(Code::UserNotFound, format!("no user {}", ctx.actor));
         };
         let bidder = user.user_id.clone();
-        let bids = self.recorded.entry(bidder.clone()).or_default();
-        // The one allocation a bid must make: its id, shared by the book, history and record.
-        let slot = match bids.entry(Arc::from(c.bid_id.as_str())) {
+        let bids = self.recorded.get_or_default(&bidder);
+        // The bid's id is allocated once, then shared by the book, the history and the record.
+        let slot = match bids.entry(Id::from(c.bid_id.as_str())) {
             hash_map::Entry::Occupied(first) => return Ok(first.get().to_result(&c.bid_id)),
             hash_map::Entry::Vacant(slot) => slot,
         };
@@ -895,7 +896,7 @@ fn move_auction(auction: &mut Auction, to: AuctionStatus, events: &mut Events) {
 
 /// Applies an accepted bid and returns its record, or refuses it changing nothing.
 fn bid(
-    lots: &mut BTreeMap<Id, Lot>,
+    lots: &mut IdMap<Lot>,
     ctx: &Ctx,
     bidder: &Id,
     bid_id: &Id,
@@ -929,15 +930,15 @@ fn bid(
     }
     let decision = lot.book.place(&lot.ladder, bidder, bid_id, c.max_amount)?;
     record_decision(lot, ctx.at, bidder, bid_id, &decision, events);
-    let Some(leader) = &lot.book.leader else {
-        debug_assert!(false, "an accepted bid left lot {} without a leader", lot.lot_id);
-        return reject(Code::InvalidInput, "internal: an accepted bid left no leader");
+    let leading_bidder = match &decision {
+        Decision::Defended { leader, .. } => leader.clone(),
+        _ => bidder.clone(),
     };
     Ok(Recorded::Bid {
         lot_id: lot.lot_id.clone(),
         outcome: if decision.leading() { BidOutcomeKind::Leading } else { BidOutcomeKind::Outbid } as i32,
         current_price: lot.book.price,
-        leading_bidder: leader.bidder.clone(),
+        leading_bidder,
         ends_at_ms: lot.ends_at_ms,
         log_index: ctx.log_index,
     })
@@ -953,7 +954,7 @@ fn record_decision(lot: &mut Lot, at: i64, bidder: &Id, bid_id: &Id, decision: &
             push_line(lot, at, bid_id, bidder, *price, BidKind::Placed, events);
             push_outbid(lot, &previous.bidder, events);
         }
-        Decision::Defended { amount, price } => {
+        Decision::Defended { amount, price, .. } => {
             // The challenger's bid stands at its amount, then the leader's proxy answers it.
             push_line(lot, at, bid_id, bidder, *amount, BidKind::Placed, events);
             let proxy = lot.book.leader.as_ref().map(|Leader { bidder, bid_id, .. }| HistoryLine {

@@ -363,6 +363,12 @@ fn a_retried_bid_id_returns_the_first_answer_and_changes_nothing() {
     let refused = w.bid("cai", "low", "L", 100);
     assert_eq!(refused, Err("below_minimum".into()));
     assert_eq!(w.bid("cai", "low", "L", 900_000), refused);
+    // And the records survive a snapshot: a replica restored from one answers retries alike.
+    w.ledger = ledger::Ledger::decode_snapshot(&w.ledger.encode_snapshot()).unwrap();
+    let digest = w.ledger.digest();
+    assert_eq!(w.bid("ana", "same", "L", 500_000), first);
+    assert_eq!(w.bid("cai", "low", "L", 900_000), refused);
+    assert_eq!(w.ledger.digest(), digest);
 }
 
 /// Drives lot "L" to `target` through real commands.
@@ -632,4 +638,15 @@ fn snapshots_round_trip_and_corruption_is_detected() {
     let mut snap = w.ledger.to_snapshot();
     snap.users.push(snap.users[0].clone());
     assert!(ledger::Ledger::from_snapshot(snap).is_err(), "duplicate user");
+    // Exactly-once records hold only what applying a bid records, for a user.
+    let invalid = |edit: &dyn Fn(&mut pb::RecordedBid)| {
+        let mut snap = w.ledger.to_snapshot();
+        edit(&mut snap.recorded_bids[0]);
+        matches!(ledger::Ledger::from_snapshot(snap), Err(ledger::SnapshotError::Invalid(_)))
+    };
+    assert!(invalid(&|r| r.bidder = "nobody".into()), "a record of no user");
+    assert!(invalid(&|r| r.bid_id = "other".into()), "a record answering another bid id");
+    assert!(invalid(&|r| r.outcome = Some(pb::Outcome { result: None })), "a record without an answer");
+    let lot_answer = Some(pb::Outcome { result: Some(Res::Lot(pb::LotView::default())) });
+    assert!(invalid(&|r| r.outcome = lot_answer.clone()), "a record of no bid's answer");
 }
