@@ -277,7 +277,7 @@ impl Ledger {
 
     /// A committed image by id, with its lot and gallery position.
     pub fn image(&self, image_id: &str) -> Option<pb::ImageView> {
-        let lot = self.lots.get(&**self.images.get(image_id)?)?;
+        let lot = self.lots.get(self.images.get(image_id)?)?;
         let (at, image) = lot.content.image(image_id)?;
         Some(content::image_view(&lot.lot_id, at, image))
     }
