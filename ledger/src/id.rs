@@ -5,8 +5,12 @@
 //! sharing them keeps the hot path free of per-bid string copies. An `Id` compares, hashes
 //! and borrows as the `str` it holds.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
+
+/// A hash map for the hot path. Its order is never observed (see [`IdMap`]), so the seed may
+/// differ between replicas.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 pub type Id = Arc<str>;
 
@@ -21,7 +25,7 @@ pub(crate) struct IdMap<V> {
 
 impl<V> Default for IdMap<V> {
     fn default() -> Self {
-        IdMap { by_id: HashMap::new(), order: BTreeSet::new() }
+        IdMap { by_id: HashMap::default(), order: BTreeSet::new() }
     }
 }
 

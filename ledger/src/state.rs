@@ -5,7 +5,7 @@
 //! was. (A rejected bid is still remembered under its `bid_id`, so that a retry gets the same
 //! answer: that record is the one thing a rejection writes.)
 
-use std::collections::{BTreeMap, HashMap, hash_map};
+use std::collections::{BTreeMap, hash_map};
 
 use prost::Message;
 
@@ -13,7 +13,7 @@ use crate::bidding::{Book, Decision, Leader};
 use crate::checks::{check_amount, check_id, check_secs, check_text, check_window};
 use crate::content::{self, Category, LotContent, Put};
 use crate::error::{Code, Rejection, reject};
-use crate::id::{Id, IdMap};
+use crate::id::{HashMap, Id, IdMap};
 use crate::ladder::{Ladder, Tier};
 use crate::lifecycle;
 use crate::limits;
