@@ -23,6 +23,7 @@ pub mod bidding;
 pub mod checks;
 pub mod content;
 pub mod error;
+mod event;
 pub mod id;
 pub mod json;
 pub mod ladder;
@@ -43,6 +44,8 @@ pub mod pb {
 }
 
 pub use error::{Code, Rejection};
+pub use event::Event;
 pub use money::{Currency, Money};
+pub use once::Answer;
 pub use snapshot::{Digest, SnapshotError};
 pub use state::{Applied, Ledger};

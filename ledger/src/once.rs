@@ -3,7 +3,8 @@
 //!
 //! There is one record per bid ever placed, so it is compact: an accepted bid's answer is
 //! kept as shared ids and numbers, and built back into a `pb::Outcome` only when a retry or a
-//! snapshot asks for it. The bid id is the record's key, not part of it.
+//! snapshot asks for it. The bid id is the record's key, not part of it. An accepted bid's
+//! answer to its caller is the same data ([`Answer`]).
 
 use crate::id::Id;
 use crate::pb::{self, outcome::Result as Res};
@@ -55,5 +56,42 @@ impl Recorded {
             Res::Rejected(r) => Ok(Recorded::Rejected(Box::new(r))),
             _ => Err("its answer is not a bid's".to_owned()),
         }
+    }
+}
+
+/// The answer to one command. Compact like [`crate::Event`]: an accepted bid's result is kept
+/// as shared ids and built into a `pb::Outcome` only for a caller who waits for it (on a
+/// replica, only the leader has one).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer(AnswerRepr);
+
+#[derive(Clone, Debug, PartialEq)]
+enum AnswerRepr {
+    Bid { bid_id: Id, record: Recorded },
+    /// Boxed: the full message is four times the size of a bid's.
+    Other(Box<Res>),
+}
+
+impl Answer {
+    pub(crate) fn bid(bid_id: Id, record: Recorded) -> Answer {
+        Answer(AnswerRepr::Bid { bid_id, record })
+    }
+
+    pub(crate) fn other(result: Res) -> Answer {
+        Answer(AnswerRepr::Other(Box::new(result)))
+    }
+
+    /// Whether the command was refused.
+    pub fn is_rejection(&self) -> bool {
+        matches!(&self.0, AnswerRepr::Other(result) if matches!(**result, Res::Rejected(_)))
+    }
+
+    /// The answer as its protobuf message.
+    pub fn into_pb(self) -> pb::Outcome {
+        let result = match self.0 {
+            AnswerRepr::Bid { bid_id, record } => record.to_result(&bid_id),
+            AnswerRepr::Other(result) => *result,
+        };
+        pb::Outcome { result: Some(result) }
     }
 }

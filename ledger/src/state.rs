@@ -13,12 +13,13 @@ use crate::bidding::{Book, Decision, Leader};
 use crate::checks::{check_amount, check_id, check_secs, check_text, check_window};
 use crate::content::{self, Category, LotContent, Put};
 use crate::error::{Code, Rejection, reject};
+use crate::event::{BidRecorded, Event};
 use crate::id::{HashMap, Id, IdMap};
 use crate::ladder::{Ladder, Tier};
 use crate::lifecycle;
 use crate::limits;
 use crate::money::Currency;
-use crate::once::Recorded;
+use crate::once::{Answer, Recorded};
 use crate::pb::{self, AuctionStatus, BidKind, BidOutcomeKind, LotStatus, Role, command::Body, outcome::Result as Res};
 use crate::time::format_time;
 
@@ -135,10 +136,10 @@ struct Ctx<'a> {
     log_index: u64,
 }
 
-type Events = Vec<pb::Event>;
+type Events = Vec<Event>;
 
-fn event(kind: pb::event::Kind) -> pb::Event {
-    pb::Event { kind: Some(kind) }
+fn event(kind: pb::event::Kind) -> Event {
+    Event::other(kind)
 }
 
 impl Ledger {
@@ -150,19 +151,25 @@ impl Ledger {
     /// `debug_assert!` (a replica must not silently diverge).
     pub fn apply(&mut self, cmd: &pb::Command) -> Applied {
         let mut events = Vec::new();
-        let result = self.dispatch(cmd, &mut events);
-        let outcome = match result {
-            Ok(res) => pb::Outcome { result: Some(res) },
-            Err(rejection) => {
-                debug_assert!(events.is_empty(), "a rejection emitted events");
-                events.clear();
-                pb::Outcome { result: Some(Res::Rejected(rejection.to_pb())) }
-            }
-        };
-        Applied { outcome, events }
+        let outcome = self.apply_compact(cmd, &mut events).into_pb();
+        Applied { outcome, events: events.into_iter().map(pb::Event::from).collect() }
     }
 
-    fn dispatch(&mut self, cmd: &pb::Command, events: &mut Events) -> Result<Res, Rejection> {
+    /// [`Ledger::apply`] for a replica's hot path: the answer and the events (appended to
+    /// `events`) stay in their compact forms, with no per-bid string copies.
+    pub fn apply_compact(&mut self, cmd: &pb::Command, events: &mut Vec<Event>) -> Answer {
+        let before = events.len();
+        match self.dispatch(cmd, events) {
+            Ok(answer) => answer,
+            Err(rejection) => {
+                debug_assert!(events.len() == before, "a rejection emitted events");
+                events.truncate(before);
+                Answer::other(Res::Rejected(rejection.to_pb()))
+            }
+        }
+    }
+
+    fn dispatch(&mut self, cmd: &pb::Command, events: &mut Events) -> Result<Answer, Rejection> {
         if !(0..=limits::TIME_MS_MAX).contains(&cmd.at_ms) {
             return reject(Code::InvalidTime, format!("command time {} ms is out of range", cmd.at_ms));
         }
@@ -171,12 +178,12 @@ impl Ledger {
         let Some(body) = &cmd.body else {
             return reject(Code::InvalidInput, "the command has no body");
         };
-        match body {
+        let result = match body {
+            Body::PlaceBid(c) => return self.place_bid(&ctx, c, events),
             Body::CreateUser(c) => self.create_user(&ctx, c, events),
             Body::SetUserRole(c) => self.set_user_role(&ctx, c, events),
             Body::CreateLot(c) => self.create_lot(&ctx, c, events),
             Body::SetLotStatus(c) => self.set_lot_status(&ctx, c, events),
-            Body::PlaceBid(c) => self.place_bid(&ctx, c, events),
             Body::CloseLot(c) => self.close_lot(&ctx, c, events),
             Body::CreateAuction(c) => self.create_auction(&ctx, c, events),
             Body::AddLotToAuction(c) => self.add_lot_to_auction(&ctx, c, events),
@@ -190,7 +197,8 @@ impl Ledger {
             Body::AddImage(c) => self.add_image(&ctx, c, events),
             Body::DeleteImage(c) => self.delete_image(&ctx, c, events),
             Body::ReorderImages(c) => self.reorder_images(&ctx, c, events),
-        }
+        };
+        result.map(Answer::other)
     }
 
     // ---- queries -------------------------------------------------------------------------
@@ -509,7 +517,7 @@ impl Ledger {
 
     // ---- bids ----------------------------------------------------------------------------
 
-    fn place_bid(&mut self, ctx: &Ctx, c: &pb::PlaceBid, events: &mut Events) -> Result<Res, Rejection> {
+    fn place_bid(&mut self, ctx: &Ctx, c: &pb::PlaceBid, events: &mut Events) -> Result<Answer, Rejection> {
         if ctx.actor.is_empty() {
             return reject(Code::InvalidInput, "a bid needs a bidder");
         }
@@ -523,12 +531,12 @@ impl Ledger {
         let bids = self.recorded.get_or_default(&bidder);
         // The bid's id is allocated once, then shared by the book, the history and the record.
         let slot = match bids.entry(Id::from(c.bid_id.as_str())) {
-            hash_map::Entry::Occupied(first) => return Ok(first.get().to_result(&c.bid_id)),
+            hash_map::Entry::Occupied(first) => return Ok(Answer::other(first.get().to_result(&c.bid_id))),
             hash_map::Entry::Vacant(slot) => slot,
         };
         let bid_id = slot.key().clone();
         let (result, record) = match bid(&mut self.lots, ctx, &bidder, &bid_id, c, events) {
-            Ok(record) => (Ok(record.to_result(&c.bid_id)), record),
+            Ok(record) => (Ok(Answer::bid(bid_id.clone(), record.clone())), record),
             Err(rejection) => {
                 let record = Recorded::Rejected(Box::new(rejection.to_pb()));
                 (Err(rejection), record)
@@ -975,10 +983,7 @@ fn record_decision(lot: &mut Lot, at: i64, bidder: &Id, bid_id: &Id, decision: &
         let extended = at + i64::from(lot.soft_close_secs) * 1000;
         if extended > lot.ends_at_ms {
             lot.ends_at_ms = extended;
-            events.push(event(pb::event::Kind::LotExtended(pb::LotExtended {
-                lot_id: String::from(&*lot.lot_id),
-                ends_at_ms: extended,
-            })));
+            events.push(Event::lot_extended(lot.lot_id.clone(), extended));
         }
     }
 }
@@ -989,27 +994,23 @@ fn push_line(lot: &mut Lot, at: i64, bid_id: &Id, bidder: &Id, amount: i64, kind
 }
 
 fn push_history(lot: &mut Lot, line: HistoryLine, events: &mut Events) {
-    events.push(event(pb::event::Kind::BidRecorded(pb::BidRecorded {
-        lot_id: String::from(&*lot.lot_id),
-        bid_id: String::from(&*line.bid_id),
-        bidder: String::from(&*line.bidder),
+    events.push(Event::bid_recorded(BidRecorded {
+        lot_id: lot.lot_id.clone(),
+        bid_id: line.bid_id.clone(),
+        bidder: line.bidder.clone(),
         amount: line.amount,
         at_ms: line.at_ms,
-        kind: line.kind as i32,
+        kind: line.kind,
         current_price: lot.book.price,
-        leading_bidder: leader_name(&lot.book),
+        leading_bidder: lot.book.leader.as_ref().map(|l| l.bidder.clone()),
         reserve_met: lot.book.reserve_met(),
         minimum_bid: lot.book.minimum_bid(&lot.ladder),
-    })));
+    }));
     lot.history.push(line);
 }
 
-fn push_outbid(lot: &Lot, user_id: &str, events: &mut Events) {
-    events.push(event(pb::event::Kind::Outbid(pb::Outbid {
-        lot_id: String::from(&*lot.lot_id),
-        user_id: user_id.to_owned(),
-        current_price: lot.book.price,
-    })));
+fn push_outbid(lot: &Lot, user_id: &Id, events: &mut Events) {
+    events.push(Event::outbid(lot.lot_id.clone(), user_id.clone(), lot.book.price));
 }
 
 // ---- views -----------------------------------------------------------------------------
