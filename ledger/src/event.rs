@@ -17,8 +17,15 @@ pub struct Event(Repr);
 #[derive(Clone, Debug, PartialEq)]
 enum Repr {
     BidRecorded(BidRecorded),
-    Outbid { lot_id: Id, user_id: Id, current_price: i64 },
-    LotExtended { lot_id: Id, ends_at_ms: i64 },
+    Outbid {
+        lot_id: Id,
+        user_id: Id,
+        current_price: i64,
+    },
+    LotExtended {
+        lot_id: Id,
+        ends_at_ms: i64,
+    },
     /// Boxed: the full message is three times the size of the compact kinds.
     Other(Box<pb::Event>),
 }

@@ -11,7 +11,10 @@
 //! - [`bidding`]: proxy bidding, reserve and soft close on one lot's book.
 //! - [`content`]: the category tree and each lot's attributes, comments and images.
 //! - [`error`]: rejections with stable machine codes.
-//! - [`state`]: the [`Ledger`] and its `apply`.
+//! - [`id`]: shared ids (`Arc<str>`) and the maps keyed by them.
+//! - `event`: events in a compact form ([`Event`]), encoded straight to protobuf bytes.
+//! - `once`: exactly-once bid records, and the compact [`Answer`] to a command.
+//! - [`state`]: the [`Ledger`], its `apply` (protobuf out) and `apply_compact` (compact out).
 //! - [`snapshot`]: canonical encoding, restore and the state digest.
 //! - [`limits`]: the bound on every input.
 //! - [`checks`]: input checks (ids, texts, amounts, windows) shared with the gateway.

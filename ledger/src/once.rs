@@ -67,7 +67,10 @@ pub struct Answer(AnswerRepr);
 
 #[derive(Clone, Debug, PartialEq)]
 enum AnswerRepr {
-    Bid { bid_id: Id, record: Recorded },
+    Bid {
+        bid_id: Id,
+        record: Recorded,
+    },
     /// Boxed: the full message is four times the size of a bid's.
     Other(Box<Res>),
 }

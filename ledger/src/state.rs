@@ -87,7 +87,7 @@ pub struct Auction {
 }
 
 /// The whole replicated state. Iteration order reaches snapshots and the digest, so it must
-/// be the same on every replica: maps are ordered, or iterated in id order ([`IdMap`]), or
+/// be the same on every replica: maps are ordered, or iterated in id order (`IdMap`), or
 /// sorted before they are written (the exactly-once records).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ledger {
