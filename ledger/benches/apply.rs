@@ -125,7 +125,7 @@ fn bench_apply(c: &mut Criterion) {
                 || base.clone(),
                 |mut ledger| {
                     for cmd in &cmds {
-                        black_box(ledger.apply_compact(cmd, &mut events));
+                        black_box(ledger.apply_compact(cmd, cmd.at_ms, cmd.log_index, &mut events));
                         for event in events.drain(..) {
                             event.encode(&mut bytes);
                         }

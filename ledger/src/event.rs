@@ -1,5 +1,5 @@
 //! Events as the ledger emits them. The hot ones (a bid recorded, a bidder outbid, a close
-//! extended: every accepted bid makes one to three) hold shared ids and numbers, not owned
+//! extended: every accepted bid makes one to four) hold shared ids and numbers, not owned
 //! strings. They become `pb::Event`s only when asked ([`Event::to_pb`]); a replica encodes
 //! them straight to bytes instead ([`Event::encode`]), identical to `pb::Event`'s encoding
 //! (tested), so the feed's wire format does not change.

@@ -2,8 +2,10 @@
 //!
 //! Every replica applies the same Raft-ordered [`pb::Command`]s to a [`Ledger`] and so reaches
 //! the same state and emits the same [`pb::Event`]s. The crate does no I/O, reads no clock
-//! and draws no random numbers: time arrives inside each command (`at_ms`), stamped by the
-//! Raft leader. Money is integer minor units; maps are ordered (`BTreeMap`).
+//! and lets no randomness reach its output (its hash maps' seeds are random, and nothing
+//! depends on their order): time arrives inside each command (`at_ms`), stamped by the Raft
+//! leader. Money is integer minor units; whatever reaches snapshots, digests and views is
+//! iterated in key order (ordered maps, or hashed maps by id iterated in id order).
 //!
 //! - [`money`]: currencies and overflow-checked amounts.
 //! - [`ladder`]: increment ladders, the default ones per currency.

@@ -151,15 +151,17 @@ impl Ledger {
     /// `debug_assert!` (a replica must not silently diverge).
     pub fn apply(&mut self, cmd: &pb::Command) -> Applied {
         let mut events = Vec::new();
-        let outcome = self.apply_compact(cmd, &mut events).into_pb();
+        let outcome = self.apply_compact(cmd, cmd.at_ms, cmd.log_index, &mut events).into_pb();
         Applied { outcome, events: events.into_iter().map(pb::Event::from).collect() }
     }
 
     /// [`Ledger::apply`] for a replica's hot path: the answer and the events (appended to
-    /// `events`) stay in their compact forms, with no per-bid string copies.
-    pub fn apply_compact(&mut self, cmd: &pb::Command, events: &mut Vec<Event>) -> Answer {
+    /// `events`) stay in their compact forms, with no per-bid string copies. The command is
+    /// stamped with `at_ms` and `log_index` in place of its own fields (a replica's clock and
+    /// log index), so a replica applies the command its log holds without copying it.
+    pub fn apply_compact(&mut self, cmd: &pb::Command, at_ms: i64, log_index: u64, events: &mut Vec<Event>) -> Answer {
         let before = events.len();
-        match self.dispatch(cmd, events) {
+        match self.dispatch(cmd, at_ms, log_index, events) {
             Ok(answer) => answer,
             Err(rejection) => {
                 debug_assert!(events.len() == before, "a rejection emitted events");
@@ -169,12 +171,18 @@ impl Ledger {
         }
     }
 
-    fn dispatch(&mut self, cmd: &pb::Command, events: &mut Events) -> Result<Answer, Rejection> {
-        if !(0..=limits::TIME_MS_MAX).contains(&cmd.at_ms) {
-            return reject(Code::InvalidTime, format!("command time {} ms is out of range", cmd.at_ms));
+    fn dispatch(
+        &mut self,
+        cmd: &pb::Command,
+        at_ms: i64,
+        log_index: u64,
+        events: &mut Events,
+    ) -> Result<Answer, Rejection> {
+        if !(0..=limits::TIME_MS_MAX).contains(&at_ms) {
+            return reject(Code::InvalidTime, format!("command time {at_ms} ms is out of range"));
         }
-        self.last_at_ms = self.last_at_ms.max(cmd.at_ms);
-        let ctx = Ctx { at: self.last_at_ms, actor: &cmd.actor, log_index: cmd.log_index };
+        self.last_at_ms = self.last_at_ms.max(at_ms);
+        let ctx = Ctx { at: self.last_at_ms, actor: &cmd.actor, log_index };
         let Some(body) = &cmd.body else {
             return reject(Code::InvalidInput, "the command has no body");
         };

@@ -132,7 +132,7 @@ proptest! {
         for cmd in bids.chain(cmds) {
             let expected = w.ledger.clone().apply(&cmd);
             let mut events = Vec::new();
-            let answer = w.ledger.apply_compact(&cmd, &mut events);
+            let answer = w.ledger.apply_compact(&cmd, cmd.at_ms, cmd.log_index, &mut events);
             prop_assert_eq!(answer.is_rejection(), expected.rejection().is_some());
             prop_assert_eq!(answer.into_pb(), expected.outcome);
             prop_assert_eq!(events.len(), expected.events.len());

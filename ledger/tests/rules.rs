@@ -650,3 +650,55 @@ fn snapshots_round_trip_and_corruption_is_detected() {
     let lot_answer = Some(pb::Outcome { result: Some(Res::Lot(pb::LotView::default())) });
     assert!(invalid(&|r| r.outcome = lot_answer.clone()), "a record of no bid's answer");
 }
+
+/// Every field of a bid's events, written out: a first bid, a bid defended by the leader's proxy
+/// inside the soft-close window (four events), and an overtake that meets the reserve.
+#[test]
+fn bid_events_carry_exactly_what_the_feed_promises() {
+    let mut w = World::new();
+    w.open_lot("L", 10_000, Some(30_000), 120);
+    let recorded = |bid_id: &str, bidder: &str, amount, at_ms, kind: pb::BidKind, price, leader: &str, met, min| {
+        Kind::BidRecorded(pb::BidRecorded {
+            lot_id: "L".into(),
+            bid_id: bid_id.into(),
+            bidder: bidder.into(),
+            amount,
+            at_ms,
+            kind: kind as i32,
+            current_price: price,
+            leading_bidder: leader.into(),
+            reserve_met: met,
+            minimum_bid: min,
+        })
+    };
+    let outbid =
+        |user: &str, price| Kind::Outbid(pb::Outbid { lot_id: "L".into(), user_id: user.into(), current_price: price });
+    let kinds = |applied: ledger::Applied| applied.events.into_iter().map(|e| e.kind.unwrap()).collect::<Vec<_>>();
+    let bid = |w: &mut World, bidder: &str, bid_id: &str, max_amount| {
+        w.run(bidder, Body::PlaceBid(pb::PlaceBid { lot_id: "L".into(), bid_id: bid_id.into(), max_amount }))
+    };
+
+    w.at = T0 + 10 * MIN;
+    let at = w.at;
+    assert_eq!(
+        kinds(bid(&mut w, "ana", "a1", 20_000)),
+        [recorded("a1", "ana", 10_000, at, pb::BidKind::Placed, 10_000, "ana", false, 10_500)]
+    );
+
+    w.at = T0 + HOUR - MIN;
+    let at = w.at;
+    assert_eq!(
+        kinds(bid(&mut w, "ben", "b1", 15_000)),
+        [
+            recorded("b1", "ben", 15_000, at, pb::BidKind::Placed, 15_500, "ana", false, 16_000),
+            recorded("a1", "ana", 15_500, at, pb::BidKind::Proxy, 15_500, "ana", false, 16_000),
+            outbid("ben", 15_500),
+            Kind::LotExtended(pb::LotExtended { lot_id: "L".into(), ends_at_ms: at + 120_000 }),
+        ]
+    );
+
+    assert_eq!(
+        kinds(bid(&mut w, "cai", "c1", 40_000)),
+        [recorded("c1", "cai", 30_000, at, pb::BidKind::Placed, 30_000, "cai", true, 30_500), outbid("ana", 30_000),]
+    );
+}

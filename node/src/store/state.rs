@@ -176,23 +176,21 @@ impl Shared {
 
 /// Applies one proposal to the ledger. Returns the answers (one per command) and the events,
 /// both compact: only the leader turns answers into messages, and events go straight to bytes.
-/// The proposal is taken by value: its commands are stamped in place, not copied.
+/// The proposal is the log's own (shared) copy: commands are stamped as they are applied.
 fn apply_proposal(
     ledger: &mut Ledger,
-    proposal: pb::Proposal,
+    proposal: &pb::Proposal,
     index: u64,
     forget_bid_ids: bool,
 ) -> (Vec<ledger::Answer>, Vec<ledger::Event>) {
     let mut answers = Vec::with_capacity(proposal.commands.len());
     let mut events = Vec::with_capacity(proposal.commands.len() * 2);
-    for mut command in proposal.commands {
-        // The leader's stamp is the only clock; whatever the client sent is ignored.
-        command.at_ms = proposal.at_ms;
-        command.log_index = index;
+    for command in &proposal.commands {
         if forget_bid_ids && let Some(ledger::pb::command::Body::PlaceBid(bid)) = &command.body {
             ledger.forget_recorded_bid(&command.actor, &bid.bid_id);
         }
-        answers.push(ledger.apply_compact(&command, &mut events));
+        // The leader's stamp is the only clock; whatever the client sent is ignored.
+        answers.push(ledger.apply_compact(command, proposal.at_ms, index, &mut events));
     }
     (answers, events)
 }
@@ -256,7 +254,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     at_ms = proposal.at_ms;
                     let mut ledger = self.shared.ledger_mut()?;
                     let answers;
-                    (answers, events) = apply_proposal(&mut ledger, proposal, index, forget);
+                    (answers, events) = apply_proposal(&mut ledger, &proposal, index, forget);
                     self.shared.generation.fetch_add(1, Ordering::Release);
                     drop(ledger);
                     if responder.is_some() {
@@ -411,7 +409,7 @@ mod tests {
         assert!(shared.state_digest().is_err());
         let proposal = pb::Proposal { at_ms: 1_000, commands: Vec::new() };
         let log_id = LogId { leader_id: LeaderId { term: 1, node_id: 1 }, index: 1 };
-        let entry = Entry { log_id, payload: EntryPayload::Normal(proposal) };
+        let entry = Entry { log_id, payload: EntryPayload::Normal(Arc::new(proposal)) };
         let entries = futures::stream::iter([Ok::<_, io::Error>((entry, None))]);
         let applied = sm.apply(entries).await;
         assert!(applied.is_err_and(|e| e.to_string().contains("poisoned")), "applying stops instead of carrying on");
@@ -474,7 +472,7 @@ mod tests {
             (cmd.at_ms, cmd.log_index) = (t0 + index as i64, index);
             let expected = ledger.clone().apply(&cmd);
             let proposal = pb::Proposal { at_ms: t0 + index as i64, commands: vec![cmd] };
-            let (_, events) = apply_proposal(&mut ledger, proposal, index, false);
+            let (_, events) = apply_proposal(&mut ledger, &proposal, index, false);
             let at_ms = if index.is_multiple_of(3) { 0 } else { t0 };
             let item = pb::FeedItem { index, at_ms, events: events.iter().map(ledger::Event::to_pb).collect() };
             assert_eq!(item.events, expected.events);
