@@ -81,7 +81,7 @@ impl Model {
         match input {
             Input::Read => match output {
                 Output::Read { price, leader, closed: seen_closed } => {
-                    let current = state.book.leader.as_ref().map_or("", |l| &*l.bidder);
+                    let current = state.book.leader.as_ref().map_or("", |l| l.bidder.as_str());
                     let same = state.book.price == *price && current == leader;
                     // A read may still show InAuction after bidding ended (`lot_closed`): the
                     // leader's timer closes the lot a moment later. A closed status does imply
@@ -103,7 +103,7 @@ impl Model {
             Input::Bid { .. } if matches!(output, Output::Rejected { code } if code == "lot_closed") => Some(closed()),
             Input::Bid { bidder, bid_id, max } => {
                 let mut next = state.book.clone();
-                let result = next.place(&self.ladder, &bidder.as_str().into(), &bid_id.as_str().into(), *max);
+                let result = next.place(&self.ladder, bidder, bid_id, *max);
                 let next = State { book: next, closed: false };
                 match (result, output) {
                     (Ok(_), Output::Unknown) => Some(next),
@@ -120,6 +120,47 @@ impl Model {
             }
         }
     }
+}
+
+/// Answers that show a lower price than one already returned before they were asked: a lot's
+/// visible price never falls (this workload never offers a lot again), so each is a
+/// linearizability violation on its own. Unlike the search this needs no budget: one sort and
+/// one pass, so a long history with a violation is never left `Unknown`. Each item names the
+/// earlier and the later answer.
+pub fn price_regressions(ops: &[Operation]) -> Vec<String> {
+    let price = |op: &Operation| match op.output {
+        Output::Bid { price, .. } | Output::Read { price, .. } => Some(price),
+        _ => None,
+    };
+    // (return time, price, op) of every answered operation with a price, by return time.
+    let mut answered: Vec<(u64, i64, usize)> =
+        ops.iter().enumerate().filter_map(|(i, op)| Some((op.ret?, price(op)?, i))).collect();
+    answered.sort_unstable();
+    // The highest price returned up to each position, and by which operation.
+    let mut highest: Vec<(i64, usize)> = Vec::with_capacity(answered.len());
+    for &(_, p, i) in &answered {
+        let best = highest.last().copied().filter(|&(b, _)| b >= p).unwrap_or((p, i));
+        highest.push(best);
+    }
+    let mut found = Vec::new();
+    for op in ops {
+        let (Some(p), Some(_)) = (price(op), op.ret) else { continue };
+        // Operations that returned strictly before this one was invoked.
+        let before = answered.partition_point(|&(ret, _, _)| ret < op.call);
+        if let Some(&(best, by)) = before.checked_sub(1).and_then(|k| highest.get(k))
+            && p < best
+        {
+            let earlier = &ops[by];
+            found.push(format!(
+                "{:?} returned price {p} (called at {} ns) after {:?} had returned price {best} (at {} ns)",
+                op.input,
+                op.call,
+                earlier.input,
+                earlier.ret.unwrap_or_default(),
+            ));
+        }
+    }
+    found
 }
 
 /// A call or return event in time order; `op` indexes the operations.
@@ -399,5 +440,29 @@ mod tests {
         ops.push(read(1, "nobody", 1, 2));
         assert_eq!(check(&model(), &ops, 50), Verdict::Unknown);
         assert_eq!(check(&model(), &ops, 10_000_000), Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn a_price_lower_than_one_already_returned_is_a_regression_and_overlap_is_not() {
+        // The read at 3..4 overlaps the bid at 2..5 that raised the price: it may come first.
+        let fine = [
+            bid("ana", "a1", 10_000, leading(10_000), 0, Some(1)),
+            bid("ben", "b1", 20_000, leading(10_500), 2, Some(5)),
+            read(10_000, "ana", 3, 4),
+            read(10_500, "ben", 6, 7),
+        ];
+        assert!(price_regressions(&fine).is_empty());
+        // A read called after 10,500 was returned (at 5) may not answer 10,000.
+        let stale = [
+            bid("ana", "a1", 10_000, leading(10_000), 0, Some(1)),
+            bid("ben", "b1", 20_000, leading(10_500), 2, Some(5)),
+            read(10_000, "ana", 6, 7),
+        ];
+        let found = price_regressions(&stale);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("price 10000") && found[0].contains("price 10500"), "{found:?}");
+        // An unanswered operation shows no price.
+        let unknown = [bid("ben", "b1", 20_000, Output::Unknown, 0, None), read(10_000, "ana", 6, 7)];
+        assert!(price_regressions(&unknown).is_empty());
     }
 }

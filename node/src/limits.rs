@@ -6,10 +6,6 @@ pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// them in several calls (openraft's partial success), never one over `GRPC_MESSAGE_BYTES_MAX`.
 /// A single larger entry still goes alone.
 pub const APPEND_BYTES_MAX: usize = 8 * 1024 * 1024;
-/// The log's cache of its newest entries (read by replication and apply instead of RocksDB):
-/// at most this many entries and this many encoded bytes.
-pub const RECENT_ENTRIES_MAX: usize = 4096;
-pub const RECENT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Snapshot bytes per streamed chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest snapshot a node accepts over the wire.

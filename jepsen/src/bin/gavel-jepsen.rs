@@ -150,6 +150,10 @@ fn main() -> ExitCode {
             println!("operations: {}  faults: {:?}", report.operations, report.faults);
             println!("linearizability: {:?}", report.linearizability);
             println!("lost bids: {}  duplicated bids: {}", report.lost_bids.len(), report.duplicated_bids.len());
+            println!("price regressions: {}", report.price_regressions.len());
+            for r in report.price_regressions.iter().take(5) {
+                println!("  {r}");
+            }
             println!(
                 "replica digests equal: {}  feeds equal and gap-free: {}",
                 report.digests_equal, report.feeds_equal

@@ -37,6 +37,9 @@ pub struct Report {
     /// one index with equal digests, a final state no node would serve. Each is a violation.
     pub broken: Vec<String>,
     pub feeds_equal: bool,
+    /// Answers showing a lower price than one already returned before they were asked
+    /// (`linear::price_regressions`): violations found without the search's budget.
+    pub price_regressions: Vec<String>,
     /// Lots past their end time that the leader's timer never closed.
     pub unclosed_lots: Vec<String>,
 }
@@ -51,6 +54,7 @@ impl Report {
             && self.feeds_equal
             && self.unclosed_lots.is_empty()
             && self.broken.is_empty()
+            && self.price_regressions.is_empty()
     }
 }
 
@@ -74,6 +78,10 @@ pub(crate) async fn check(
     }
     let linearizability: BTreeMap<String, Verdict> =
         by_lot.iter().map(|(lot, ops)| ((*lot).to_owned(), linear::check(&model, ops, search_budget))).collect();
+    let price_regressions: Vec<String> = by_lot
+        .iter()
+        .flat_map(|(lot, ops)| linear::price_regressions(ops).into_iter().map(move |r| format!("{lot}: {r}")))
+        .collect();
 
     // Every acknowledged accepted bid is in the final ledger exactly once (as a placed line);
     // every acknowledged refused bid is in it not at all.
@@ -144,6 +152,7 @@ pub(crate) async fn check(
         digests_equal: converged.is_ok(),
         broken,
         feeds_equal,
+        price_regressions,
         unclosed_lots,
     };
     let results = json!({
@@ -158,6 +167,7 @@ pub(crate) async fn check(
         "digests_equal": report.digests_equal,
         "feeds_equal": report.feeds_equal,
         "unclosed_lots": report.unclosed_lots,
+        "price_regressions": report.price_regressions,
         "applied_index": converged.as_ref().ok(),
         "broken": report.broken,
         "lots_checked": by_lot.keys().collect::<BTreeSet<_>>(),
