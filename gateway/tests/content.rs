@@ -65,6 +65,32 @@ async fn try_upload(
     Ok((status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"))))
 }
 
+/// A multipart upload written by hand, 32 KiB every 20 ms, then the whole answer as text.
+/// A write or read error fails the test: that is a connection reset under the client.
+async fn slow_upload(c: &TestCluster, lot_id: &str, token: &str, image: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = b"--slow\r\nContent-Disposition: form-data; name=\"image\"; filename=\"slow.png\"\r\n\
+        Content-Type: image/png\r\n\r\n"
+        .to_vec();
+    body.extend_from_slice(image);
+    body.extend_from_slice(b"\r\n--slow--\r\n");
+    let address = c.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /v1/lots/{lot_id}/images HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: multipart/form-data; boundary=slow\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(32 * 1024) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stream.write_all(chunk).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 async fn delete(c: &TestCluster, path: &str, token: &str) -> StatusCode {
     let response = c.http.request(Method::DELETE, format!("{}{path}", c.url)).bearer_auth(token).send().await.unwrap();
     response.status()
@@ -322,6 +348,11 @@ async fn images_are_judged_by_their_bytes_stored_served_and_swept() {
     }
     let (status, body) = upload(&c, &lot_id, &ana, "mine.png", "image/png", png.clone()).await;
     assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "forbidden"), "{body}");
+    // The same, sent slowly: the refusal is decided before the body arrives, and the client
+    // must still read it (not a reset connection while it is sending the rest).
+    let answer = slow_upload(&c, &lot_id, &ana, &png).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains(r#""code":"forbidden""#), "{answer}");
     let (status, body) = upload(&c, "nope", &seller, "x.png", "image/png", png.clone()).await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "lot_not_found"), "{body}");
     // Refused before its body was read, an upload says the connection closes, so the client

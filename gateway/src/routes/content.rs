@@ -314,16 +314,38 @@ pub async fn add_image(
     lot_id: ApiPath<String>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    match judge_store_propose(state, caller, lot_id, multipart).await {
+    let mut multipart = match multipart {
+        Ok(multipart) => multipart,
+        Err(e) => {
+            let e = AppError::invalid(format!("send the image as multipart/form-data: {}", e.body_text()));
+            return closing(e);
+        }
+    };
+    match judge_store_propose(state, caller, lot_id, &mut multipart).await {
         Ok(response) => response,
         Err(e) => {
-            // A refusal may come before the body is read (a stranger, no such lot, too many
-            // bytes), and the server then closes the connection rather than read the rest.
-            // Saying so keeps the client from sending its next request down that connection.
-            let mut response = e.into_response();
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            response
+            // A refusal may come before the body is read (a stranger, no such lot). Answering
+            // then and closing with the body unread makes the kernel reset the connection, and
+            // a client still sending its body sees a broken pipe instead of our answer. So the
+            // rest is read first (the route's body limit bounds it), as a lingering close does.
+            drain(&mut multipart).await;
+            closing(e)
         }
+    }
+}
+
+/// The refusal, saying the connection closes: after a body that was too large to read to its
+/// end the server does close it, and the client must not send its next request down it.
+fn closing(e: AppError) -> Response {
+    let mut response = e.into_response();
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Reads and drops what is left of the form, stopping at the first error (the body limit).
+async fn drain(multipart: &mut Multipart) {
+    while let Ok(Some(mut field)) = multipart.next_field().await {
+        while let Ok(Some(_)) = field.chunk().await {}
     }
 }
 
@@ -331,18 +353,16 @@ async fn judge_store_propose(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(lot_id): ApiPath<String>,
-    multipart: Result<Multipart, MultipartRejection>,
+    multipart: &mut Multipart,
 ) -> Result<Response, AppError> {
     id("lot_id", &lot_id)?;
-    let mut multipart = multipart
-        .map_err(|e| AppError::invalid(format!("send the image as multipart/form-data: {}", e.body_text())))?;
     // Ownership first (the ledger checks again), so a stranger cannot fill the store.
     let lot = state.client.read_lot(&lot_id, false, false).await?;
     let lot = lot.lot.ok_or_else(|| AppError::rejected("lot_not_found", format!("no lot {lot_id}")))?;
     if lot.seller_id != caller.user_id && !caller.is_at_least(Role::Curator) {
         return Err(AppError::forbidden("only the lot's seller, curators and admins add images"));
     }
-    let bytes = image_field(&mut multipart).await?;
+    let bytes = image_field(multipart).await?;
     let for_inspection = bytes.clone();
     let permit = state.images.decoding.acquire().await.map_err(|e| AppError::internal(e.to_string()))?;
     let inspected = tokio::task::spawn_blocking(move || images::inspect(&for_inspection))
