@@ -60,6 +60,13 @@ impl NodeConfig {
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
             purge_batch_size: 256,
             replication_lag_threshold: self.logs_kept_after_snapshot.max(1),
+            // A restarted leader campaigns again instead of taking up its old term at once. The
+            // state machine is not flushed per entry and the `committed` marker is written
+            // unsynced, so after a power loss a restored leader would re-apply only up to a
+            // stale marker and serve linearizable reads from that older state (its read index
+            // is its term's old no-op entry, long applied). A new term's no-op entry is after
+            // every committed entry, and reads wait until it is applied.
+            enable_leader_restore: Some(false),
             ..Config::default()
         };
         config.validate()
