@@ -81,7 +81,7 @@ impl Model {
         match input {
             Input::Read => match output {
                 Output::Read { price, leader, closed: seen_closed } => {
-                    let current = state.book.leader.as_ref().map_or("", |l| l.bidder.as_str());
+                    let current = state.book.leader.as_ref().map_or("", |l| &*l.bidder);
                     let same = state.book.price == *price && current == leader;
                     // A read may still show InAuction after bidding ended (`lot_closed`): the
                     // leader's timer closes the lot a moment later. A closed status does imply
@@ -103,7 +103,7 @@ impl Model {
             Input::Bid { .. } if matches!(output, Output::Rejected { code } if code == "lot_closed") => Some(closed()),
             Input::Bid { bidder, bid_id, max } => {
                 let mut next = state.book.clone();
-                let result = next.place(&self.ladder, bidder, bid_id, *max);
+                let result = next.place(&self.ladder, &bidder.as_str().into(), &bid_id.as_str().into(), *max);
                 let next = State { book: next, closed: false };
                 match (result, output) {
                     (Ok(_), Output::Unknown) => Some(next),

@@ -6,14 +6,15 @@
 //! `P` never decreases, `S <= P <= M`, and the leader holds the highest maximum.
 
 use crate::error::{Code, Rejection, reject};
+use crate::id::Id;
 use crate::ladder::Ladder;
 use crate::limits;
 
 /// The leading bid: who, under which of their bid ids, up to what maximum (secret).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Leader {
-    pub bidder: String,
-    pub bid_id: String,
+    pub bidder: Id,
+    pub bid_id: Id,
     pub max: i64,
 }
 
@@ -38,7 +39,7 @@ pub enum Decision {
     Overtake { price: i64, previous: Leader },
     /// The leader's maximum held (ties go to the earlier maximum): the challenger's bid of
     /// `amount` stands in the history, answered by the (unchanged) leader's proxy bid at `price`.
-    Defended { amount: i64, price: i64 },
+    Defended { amount: i64, price: i64, leader: Id },
 }
 
 /// What the rules decided, before the book changes.
@@ -46,7 +47,8 @@ enum Plan {
     First,
     Raise,
     Overtake,
-    Defended,
+    /// Carries the leader's id.
+    Defended(Id),
 }
 
 impl Decision {
@@ -89,14 +91,14 @@ impl Book {
     }
 
     /// Places `bidder`'s maximum `max`. On a rejection the book is unchanged.
-    pub fn place(&mut self, ladder: &Ladder, bidder: &str, bid_id: &str, max: i64) -> Result<Decision, Rejection> {
+    pub fn place(&mut self, ladder: &Ladder, bidder: &Id, bid_id: &Id, max: i64) -> Result<Decision, Rejection> {
         if max <= 0 || max > limits::AMOUNT_MAX {
             return reject(Code::InvalidAmount, format!("max_amount must be between 1 and {}", limits::AMOUNT_MAX));
         }
         let price_before = self.price;
         let (plan, price) = self.decide(ladder, bidder, max)?;
         let reserve = self.reserve;
-        let new_leader = || Leader { bidder: bidder.to_owned(), bid_id: bid_id.to_owned(), max };
+        let new_leader = || Leader { bidder: bidder.clone(), bid_id: bid_id.clone(), max };
         // The old leader is moved out, not cloned: this is the hot path.
         let decision = match plan {
             Plan::First => {
@@ -113,7 +115,7 @@ impl Book {
                 Some(previous) => Decision::Overtake { price, previous },
                 None => Decision::First { price },
             },
-            Plan::Defended => Decision::Defended { amount: max, price },
+            Plan::Defended(leader) => Decision::Defended { amount: max, price, leader },
         };
         self.price = price;
         debug_assert!(self.price >= price_before, "price decreased");
@@ -138,7 +140,7 @@ impl Book {
             return Ok((Plan::First, price));
         };
         let (p, big_m) = (self.price, leader.max);
-        if leader.bidder == bidder {
+        if *leader.bidder == *bidder {
             if m <= big_m {
                 return reject(
                     Code::NotAboveOwnMax,
@@ -168,7 +170,7 @@ impl Book {
             if let Some(r) = self.reserve.filter(|&r| big_m >= r) {
                 price = price.max(r);
             }
-            Ok((Plan::Defended, price))
+            Ok((Plan::Defended(leader.bidder.clone()), price))
         }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Every replica applies the same Raft-ordered [`pb::Command`]s to a [`Ledger`] and so reaches
 //! the same state and emits the same [`pb::Event`]s. The crate does no I/O, reads no clock
-//! and draws no random numbers: time arrives inside each command (`at_ms`), stamped by the
-//! Raft leader. Money is integer minor units; maps are ordered (`BTreeMap`).
+//! and lets no randomness reach its output (its hash maps' seeds are random, and nothing
+//! depends on their order): time arrives inside each command (`at_ms`), stamped by the Raft
+//! leader. Money is integer minor units; whatever reaches snapshots, digests and views is
+//! iterated in key order (ordered maps, or hashed maps by id iterated in id order).
 //!
 //! - [`money`]: currencies and overflow-checked amounts.
 //! - [`ladder`]: increment ladders, the default ones per currency.
@@ -11,7 +13,10 @@
 //! - [`bidding`]: proxy bidding, reserve and soft close on one lot's book.
 //! - [`content`]: the category tree and each lot's attributes, comments and images.
 //! - [`error`]: rejections with stable machine codes.
-//! - [`state`]: the [`Ledger`] and its `apply`.
+//! - [`id`]: shared ids (`Arc<str>`) and the maps keyed by them.
+//! - `event`: events in a compact form ([`Event`]), encoded straight to protobuf bytes.
+//! - `once`: exactly-once bid records, and the compact [`Answer`] to a command.
+//! - [`state`]: the [`Ledger`], its `apply` (protobuf out) and `apply_compact` (compact out).
 //! - [`snapshot`]: canonical encoding, restore and the state digest.
 //! - [`limits`]: the bound on every input.
 //! - [`checks`]: input checks (ids, texts, amounts, windows) shared with the gateway.
@@ -23,11 +28,14 @@ pub mod bidding;
 pub mod checks;
 pub mod content;
 pub mod error;
+mod event;
+pub mod id;
 pub mod json;
 pub mod ladder;
 pub mod lifecycle;
 pub mod limits;
 pub mod money;
+mod once;
 pub mod snapshot;
 pub mod state;
 pub mod time;
@@ -41,6 +49,8 @@ pub mod pb {
 }
 
 pub use error::{Code, Rejection};
+pub use event::Event;
 pub use money::{Currency, Money};
+pub use once::Answer;
 pub use snapshot::{Digest, SnapshotError};
 pub use state::{Applied, Ledger};

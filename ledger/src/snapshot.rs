@@ -11,9 +11,11 @@ use prost::Message;
 
 use crate::bidding::{Book, Leader};
 use crate::content::{Category, LotContent};
+use crate::id::{Id, IdMap};
 use crate::ladder::{Ladder, Tier};
 use crate::limits;
 use crate::money::Currency;
+use crate::once::Recorded;
 use crate::pb::{self, AuctionStatus, BidKind, LotStatus, Role};
 use crate::state::{Auction, HistoryLine, Ledger, Lot, User};
 
@@ -60,10 +62,13 @@ impl Ledger {
                 .recorded
                 .iter()
                 .flat_map(|(bidder, bids)| {
-                    bids.iter().map(move |(bid_id, outcome)| pb::RecordedBid {
-                        bidder: bidder.clone(),
-                        bid_id: bid_id.clone(),
-                        outcome: Some(outcome.clone()),
+                    // Held unordered for speed; written in key order, like every collection.
+                    let mut bids: Vec<_> = bids.iter().collect();
+                    bids.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    bids.into_iter().map(move |(bid_id, record)| pb::RecordedBid {
+                        bidder: String::from(&**bidder),
+                        bid_id: String::from(&**bid_id),
+                        outcome: Some(pb::Outcome { result: Some(record.to_result(bid_id)) }),
                     })
                 })
                 .collect(),
@@ -97,7 +102,10 @@ impl Ledger {
             if ledger.usernames.insert(user.username.clone(), user.user_id.clone()).is_some() {
                 return invalid(format!("username {} appears twice", user.username));
             }
-            insert_once(&mut ledger.users, user.user_id.clone(), user, "user")?;
+            let id = user.user_id.clone();
+            if ledger.users.insert(id.clone(), user).is_some() {
+                return invalid(format!("user {id} appears twice"));
+            }
         }
         for c in snap.categories {
             let category = Category { category_id: c.category_id, name: c.name, parent_id: c.parent_id };
@@ -105,7 +113,7 @@ impl Ledger {
         }
         crate::content::check_tree(&ledger.categories).map_err(SnapshotError::Invalid)?;
         for l in snap.lots {
-            let lot = restore_lot(l)?;
+            let lot = restore_lot(l, &ledger.users)?;
             if let Some(id) = lot.content.categories.iter().find(|id| !ledger.categories.contains_key(*id)) {
                 return invalid(format!("lot {} is listed under unknown category {id}", lot.lot_id));
             }
@@ -115,18 +123,35 @@ impl Ledger {
                 }
                 *ledger.image_refs.entry(image.content_hash.clone()).or_default() += 1;
             }
-            insert_once(&mut ledger.lots, lot.lot_id.clone(), lot, "lot")?;
+            let id = lot.lot_id.clone();
+            if ledger.lots.insert(id.clone(), lot).is_some() {
+                return invalid(format!("lot {id} appears twice"));
+            }
         }
         for a in snap.auctions {
             let auction = restore_auction(a)?;
             insert_once(&mut ledger.auctions, auction.auction_id.clone(), auction, "auction")?;
         }
         for r in snap.recorded_bids {
-            let Some(outcome) = r.outcome.filter(|o| o.result.is_some()) else {
-                return invalid(format!("recorded bid {}/{} has no outcome", r.bidder, r.bid_id));
+            let what = format!("recorded bid {}/{}", r.bidder, r.bid_id);
+            let Some(result) = r.outcome.and_then(|o| o.result) else {
+                return invalid(format!("{what} has no outcome"));
             };
-            let bids = ledger.recorded.entry(r.bidder).or_default();
-            insert_once(bids, r.bid_id, outcome, "recorded bid")?;
+            let (users, lots) = (&ledger.users, &ledger.lots);
+            let intern = |id: String| match users.get_key_value(id.as_str()) {
+                Some((id, _)) => id.clone(),
+                None => shared(lots, id),
+            };
+            let record = Recorded::from_result(&r.bid_id, result, intern)
+                .map_err(|e| SnapshotError::Invalid(format!("{what}: {e}")))?;
+            // Bids are only ever recorded for users, and `place_bid` relies on it.
+            let Some((bidder, _)) = users.get_key_value(&r.bidder) else {
+                return invalid(format!("{what} names no user"));
+            };
+            let bids = ledger.recorded.get_or_default(&bidder.clone());
+            if bids.insert(Id::from(r.bid_id), record).is_some() {
+                return invalid(format!("{what} appears twice"));
+            }
         }
         Ok(ledger)
     }
@@ -150,7 +175,7 @@ fn ladder_pb(ladder: &Ladder) -> Vec<pb::LadderTier> {
 
 fn user_state(u: &User) -> pb::UserState {
     pb::UserState {
-        user_id: u.user_id.clone(),
+        user_id: String::from(&*u.user_id),
         username: u.username.clone(),
         role: u.role as i32,
         password_hash: u.password_hash.clone(),
@@ -167,7 +192,7 @@ fn category_state(c: &Category) -> pb::CategoryState {
 fn lot_state(l: &Lot, full: bool) -> pb::LotState {
     let leader = l.book.leader.as_ref();
     pb::LotState {
-        lot_id: l.lot_id.clone(),
+        lot_id: String::from(&*l.lot_id),
         title: l.title.clone(),
         description: l.description.clone(),
         artist: l.artist.clone(),
@@ -182,8 +207,8 @@ fn lot_state(l: &Lot, full: bool) -> pb::LotState {
         seller_id: l.seller_id.clone(),
         increment_ladder: ladder_pb(&l.ladder),
         current_price: l.book.price,
-        leading_bidder: leader.map(|x| x.bidder.clone()).unwrap_or_default(),
-        leading_bid_id: leader.map(|x| x.bid_id.clone()).unwrap_or_default(),
+        leading_bidder: leader.map(|x| String::from(&*x.bidder)).unwrap_or_default(),
+        leading_bid_id: leader.map(|x| String::from(&*x.bid_id)).unwrap_or_default(),
         leading_max: leader.map_or(0, |x| x.max),
         version: l.version,
         auction_id: l.auction_id.clone(),
@@ -196,8 +221,8 @@ fn lot_state(l: &Lot, full: bool) -> pb::LotState {
 
 fn history_line(h: &HistoryLine) -> pb::HistoryLine {
     pb::HistoryLine {
-        bid_id: h.bid_id.clone(),
-        bidder: h.bidder.clone(),
+        bid_id: String::from(&*h.bid_id),
+        bidder: String::from(&*h.bidder),
         amount: h.amount,
         at_ms: h.at_ms,
         kind: h.kind as i32,
@@ -238,18 +263,24 @@ fn restore_user(u: pb::UserState) -> Result<User, SnapshotError> {
         _ => return invalid(format!("user {} has role {}", u.user_id, u.role)),
     };
     let create_digest = digest32(&u.create_digest, &u.user_id)?;
-    Ok(User { user_id: u.user_id, username: u.username, role, password_hash: u.password_hash, create_digest })
+    Ok(User { user_id: u.user_id.into(), username: u.username, role, password_hash: u.password_hash, create_digest })
 }
 
-fn restore_lot(l: pb::LotState) -> Result<Lot, SnapshotError> {
+/// The id already held under `s` in `map`, shared; else a new one.
+fn shared<V>(map: &IdMap<V>, s: String) -> Id {
+    map.get_key_value(s.as_str()).map_or_else(|| s.into(), |(id, _)| id.clone())
+}
+
+/// A lot from its state; bidder ids are shared with `users` where they match.
+fn restore_lot(l: pb::LotState, users: &IdMap<User>) -> Result<Lot, SnapshotError> {
     let what = format!("lot {}", l.lot_id);
     let status = match LotStatus::try_from(l.status) {
         Ok(LotStatus::Unspecified) | Err(_) => return invalid(format!("{what} has status {}", l.status)),
         Ok(s) => s,
     };
     let leader = (!l.leading_bidder.is_empty()).then(|| Leader {
-        bidder: l.leading_bidder.clone(),
-        bid_id: l.leading_bid_id.clone(),
+        bidder: shared(users, l.leading_bidder.clone()),
+        bid_id: l.leading_bid_id.as_str().into(),
         max: l.leading_max,
     });
     // The bidding invariants, checked again on the way in.
@@ -271,7 +302,8 @@ fn restore_lot(l: pb::LotState) -> Result<Lot, SnapshotError> {
         .into_iter()
         .map(|h| match BidKind::try_from(h.kind) {
             Ok(kind @ (BidKind::Placed | BidKind::Proxy)) => {
-                Ok(HistoryLine { bid_id: h.bid_id, bidder: h.bidder, amount: h.amount, at_ms: h.at_ms, kind })
+                let (bid_id, bidder) = (h.bid_id.into(), shared(users, h.bidder));
+                Ok(HistoryLine { bid_id, bidder, amount: h.amount, at_ms: h.at_ms, kind })
             }
             _ => invalid(format!("{what} has a history line of kind {}", h.kind)),
         })
@@ -286,7 +318,7 @@ fn restore_lot(l: pb::LotState) -> Result<Lot, SnapshotError> {
         ladder: ladder(&l.increment_ladder, &what)?,
         create_digest: digest32(&l.create_digest, &what)?,
         book: Book { start_price: l.start_price, reserve: l.reserve_price, price: l.current_price, leader },
-        lot_id: l.lot_id,
+        lot_id: l.lot_id.into(),
         title: l.title,
         description: l.description,
         artist: l.artist,

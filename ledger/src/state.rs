@@ -5,7 +5,7 @@
 //! was. (A rejected bid is still remembered under its `bid_id`, so that a retry gets the same
 //! answer: that record is the one thing a rejection writes.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, hash_map};
 
 use prost::Message;
 
@@ -13,17 +13,20 @@ use crate::bidding::{Book, Decision, Leader};
 use crate::checks::{check_amount, check_id, check_secs, check_text, check_window};
 use crate::content::{self, Category, LotContent, Put};
 use crate::error::{Code, Rejection, reject};
+use crate::event::{BidRecorded, Event};
+use crate::id::{HashMap, Id, IdMap};
 use crate::ladder::{Ladder, Tier};
 use crate::lifecycle;
 use crate::limits;
 use crate::money::Currency;
+use crate::once::{Answer, Recorded};
 use crate::pb::{self, AuctionStatus, BidKind, BidOutcomeKind, LotStatus, Role, command::Body, outcome::Result as Res};
 use crate::time::format_time;
 
 /// A registered user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
-    pub user_id: String,
+    pub user_id: Id,
     pub username: String,
     pub role: Role,
     /// An Argon2 PHC string computed by the gateway; opaque to the ledger.
@@ -34,8 +37,8 @@ pub struct User {
 /// One line of a lot's public bid history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryLine {
-    pub bid_id: String,
-    pub bidder: String,
+    pub bid_id: Id,
+    pub bidder: Id,
     /// The visible amount, never a maximum.
     pub amount: i64,
     pub at_ms: i64,
@@ -45,7 +48,7 @@ pub struct HistoryLine {
 /// A lot and its bidding state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lot {
-    pub lot_id: String,
+    pub lot_id: Id,
     pub title: String,
     pub description: String,
     pub artist: String,
@@ -83,23 +86,25 @@ pub struct Auction {
     pub(crate) create_digest: [u8; 32],
 }
 
-/// The whole replicated state. Ordered maps only: iteration order reaches snapshots and the
-/// digest, so it must be the same on every replica.
+/// The whole replicated state. Iteration order reaches snapshots and the digest, so it must
+/// be the same on every replica: maps are ordered, or iterated in id order (`IdMap`), or
+/// sorted before they are written (the exactly-once records).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ledger {
     /// The ledger's clock: the latest command time seen. Commands stamped earlier are treated
     /// as stamped now, so time never runs backwards here whatever the input.
     pub(crate) last_at_ms: i64,
-    pub(crate) users: BTreeMap<String, User>,
+    pub(crate) users: IdMap<User>,
     /// Derived index username -> user_id (rebuilt on restore, not snapshotted).
-    pub(crate) usernames: BTreeMap<String, String>,
-    pub(crate) lots: BTreeMap<String, Lot>,
+    pub(crate) usernames: BTreeMap<String, Id>,
+    pub(crate) lots: IdMap<Lot>,
     pub(crate) auctions: BTreeMap<String, Auction>,
-    /// First outcome of each (bidder, bid_id), for exactly-once bids.
-    pub(crate) recorded: BTreeMap<String, BTreeMap<String, pb::Outcome>>,
+    /// First outcome of each (bidder, bid_id), for exactly-once bids. The per-bidder maps are
+    /// hashed, not ordered, for the hot path; snapshots sort them.
+    pub(crate) recorded: IdMap<HashMap<Id, Recorded>>,
     pub(crate) categories: BTreeMap<String, Category>,
     /// Derived index image_id -> lot_id (image ids are unique across lots; rebuilt on restore).
-    pub(crate) images: BTreeMap<String, String>,
+    pub(crate) images: BTreeMap<String, Id>,
     /// Derived count of committed images per content hash: what the object store sweeper may
     /// not delete (rebuilt on restore).
     pub(crate) image_refs: BTreeMap<String, u32>,
@@ -131,10 +136,10 @@ struct Ctx<'a> {
     log_index: u64,
 }
 
-type Events = Vec<pb::Event>;
+type Events = Vec<Event>;
 
-fn event(kind: pb::event::Kind) -> pb::Event {
-    pb::Event { kind: Some(kind) }
+fn event(kind: pb::event::Kind) -> Event {
+    Event::other(kind)
 }
 
 impl Ledger {
@@ -146,33 +151,47 @@ impl Ledger {
     /// `debug_assert!` (a replica must not silently diverge).
     pub fn apply(&mut self, cmd: &pb::Command) -> Applied {
         let mut events = Vec::new();
-        let result = self.dispatch(cmd, &mut events);
-        let outcome = match result {
-            Ok(res) => pb::Outcome { result: Some(res) },
-            Err(rejection) => {
-                debug_assert!(events.is_empty(), "a rejection emitted events");
-                events.clear();
-                pb::Outcome { result: Some(Res::Rejected(rejection.to_pb())) }
-            }
-        };
-        Applied { outcome, events }
+        let outcome = self.apply_compact(cmd, cmd.at_ms, cmd.log_index, &mut events).into_pb();
+        Applied { outcome, events: events.into_iter().map(pb::Event::from).collect() }
     }
 
-    fn dispatch(&mut self, cmd: &pb::Command, events: &mut Events) -> Result<Res, Rejection> {
-        if !(0..=limits::TIME_MS_MAX).contains(&cmd.at_ms) {
-            return reject(Code::InvalidTime, format!("command time {} ms is out of range", cmd.at_ms));
+    /// [`Ledger::apply`] for a replica's hot path: the answer and the events (appended to
+    /// `events`) stay in their compact forms, with no per-bid string copies. The command is
+    /// stamped with `at_ms` and `log_index` in place of its own fields (a replica's clock and
+    /// log index), so a replica applies the command its log holds without copying it.
+    pub fn apply_compact(&mut self, cmd: &pb::Command, at_ms: i64, log_index: u64, events: &mut Vec<Event>) -> Answer {
+        let before = events.len();
+        match self.dispatch(cmd, at_ms, log_index, events) {
+            Ok(answer) => answer,
+            Err(rejection) => {
+                debug_assert!(events.len() == before, "a rejection emitted events");
+                events.truncate(before);
+                Answer::other(Res::Rejected(rejection.to_pb()))
+            }
         }
-        self.last_at_ms = self.last_at_ms.max(cmd.at_ms);
-        let ctx = Ctx { at: self.last_at_ms, actor: &cmd.actor, log_index: cmd.log_index };
+    }
+
+    fn dispatch(
+        &mut self,
+        cmd: &pb::Command,
+        at_ms: i64,
+        log_index: u64,
+        events: &mut Events,
+    ) -> Result<Answer, Rejection> {
+        if !(0..=limits::TIME_MS_MAX).contains(&at_ms) {
+            return reject(Code::InvalidTime, format!("command time {at_ms} ms is out of range"));
+        }
+        self.last_at_ms = self.last_at_ms.max(at_ms);
+        let ctx = Ctx { at: self.last_at_ms, actor: &cmd.actor, log_index };
         let Some(body) = &cmd.body else {
             return reject(Code::InvalidInput, "the command has no body");
         };
-        match body {
+        let result = match body {
+            Body::PlaceBid(c) => return self.place_bid(&ctx, c, events),
             Body::CreateUser(c) => self.create_user(&ctx, c, events),
             Body::SetUserRole(c) => self.set_user_role(&ctx, c, events),
             Body::CreateLot(c) => self.create_lot(&ctx, c, events),
             Body::SetLotStatus(c) => self.set_lot_status(&ctx, c, events),
-            Body::PlaceBid(c) => self.place_bid(&ctx, c, events),
             Body::CloseLot(c) => self.close_lot(&ctx, c, events),
             Body::CreateAuction(c) => self.create_auction(&ctx, c, events),
             Body::AddLotToAuction(c) => self.add_lot_to_auction(&ctx, c, events),
@@ -186,7 +205,8 @@ impl Ledger {
             Body::AddImage(c) => self.add_image(&ctx, c, events),
             Body::DeleteImage(c) => self.delete_image(&ctx, c, events),
             Body::ReorderImages(c) => self.reorder_images(&ctx, c, events),
-        }
+        };
+        result.map(Answer::other)
     }
 
     // ---- queries -------------------------------------------------------------------------
@@ -225,7 +245,7 @@ impl Ledger {
         self.lots
             .values()
             .filter(move |l| l.status == LotStatus::InAuction && l.ends_at_ms <= at_ms)
-            .map(|l| l.lot_id.as_str())
+            .map(|l| &*l.lot_id)
     }
 
     pub fn categories(&self) -> impl Iterator<Item = &Category> {
@@ -284,8 +304,9 @@ impl Ledger {
     }
 
     /// The recorded first answer to a bidder's bid id, if any.
-    pub fn recorded_bid(&self, bidder: &str, bid_id: &str) -> Option<&pb::Outcome> {
-        self.recorded.get(bidder).and_then(|bids| bids.get(bid_id))
+    pub fn recorded_bid(&self, bidder: &str, bid_id: &str) -> Option<pb::Outcome> {
+        let record = self.recorded.get(bidder)?.get(bid_id)?;
+        Some(pb::Outcome { result: Some(record.to_result(bid_id)) })
     }
 
     /// Drops the recorded answer to a bidder's bid id, so a retry of it is applied again.
@@ -294,6 +315,9 @@ impl Ledger {
     pub fn forget_recorded_bid(&mut self, bidder: &str, bid_id: &str) {
         if let Some(bids) = self.recorded.get_mut(bidder) {
             bids.remove(bid_id);
+            if bids.is_empty() {
+                self.recorded.remove(bidder);
+            }
         }
     }
 
@@ -310,7 +334,7 @@ impl Ledger {
             self.authorize(ctx, &[Role::Admin])?;
         }
         let digest = digest_of(c);
-        if let Some(existing) = self.users.get(&c.user_id) {
+        if let Some(existing) = self.users.get(c.user_id.as_str()) {
             return if existing.create_digest == digest {
                 Ok(Res::User(user_view(existing)))
             } else {
@@ -321,7 +345,7 @@ impl Ledger {
             return reject(Code::UsernameTaken, format!("username {} is taken", c.username));
         }
         let user = User {
-            user_id: c.user_id.clone(),
+            user_id: c.user_id.as_str().into(),
             username: c.username.clone(),
             role,
             password_hash: c.password_hash.clone(),
@@ -337,7 +361,7 @@ impl Ledger {
     fn set_user_role(&mut self, ctx: &Ctx, c: &pb::SetUserRole, events: &mut Events) -> Result<Res, Rejection> {
         self.authorize(ctx, &[Role::Admin])?;
         let role = role_of(c.role)?;
-        let Some(user) = self.users.get_mut(&c.user_id) else {
+        let Some(user) = self.users.get_mut(c.user_id.as_str()) else {
             return reject(Code::UserNotFound, format!("no user {}", c.user_id));
         };
         if user.role != role {
@@ -384,7 +408,7 @@ impl Ledger {
             return reject(Code::UserNotFound, format!("no user {seller_id} to be the seller"));
         }
         let digest = digest_of(c);
-        if let Some(existing) = self.lots.get(&c.lot_id) {
+        if let Some(existing) = self.lots.get(c.lot_id.as_str()) {
             return if existing.create_digest == digest {
                 Ok(Res::Lot(lot_view(existing)))
             } else {
@@ -392,7 +416,7 @@ impl Ledger {
             };
         }
         let lot = Lot {
-            lot_id: c.lot_id.clone(),
+            lot_id: c.lot_id.as_str().into(),
             title: c.title.clone(),
             description: c.description.clone(),
             artist: c.artist.clone(),
@@ -420,7 +444,7 @@ impl Ledger {
     fn set_lot_status(&mut self, ctx: &Ctx, c: &pb::SetLotStatus, events: &mut Events) -> Result<Res, Rejection> {
         self.authorize(ctx, &[Role::Curator, Role::Admin])?;
         let to = status_of(c.status)?;
-        let Some(lot) = self.lots.get_mut(&c.lot_id) else {
+        let Some(lot) = self.lots.get_mut(c.lot_id.as_str()) else {
             return reject(Code::LotNotFound, format!("no lot {}", c.lot_id));
         };
         let from = lot.status;
@@ -458,7 +482,7 @@ impl Ledger {
 
     fn close_lot(&mut self, ctx: &Ctx, c: &pb::CloseLot, events: &mut Events) -> Result<Res, Rejection> {
         self.authorize(ctx, &[Role::Admin])?;
-        let Some(lot) = self.lots.get_mut(&c.lot_id) else {
+        let Some(lot) = self.lots.get_mut(c.lot_id.as_str()) else {
             return reject(Code::LotNotFound, format!("no lot {}", c.lot_id));
         };
         match lot.status {
@@ -494,10 +518,9 @@ impl Ledger {
             return;
         }
         let lots = &self.lots;
-        let open = auction
-            .lot_ids
-            .iter()
-            .any(|id| lots.get(id).is_some_and(|l| l.status == LotStatus::InAuction && l.auction_id == auction_id));
+        let open = auction.lot_ids.iter().any(|id| {
+            lots.get(id.as_str()).is_some_and(|l| l.status == LotStatus::InAuction && l.auction_id == auction_id)
+        });
         if !open && let Some(auction) = self.auctions.get_mut(auction_id) {
             move_auction(auction, AuctionStatus::Ended, events);
         }
@@ -505,73 +528,33 @@ impl Ledger {
 
     // ---- bids ----------------------------------------------------------------------------
 
-    fn place_bid(&mut self, ctx: &Ctx, c: &pb::PlaceBid, events: &mut Events) -> Result<Res, Rejection> {
-        let bidder = ctx.actor;
-        if bidder.is_empty() {
+    fn place_bid(&mut self, ctx: &Ctx, c: &pb::PlaceBid, events: &mut Events) -> Result<Answer, Rejection> {
+        if ctx.actor.is_empty() {
             return reject(Code::InvalidInput, "a bid needs a bidder");
         }
         check_id("bid_id", &c.bid_id)?;
-        if let Some(first) = self.recorded_bid(bidder, &c.bid_id) {
-            return first.result.clone().ok_or_else(|| Rejection::new(Code::InvalidInput, "empty recorded outcome"));
-        }
-        if !self.users.contains_key(bidder) {
-            return reject(Code::UserNotFound, format!("no user {bidder}"));
-        }
-        let result = self.bid(ctx, c, events).map(Res::Bid);
-        let recorded = match &result {
-            Ok(res) => res.clone(),
-            Err(rejection) => Res::Rejected(rejection.to_pb()),
+        // Users are never removed (and a snapshot's records must name users), so a bidder
+        // with records is always a user: checking the user first answers retries the same.
+        let Some(user) = self.users.get(ctx.actor) else {
+            return reject(Code::UserNotFound, format!("no user {}", ctx.actor));
         };
-        let outcome = pb::Outcome { result: Some(recorded) };
-        match self.recorded.get_mut(bidder) {
-            Some(bids) => {
-                bids.insert(c.bid_id.clone(), outcome);
+        let bidder = user.user_id.clone();
+        let bids = self.recorded.get_or_default(&bidder);
+        // The bid's id is allocated once, then shared by the book, the history and the record.
+        let slot = match bids.entry(Id::from(c.bid_id.as_str())) {
+            hash_map::Entry::Occupied(first) => return Ok(Answer::other(first.get().to_result(&c.bid_id))),
+            hash_map::Entry::Vacant(slot) => slot,
+        };
+        let bid_id = slot.key().clone();
+        let (result, record) = match bid(&mut self.lots, ctx, &bidder, &bid_id, c, events) {
+            Ok(record) => (Ok(Answer::bid(bid_id.clone(), record.clone())), record),
+            Err(rejection) => {
+                let record = Recorded::Rejected(Box::new(rejection.to_pb()));
+                (Err(rejection), record)
             }
-            None => {
-                self.recorded.insert(bidder.to_owned(), BTreeMap::from([(c.bid_id.clone(), outcome)]));
-            }
-        }
+        };
+        slot.insert(record);
         result
-    }
-
-    fn bid(&mut self, ctx: &Ctx, c: &pb::PlaceBid, events: &mut Events) -> Result<pb::BidResult, Rejection> {
-        let bidder = ctx.actor;
-        let Some(lot) = self.lots.get_mut(&c.lot_id) else {
-            return reject(Code::LotNotFound, format!("no lot {}", c.lot_id));
-        };
-        if lot.status != LotStatus::InAuction {
-            let code = if lifecycle::is_before_auction(lot.status) { Code::LotNotOpen } else { Code::LotClosed };
-            return reject(code, format!("lot {} is {}", lot.lot_id, lifecycle::name(lot.status)));
-        }
-        if ctx.at < lot.starts_at_ms {
-            return reject(
-                Code::LotNotOpen,
-                format!("bidding on lot {} opens at {}", lot.lot_id, format_time(lot.starts_at_ms)),
-            );
-        }
-        if ctx.at >= lot.ends_at_ms {
-            return reject(
-                Code::LotClosed,
-                format!("bidding on lot {} ended at {}", lot.lot_id, format_time(lot.ends_at_ms)),
-            );
-        }
-        if lot.seller_id == bidder {
-            return reject(Code::SellerCannotBid, "the seller cannot bid on their own lot");
-        }
-        if lot.history.len() + 2 > limits::LOT_HISTORY_MAX {
-            return reject(Code::BidLimitReached, format!("lot {} has reached its bid limit", lot.lot_id));
-        }
-        let decision = lot.book.place(&lot.ladder, bidder, &c.bid_id, c.max_amount)?;
-        record_decision(lot, ctx, &c.bid_id, &decision, events);
-        Ok(pb::BidResult {
-            bid_id: c.bid_id.clone(),
-            lot_id: lot.lot_id.clone(),
-            outcome: if decision.leading() { BidOutcomeKind::Leading } else { BidOutcomeKind::Outbid } as i32,
-            current_price: lot.book.price,
-            leading_bidder: leader_name(&lot.book),
-            ends_at_ms: lot.ends_at_ms,
-            log_index: ctx.log_index,
-        })
     }
 
     // ---- auctions ------------------------------------------------------------------------
@@ -620,7 +603,7 @@ impl Ledger {
         let Some(auction) = self.auctions.get_mut(&c.auction_id) else {
             return reject(Code::AuctionNotFound, format!("no auction {}", c.auction_id));
         };
-        let Some(lot) = self.lots.get_mut(&c.lot_id) else {
+        let Some(lot) = self.lots.get_mut(c.lot_id.as_str()) else {
             return reject(Code::LotNotFound, format!("no lot {}", c.lot_id));
         };
         if lot.auction_id == auction.auction_id {
@@ -662,10 +645,10 @@ impl Ledger {
         lot.ends_at_ms = ends_at_ms;
         lot.auction_id = auction.auction_id.clone();
         lot.version += 1;
-        auction.lot_ids.push(lot.lot_id.clone());
+        auction.lot_ids.push(String::from(&*lot.lot_id));
         events.push(event(pb::event::Kind::LotAddedToAuction(pb::LotAddedToAuction {
             auction_id: auction.auction_id.clone(),
-            lot_id: lot.lot_id.clone(),
+            lot_id: String::from(&*lot.lot_id),
             starts_at_ms: lot.starts_at_ms,
             ends_at_ms,
         })));
@@ -708,7 +691,9 @@ impl Ledger {
         }
         move_auction(auction, to, events);
         for lot_id in &auction.lot_ids {
-            let Some(lot) = self.lots.get_mut(lot_id).filter(|l| l.auction_id == auction.auction_id) else { continue };
+            let Some(lot) = self.lots.get_mut(lot_id.as_str()).filter(|l| l.auction_id == auction.auction_id) else {
+                continue;
+            };
             match (to, lot.status) {
                 (AuctionStatus::Live, LotStatus::ReadyForAuction) => move_lot(lot, LotStatus::InAuction, events),
                 (AuctionStatus::Cancelled, LotStatus::InAuction) => move_lot(lot, LotStatus::AuctionCancelled, events),
@@ -772,7 +757,7 @@ impl Ledger {
             lot.content.categories = c.category_ids.clone();
             lot.version += 1;
             events.push(event(pb::event::Kind::LotCategoriesSet(pb::LotCategoriesSet {
-                lot_id: lot.lot_id.clone(),
+                lot_id: String::from(&*lot.lot_id),
                 category_ids: c.category_ids.clone(),
             })));
         }
@@ -795,7 +780,7 @@ impl Ledger {
         let gone = lot.content.delete_attribute(&c.attribute_id)?;
         lot.version += 1;
         events.push(event(pb::event::Kind::AttributeDeleted(pb::AttributeDeleted {
-            lot_id: lot.lot_id.clone(),
+            lot_id: String::from(&*lot.lot_id),
             attribute_id: gone.attribute_id,
             key: gone.key,
         })));
@@ -808,7 +793,7 @@ impl Ledger {
         }
         let digest = digest_of(c);
         let lot = self.content_lot(&c.lot_id)?;
-        let lot_id = lot.lot_id.clone();
+        let lot_id = String::from(&*lot.lot_id);
         let added = lot.content.add_comment(c, ctx.actor, ctx.at, digest)?.map(|x| content::comment_view(&lot_id, x));
         let Some(view) = added else {
             // A retry: the first answer again, nothing new.
@@ -821,7 +806,7 @@ impl Ledger {
     }
 
     fn delete_comment(&mut self, ctx: &Ctx, c: &pb::DeleteComment, events: &mut Events) -> Result<Res, Rejection> {
-        let Some(lot) = self.lots.get(&c.lot_id) else {
+        let Some(lot) = self.lots.get(c.lot_id.as_str()) else {
             return reject(Code::LotNotFound, format!("no lot {}", c.lot_id));
         };
         let Some(comment) = lot.content.comment(&c.comment_id) else {
@@ -835,7 +820,7 @@ impl Ledger {
         let gone = lot.content.delete_comment(&c.comment_id)?;
         lot.version += 1;
         events.push(event(pb::event::Kind::CommentDeleted(pb::CommentDeleted {
-            lot_id: lot.lot_id.clone(),
+            lot_id: String::from(&*lot.lot_id),
             comment_id: gone.comment_id,
         })));
         Ok(Res::Lot(lot_view(lot)))
@@ -848,7 +833,7 @@ impl Ledger {
             let same =
                 self.lots.get(owner).and_then(|l| l.content.image(&c.image_id).map(|(at, i)| (l, at, i))).filter(
                     |(l, _, i)| {
-                        l.lot_id == c.lot_id
+                        *l.lot_id == *c.lot_id
                             && i.content_hash == c.content_hash
                             && i.content_type == c.content_type
                             && (i.bytes, i.width, i.height) == (c.bytes, c.width, c.height)
@@ -862,7 +847,8 @@ impl Ledger {
         let lot = self.content_lot(&c.lot_id)?;
         let view = lot.content.add_image(&lot.lot_id, c)?;
         lot.version += 1;
-        self.images.insert(c.image_id.clone(), c.lot_id.clone());
+        let lot_id = lot.lot_id.clone();
+        self.images.insert(c.image_id.clone(), lot_id);
         *self.image_refs.entry(c.content_hash.clone()).or_default() += 1;
         events.push(event(pb::event::Kind::ImageAdded(view.clone())));
         Ok(Res::Image(view))
@@ -911,7 +897,7 @@ fn move_lot(lot: &mut Lot, to: LotStatus, events: &mut Events) {
     lot.status = to;
     lot.version += 1;
     events.push(event(pb::event::Kind::LotStatusChanged(pb::LotStatusChanged {
-        lot_id: lot.lot_id.clone(),
+        lot_id: String::from(&*lot.lot_id),
         from: from as i32,
         to: to as i32,
     })));
@@ -927,25 +913,74 @@ fn move_auction(auction: &mut Auction, to: AuctionStatus, events: &mut Events) {
     })));
 }
 
+/// Applies an accepted bid and returns its record, or refuses it changing nothing.
+fn bid(
+    lots: &mut IdMap<Lot>,
+    ctx: &Ctx,
+    bidder: &Id,
+    bid_id: &Id,
+    c: &pb::PlaceBid,
+    events: &mut Events,
+) -> Result<Recorded, Rejection> {
+    let Some(lot) = lots.get_mut(c.lot_id.as_str()) else {
+        return reject(Code::LotNotFound, format!("no lot {}", c.lot_id));
+    };
+    if lot.status != LotStatus::InAuction {
+        let code = if lifecycle::is_before_auction(lot.status) { Code::LotNotOpen } else { Code::LotClosed };
+        return reject(code, format!("lot {} is {}", lot.lot_id, lifecycle::name(lot.status)));
+    }
+    if ctx.at < lot.starts_at_ms {
+        return reject(
+            Code::LotNotOpen,
+            format!("bidding on lot {} opens at {}", lot.lot_id, format_time(lot.starts_at_ms)),
+        );
+    }
+    if ctx.at >= lot.ends_at_ms {
+        return reject(
+            Code::LotClosed,
+            format!("bidding on lot {} ended at {}", lot.lot_id, format_time(lot.ends_at_ms)),
+        );
+    }
+    if lot.seller_id == **bidder {
+        return reject(Code::SellerCannotBid, "the seller cannot bid on their own lot");
+    }
+    if lot.history.len() + 2 > limits::LOT_HISTORY_MAX {
+        return reject(Code::BidLimitReached, format!("lot {} has reached its bid limit", lot.lot_id));
+    }
+    let decision = lot.book.place(&lot.ladder, bidder, bid_id, c.max_amount)?;
+    record_decision(lot, ctx.at, bidder, bid_id, &decision, events);
+    let leading_bidder = match &decision {
+        Decision::Defended { leader, .. } => leader.clone(),
+        _ => bidder.clone(),
+    };
+    Ok(Recorded::Bid {
+        lot_id: lot.lot_id.clone(),
+        outcome: if decision.leading() { BidOutcomeKind::Leading } else { BidOutcomeKind::Outbid } as i32,
+        current_price: lot.book.price,
+        leading_bidder,
+        ends_at_ms: lot.ends_at_ms,
+        log_index: ctx.log_index,
+    })
+}
+
 /// Writes an accepted bid into the lot's history, extends a soft close, and emits events.
-fn record_decision(lot: &mut Lot, ctx: &Ctx, bid_id: &str, decision: &Decision, events: &mut Events) {
-    let bidder = ctx.actor;
+fn record_decision(lot: &mut Lot, at: i64, bidder: &Id, bid_id: &Id, decision: &Decision, events: &mut Events) {
     match decision {
         Decision::First { price } | Decision::Raise { price } => {
-            push_line(lot, ctx.at, bid_id, bidder, *price, BidKind::Placed, events);
+            push_line(lot, at, bid_id, bidder, *price, BidKind::Placed, events);
         }
         Decision::Overtake { price, previous } => {
-            push_line(lot, ctx.at, bid_id, bidder, *price, BidKind::Placed, events);
+            push_line(lot, at, bid_id, bidder, *price, BidKind::Placed, events);
             push_outbid(lot, &previous.bidder, events);
         }
-        Decision::Defended { amount, price } => {
+        Decision::Defended { amount, price, .. } => {
             // The challenger's bid stands at its amount, then the leader's proxy answers it.
-            push_line(lot, ctx.at, bid_id, bidder, *amount, BidKind::Placed, events);
+            push_line(lot, at, bid_id, bidder, *amount, BidKind::Placed, events);
             let proxy = lot.book.leader.as_ref().map(|Leader { bidder, bid_id, .. }| HistoryLine {
                 bid_id: bid_id.clone(),
                 bidder: bidder.clone(),
                 amount: *price,
-                at_ms: ctx.at,
+                at_ms: at,
                 kind: BidKind::Proxy,
             });
             if let Some(line) = proxy {
@@ -956,56 +991,49 @@ fn record_decision(lot: &mut Lot, ctx: &Ctx, bid_id: &str, decision: &Decision, 
     }
     lot.version += 1;
     if lot.soft_close_secs > 0 {
-        let extended = ctx.at + i64::from(lot.soft_close_secs) * 1000;
+        let extended = at + i64::from(lot.soft_close_secs) * 1000;
         if extended > lot.ends_at_ms {
             lot.ends_at_ms = extended;
-            events.push(event(pb::event::Kind::LotExtended(pb::LotExtended {
-                lot_id: lot.lot_id.clone(),
-                ends_at_ms: extended,
-            })));
+            events.push(Event::lot_extended(lot.lot_id.clone(), extended));
         }
     }
 }
 
-fn push_line(lot: &mut Lot, at: i64, bid_id: &str, bidder: &str, amount: i64, kind: BidKind, events: &mut Events) {
-    let line = HistoryLine { bid_id: bid_id.to_owned(), bidder: bidder.to_owned(), amount, at_ms: at, kind };
+fn push_line(lot: &mut Lot, at: i64, bid_id: &Id, bidder: &Id, amount: i64, kind: BidKind, events: &mut Events) {
+    let line = HistoryLine { bid_id: bid_id.clone(), bidder: bidder.clone(), amount, at_ms: at, kind };
     push_history(lot, line, events);
 }
 
 fn push_history(lot: &mut Lot, line: HistoryLine, events: &mut Events) {
-    events.push(event(pb::event::Kind::BidRecorded(pb::BidRecorded {
+    events.push(Event::bid_recorded(BidRecorded {
         lot_id: lot.lot_id.clone(),
         bid_id: line.bid_id.clone(),
         bidder: line.bidder.clone(),
         amount: line.amount,
         at_ms: line.at_ms,
-        kind: line.kind as i32,
+        kind: line.kind,
         current_price: lot.book.price,
-        leading_bidder: leader_name(&lot.book),
+        leading_bidder: lot.book.leader.as_ref().map(|l| l.bidder.clone()),
         reserve_met: lot.book.reserve_met(),
         minimum_bid: lot.book.minimum_bid(&lot.ladder),
-    })));
+    }));
     lot.history.push(line);
 }
 
-fn push_outbid(lot: &Lot, user_id: &str, events: &mut Events) {
-    events.push(event(pb::event::Kind::Outbid(pb::Outbid {
-        lot_id: lot.lot_id.clone(),
-        user_id: user_id.to_owned(),
-        current_price: lot.book.price,
-    })));
+fn push_outbid(lot: &Lot, user_id: &Id, events: &mut Events) {
+    events.push(Event::outbid(lot.lot_id.clone(), user_id.clone(), lot.book.price));
 }
 
 // ---- views -----------------------------------------------------------------------------
 
 fn leader_name(book: &Book) -> String {
-    book.leader.as_ref().map(|l| l.bidder.clone()).unwrap_or_default()
+    book.leader.as_ref().map(|l| String::from(&*l.bidder)).unwrap_or_default()
 }
 
 /// The public view: no reserve amount, no maxima.
 pub fn lot_view(lot: &Lot) -> pb::LotView {
     pb::LotView {
-        lot_id: lot.lot_id.clone(),
+        lot_id: String::from(&*lot.lot_id),
         title: lot.title.clone(),
         description: lot.description.clone(),
         artist: lot.artist.clone(),
@@ -1031,7 +1059,7 @@ pub fn lot_view(lot: &Lot) -> pb::LotView {
 }
 
 pub fn user_view(user: &User) -> pb::UserView {
-    pb::UserView { user_id: user.user_id.clone(), username: user.username.clone(), role: user.role as i32 }
+    pb::UserView { user_id: String::from(&*user.user_id), username: user.username.clone(), role: user.role as i32 }
 }
 
 pub fn auction_view(auction: &Auction) -> pb::AuctionView {
@@ -1050,7 +1078,7 @@ pub fn auction_view(auction: &Auction) -> pb::AuctionView {
 fn closed_view(lot: &Lot) -> pb::LotClosed {
     let sold = lot.status == LotStatus::SoldPendingPayment;
     pb::LotClosed {
-        lot_id: lot.lot_id.clone(),
+        lot_id: String::from(&*lot.lot_id),
         status: lot.status as i32,
         winner: if sold { leader_name(&lot.book) } else { String::new() },
         price: if sold { lot.book.price } else { 0 },

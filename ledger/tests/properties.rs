@@ -64,7 +64,7 @@ fn run_bids(terms: (i64, Option<i64>, u32), ops: &[BidOp]) -> World {
             let best = accepted.iter().map(|&(_, m)| m).max().unwrap();
             let first_best = accepted.iter().find(|&&(_, m)| m == best).unwrap().0;
             assert_eq!(leader.max, best, "the leader holds the highest maximum");
-            assert_eq!(leader.bidder, first_best, "ties go to the earliest maximum");
+            assert_eq!(&*leader.bidder, first_best, "ties go to the earliest maximum");
             if let Some(r) = reserve.filter(|&r| leader.max >= r) {
                 assert!(price >= r, "reserve met but price {price} below it");
             }
@@ -110,6 +110,40 @@ proptest! {
         }
         prop_assert_eq!(straight.digest(), resumed.digest());
         prop_assert_eq!(straight, resumed);
+    }
+
+    #[test]
+    fn compact_answers_and_events_match_their_protobuf_form_byte_for_byte(
+        terms in lot_terms(),
+        ops in prop::collection::vec(bid_op(), 1..40),
+        cmds in prop::collection::vec(any_command(), 0..60),
+    ) {
+        let (start, reserve, soft) = terms;
+        let mut w = World::new();
+        w.open_lot("L", start, reserve, soft);
+        let bids = ops.iter().enumerate().map(|(i, op)| {
+            let body = Body::PlaceBid(pb::PlaceBid {
+                lot_id: "L".into(),
+                bid_id: format!("b{}", i % 30),
+                max_amount: op.max,
+            });
+            pb::Command { at_ms: T0 + i as i64 * 1_000, actor: BIDDERS[op.bidder].into(), body: Some(body), log_index: 1 }
+        });
+        for cmd in bids.chain(cmds) {
+            let expected = w.ledger.clone().apply(&cmd);
+            let mut events = Vec::new();
+            let answer = w.ledger.apply_compact(&cmd, cmd.at_ms, cmd.log_index, &mut events);
+            prop_assert_eq!(answer.is_rejection(), expected.rejection().is_some());
+            prop_assert_eq!(answer.into_pb(), expected.outcome);
+            prop_assert_eq!(events.len(), expected.events.len());
+            for (event, pb_event) in events.iter().zip(&expected.events) {
+                prop_assert_eq!(&event.to_pb(), pb_event);
+                let mut bytes = Vec::new();
+                event.encode(&mut bytes);
+                prop_assert_eq!(&bytes, &pb_event.encode_to_vec());
+                prop_assert_eq!(event.encoded_len(), bytes.len());
+            }
+        }
     }
 
     #[test]

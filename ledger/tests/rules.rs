@@ -240,7 +240,7 @@ fn bid_history_records_placed_and_proxy_bids_with_visible_amounts() {
     w.bid("ana", "a1", "L", 100_000).unwrap();
     w.bid("ben", "b1", "L", 20_000).unwrap();
     let lot = w.ledger.lot("L").unwrap();
-    let lines: Vec<_> = lot.history.iter().map(|h| (h.bidder.as_str(), h.bid_id.as_str(), h.amount, h.kind)).collect();
+    let lines: Vec<_> = lot.history.iter().map(|h| (&*h.bidder, &*h.bid_id, h.amount, h.kind)).collect();
     assert_eq!(
         lines,
         [
@@ -480,7 +480,7 @@ fn users_are_unique_and_creation_is_idempotent() {
     let mut clash = user("eve2", pb::Role::User);
     clash.username = "eve".into();
     w.rejected("", Body::CreateUser(clash), "username_taken");
-    assert_eq!(w.ledger.user_by_name("eve").map(|u| u.user_id.as_str()), Some("eve"));
+    assert_eq!(w.ledger.user_by_name("eve").map(|u| &*u.user_id), Some("eve"));
 }
 
 #[test]
@@ -638,6 +638,17 @@ fn snapshots_round_trip_and_corruption_is_detected() {
     let mut snap = w.ledger.to_snapshot();
     snap.users.push(snap.users[0].clone());
     assert!(ledger::Ledger::from_snapshot(snap).is_err(), "duplicate user");
+    // Exactly-once records hold only what applying a bid records, for a user.
+    let invalid = |edit: &dyn Fn(&mut pb::RecordedBid)| {
+        let mut snap = w.ledger.to_snapshot();
+        edit(&mut snap.recorded_bids[0]);
+        matches!(ledger::Ledger::from_snapshot(snap), Err(ledger::SnapshotError::Invalid(_)))
+    };
+    assert!(invalid(&|r| r.bidder = "nobody".into()), "a record of no user");
+    assert!(invalid(&|r| r.bid_id = "other".into()), "a record answering another bid id");
+    assert!(invalid(&|r| r.outcome = Some(pb::Outcome { result: None })), "a record without an answer");
+    let lot_answer = Some(pb::Outcome { result: Some(Res::Lot(pb::LotView::default())) });
+    assert!(invalid(&|r| r.outcome = lot_answer.clone()), "a record of no bid's answer");
 }
 
 /// Every field of a bid's events, written out: a first bid, a bid defended by the leader's proxy

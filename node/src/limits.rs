@@ -6,6 +6,12 @@ pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// them in several calls (openraft's partial success), never one over `GRPC_MESSAGE_BYTES_MAX`.
 /// A single larger entry still goes alone.
 pub const APPEND_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// The log's cache of its newest entries (read by replication and apply instead of RocksDB):
+/// at most this many entries and this many encoded bytes. Entries are held decoded, several
+/// times their encoded size, so the byte bound is set low: 1024 entries of 256 bids is seconds
+/// of log at full speed, what a follower that keeps up and apply ever read back.
+pub const RECENT_ENTRIES_MAX: usize = 1024;
+pub const RECENT_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Snapshot bytes per streamed chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest snapshot a node accepts over the wire.

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use openraft::{BasicNode, EntryPayload};
 
@@ -19,9 +20,11 @@ pub struct Applied {
 }
 
 openraft::declare_raft_types!(
-    /// Gavel's Raft types: a log entry carries a [`pb::Proposal`] (a batch of ledger commands).
+    /// Gavel's Raft types: a log entry carries a [`pb::Proposal`] (a batch of ledger commands),
+    /// shared: the log's cache of recent entries, replication and apply read the one decoded
+    /// copy instead of copying or decoding it again.
     pub TypeConfig:
-        D = pb::Proposal,
+        D = Arc<pb::Proposal>,
         R = Applied,
         NodeId = NodeId,
         Node = BasicNode,
@@ -104,17 +107,33 @@ pub fn stored_membership_from_pb(m: &Option<pb::StoredMembership>) -> Result<Sto
 pub fn entry_to_pb(e: &Entry) -> pb::Entry {
     let payload = match &e.payload {
         EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
-        EntryPayload::Normal(p) => pb::entry::Payload::Proposal(p.clone()),
+        EntryPayload::Normal(p) => pb::entry::Payload::Proposal((**p).clone()),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
     };
     pb::Entry { log_id: Some(log_id_to_pb(&e.log_id)), payload: Some(payload) }
+}
+
+/// `entry_to_pb(e).encode_to_vec()`, without copying a proposal into the message first.
+pub fn encode_entry(e: &Entry) -> Vec<u8> {
+    use prost::Message;
+    match &e.payload {
+        EntryPayload::Normal(proposal) => {
+            let log_id = log_id_to_pb(&e.log_id);
+            // pb::Entry's field numbers: log_id = 1, proposal = 3.
+            let mut buf = Vec::with_capacity(field_len(log_id.encoded_len()) + field_len(proposal.encoded_len()));
+            prost::encoding::message::encode(1, &log_id, &mut buf);
+            prost::encoding::message::encode(3, &**proposal, &mut buf);
+            buf
+        }
+        _ => entry_to_pb(e).encode_to_vec(),
+    }
 }
 
 pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, Malformed> {
     let log_id = log_id_from_pb(e.log_id.as_ref().ok_or(Malformed("entry log id"))?);
     let payload = match e.payload.ok_or(Malformed("entry payload"))? {
         pb::entry::Payload::Blank(_) => EntryPayload::Blank,
-        pb::entry::Payload::Proposal(p) => EntryPayload::Normal(p),
+        pb::entry::Payload::Proposal(p) => EntryPayload::Normal(Arc::new(p)),
         pb::entry::Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(&m)?),
     };
     Ok(Entry { log_id, payload })
@@ -236,13 +255,24 @@ mod tests {
         let membership = Membership::new(vec![[1, 2].into()], nodes).unwrap();
         let entries = [
             Entry { log_id, payload: EntryPayload::Blank },
-            Entry { log_id, payload: EntryPayload::Normal(pb::Proposal { at_ms: 7, commands: vec![] }) },
+            Entry { log_id, payload: EntryPayload::Normal(Arc::new(pb::Proposal { at_ms: 7, commands: vec![] })) },
+            Entry { log_id, payload: EntryPayload::Normal(Arc::new(proposal())) },
             Entry { log_id, payload: EntryPayload::Membership(membership) },
         ];
         for e in entries {
+            use prost::Message;
+            assert_eq!(encode_entry(&e), entry_to_pb(&e).encode_to_vec(), "the log's encoding is the message's");
             let back = entry_from_pb(entry_to_pb(&e)).unwrap();
             assert_eq!(back, e);
         }
         assert!(entry_from_pb(pb::Entry::default()).is_err());
+    }
+
+    fn proposal() -> pb::Proposal {
+        use ledger::pb::command::Body;
+        let bid = ledger::pb::PlaceBid { lot_id: "L".into(), bid_id: "b1".into(), max_amount: 12_500 };
+        let command =
+            ledger::pb::Command { at_ms: 0, actor: "ana".into(), body: Some(Body::PlaceBid(bid)), log_index: 0 };
+        pb::Proposal { at_ms: 1_800_000_000_000, commands: vec![command.clone(), command] }
     }
 }

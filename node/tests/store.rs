@@ -36,7 +36,10 @@ fn log_id(index: u64) -> LogId {
 }
 
 fn proposal_entry(index: u64, at_ms: i64, commands: Vec<lp::Command>) -> Entry {
-    Entry { log_id: log_id(index), payload: EntryPayload::Normal(pb::Proposal { at_ms, commands }) }
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(std::sync::Arc::new(pb::Proposal { at_ms, commands })),
+    }
 }
 
 fn user(id: &str) -> lp::Command {

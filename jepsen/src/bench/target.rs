@@ -269,8 +269,8 @@ impl Etcd {
             Op::Read { lot } => client.get(lot_id(lot), None).await.map(|_| Outcome::Read).map_err(etcd_failure),
             Op::Bid { lot, bidder, max } => {
                 let key = lot_id(lot);
-                let bidder = bidder_id(bidder);
-                let bid_id = format!("b{}", self.next.fetch_add(1, Ordering::Relaxed));
+                let bidder: Arc<str> = bidder_id(bidder).into();
+                let bid_id: Arc<str> = format!("b{}", self.next.fetch_add(1, Ordering::Relaxed)).into();
                 let serializable = etcd_client::GetOptions::new().with_serializable();
                 let got = client.get(key.as_str(), Some(serializable)).await.map_err(etcd_failure)?;
                 let Some(kv) = got.kvs().first() else { return Err("no_lot".into()) };
@@ -355,7 +355,7 @@ fn decode(bytes: &[u8]) -> Option<Book> {
     let leader = if bidder.is_empty() {
         None
     } else {
-        Some(Leader { bidder: bidder.to_owned(), bid_id: bid_id.to_owned(), max: max.parse().ok()? })
+        Some(Leader { bidder: bidder.into(), bid_id: bid_id.into(), max: max.parse().ok()? })
     };
     Some(Book { start_price, reserve, price, leader })
 }
@@ -369,7 +369,7 @@ mod tests {
         let ladder = Ladder::default_for(Currency::USD).unwrap();
         let mut book = Book::new(START_PRICE, Some(50_000));
         assert_eq!(decode(encode(&book).as_bytes()), Some(book.clone()));
-        book.place(&ladder, "bidder1", "b1", 60_000).unwrap();
+        book.place(&ladder, &"bidder1".into(), &"b1".into(), 60_000).unwrap();
         assert_eq!(decode(encode(&book).as_bytes()), Some(book));
         assert_eq!(decode(b"garbage"), None);
     }

@@ -1,8 +1,10 @@
-//! The Raft log store: entries, vote, committed and purged ids.
+//! The Raft log store: entries, vote, committed and purged ids, and a cache of the newest
+//! entries, from which replication and apply read instead of decoding them back from RocksDB.
 
+use std::collections::VecDeque;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
@@ -10,6 +12,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use prost::Message;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 
+use crate::limits;
 use crate::pb;
 use crate::raft::{self, Entry, LogId, TypeConfig, Vote};
 
@@ -23,11 +26,74 @@ pub struct LogStore {
     write_order: Arc<tokio::sync::Mutex<()>>,
     /// Off only in the jepsen harness's unsafe mode ([`LogStore::without_fsync`]).
     fsync: bool,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// The newest entries, each added once its append is on disk: a contiguous run that, when not
+/// empty, ends at the log's last entry. Entries share their proposals, so a read is a copy of
+/// pointers, not of commands.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, entry: Entry, size: usize) {
+        if self.entries.back().is_some_and(|(last, _)| last.index() + 1 != entry.index()) {
+            // Not contiguous with what is held (cannot happen after a truncation, which cuts
+            // here first): start over rather than hold a gap.
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.entries.len() > limits::RECENT_ENTRIES_MAX || self.bytes > limits::RECENT_BYTES_MAX {
+            let Some((_, size)) = self.entries.pop_front() else { break };
+            self.bytes -= size;
+        }
+    }
+
+    /// Drops the entries from index `from` on.
+    fn cut_after(&mut self, from: u64) {
+        while self.entries.back().is_some_and(|(e, _)| e.index() >= from) {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Drops the entries up to index `upto`.
+    fn cut_before(&mut self, upto: u64) {
+        while self.entries.front().is_some_and(|(e, _)| e.index() <= upto) {
+            if let Some((_, size)) = self.entries.pop_front() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// The entries `start..end`, if all of them are held here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.0.index();
+        let last = self.entries.back()?.0.index();
+        if start < first || end == 0 || end - 1 > last {
+            return None;
+        }
+        let skip = usize::try_from(start - first).ok()?;
+        let take = usize::try_from(end.saturating_sub(start)).ok()?;
+        Some(self.entries.iter().skip(skip).take(take).map(|(e, _)| e.clone()).collect())
+    }
 }
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> LogStore {
-        LogStore { db, write_order: Arc::new(tokio::sync::Mutex::new(())), fsync: true }
+        let write_order = Arc::new(tokio::sync::Mutex::new(()));
+        LogStore { db, write_order, fsync: true, recent: Arc::default() }
+    }
+
+    fn recent(&self) -> io::Result<MutexGuard<'_, Recent>> {
+        // A panic while holding it leaves the cache possibly half-cut: stop, like the ledger.
+        self.recent.lock().map_err(|_| io::Error::other("the log's entry cache is poisoned"))
     }
 
     /// UNSAFE (jepsen only): writes reach the page cache, not the disk, before they are
@@ -76,6 +142,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Some(i.saturating_add(1)),
+            Bound::Excluded(&i) => Some(i),
+            Bound::Unbounded => None,
+        };
+        if let Some(end) = end
+            && let Some(entries) = self.recent()?.get(start, end)
+        {
+            return Ok(entries);
+        }
         // Owned bounds, so the blocking closure does not borrow the caller's range type.
         let range: (Bound<u64>, Bound<u64>) = (range.start_bound().cloned(), range.end_bound().cloned());
         let db = self.db.clone();
@@ -148,13 +224,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let log = cf(&self.db, CF_LOG)?;
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.put_cf(log, index_key(entry.index()), raft::entry_to_pb(&entry).encode_to_vec());
+            let bytes = raft::encode_entry(&entry);
+            batch.put_cf(log, index_key(entry.index()), &bytes);
+            appended.push((entry, bytes.len()));
         }
         // One synced WriteBatch per append: the callback fires only once the entries are on disk.
         let result = self.write_synced(batch).await;
         match &result {
-            Ok(()) => callback.io_completed(Ok(())),
+            Ok(()) => {
+                // Cached only once on disk, so a read served from here is one RocksDB would give.
+                let mut recent = self.recent()?;
+                for (entry, size) in appended {
+                    recent.push(entry, size);
+                }
+                drop(recent);
+                callback.io_completed(Ok(()));
+            }
             Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
         }
         result
@@ -162,6 +249,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
+        self.recent()?.cut_after(from);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf(&self.db, CF_LOG)?, index_key(from), index_key(u64::MAX));
         batch.delete_cf(cf(&self.db, CF_LOG)?, index_key(u64::MAX));
@@ -169,10 +257,69 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.recent()?.cut_before(log_id.index);
         let mut batch = WriteBatch::default();
         // The purge marker and the deletion in one batch: the log never has a hole below it.
         batch.put_cf(cf(&self.db, CF_RAFT_META)?, b"purged", raft::log_id_to_pb(&log_id).encode_to_vec());
         batch.delete_range_cf(cf(&self.db, CF_LOG)?, index_key(0), index_key(log_id.index + 1));
         self.write_synced(batch).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::raft::LeaderId;
+
+    fn entry(index: u64) -> Entry {
+        let proposal = pb::Proposal { at_ms: index as i64, commands: Vec::new() };
+        Entry {
+            log_id: LogId { leader_id: LeaderId { term: 1, node_id: 1 }, index },
+            payload: EntryPayload::Normal(Arc::new(proposal)),
+        }
+    }
+
+    fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        entries.map(|es| es.iter().map(|e| e.index()).collect())
+    }
+
+    #[test]
+    fn the_cache_answers_only_ranges_it_holds_whole() {
+        let mut recent = Recent::default();
+        for i in 5..=9 {
+            recent.push(entry(i), 10);
+        }
+        assert_eq!(indexes(recent.get(5, 10)), Some(vec![5, 6, 7, 8, 9]));
+        assert_eq!(indexes(recent.get(7, 9)), Some(vec![7, 8]));
+        assert_eq!(indexes(recent.get(4, 8)), None, "starts below the cache");
+        assert_eq!(indexes(recent.get(8, 11)), None, "ends past the last entry");
+        // A truncation and a purge cut it; a gap starts it over.
+        recent.cut_after(9);
+        assert_eq!(indexes(recent.get(5, 9)), Some(vec![5, 6, 7, 8]));
+        assert_eq!(indexes(recent.get(5, 10)), None);
+        recent.cut_before(6);
+        assert_eq!(indexes(recent.get(6, 8)), None);
+        assert_eq!(indexes(recent.get(7, 9)), Some(vec![7, 8]));
+        assert_eq!(recent.bytes, 20);
+        recent.push(entry(12), 10);
+        assert_eq!(indexes(recent.get(7, 9)), None, "entries before a gap are dropped");
+        assert_eq!(indexes(recent.get(12, 13)), Some(vec![12]));
+        assert_eq!(recent.bytes, 10);
+    }
+
+    #[test]
+    fn the_cache_keeps_within_its_bounds() {
+        let mut recent = Recent::default();
+        for i in 1..=(limits::RECENT_ENTRIES_MAX as u64 + 10) {
+            recent.push(entry(i), 1);
+        }
+        assert_eq!(recent.entries.len(), limits::RECENT_ENTRIES_MAX);
+        assert_eq!(recent.entries.front().map(|(e, _)| e.index()), Some(11));
+        recent.push(entry(limits::RECENT_ENTRIES_MAX as u64 + 11), limits::RECENT_BYTES_MAX);
+        assert_eq!(recent.entries.len(), 1, "one entry as large as the whole budget stays alone");
     }
 }

@@ -174,28 +174,52 @@ impl Shared {
     }
 }
 
-/// Applies one proposal to the ledger. Returns the outcomes (one per command) and the events.
-/// The proposal is taken by value: its commands are stamped in place, not copied.
+/// Applies one proposal to the ledger. Returns the answers (one per command) and the events,
+/// both compact: only the leader turns answers into messages, and events go straight to bytes.
+/// The proposal is the log's own (shared) copy: commands are stamped as they are applied.
 fn apply_proposal(
     ledger: &mut Ledger,
-    proposal: pb::Proposal,
+    proposal: &pb::Proposal,
     index: u64,
     forget_bid_ids: bool,
-) -> (Vec<ledger::pb::Outcome>, Vec<ledger::pb::Event>) {
-    let mut outcomes = Vec::with_capacity(proposal.commands.len());
-    let mut events = Vec::new();
-    for mut command in proposal.commands {
-        // The leader's stamp is the only clock; whatever the client sent is ignored.
-        command.at_ms = proposal.at_ms;
-        command.log_index = index;
+) -> (Vec<ledger::Answer>, Vec<ledger::Event>) {
+    let mut answers = Vec::with_capacity(proposal.commands.len());
+    let mut events = Vec::with_capacity(proposal.commands.len() * 2);
+    for command in &proposal.commands {
         if forget_bid_ids && let Some(ledger::pb::command::Body::PlaceBid(bid)) = &command.body {
             ledger.forget_recorded_bid(&command.actor, &bid.bid_id);
         }
-        let applied = ledger.apply(&command);
-        outcomes.push(applied.outcome);
-        events.extend(applied.events);
+        // The leader's stamp is the only clock; whatever the client sent is ignored.
+        answers.push(ledger.apply_compact(command, proposal.at_ms, index, &mut events));
     }
-    (outcomes, events)
+    (answers, events)
+}
+
+/// A `pb::FeedItem`'s encoding, written from the compact events: byte for byte what
+/// `pb::FeedItem { index, at_ms, events }.encode_to_vec()` gives for the same events.
+fn encode_feed_item(index: u64, at_ms: i64, events: &[ledger::Event]) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, int64, key_len, uint64};
+    // Field numbers of `FeedItem` (node.proto).
+    const INDEX: u32 = 1;
+    const AT_MS: u32 = 2;
+    const EVENTS: u32 = 3;
+    let fields = |len: usize| key_len(EVENTS) + encoded_len_varint(len as u64) + len;
+    let len = if index == 0 { 0 } else { uint64::encoded_len(INDEX, &index) }
+        + if at_ms == 0 { 0 } else { int64::encoded_len(AT_MS, &at_ms) }
+        + events.iter().map(|e| fields(e.encoded_len())).sum::<usize>();
+    let mut buf = Vec::with_capacity(len);
+    if index != 0 {
+        uint64::encode(INDEX, &index, &mut buf);
+    }
+    if at_ms != 0 {
+        int64::encode(AT_MS, &at_ms, &mut buf);
+    }
+    for event in events {
+        encode_key(EVENTS, WireType::LengthDelimited, &mut buf);
+        encode_varint(event.encoded_len() as u64, &mut buf);
+        event.encode(&mut buf);
+    }
+    buf
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -223,21 +247,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut membership = None;
             // Every entry gets a feed item (empty for blank and membership entries), so the
             // feed's indices are contiguous and a subscriber can check it missed nothing.
-            let mut item = pb::FeedItem { index, at_ms: 0, events: Vec::new() };
+            let (mut at_ms, mut events) = (0, Vec::new());
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(proposal) => {
-                    item.at_ms = proposal.at_ms;
+                    at_ms = proposal.at_ms;
                     let mut ledger = self.shared.ledger_mut()?;
-                    let (outcomes, events) = apply_proposal(&mut ledger, proposal, index, forget);
+                    let answers;
+                    (answers, events) = apply_proposal(&mut ledger, &proposal, index, forget);
                     self.shared.generation.fetch_add(1, Ordering::Release);
                     drop(ledger);
-                    item.events = events;
-                    outcome.outcomes = outcomes;
+                    if responder.is_some() {
+                        outcome.outcomes = answers.into_iter().map(ledger::Answer::into_pb).collect();
+                    }
                 }
                 EntryPayload::Membership(m) => membership = Some(StoredMembership::new(Some(entry.log_id), m)),
             }
-            batch.put_cf(cf(&db, CF_FEED)?, index_key(index), item.encode_to_vec());
+            batch.put_cf(cf(&db, CF_FEED)?, index_key(index), encode_feed_item(index, at_ms, &events));
             let prev = last.take().and_then(|(_, m)| m);
             last = Some((entry.log_id, membership.or(prev)));
             if let Some(responder) = responder {
@@ -383,10 +409,76 @@ mod tests {
         assert!(shared.state_digest().is_err());
         let proposal = pb::Proposal { at_ms: 1_000, commands: Vec::new() };
         let log_id = LogId { leader_id: LeaderId { term: 1, node_id: 1 }, index: 1 };
-        let entry = Entry { log_id, payload: EntryPayload::Normal(proposal) };
+        let entry = Entry { log_id, payload: EntryPayload::Normal(Arc::new(proposal)) };
         let entries = futures::stream::iter([Ok::<_, io::Error>((entry, None))]);
         let applied = sm.apply(entries).await;
         assert!(applied.is_err_and(|e| e.to_string().contains("poisoned")), "applying stops instead of carrying on");
         assert_eq!(shared.applied_index(), 0, "nothing was applied on top");
+    }
+
+    /// Users, a lot, competing bids (recorded, outbid, defended by proxy, extended) and a
+    /// rejection: the feed item written from compact events is the protobuf encoding itself.
+    #[test]
+    fn feed_items_from_compact_events_are_byte_identical_to_protobuf() {
+        use ledger::pb::{self as lp, command::Body};
+        let t0 = 1_800_000_000_000;
+        let command =
+            |actor: &str, body| lp::Command { at_ms: t0, actor: actor.into(), body: Some(body), log_index: 0 };
+        let user = |id: &str, role: lp::Role| {
+            let user =
+                lp::CreateUser { user_id: id.into(), username: id.into(), role: role as i32, password_hash: vec![] };
+            command("", Body::CreateUser(user))
+        };
+        let bid = |bidder: &str, bid_id: &str, max_amount| {
+            command(bidder, Body::PlaceBid(lp::PlaceBid { lot_id: "L".into(), bid_id: bid_id.into(), max_amount }))
+        };
+        let lot = lp::CreateLot {
+            lot_id: "L".into(),
+            title: "A lot".into(),
+            currency: "USD".into(),
+            start_price: 10_000,
+            reserve_price: Some(30_000),
+            starts_at_ms: t0,
+            ends_at_ms: t0 + 30_000,
+            soft_close_secs: 60,
+            seller_id: "sam".into(),
+            ..lp::CreateLot::default()
+        };
+        let mut commands = vec![user("admin", lp::Role::Admin), user("sam", lp::Role::User)];
+        commands.extend(["ana", "ben"].map(|b| user(b, lp::Role::User)));
+        commands.push(command("admin", Body::CreateLot(lot)));
+        for status in [
+            lp::LotStatus::UnderReview,
+            lp::LotStatus::Authenticated,
+            lp::LotStatus::ReadyForAuction,
+            lp::LotStatus::InAuction,
+        ] {
+            commands.push(command(
+                "admin",
+                Body::SetLotStatus(lp::SetLotStatus { lot_id: "L".into(), status: status as i32 }),
+            ));
+        }
+        commands.extend([
+            bid("ana", "a1", 20_000),
+            bid("ben", "b1", 50_000),
+            bid("ana", "a2", 40_000),
+            bid("ana", "a3", 5),
+        ]);
+        let mut ledger = Ledger::new();
+        let mut kinds = std::collections::HashSet::new();
+        for (i, mut cmd) in commands.into_iter().enumerate() {
+            let index = i as u64;
+            // As the proposal stamps it.
+            (cmd.at_ms, cmd.log_index) = (t0 + index as i64, index);
+            let expected = ledger.clone().apply(&cmd);
+            let proposal = pb::Proposal { at_ms: t0 + index as i64, commands: vec![cmd] };
+            let (_, events) = apply_proposal(&mut ledger, &proposal, index, false);
+            let at_ms = if index.is_multiple_of(3) { 0 } else { t0 };
+            let item = pb::FeedItem { index, at_ms, events: events.iter().map(ledger::Event::to_pb).collect() };
+            assert_eq!(item.events, expected.events);
+            assert_eq!(encode_feed_item(index, at_ms, &events), item.encode_to_vec(), "entry {index}");
+            kinds.extend(item.events.iter().filter_map(|e| e.kind.as_ref()).map(std::mem::discriminant));
+        }
+        assert!(kinds.len() >= 6, "the sequence covers the compact kinds and others: {kinds:?}");
     }
 }
