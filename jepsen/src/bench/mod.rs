@@ -118,6 +118,8 @@ struct Recorder {
     /// Open loop: the most an operation was sent after its intended time (the driver's lag).
     send_lag_max_us: AtomicU64,
     interval: Mutex<Histogram<u64>>,
+    /// Open loop: how late each operation was sent, from its intended time.
+    lag: Mutex<Histogram<u64>>,
     accepted: AtomicU64,
     rejected: AtomicU64,
     reads: AtomicU64,
@@ -133,6 +135,7 @@ impl Recorder {
             service: Mutex::new(histogram()),
             send_lag_max_us: AtomicU64::new(0),
             interval: Mutex::new(histogram()),
+            lag: Mutex::new(histogram()),
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             reads: AtomicU64::new(0),
@@ -176,6 +179,9 @@ impl Recorder {
     /// Open loop: how late the driver sent and how long the system took from the real send.
     fn record_service(&self, lag: Duration, service: Duration) {
         self.send_lag_max_us.fetch_max(lag.as_micros() as u64, Ordering::Relaxed);
+        if let Ok(mut h) = self.lag.lock() {
+            let _ = h.record((lag.as_micros() as u64).clamp(1, 600_000_000));
+        }
         if let Ok(mut h) = self.service.lock() {
             let _ = h.record((service.as_micros() as u64).clamp(1, 600_000_000));
         }
@@ -223,6 +229,10 @@ pub struct RunResult {
     pub service_p99_ms: f64,
     #[serde(default)]
     pub send_lag_max_ms: f64,
+    #[serde(default)]
+    pub send_lag_p50_ms: f64,
+    #[serde(default)]
+    pub send_lag_p99_ms: f64,
     pub rejections_by_code: BTreeMap<String, u64>,
     pub errors_by_code: BTreeMap<String, u64>,
     pub series: Vec<Second>,
@@ -230,6 +240,30 @@ pub struct RunResult {
 
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
+}
+
+/// The open loop's send times, each sent on the channel when it is due. Paced by an OS thread
+/// sleeping to each time (the kernel's high-resolution timers), not by tokio's timer, which
+/// rounds every wake-up up to the next millisecond: at 10,000/s that sent ten bids together
+/// each millisecond, up to a millisecond late, and that lateness counted as the system's.
+fn pace(started: Instant, period: Duration, deadline: Instant) -> tokio::sync::mpsc::UnboundedReceiver<Instant> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for i in 0u32.. {
+            let intended = started + period * i;
+            if intended >= deadline {
+                break;
+            }
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            if tx.send(intended).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// Bounded in-flight operations in open loop: beyond this the driver itself would be the
@@ -269,12 +303,8 @@ pub async fn drive(target: Arc<Target>, spec: &Spec) -> RunResult {
             let mut rng = StdRng::seed_from_u64(spec.seed);
             let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
             let mut tasks = tokio::task::JoinSet::new();
-            for i in 0u32.. {
-                let intended = started + period * i;
-                if intended >= deadline {
-                    break;
-                }
-                tokio::time::sleep_until(intended.into()).await;
+            let mut due = pace(started, period, deadline);
+            while let Some(intended) = due.recv().await {
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
                 let op = generator.next(&mut rng);
                 let (target, recorder) = (target.clone(), recorder.clone());
@@ -296,6 +326,7 @@ pub async fn drive(target: Arc<Target>, spec: &Spec) -> RunResult {
     let total = recorder.total.lock().map(|h| h.clone()).unwrap_or_else(|_| histogram());
     let accepted = recorder.accepted.load(Ordering::Relaxed);
     let service = recorder.service.lock().map(|h| h.clone()).unwrap_or_else(|_| histogram());
+    let lag = recorder.lag.lock().map(|h| h.clone()).unwrap_or_else(|_| histogram());
     RunResult {
         target: target.name().into(),
         workload: spec.workload,
@@ -314,6 +345,8 @@ pub async fn drive(target: Arc<Target>, spec: &Spec) -> RunResult {
         max_ms: ms(total.max()),
         service_p99_ms: ms(service.value_at_quantile(0.99)),
         send_lag_max_ms: ms(recorder.send_lag_max_us.load(Ordering::Relaxed)),
+        send_lag_p50_ms: ms(lag.value_at_quantile(0.5)),
+        send_lag_p99_ms: ms(lag.value_at_quantile(0.99)),
         rejections_by_code: recorder.codes.lock().map(|m| m.clone()).unwrap_or_default(),
         errors_by_code: recorder.errors.lock().map(|m| m.clone()).unwrap_or_default(),
         series,

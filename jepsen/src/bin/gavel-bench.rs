@@ -411,8 +411,8 @@ fn print_run(r: &RunResult) {
     );
     if let Load::Open { .. } = r.load {
         println!(
-            "       open loop: p99 from the actual send {:.2} ms; the driver sent at most {:.2} ms late",
-            r.service_p99_ms, r.send_lag_max_ms
+            "       open loop: p99 from the actual send {:.2} ms; the driver sent late by p50 {:.3} ms, p99 {:.3} ms, at most {:.2} ms",
+            r.service_p99_ms, r.send_lag_p50_ms, r.send_lag_p99_ms, r.send_lag_max_ms
         );
     }
 }
