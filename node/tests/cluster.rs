@@ -244,7 +244,9 @@ async fn replicated_ledger_survives_leader_crash_and_catches_up() {
     let rest: Vec<u64> = all.iter().copied().filter(|&id| id != leader).collect();
     let new_leader = cluster.leader(&rest).await;
     assert_ne!(new_leader, leader);
-    for i in 30..80 {
+    // Past a purge of the log (in steps of 256 entries), so the killed node cannot catch up
+    // from the log alone: it installs the leader's snapshot, feed included.
+    for i in 30..330 {
         let r = client
             .propose(vec![bid(&format!("b{}", i % 4), &format!("x{i}"), "lot-1", 10_000 + i * 500)])
             .await
@@ -260,7 +262,7 @@ async fn replicated_ledger_survives_leader_crash_and_catches_up() {
     }
 
     // The killed node restarts and catches up: from a snapshot, since the log it missed was
-    // compacted (snapshot every 40 entries, 5 kept).
+    // purged (snapshot every 40 entries, 5 kept).
     cluster.spawn(leader, false);
     let target = client.read_lot("lot-1", false, false).await.unwrap().applied_index;
     let digests = cluster.digests_at(&all, target).await;
