@@ -46,3 +46,10 @@ pub const CLOSE_TICK_MS: u64 = 100;
 pub const CLOSE_LOTS_PER_TICK_MAX: usize = 256;
 /// Deadline for a forwarded or linearizable request.
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
+
+/// Feed backfill (a node that caught up from a snapshot copies the older items from a peer):
+/// how often a whole feed is checked, the retry backoff, and items written per batch.
+pub const BACKFILL_CHECK_MS: u64 = 1_000;
+pub const BACKFILL_RETRY_MIN_MS: u64 = 200;
+pub const BACKFILL_RETRY_MAX_MS: u64 = 5_000;
+pub const BACKFILL_BATCH_ITEMS: usize = 1_024;

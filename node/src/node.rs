@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::BasicNode;
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
+use crate::client::Client;
 use crate::config::NodeConfig;
 use crate::limits;
 use crate::network::Network;
@@ -87,6 +89,7 @@ impl Node {
         info!(id = config.id, addr = %config.advertise, "node serving");
 
         tokio::spawn(bootstrap(inner.clone()));
+        tokio::spawn(backfill_feed(inner.clone(), stopped.clone()));
         tokio::spawn(close_lots(inner.clone(), stopped));
         Ok(Node { inner, stop, server })
     }
@@ -193,6 +196,82 @@ async fn close_lots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
             Err(e) => warn!(error = %e, "closing lots failed; will retry"),
         }
     }
+}
+
+/// Keeps this node's feed whole. A snapshot carries no feed, so after catching up from the
+/// leader's the node holds only the items after it; this copies the items before it from the
+/// peer whose feed starts lowest, then lowers the start, so the whole history stays on every
+/// node that can get it and a follower from index 0 is never stuck.
+async fn backfill_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
+    let mut delay = Duration::from_millis(limits::BACKFILL_RETRY_MIN_MS);
+    loop {
+        let start = node.shared.feed_start();
+        let wait = if start == 0 {
+            Duration::from_millis(limits::BACKFILL_CHECK_MS)
+        } else {
+            match backfill_once(&node, start).await {
+                Ok(Some(to)) => {
+                    info!(from = start, to, "feed backfilled from a peer");
+                    delay = Duration::from_millis(limits::BACKFILL_RETRY_MIN_MS);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, start, "feed backfill failed; will retry"),
+            }
+            delay = (delay * 2).min(Duration::from_millis(limits::BACKFILL_RETRY_MAX_MS));
+            delay
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {},
+            _ = stopped.wait_for(|&s| s) => return,
+        }
+    }
+}
+
+/// One backfill of the items up to `start` from the peer whose feed starts lowest: the new
+/// start, or `None` when no peer holds more or an install moved the start meanwhile.
+async fn backfill_once(node: &Arc<NodeInner>, start: u64) -> Result<Option<u64>, String> {
+    let peers: Vec<String> = {
+        let metrics = node.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        membership.nodes().filter(|(id, _)| **id != node.config.id).map(|(_, n)| n.addr.clone()).collect()
+    };
+    let mut best: Option<(u64, String)> = None;
+    for addr in peers {
+        if let Ok(m) = Client::metrics(&addr).await
+            && m.feed_start < start
+            && best.as_ref().is_none_or(|(s, _)| m.feed_start < *s)
+        {
+            best = Some((m.feed_start, addr));
+        }
+    }
+    let Some((from, addr)) = best else { return Ok(None) };
+    let mut stream = Client::subscribe(&addr, from).await.map_err(|e| e.to_string())?;
+    let mut expected = from + 1;
+    let mut batch: Vec<pb::FeedItem> = Vec::with_capacity(limits::BACKFILL_BATCH_ITEMS);
+    while expected <= start {
+        let next = tokio::time::timeout(Duration::from_millis(limits::REQUEST_TIMEOUT_MS), stream.message()).await;
+        let item = match next {
+            Ok(Ok(Some(item))) => item,
+            Ok(Ok(None)) => return Err(format!("{addr} ended the feed at {}", expected - 1)),
+            Ok(Err(status)) => return Err(format!("{addr}: {status}")),
+            Err(_) => return Err(format!("{addr} sent nothing for a while")),
+        };
+        if item.index != expected {
+            return Err(format!("{addr} sent item {} where {expected} was due", item.index));
+        }
+        expected += 1;
+        batch.push(item);
+        if batch.len() == limits::BACKFILL_BATCH_ITEMS || expected > start {
+            let (shared, items) = (node.shared.clone(), std::mem::take(&mut batch));
+            tokio::task::spawn_blocking(move || shared.put_feed_items(&items))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let moved = node.shared.lower_feed_start(start, from).await.map_err(|e| e.to_string())?;
+    Ok(moved.then_some(from))
 }
 
 /// Re-exported for the binary: raft's node id type.

@@ -125,17 +125,30 @@ pub(crate) async fn check(
         }
     }
 
-    // Every replica's feed from index 0 is identical and contiguous.
-    // Without convergence there is no common index to compare the feeds at.
+    // Every replica's feed is contiguous from where it starts (0, unless the node caught up
+    // from a snapshot, which carries no feed) to the common index, and replicas agree on every
+    // index they both hold.
     let mut feeds = Vec::new();
     if let Ok(applied) = &converged {
         for addr in cluster.addrs.values() {
             feeds.push(read_feed(addr, *applied).await);
         }
     }
+    let feed_starts: Vec<u64> = feeds.iter().filter_map(|f| f.as_ref().ok()).map(|(start, _)| *start).collect();
     let feeds_equal = !feeds.is_empty()
-        && feeds.iter().all(|f| f.as_ref().is_ok_and(|items| Some(items) == feeds[0].as_ref().ok()))
-        && feeds[0].as_ref().is_ok_and(|items| items.windows(2).all(|w| w[1].index == w[0].index + 1));
+        && feeds.iter().all(|f| {
+            f.as_ref().is_ok_and(|(start, items)| {
+                items.first().is_none_or(|i| i.index == start + 1)
+                    && items.windows(2).all(|w| w[1].index == w[0].index + 1)
+            })
+        })
+        && feeds.iter().flatten().all(|(start, items)| {
+            feeds.iter().flatten().all(|(other_start, other)| {
+                let from = (*start).max(*other_start);
+                let skip = |s: u64| usize::try_from(from - s).unwrap_or(usize::MAX);
+                items.iter().skip(skip(*start)).eq(other.iter().skip(skip(*other_start)))
+            })
+        });
 
     let mut faults = BTreeMap::new();
     for entry in &nemesis_log {
@@ -166,6 +179,7 @@ pub(crate) async fn check(
         "duplicated_bids": report.duplicated_bids,
         "digests_equal": report.digests_equal,
         "feeds_equal": report.feeds_equal,
+        "feed_starts": feed_starts,
         "unclosed_lots": report.unclosed_lots,
         "price_regressions": report.price_regressions,
         "applied_index": converged.as_ref().ok(),
@@ -176,8 +190,13 @@ pub(crate) async fn check(
     Ok(report)
 }
 
-async fn read_feed(addr: &str, upto: u64) -> Result<Vec<node::pb::FeedItem>, String> {
-    let mut stream = Client::subscribe(addr, 0).await.map_err(|e| e.to_string())?;
+/// One node's feed from where it starts up to `upto`: the start and the items.
+async fn read_feed(addr: &str, upto: u64) -> Result<(u64, Vec<node::pb::FeedItem>), String> {
+    let start = Client::metrics(addr).await.map_err(|e| e.to_string())?.feed_start;
+    if start >= upto {
+        return Ok((start, Vec::new()));
+    }
+    let mut stream = Client::subscribe(addr, start).await.map_err(|e| e.to_string())?;
     let mut items = Vec::new();
     while items.last().is_none_or(|i: &node::pb::FeedItem| i.index < upto) {
         match tokio::time::timeout(Duration::from_secs(20), stream.next()).await {
@@ -185,5 +204,5 @@ async fn read_feed(addr: &str, upto: u64) -> Result<Vec<node::pb::FeedItem>, Str
             other => return Err(format!("feed from {addr} ended early: {other:?}")),
         }
     }
-    Ok(items)
+    Ok((start, items))
 }

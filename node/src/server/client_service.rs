@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{LEADER_ADDR_HEADER, Services, is_forwarded, propose_status};
+use super::{FEED_START_HEADER, LEADER_ADDR_HEADER, Services, is_forwarded, propose_status};
 use crate::limits;
 use crate::pb;
 use crate::replica::NodeInner;
@@ -136,10 +136,28 @@ impl pb::client_service_server::ClientService for Services {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let from_index = request.into_inner().from_index;
+        let start = self.node.shared.feed_start();
+        if from_index < start {
+            return Err(history_gone(from_index, start));
+        }
         let (tx, rx) = mpsc::channel(limits::FEED_BUFFER_ITEMS);
         tokio::spawn(feed(self.node.clone(), from_index, tx, self.stopped.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// A subscription from below this node's feed start: the items it asks for are not here (a
+/// snapshot from the leader replaced them). Never a silent gap: the caller learns where the
+/// feed starts and can resume on another node.
+fn history_gone(from: u64, start: u64) -> Status {
+    let mut status = Status::failed_precondition(format!(
+        "history_gone: this node's feed holds the items after index {start}, not after {from}; \
+         resume on another node"
+    ));
+    if let Ok(value) = start.to_string().parse() {
+        status.metadata_mut().insert(FEED_START_HEADER, value);
+    }
+    status
 }
 
 /// Streams committed feed items after `cursor`, gap-free, until the client goes away. Reads
@@ -158,6 +176,12 @@ async fn feed(
             return;
         }
         let scanned_to = *applied.borrow_and_update();
+        // A snapshot installed meanwhile may have replaced the items this stream still needs.
+        let start = node.shared.feed_start();
+        if cursor < start {
+            let _ = tx.send(Err(history_gone(cursor, start))).await;
+            return;
+        }
         let shared = node.shared.clone();
         let after = cursor;
         let items = tokio::task::spawn_blocking(move || shared.feed_after(after, limits::FEED_READ_ITEMS_MAX)).await;
@@ -172,6 +196,11 @@ async fn feed(
                 return;
             }
         };
+        if items.first().is_some_and(|item| item.index != cursor + 1) {
+            // Replaced between the check above and the read: say so rather than skip.
+            let _ = tx.send(Err(history_gone(cursor, node.shared.feed_start()))).await;
+            return;
+        }
         let full_step = items.len() == limits::FEED_READ_ITEMS_MAX;
         for item in items {
             debug_assert!(item.index > cursor, "feed must move forward");

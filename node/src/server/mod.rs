@@ -23,6 +23,8 @@ use crate::store::Poisoned;
 
 /// Metadata key naming the leader's address on `Unavailable` answers.
 pub const LEADER_ADDR_HEADER: &str = "gavel-leader-addr";
+/// On a refused subscription: the index after which this node's feed starts.
+pub const FEED_START_HEADER: &str = "gavel-feed-start";
 /// Metadata key marking a request forwarded by another node (never forwarded twice).
 const FORWARDED_HEADER: &str = "gavel-forwarded";
 

@@ -12,7 +12,9 @@ pub(super) const FORMAT: &[u8] = b"gavel-node/2";
 /// Format 1 kept one record per ledger entity; `legacy` rewrites it on open.
 pub(super) const FORMAT_V1: &[u8] = b"gavel-node/1";
 /// `SnapshotData.format_version` written and read by this build.
-pub(super) const SNAPSHOT_FORMAT: u32 = 1;
+/// 2: snapshots carry no feed. 1 (still read): the whole feed up to the snapshot's index.
+pub(super) const SNAPSHOT_FORMAT: u32 = 2;
+pub(super) const SNAPSHOT_FORMAT_V1: u32 = 1;
 pub(super) const CF_LOG: &str = "log";
 pub(super) const CF_RAFT_META: &str = "raft_meta";
 pub(super) const CF_SM_META: &str = "sm_meta";

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io;
 
 use prost::Message;
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
 use tracing::info;
 
 use crate::pb;
@@ -27,29 +27,25 @@ pub(super) fn migrate(db: &DB, snapshots: &SnapshotDir) -> io::Result<()> {
     if let Some(applied) = applied {
         let membership = get_msg::<pb::StoredMembership>(db, CF_SM_META, b"membership")?;
         let ledger = load_ledger(db)?;
-        let mut feed = Vec::new();
-        let start = index_key(0);
-        for item in db.iterator_cf(cf(db, CF_FEED)?, IteratorMode::From(&start, Direction::Forward)) {
-            let (_, value) = item.map_err(rocks)?;
-            let item: pb::FeedItem = decode(&value, "feed item")?;
-            if item.index > applied.index {
-                break;
-            }
-            feed.push(item);
-        }
         let data = pb::SnapshotData {
             format_version: SNAPSHOT_FORMAT,
             last_applied: Some(applied),
             last_membership: membership,
             ledger: ledger.encode_snapshot(),
-            feed,
+            // The feed items stay where they are, in the feed's column family.
+            feed: Vec::new(),
         };
-        // The feed items are unsynced writes: durable before the snapshot that relies on them.
+        // The feed items are unsynced writes: durable before the snapshot after which they are
+        // not written again.
         db.flush_wal(true).map_err(rocks)?;
         snapshots.write(applied.index, &data.encode_to_vec())?;
         info!(applied = applied.index, "data directory format 1 rewritten as a snapshot file");
     }
     let mut batch = WriteBatch::default();
+    // The feed stays in its column family (snapshots no longer copy it), up to the state's
+    // index: anything after it is re-applied from the log, so the feed never runs ahead.
+    let feed_after = applied.map_or(0, |id| id.index.saturating_add(1));
+    batch.delete_range_cf(cf(db, CF_FEED)?, index_key(feed_after), index_key(u64::MAX));
     batch.delete_range_cf(cf(db, CF_SM_STATE)?, b"".as_slice(), [0xffu8; 1].as_slice());
     for key in [&b"applied"[..], b"membership", b"clock"] {
         batch.delete_cf(cf(db, CF_SM_META)?, key);

@@ -18,7 +18,9 @@ use crate::pb;
 use crate::raft::{self, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use ledger::Ledger;
 
-use super::db::{CF_FEED, SNAPSHOT_FORMAT, blocking, cf, corrupt, decode, index_key, index_of, rocks};
+use super::db::{
+    CF_FEED, CF_SM_META, SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_V1, blocking, cf, corrupt, decode, index_key, rocks,
+};
 use super::legacy;
 use super::snapshots::SnapshotDir;
 
@@ -35,6 +37,10 @@ pub struct Shared {
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     /// The last applied log index, for feed subscribers and read-index waits.
     applied_index: watch::Sender<u64>,
+    /// The feed holds every item after this index (0: all). It moves up only when a snapshot
+    /// from the leader is installed: snapshots carry no feed, so the items it covers are not
+    /// here. Persisted under `FEED_START_KEY`.
+    feed_start: AtomicU64,
     /// Bumped under the ledger's write lock whenever the ledger changes: the key of `digest`.
     generation: AtomicU64,
     /// The state digest of one generation: hashing the whole state is not redone for every
@@ -70,11 +76,16 @@ fn lock<'a, T>(m: &'a Mutex<T>, what: &'static str) -> Result<MutexGuard<'a, T>,
     m.lock().map_err(|_| Poisoned(what))
 }
 
+const FEED_START_KEY: &[u8] = b"feed_start";
+
 /// A snapshot file's contents, checked: its metadata, its data and the ledger it holds.
 fn read_snapshot(raw: &[u8]) -> io::Result<(SnapshotMeta, pb::SnapshotData, Ledger)> {
     let data: pb::SnapshotData = decode(raw, "snapshot")?;
-    if data.format_version != SNAPSHOT_FORMAT {
-        return Err(corrupt(format!("snapshot format {} (this build reads {SNAPSHOT_FORMAT})", data.format_version)));
+    if data.format_version != SNAPSHOT_FORMAT && data.format_version != SNAPSHOT_FORMAT_V1 {
+        return Err(corrupt(format!(
+            "snapshot format {} (this build reads {SNAPSHOT_FORMAT_V1} and {SNAPSHOT_FORMAT})",
+            data.format_version
+        )));
     }
     let meta = SnapshotMeta {
         last_log_id: raft::opt_log_id_from_pb(&data.last_applied),
@@ -97,6 +108,13 @@ impl StateMachine {
             }
             None => (None, StoredMembership::default(), Ledger::new()),
         };
+        let feed_start = match db.get_cf(cf(&db, CF_SM_META)?, FEED_START_KEY).map_err(rocks)? {
+            Some(raw) => {
+                let raw: [u8; 8] = raw.as_slice().try_into().map_err(|_| corrupt("feed start is not 8 bytes"))?;
+                u64::from_be_bytes(raw)
+            }
+            None => 0,
+        };
         let (applied_index, _) = watch::channel(applied.map_or(0, |id| id.index));
         let shared = Shared {
             db,
@@ -105,6 +123,7 @@ impl StateMachine {
             ledger: RwLock::new(ledger),
             applied: Mutex::new((applied, membership)),
             applied_index,
+            feed_start: AtomicU64::new(feed_start),
             generation: AtomicU64::new(0),
             digest: Mutex::new(None),
             forget_bid_ids: AtomicBool::new(false),
@@ -155,6 +174,43 @@ impl Shared {
 
     pub fn watch_applied(&self) -> watch::Receiver<u64> {
         self.applied_index.subscribe()
+    }
+
+    /// This node's feed holds every item after this index.
+    pub fn feed_start(&self) -> u64 {
+        self.feed_start.load(Ordering::Acquire)
+    }
+
+    /// Writes feed items copied from a peer, all at or below the feed's start: the items of
+    /// committed entries, the same on every replica. Unsynced; `lower_feed_start` syncs them.
+    pub fn put_feed_items(&self, items: &[pb::FeedItem]) -> io::Result<()> {
+        let feed = cf(&self.db, CF_FEED)?;
+        let mut batch = WriteBatch::default();
+        for item in items {
+            batch.put_cf(feed, index_key(item.index), item.encode_to_vec());
+        }
+        self.db.write(batch).map_err(rocks)
+    }
+
+    /// Lowers the feed's start from `from` to `to` once the items between are written (by
+    /// `put_feed_items`): they are synced first, then the new start. False, and nothing
+    /// changed, when a snapshot install moved the start meanwhile (checked under the gate an
+    /// install holds), so the items written are below the new start and never served.
+    pub async fn lower_feed_start(self: &Arc<Self>, from: u64, to: u64) -> io::Result<bool> {
+        let _gate = self.apply_gate.lock().await;
+        if self.feed_start() != from || to >= from {
+            return Ok(false);
+        }
+        let shared = self.clone();
+        blocking(move || {
+            shared.db.flush_wal(true).map_err(rocks)?;
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            shared.db.put_cf_opt(cf(&shared.db, CF_SM_META)?, FEED_START_KEY, to.to_be_bytes(), &sync).map_err(rocks)
+        })
+        .await?;
+        self.feed_start.store(to, Ordering::Release);
+        Ok(true)
     }
 
     /// Feed items with index in `(after, after + limit]`, from RocksDB.
@@ -302,7 +358,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let index = meta.last_log_id.map_or(0, |id| id.index);
         blocking(move || {
             // The feed first: a crash before the file is in place restarts from the older
-            // snapshot, whose log re-applies over these (identical) items.
+            // snapshot and re-applies its log; the start persisted here only errs high (items
+            // below it are never served) until the backfill lowers it. A format-1 snapshot
+            // still carries the whole feed; a newer one none, so the items up to its index are
+            // not held here until they are copied from a peer.
             let db = &shared.db;
             let feed = cf(db, CF_FEED)?;
             let mut batch = WriteBatch::default();
@@ -310,9 +369,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for item in &data.feed {
                 batch.put_cf(feed, index_key(item.index), item.encode_to_vec());
             }
+            let start = if data.format_version == SNAPSHOT_FORMAT_V1 { 0 } else { index };
+            batch.put_cf(cf(db, CF_SM_META)?, FEED_START_KEY, start.to_be_bytes());
             let mut sync = WriteOptions::default();
             sync.set_sync(true);
             db.write_opt(batch, &sync).map_err(rocks)?;
+            // Subscribers reading from below the new start stop at their next read.
+            shared.feed_start.store(start, Ordering::Release);
             shared.snapshots.write(index, &snapshot)
         })
         .await?;
@@ -340,9 +403,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = Vec<u8>;
 
-    /// Captures a copy of the ledger and the applied id under one lock together with a RocksDB
-    /// point-in-time view, then encodes the copy, reads the feed up to that id from the view and
-    /// writes the file, all while applying goes on.
+    /// Captures a copy of the ledger and the applied id under one lock, then encodes the copy
+    /// and writes the file while applying goes on. The feed is not in it: its items stay in
+    /// RocksDB (made durable first), so a snapshot's size follows the state, not the history.
     async fn build_snapshot(&mut self) -> Result<raft::Snapshot, io::Error> {
         let shared = self.shared.clone();
         blocking(move || {
@@ -353,26 +416,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             // Copy under the lock, encode after it: applying waits for the copy only, not for
             // the canonical encoding too.
             let ledger = guard.clone();
-            let view = db.snapshot();
             drop(guard);
             drop(gate);
             let ledger_bytes = ledger.encode_snapshot();
             drop(ledger);
             let last_index = applied.map_or(0, |id| id.index);
-            let mut feed = Vec::new();
-            for item in view.iterator_cf(cf(db, CF_FEED)?, IteratorMode::Start) {
-                let (key, value) = item.map_err(rocks)?;
-                if index_of(&key)? > last_index {
-                    break;
-                }
-                feed.push(decode::<pb::FeedItem>(&value, "feed item")?);
-            }
             let data = pb::SnapshotData {
                 format_version: SNAPSHOT_FORMAT,
                 last_applied: raft::opt_log_id_to_pb(&applied),
                 last_membership: Some(raft::stored_membership_to_pb(&membership)),
                 ledger: ledger_bytes,
-                feed,
+                feed: Vec::new(),
             };
             let raw = data.encode_to_vec();
             // The feed items up to here were written unsynced. Sync them before the file: after
