@@ -199,17 +199,17 @@ async fn close_lots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
 }
 
 /// Keeps this node's feed whole. A snapshot carries no feed, so after catching up from the
-/// leader's the node holds only the items after it; this copies the items before it from the
-/// peer whose feed starts lowest, then lowers the start, so the whole history stays on every
+/// leader's the node holds only the items after it; this copies the items before it from a
+/// peer whose feed starts lower, then lowers the start, so the whole history stays on every
 /// node that can get it and a follower from index 0 is never stuck.
 async fn backfill_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(limits::BACKFILL_RETRY_MIN_MS);
     loop {
-        let start = node.shared.feed_start();
-        let wait = if start == 0 {
+        let wait = if node.shared.feed_start() == 0 {
             Duration::from_millis(limits::BACKFILL_CHECK_MS)
         } else {
-            match backfill_once(&node, start).await {
+            let (start, epoch) = node.shared.feed_start_epoch().await;
+            match backfill_once(&node, start, epoch).await {
                 Ok(Some(to)) => {
                     info!(from = start, to, "feed backfilled from a peer");
                     delay = Duration::from_millis(limits::BACKFILL_RETRY_MIN_MS);
@@ -228,25 +228,44 @@ async fn backfill_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>)
     }
 }
 
-/// One backfill of the items up to `start` from the peer whose feed starts lowest: the new
-/// start, or `None` when no peer holds more or an install moved the start meanwhile.
-async fn backfill_once(node: &Arc<NodeInner>, start: u64) -> Result<Option<u64>, String> {
+/// One backfill of the items up to `start`, from the first peer (lowest feed start first)
+/// that holds them all: the new start, or `None` when no peer could give them or a snapshot
+/// install since `epoch` made the copy moot.
+async fn backfill_once(node: &Arc<NodeInner>, start: u64, epoch: u64) -> Result<Option<u64>, String> {
     let peers: Vec<String> = {
         let metrics = node.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
         membership.nodes().filter(|(id, _)| **id != node.config.id).map(|(_, n)| n.addr.clone()).collect()
     };
-    let mut best: Option<(u64, String)> = None;
+    // A peer helps only if its feed starts lower and it has applied up to our start.
+    let mut candidates = Vec::new();
     for addr in peers {
         if let Ok(m) = Client::metrics(&addr).await
             && m.feed_start < start
-            && best.as_ref().is_none_or(|(s, _)| m.feed_start < *s)
+            && m.last_applied_index >= start
         {
-            best = Some((m.feed_start, addr));
+            candidates.push((m.feed_start, addr));
         }
     }
-    let Some((from, addr)) = best else { return Ok(None) };
-    let mut stream = Client::subscribe(&addr, from).await.map_err(|e| e.to_string())?;
+    candidates.sort();
+    let mut last_error = None;
+    for (from, addr) in candidates {
+        match copy_feed(node, &addr, from, start, epoch).await {
+            Ok(false) => return Ok(None),
+            Ok(true) => {
+                let moved = node.shared.lower_feed_start(epoch, start, from).await.map_err(|e| e.to_string())?;
+                return Ok(moved.then_some(from));
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    last_error.map_or(Ok(None), Err)
+}
+
+/// Copies the feed items `(from, start]` from `addr`. False when an install since `epoch`
+/// stopped the copy.
+async fn copy_feed(node: &Arc<NodeInner>, addr: &str, from: u64, start: u64, epoch: u64) -> Result<bool, String> {
+    let mut stream = Client::subscribe(addr, from).await.map_err(|e| e.to_string())?;
     let mut expected = from + 1;
     let mut batch: Vec<pb::FeedItem> = Vec::with_capacity(limits::BACKFILL_BATCH_ITEMS);
     while expected <= start {
@@ -264,14 +283,16 @@ async fn backfill_once(node: &Arc<NodeInner>, start: u64) -> Result<Option<u64>,
         batch.push(item);
         if batch.len() == limits::BACKFILL_BATCH_ITEMS || expected > start {
             let (shared, items) = (node.shared.clone(), std::mem::take(&mut batch));
-            tokio::task::spawn_blocking(move || shared.put_feed_items(&items))
+            let written = tokio::task::spawn_blocking(move || shared.put_feed_items(epoch, &items))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
+            if !written {
+                return Ok(false);
+            }
         }
     }
-    let moved = node.shared.lower_feed_start(start, from).await.map_err(|e| e.to_string())?;
-    Ok(moved.then_some(from))
+    Ok(true)
 }
 
 /// Re-exported for the binary: raft's node id type.

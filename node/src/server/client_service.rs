@@ -196,8 +196,11 @@ async fn feed(
                 return;
             }
         };
-        if items.first().is_some_and(|item| item.index != cursor + 1) {
-            // Replaced between the check above and the read: say so rather than skip.
+        let contiguous = items.first().is_none_or(|item| item.index == cursor + 1)
+            && items.windows(2).all(|w| w[1].index == w[0].index + 1);
+        if !contiguous {
+            // Replaced between the check above and the read (an install, and a backfill's
+            // items below its new start): say so rather than skip.
             let _ = tx.send(Err(history_gone(cursor, node.shared.feed_start()))).await;
             return;
         }

@@ -41,6 +41,9 @@ pub struct Shared {
     /// from the leader is installed: snapshots carry no feed, so the items it covers are not
     /// here. Persisted under `FEED_START_KEY`.
     feed_start: AtomicU64,
+    /// Bumped by every snapshot install, under the gate: a backfill started before one must
+    /// not write or lower anything after it, even if the start came back to the same value.
+    installs: AtomicU64,
     /// Bumped under the ledger's write lock whenever the ledger changes: the key of `digest`.
     generation: AtomicU64,
     /// The state digest of one generation: hashing the whole state is not redone for every
@@ -124,6 +127,7 @@ impl StateMachine {
             applied: Mutex::new((applied, membership)),
             applied_index,
             feed_start: AtomicU64::new(feed_start),
+            installs: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             digest: Mutex::new(None),
             forget_bid_ids: AtomicBool::new(false),
@@ -181,24 +185,36 @@ impl Shared {
         self.feed_start.load(Ordering::Acquire)
     }
 
+    /// The feed's start and the install count it belongs to, for a backfill to hand back.
+    pub async fn feed_start_epoch(&self) -> (u64, u64) {
+        let _gate = self.apply_gate.lock().await;
+        (self.feed_start(), self.installs.load(Ordering::Acquire))
+    }
+
     /// Writes feed items copied from a peer, all at or below the feed's start: the items of
     /// committed entries, the same on every replica. Unsynced; `lower_feed_start` syncs them.
-    pub fn put_feed_items(&self, items: &[pb::FeedItem]) -> io::Result<()> {
+    /// False, and nothing written, once a snapshot install has happened since `epoch`.
+    pub fn put_feed_items(&self, epoch: u64, items: &[pb::FeedItem]) -> io::Result<bool> {
+        let _gate = self.apply_gate.blocking_lock();
+        if self.installs.load(Ordering::Acquire) != epoch {
+            return Ok(false);
+        }
         let feed = cf(&self.db, CF_FEED)?;
         let mut batch = WriteBatch::default();
         for item in items {
             batch.put_cf(feed, index_key(item.index), item.encode_to_vec());
         }
-        self.db.write(batch).map_err(rocks)
+        self.db.write(batch).map_err(rocks)?;
+        Ok(true)
     }
 
     /// Lowers the feed's start from `from` to `to` once the items between are written (by
-    /// `put_feed_items`): they are synced first, then the new start. False, and nothing
-    /// changed, when a snapshot install moved the start meanwhile (checked under the gate an
-    /// install holds), so the items written are below the new start and never served.
-    pub async fn lower_feed_start(self: &Arc<Self>, from: u64, to: u64) -> io::Result<bool> {
+    /// `put_feed_items` with the same `epoch`): they are synced first, then the new start.
+    /// False, and nothing changed, when a snapshot install happened since `epoch` (checked
+    /// under the gate an install holds).
+    pub async fn lower_feed_start(self: &Arc<Self>, epoch: u64, from: u64, to: u64) -> io::Result<bool> {
         let _gate = self.apply_gate.lock().await;
-        if self.feed_start() != from || to >= from {
+        if self.installs.load(Ordering::Acquire) != epoch || self.feed_start() != from || to >= from {
             return Ok(false);
         }
         let shared = self.clone();
@@ -375,6 +391,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             sync.set_sync(true);
             db.write_opt(batch, &sync).map_err(rocks)?;
             // Subscribers reading from below the new start stop at their next read.
+            shared.installs.fetch_add(1, Ordering::AcqRel);
             shared.feed_start.store(start, Ordering::Release);
             shared.snapshots.write(index, &snapshot)
         })
