@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::client::Client;
 use crate::config::NodeConfig;
+use crate::follow::Follower;
 use crate::limits;
 use crate::network::Network;
 use crate::pb;
@@ -262,34 +263,23 @@ async fn backfill_once(node: &Arc<NodeInner>, start: u64, epoch: u64) -> Result<
     last_error.map_or(Ok(None), Err)
 }
 
-/// Copies the feed items `(from, start]` from `addr`. False when an install since `epoch`
-/// stopped the copy.
+/// Copies the feed items `(from, start]` from `addr`, gap-checked by a [`Follower`] of that
+/// node alone. False when an install since `epoch` stopped the copy.
 async fn copy_feed(node: &Arc<NodeInner>, addr: &str, from: u64, start: u64, epoch: u64) -> Result<bool, String> {
-    let mut stream = Client::subscribe(addr, from).await.map_err(|e| e.to_string())?;
-    let mut expected = from + 1;
-    let mut batch: Vec<pb::FeedItem> = Vec::with_capacity(limits::BACKFILL_BATCH_ITEMS);
-    while expected <= start {
-        let next = tokio::time::timeout(Duration::from_millis(limits::REQUEST_TIMEOUT_MS), stream.message()).await;
-        let item = match next {
-            Ok(Ok(Some(item))) => item,
-            Ok(Ok(None)) => return Err(format!("{addr} ended the feed at {}", expected - 1)),
-            Ok(Err(status)) => return Err(format!("{addr}: {status}")),
-            Err(_) => return Err(format!("{addr} sent nothing for a while")),
-        };
-        if item.index != expected {
-            return Err(format!("{addr} sent item {} where {expected} was due", item.index));
-        }
-        expected += 1;
-        batch.push(item);
-        if batch.len() == limits::BACKFILL_BATCH_ITEMS || expected > start {
-            let (shared, items) = (node.shared.clone(), std::mem::take(&mut batch));
-            let written = tokio::task::spawn_blocking(move || shared.put_feed_items(epoch, &items))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            if !written {
-                return Ok(false);
-            }
+    let mut follower = Follower::new(vec![addr.to_owned()], from);
+    while follower.index() < start {
+        let room = usize::try_from(start - follower.index()).unwrap_or(usize::MAX).min(limits::BACKFILL_BATCH_ITEMS);
+        let items = tokio::time::timeout(Duration::from_millis(limits::REQUEST_TIMEOUT_MS), follower.next_batch(room))
+            .await
+            .map_err(|_| format!("{addr} sent nothing for a while"))?
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let shared = node.shared.clone();
+        let written = tokio::task::spawn_blocking(move || shared.put_feed_items(epoch, &items))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if !written {
+            return Ok(false);
         }
     }
     Ok(true)
