@@ -236,7 +236,7 @@ impl Cluster {
         loop {
             let mut seen = Vec::new();
             for addr in self.addrs.values() {
-                match Client::metrics(addr).await {
+                match Client::metrics_with_digest(addr).await {
                     Ok(m) => seen.push((m.last_applied_index, m.state_digest)),
                     Err(e) => last = e.to_string(),
                 }

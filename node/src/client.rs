@@ -240,10 +240,21 @@ impl Client {
             .map_err(ClientError::Refused)
     }
 
-    /// One node's metrics (no retries: it is about that node).
+    /// One node's metrics without the state digest (no retries: it is about that node).
+    /// Cheap enough to poll; [`Client::metrics_with_digest`] hashes the node's whole ledger.
     pub async fn metrics(addr: &str) -> Result<pb::MetricsResponse, ClientError> {
+        Self::admin_metrics(addr, true).await
+    }
+
+    /// One node's metrics with `state_digest`, to compare replicas. It hashes the node's whole
+    /// ledger, holding up its apply meanwhile: not for polling under load.
+    pub async fn metrics_with_digest(addr: &str) -> Result<pb::MetricsResponse, ClientError> {
+        Self::admin_metrics(addr, false).await
+    }
+
+    async fn admin_metrics(addr: &str, skip_digest: bool) -> Result<pb::MetricsResponse, ClientError> {
         let channel = connect(addr)?;
-        let mut request = tonic::Request::new(pb::MetricsRequest {});
+        let mut request = tonic::Request::new(pb::MetricsRequest { skip_digest });
         request.set_timeout(Duration::from_millis(limits::REQUEST_TIMEOUT_MS));
         AdminServiceClient::new(channel).metrics(request).await.map(|r| r.into_inner()).map_err(ClientError::Refused)
     }

@@ -99,8 +99,9 @@ impl Node {
         self.inner.config.id
     }
 
+    /// This node's metrics, state digest included.
     pub fn metrics(&self) -> Result<pb::MetricsResponse, Poisoned> {
-        self.inner.metrics()
+        self.inner.metrics(true)
     }
 
     /// Stops serving, then stops Raft.
@@ -207,10 +208,18 @@ async fn backfill_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>)
     let mut delay = Duration::from_millis(limits::BACKFILL_RETRY_MIN_MS);
     loop {
         let wait = if node.shared.feed_start() == 0 {
+            // Whole again: a later install starts its retries from the shortest wait.
+            delay = Duration::from_millis(limits::BACKFILL_RETRY_MIN_MS);
             Duration::from_millis(limits::BACKFILL_CHECK_MS)
         } else {
             let (start, epoch) = node.shared.feed_start_epoch().await;
-            match backfill_once(&node, start, epoch).await {
+            // A stopping node leaves a copy half done: the items are synced before the start
+            // moves, so the next run simply copies them again.
+            let outcome = tokio::select! {
+                outcome = backfill_once(&node, start, epoch) => outcome,
+                _ = stopped.wait_for(|&s| s) => return,
+            };
+            match outcome {
                 Ok(Some(to)) => {
                     info!(from = start, to, "feed backfilled from a peer");
                     delay = Duration::from_millis(limits::BACKFILL_RETRY_MIN_MS);

@@ -23,12 +23,13 @@ impl NodeInner {
         self.config.source_ip()
     }
 
-    pub(crate) fn metrics(&self) -> Result<pb::MetricsResponse, Poisoned> {
+    /// This node's metrics; `state_digest` only `with_digest` (it hashes the whole ledger).
+    pub(crate) fn metrics(&self, with_digest: bool) -> Result<pb::MetricsResponse, Poisoned> {
         let m = self.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let leader_addr =
             m.current_leader.and_then(|id| membership.get_node(&id)).map(|n| n.addr.clone()).unwrap_or_default();
-        let digest = self.shared.state_digest()?;
+        let digest = if with_digest { self.shared.state_digest()? } else { String::new() };
         let applied = self.shared.applied_index();
         Ok(pb::MetricsResponse {
             node_id: m.id,

@@ -93,7 +93,7 @@ impl Cluster {
         loop {
             let mut digests = Vec::new();
             for id in ids {
-                match Client::metrics(&self.addrs[id]).await {
+                match Client::metrics_with_digest(&self.addrs[id]).await {
                     Ok(m) if m.last_applied_index >= index => digests.push(m.state_digest),
                     _ => break,
                 }
@@ -272,7 +272,9 @@ async fn replicated_ledger_survives_leader_crash_and_catches_up() {
     let target = client.read_lot("lot-1", false, false).await.unwrap().applied_index;
     let digests = cluster.digests_at(&all, target).await;
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "replica digests differ: {digests:?}");
+    assert!(digests.iter().all(|d| d.len() == 64), "asked for, digests are BLAKE3 hex: {digests:?}");
     let m = Client::metrics(&cluster.addrs[&leader]).await.unwrap();
+    assert_eq!(m.state_digest, "", "plain metrics skip the digest (it hashes the whole ledger)");
     assert!(m.snapshot_index > 0, "the restarted node should hold a snapshot: {m:?}");
     assert!(m.purged_index > 0 || m.feed_start > 0, "it caught up from the leader's snapshot: {m:?}");
 

@@ -68,7 +68,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Cmd::Metrics => {
             for addr in &cli.nodes {
-                let line = match Client::metrics(addr).await {
+                let line = match Client::metrics_with_digest(addr).await {
                     Ok(m) => metrics_json(addr, &m),
                     Err(e) => json!({"node": addr, "error": e.to_string()}),
                 };

@@ -64,7 +64,15 @@ impl pb::admin_service_server::AdminService for Services {
         Ok(Response::new(membership_response(response.log_id.index, &membership)))
     }
 
-    async fn metrics(&self, _request: Request<pb::MetricsRequest>) -> Result<Response<pb::MetricsResponse>, Status> {
-        Ok(Response::new(self.node.metrics().map_err(poisoned)?))
+    async fn metrics(&self, request: Request<pb::MetricsRequest>) -> Result<Response<pb::MetricsResponse>, Status> {
+        if request.get_ref().skip_digest {
+            return Ok(Response::new(self.node.metrics(false).map_err(poisoned)?));
+        }
+        // Hashing the whole ledger takes a while: off the async workers.
+        let node = self.node.clone();
+        let metrics = tokio::task::spawn_blocking(move || node.metrics(true))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(metrics.map_err(poisoned)?))
     }
 }

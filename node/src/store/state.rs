@@ -427,6 +427,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         blocking(move || {
             let db = &shared.db;
+            let started = std::time::Instant::now();
             let gate = shared.apply_gate.blocking_lock();
             let guard = shared.ledger()?;
             let (applied, membership) = lock(&shared.applied, "applied")?.clone();
@@ -435,6 +436,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let ledger = guard.clone();
             drop(guard);
             drop(gate);
+            let copied = started.elapsed();
             let ledger_bytes = ledger.encode_snapshot();
             drop(ledger);
             let last_index = applied.map_or(0, |id| id.index);
@@ -446,11 +448,20 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 feed: Vec::new(),
             };
             let raw = data.encode_to_vec();
+            let encoded = started.elapsed();
             // The feed items up to here were written unsynced. Sync them before the file: after
             // a power loss, only entries past the snapshot are re-applied.
             db.flush_wal(true).map_err(rocks)?;
             // Durable before openraft may purge the log it covers.
             shared.snapshots.write(last_index, &raw)?;
+            tracing::info!(
+                index = last_index,
+                bytes = raw.len(),
+                copy_ms = copied.as_secs_f64() * 1e3,
+                encode_ms = (encoded - copied).as_secs_f64() * 1e3,
+                write_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,
+                "snapshot built"
+            );
             let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
             Ok(raft::Snapshot { meta, snapshot: raw })
         })
