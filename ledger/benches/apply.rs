@@ -4,6 +4,9 @@
 //!   about half of them defended by a proxy bid).
 //! - `10k_lots`: 10,000 open lots, bids spread over them by a fixed pseudo-random sequence.
 //!
+//! `snapshot/copy` and `snapshot/encode` time what a replica's snapshot costs after the
+//! `10k_lots` bids: the copy taken while applying waits, and the canonical encoding after it.
+//!
 //! Commands are built up front (by a dry run on a copy of the ledger), so only applying is
 //! timed. `apply` times what a replica does per command: `Ledger::apply_compact`, then the
 //! events encoded to bytes (the feed item's) and the answer dropped (a follower has no caller
@@ -157,5 +160,17 @@ fn bench_apply(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_apply);
+fn bench_snapshot(c: &mut Criterion) {
+    let mut ledger = world(10_000);
+    for cmd in bids(&ledger, 10_000, 100_000) {
+        ledger.apply(&cmd);
+    }
+    let mut group = c.benchmark_group("snapshot");
+    group.sample_size(20);
+    group.bench_function("copy", |b| b.iter(|| black_box(ledger.clone())));
+    group.bench_function("encode", |b| b.iter(|| black_box(ledger.encode_snapshot())));
+    group.finish();
+}
+
+criterion_group!(benches, bench_apply, bench_snapshot);
 criterion_main!(benches);

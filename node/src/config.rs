@@ -22,7 +22,8 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many entries (then purge logs below it, keeping a margin).
+    /// Build a snapshot every this many entries (then purge logs below it, keeping a margin),
+    /// at points shifted by a third of it per node id so that replicas take turns.
     pub snapshot_logs: u64,
     /// Log entries kept below the last snapshot for lagging followers.
     pub logs_kept_after_snapshot: u64,
@@ -56,7 +57,9 @@ impl NodeConfig {
             election_timeout_max: self.election_timeout_max_ms,
             install_snapshot_timeout: limits::SNAPSHOT_TIMEOUT_SECS * 1000,
             max_payload_entries: 256,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            // Snapshots are asked for by the node (`take_snapshots`), at points that differ
+            // between replicas.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
             purge_batch_size: 256,
             replication_lag_threshold: self.logs_kept_after_snapshot.max(1),

@@ -91,6 +91,7 @@ impl Node {
 
         tokio::spawn(bootstrap(inner.clone()));
         tokio::spawn(backfill_feed(inner.clone(), stopped.clone()));
+        tokio::spawn(take_snapshots(inner.clone(), stopped.clone()));
         tokio::spawn(close_lots(inner.clone(), stopped));
         Ok(Node { inner, stop, server })
     }
@@ -155,6 +156,46 @@ async fn bootstrap(node: Arc<NodeInner>) {
         Ok(()) => info!(members = members.len(), "cluster initialised"),
         Err(e) => info!(error = %e, "cluster not initialised here"),
     }
+}
+
+/// Builds a snapshot every `snapshot_logs` applied entries, on a grid shifted by a third of
+/// that per node id. With openraft's own policy every replica crossed the same index together
+/// and three snapshot builds shared the cores at once (100-200 ms stalls at 10,000 bids/s);
+/// shifted, the replicas of a 3-node cluster take turns.
+async fn take_snapshots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
+    let cell = snapshot_grid(node.config.id, node.config.snapshot_logs);
+    let mut applied = node.shared.watch_applied();
+    // The index of the last snapshot asked for or held; a build asked for while another runs
+    // is dropped by openraft, and the next grid point asks again.
+    let mut last = 0;
+    loop {
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return },
+            _ = stopped.wait_for(|&s| s) => return,
+        }
+        let index = *applied.borrow_and_update();
+        if cell(index) <= cell(last) {
+            continue;
+        }
+        // A snapshot installed from the leader counts as taken.
+        let held = node.raft.metrics().borrow_watched().snapshot.map_or(0, |id| id.index);
+        last = last.max(held);
+        if cell(index) <= cell(last) {
+            continue;
+        }
+        if node.raft.trigger().snapshot().await.is_err() {
+            return; // Raft stopped.
+        }
+        last = index;
+    }
+}
+
+/// Node `id`'s snapshot grid: a snapshot is due when the applied index enters a new cell.
+/// Cells are `every` entries long, shifted by a third of that per id (mod 3).
+fn snapshot_grid(id: u64, every: u64) -> impl Fn(u64) -> u64 {
+    let every = every.max(1);
+    let shift = (id % 3) * (every / 3);
+    move |index: u64| index.saturating_add(shift) / every
 }
 
 /// On the leader, proposes `CloseLot` for every open lot whose end time has passed. Closing is
@@ -296,3 +337,29 @@ async fn copy_feed(node: &Arc<NodeInner>, addr: &str, from: u64, start: u64, epo
 
 /// Re-exported for the binary: raft's node id type.
 pub type NodeId = raft::NodeId;
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_grid;
+
+    /// The first index of each cell after 0: where node `id` asks for its snapshots.
+    fn points(id: u64, every: u64, upto: u64) -> Vec<u64> {
+        let cell = snapshot_grid(id, every);
+        (1..=upto).filter(|&i| cell(i) > cell(i - 1)).collect()
+    }
+
+    #[test]
+    fn the_replicas_of_a_three_node_cluster_take_turns_at_snapshots() {
+        assert_eq!(points(3, 10_000, 30_000), [10_000, 20_000, 30_000]);
+        assert_eq!(points(1, 10_000, 30_000), [6_667, 16_667, 26_667]);
+        assert_eq!(points(2, 10_000, 30_000), [3_334, 13_334, 23_334]);
+        // Every node still snapshots once per `every` entries, whatever its id.
+        for id in 1..=7 {
+            let p = points(id, 40, 400);
+            assert!(p.windows(2).all(|w| w[1] - w[0] == 40), "node {id}: {p:?}");
+        }
+        // Degenerate settings neither divide by zero nor stop snapshots.
+        assert_eq!(points(1, 0, 3), [1, 2, 3]);
+        assert_eq!(points(2, 2, 6), [2, 4, 6]);
+    }
+}

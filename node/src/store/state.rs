@@ -421,12 +421,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = Vec<u8>;
 
     /// Captures a copy of the ledger and the applied id under one lock, then encodes the copy
-    /// and writes the file while applying goes on. The feed is not in it: its items stay in
-    /// RocksDB (made durable first), so a snapshot's size follows the state, not the history.
+    /// and writes the file while applying goes on, on a thread of low CPU priority: encoding
+    /// takes hundreds of ms of CPU, and on shared cores it must not delay the log's appends
+    /// and applies. The feed is not in it: its items stay in RocksDB (made durable first), so
+    /// a snapshot's size follows the state, not the history.
     async fn build_snapshot(&mut self) -> Result<raft::Snapshot, io::Error> {
         let shared = self.shared.clone();
         blocking(move || {
-            let db = &shared.db;
             let started = std::time::Instant::now();
             let gate = shared.apply_gate.blocking_lock();
             let guard = shared.ledger()?;
@@ -437,35 +438,48 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             drop(guard);
             drop(gate);
             let copied = started.elapsed();
-            let ledger_bytes = ledger.encode_snapshot();
-            drop(ledger);
             let last_index = applied.map_or(0, |id| id.index);
-            let data = pb::SnapshotData {
-                format_version: SNAPSHOT_FORMAT,
-                last_applied: raft::opt_log_id_to_pb(&applied),
-                last_membership: Some(raft::stored_membership_to_pb(&membership)),
-                ledger: ledger_bytes,
-                feed: Vec::new(),
-            };
-            let raw = data.encode_to_vec();
-            let encoded = started.elapsed();
-            // The feed items up to here were written unsynced. Sync them before the file: after
-            // a power loss, only entries past the snapshot are re-applied.
-            db.flush_wal(true).map_err(rocks)?;
-            // Durable before openraft may purge the log it covers.
-            shared.snapshots.write(last_index, &raw)?;
-            tracing::info!(
-                index = last_index,
-                bytes = raw.len(),
-                copy_ms = copied.as_secs_f64() * 1e3,
-                encode_ms = (encoded - copied).as_secs_f64() * 1e3,
-                write_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,
-                "snapshot built"
-            );
-            let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
+            let meta = SnapshotMeta { last_log_id: applied, last_membership: membership.clone() };
+            let background = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
+                lower_this_threads_priority();
+                let data = pb::SnapshotData {
+                    format_version: SNAPSHOT_FORMAT,
+                    last_applied: raft::opt_log_id_to_pb(&applied),
+                    last_membership: Some(raft::stored_membership_to_pb(&membership)),
+                    ledger: ledger.encode_snapshot(),
+                    feed: Vec::new(),
+                };
+                drop(ledger);
+                let raw = data.encode_to_vec();
+                let encoded = started.elapsed();
+                // The feed items up to here were written unsynced. Sync them before the file:
+                // after a power loss, only entries past the snapshot are re-applied.
+                shared.db.flush_wal(true).map_err(rocks)?;
+                // Durable before openraft may purge the log it covers.
+                shared.snapshots.write(last_index, &raw)?;
+                tracing::info!(
+                    index = last_index,
+                    bytes = raw.len(),
+                    copy_ms = copied.as_secs_f64() * 1e3,
+                    encode_ms = (encoded - copied).as_secs_f64() * 1e3,
+                    write_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,
+                    "snapshot built"
+                );
+                Ok::<_, io::Error>(raw)
+            })?;
+            let raw = background.join().map_err(|_| io::Error::other("the snapshot thread panicked"))??;
             Ok(raft::Snapshot { meta, snapshot: raw })
         })
         .await
+    }
+}
+
+/// Nice 10 for the calling thread (Linux keeps a nice value per thread): it then yields the
+/// cores to the replica's other threads whenever they want them. Best effort: raising one's
+/// own nice value needs no privilege, and at worst the build runs at normal priority.
+fn lower_this_threads_priority() {
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
+        tracing::debug!(error = %e, "could not lower the snapshot thread's priority");
     }
 }
 
