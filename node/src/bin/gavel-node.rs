@@ -48,7 +48,7 @@ struct Args {
     /// Upper bound of the randomised election timeout.
     #[arg(long, env = "GAVEL_ELECTION_TIMEOUT_MAX_MS", default_value_t = 300)]
     election_timeout_max_ms: u64,
-    /// Build a snapshot every this many log entries.
+    /// Build a snapshot every this many log entries (replicas take turns: see node/README.md).
     #[arg(long, env = "GAVEL_SNAPSHOT_LOGS", default_value_t = 10_000)]
     snapshot_logs: u64,
     /// Log entries kept below a snapshot for lagging followers.
