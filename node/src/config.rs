@@ -23,7 +23,7 @@ pub struct NodeConfig {
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Build a snapshot every this many entries (then purge logs below it, keeping a margin),
-    /// at points shifted by a third of it per node id so that replicas take turns.
+    /// at points shifted by a third of it per node id (mod 3) so that replicas take turns.
     pub snapshot_logs: u64,
     /// Log entries kept below the last snapshot for lagging followers.
     pub logs_kept_after_snapshot: u64,

@@ -165,28 +165,29 @@ async fn bootstrap(node: Arc<NodeInner>) {
 async fn take_snapshots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
     let cell = snapshot_grid(node.config.id, node.config.snapshot_logs);
     let mut applied = node.shared.watch_applied();
-    // The index of the last snapshot asked for or held; a build asked for while another runs
-    // is dropped by openraft, and the next grid point asks again.
-    let mut last = 0;
+    // openraft drops a request that comes while a build runs, and a slow build (it encodes at
+    // low priority) may outlast a cell: ask again, at most this often, until a snapshot of
+    // the current cell exists.
+    let again = Duration::from_millis(limits::SNAPSHOT_ASK_AGAIN_MS);
+    let mut asked: Option<(u64, tokio::time::Instant)> = None;
     loop {
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
             _ = stopped.wait_for(|&s| s) => return,
         }
         let index = *applied.borrow_and_update();
-        if cell(index) <= cell(last) {
+        // Built here or installed from the leader: either counts.
+        let held = node.shared.snapshot_index();
+        if cell(index) <= cell(held) {
             continue;
         }
-        // A snapshot installed from the leader counts as taken.
-        let held = node.raft.metrics().borrow_watched().snapshot.map_or(0, |id| id.index);
-        last = last.max(held);
-        if cell(index) <= cell(last) {
+        if asked.is_some_and(|(at, when)| cell(at) == cell(index) && when.elapsed() < again) {
             continue;
         }
         if node.raft.trigger().snapshot().await.is_err() {
             return; // Raft stopped.
         }
-        last = index;
+        asked = Some((index, tokio::time::Instant::now()));
     }
 }
 
@@ -304,7 +305,11 @@ async fn backfill_once(node: &Arc<NodeInner>, start: u64, epoch: u64) -> Result<
         match copy_feed(node, &addr, from, start, epoch).await {
             Ok(false) => return Ok(None),
             Ok(true) => {
-                let moved = node.shared.lower_feed_start(epoch, start, from).await.map_err(|e| e.to_string())?;
+                // In a task of its own: a stopping node drops this future, and lowering must
+                // not be cut between its synced write and the start it publishes.
+                let shared = node.shared.clone();
+                let lowered = tokio::spawn(async move { shared.lower_feed_start(epoch, start, from).await });
+                let moved = lowered.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
                 return Ok(moved.then_some(from));
             }
             Err(e) => last_error = Some(e),

@@ -44,6 +44,9 @@ pub struct Shared {
     /// Bumped by every snapshot install, under the gate: a backfill started before one must
     /// not write or lower anything after it, even if the start came back to the same value.
     installs: AtomicU64,
+    /// The index of the newest snapshot file, built here or installed from the leader: where
+    /// the node's snapshot schedule counts from.
+    snapshot_index: AtomicU64,
     /// Bumped under the ledger's write lock whenever the ledger changes: the key of `digest`.
     generation: AtomicU64,
     /// The state digest of one generation: hashing the whole state is not redone for every
@@ -128,6 +131,7 @@ impl StateMachine {
             applied_index,
             feed_start: AtomicU64::new(feed_start),
             installs: AtomicU64::new(0),
+            snapshot_index: AtomicU64::new(applied.map_or(0, |id| id.index)),
             generation: AtomicU64::new(0),
             digest: Mutex::new(None),
             forget_bid_ids: AtomicBool::new(false),
@@ -170,6 +174,11 @@ impl Shared {
     /// UNSAFE (jepsen only): switches exactly-once bids off (see `forget_bid_ids`).
     pub fn set_forget_bid_ids(&self, on: bool) {
         self.forget_bid_ids.store(on, Ordering::Relaxed);
+    }
+
+    /// The index of the newest snapshot this node holds (0: none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index.load(Ordering::Acquire)
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -393,7 +402,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Subscribers reading from below the new start stop at their next read.
             shared.installs.fetch_add(1, Ordering::AcqRel);
             shared.feed_start.store(start, Ordering::Release);
-            shared.snapshots.write(index, &snapshot)
+            shared.snapshots.write(index, &snapshot)?;
+            shared.snapshot_index.fetch_max(index, Ordering::AcqRel);
+            Ok(())
         })
         .await?;
         {
@@ -440,7 +451,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let copied = started.elapsed();
             let last_index = applied.map_or(0, |id| id.index);
             let meta = SnapshotMeta { last_log_id: applied, last_membership: membership.clone() };
-            let background = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
+            // Only the encoding runs at low priority: the WAL sync and the file's fsync below
+            // hold up the log's own synced appends (RocksDB queues a synced write behind a WAL
+            // sync), so they must not wait for a thread the scheduler puts last.
+            let encoder = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
                 lower_this_threads_priority();
                 let data = pb::SnapshotData {
                     format_version: SNAPSHOT_FORMAT,
@@ -450,24 +464,24 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     feed: Vec::new(),
                 };
                 drop(ledger);
-                let raw = data.encode_to_vec();
-                let encoded = started.elapsed();
-                // The feed items up to here were written unsynced. Sync them before the file:
-                // after a power loss, only entries past the snapshot are re-applied.
-                shared.db.flush_wal(true).map_err(rocks)?;
-                // Durable before openraft may purge the log it covers.
-                shared.snapshots.write(last_index, &raw)?;
-                tracing::info!(
-                    index = last_index,
-                    bytes = raw.len(),
-                    copy_ms = copied.as_secs_f64() * 1e3,
-                    encode_ms = (encoded - copied).as_secs_f64() * 1e3,
-                    write_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,
-                    "snapshot built"
-                );
-                Ok::<_, io::Error>(raw)
+                data.encode_to_vec()
             })?;
-            let raw = background.join().map_err(|_| io::Error::other("the snapshot thread panicked"))??;
+            let raw = encoder.join().map_err(|_| io::Error::other("the snapshot encoder panicked"))?;
+            let encoded = started.elapsed();
+            // The feed items up to here were written unsynced. Sync them before the file: after
+            // a power loss, only entries past the snapshot are re-applied.
+            shared.db.flush_wal(true).map_err(rocks)?;
+            // Durable before openraft may purge the log it covers.
+            shared.snapshots.write(last_index, &raw)?;
+            shared.snapshot_index.fetch_max(last_index, Ordering::AcqRel);
+            tracing::info!(
+                index = last_index,
+                bytes = raw.len(),
+                copy_ms = copied.as_secs_f64() * 1e3,
+                encode_ms = (encoded - copied).as_secs_f64() * 1e3,
+                write_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,
+                "snapshot built"
+            );
             Ok(raft::Snapshot { meta, snapshot: raw })
         })
         .await
@@ -476,7 +490,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
 /// Nice 10 for the calling thread (Linux keeps a nice value per thread): it then yields the
 /// cores to the replica's other threads whenever they want them. Best effort: raising one's
-/// own nice value needs no privilege, and at worst the build runs at normal priority.
+/// own nice value needs no privilege, and if it fails the encoding runs at the process's.
 fn lower_this_threads_priority() {
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
         tracing::debug!(error = %e, "could not lower the snapshot thread's priority");
