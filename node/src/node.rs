@@ -20,7 +20,7 @@ use crate::proposer::{Clock, ProposeError, Proposer};
 use crate::raft;
 use crate::replica::NodeInner;
 use crate::server::Services;
-use crate::store::{self, LogStore, Poisoned, Raft, StateMachine, StoreError};
+use crate::store::{self, FeedHoldings, LogStore, Poisoned, Raft, StateMachine, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -254,11 +254,12 @@ async fn backfill_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>)
             delay = Duration::from_millis(limits::BACKFILL_RETRY_MIN_MS);
             Duration::from_millis(limits::BACKFILL_CHECK_MS)
         } else {
-            let (start, epoch) = node.shared.feed_start_epoch().await;
+            let holdings = node.shared.feed_holdings().await;
+            let start = holdings.start;
             // A stopping node leaves a copy half done: the items are synced before the start
             // moves, so the next run simply copies them again.
             let outcome = tokio::select! {
-                outcome = backfill_once(&node, start, epoch) => outcome,
+                outcome = backfill_once(&node, holdings) => outcome,
                 _ = stopped.wait_for(|&s| s) => return,
             };
             match outcome {
@@ -280,10 +281,12 @@ async fn backfill_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>)
     }
 }
 
-/// One backfill of the items up to `start`, from the first peer (lowest feed start first)
-/// that holds them all: the new start, or `None` when no peer could give them or a snapshot
-/// install since `epoch` made the copy moot.
-async fn backfill_once(node: &Arc<NodeInner>, start: u64, epoch: u64) -> Result<Option<u64>, String> {
+/// One backfill of the items up to the feed's start, from the first peer that holds them all
+/// (lowest feed start first). With a run kept below the start, a peer that holds the gap
+/// above it is asked first, for that gap alone. The new start, or `None` when no peer could
+/// give the items or a snapshot install since `holdings` made the copy moot.
+async fn backfill_once(node: &Arc<NodeInner>, holdings: FeedHoldings) -> Result<Option<u64>, String> {
+    let FeedHoldings { start, kept, epoch } = holdings;
     let peers: Vec<String> = {
         let metrics = node.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
@@ -300,17 +303,26 @@ async fn backfill_once(node: &Arc<NodeInner>, start: u64, epoch: u64) -> Result<
         }
     }
     candidates.sort();
+    // (peer, copy from, new start): the gap above the kept run where a peer holds it, then
+    // everything below the start.
+    let mut plans: Vec<(&str, u64, u64)> = Vec::new();
+    if let Some((kept_from, kept_to)) = kept {
+        plans.extend(
+            candidates.iter().filter(|(from, _)| *from <= kept_to).map(|(_, a)| (a.as_str(), kept_to, kept_from)),
+        );
+    }
+    plans.extend(candidates.iter().map(|(from, addr)| (addr.as_str(), *from, *from)));
     let mut last_error = None;
-    for (from, addr) in candidates {
-        match copy_feed(node, &addr, from, start, epoch).await {
+    for (addr, copy_from, to) in plans {
+        match copy_feed(node, addr, copy_from, start, epoch).await {
             Ok(false) => return Ok(None),
             Ok(true) => {
                 // In a task of its own: a stopping node drops this future, and lowering must
                 // not be cut between its synced write and the start it publishes.
                 let shared = node.shared.clone();
-                let lowered = tokio::spawn(async move { shared.lower_feed_start(epoch, start, from).await });
+                let lowered = tokio::spawn(async move { shared.lower_feed_start(epoch, start, to).await });
                 let moved = lowered.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-                return Ok(moved.then_some(from));
+                return Ok(moved.then_some(to));
             }
             Err(e) => last_error = Some(e),
         }

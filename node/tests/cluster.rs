@@ -29,14 +29,21 @@ struct Cluster {
     addrs: BTreeMap<u64, String>,
     children: BTreeMap<u64, Child>,
     members: String,
+    /// `--snapshot-logs` of every node.
+    snapshot_logs: u64,
 }
 
 impl Cluster {
-    /// Starts `n` nodes; the lowest id initialises the cluster.
+    /// Starts `n` nodes snapshotting every 40 entries; the lowest id initialises the cluster.
     fn start(n: u64) -> Cluster {
+        Cluster::start_with_snapshot_logs(n, 40)
+    }
+
+    fn start_with_snapshot_logs(n: u64, snapshot_logs: u64) -> Cluster {
         let addrs: BTreeMap<u64, String> = (1..=n).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
         let members = addrs.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
-        let mut cluster = Cluster { dir: tempfile::tempdir().unwrap(), addrs, children: BTreeMap::new(), members };
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = Cluster { dir, addrs, children: BTreeMap::new(), members, snapshot_logs };
         for id in 1..=n {
             cluster.spawn(id, true);
         }
@@ -49,7 +56,7 @@ impl Cluster {
         cmd.args(["--id", &id.to_string(), "--listen", &addr])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("node-{id}")))
-            .args(["--snapshot-logs", "40", "--logs-kept-after-snapshot", "5"])
+            .args(["--snapshot-logs", &self.snapshot_logs.to_string(), "--logs-kept-after-snapshot", "5"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -712,7 +719,9 @@ async fn a_subscriber_parks_refusals_retries_failures_and_survives_its_node_dyin
 /// up: each append is bounded in bytes, and openraft sends the rest after a partial success.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_by_more_than_a_message_catches_up() {
-    let mut cluster = Cluster::start(3);
+    // Snapshots far apart: a node's first can come as early as a third of the interval in
+    // (the replicas take turns), and the follower must get entries, not a snapshot.
+    let mut cluster = Cluster::start_with_snapshot_logs(3, 400);
     let all = [1, 2, 3];
     let leader = cluster.leader(&all).await;
     let client = cluster.client();
@@ -722,7 +731,7 @@ async fn a_follower_behind_by_more_than_a_message_catches_up() {
     cluster.kill(behind);
 
     // 30 entries of about 2.6 MB each (170 lots with 15 KB descriptions): 78 MB of log, in
-    // fewer entries than a snapshot is taken after (40), so the follower gets it as entries.
+    // fewer entries than any node's first snapshot, so the follower gets it as entries.
     let description = "d".repeat(15_000);
     for e in 0..30 {
         let lots: Vec<lp::Command> = (0..170).map(|i| large_lot(format!("big-{e}-{i}"), &description)).collect();

@@ -493,3 +493,49 @@ async fn the_cached_digest_follows_every_change() {
     assert_ne!(installed, two);
     assert_eq!(installed, shared.ledger().unwrap().digest().to_string());
 }
+
+/// A replica that fell behind and installs the leader's snapshot keeps the feed items it
+/// applied itself (a snapshot carries no feed), across a reopen; once the gap between them and
+/// the snapshot is copied in, its start goes down to where its own run began, and the feed is
+/// whole and identical to a never-stopped replica's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_keeps_the_feed_a_replica_applied_itself() {
+    use node::store::FeedHoldings;
+    use openraft::storage::RaftSnapshotBuilder;
+    let (entries, after) = attribute_entries(12);
+    let feed = |upto: usize| after[1..=upto].iter().map(|(_, item)| item.clone()).collect::<Vec<_>>();
+    // The leader applied all 12 entries and snapshotted; this replica applied only 5.
+    let snapshot = {
+        let dir = tempfile::tempdir().unwrap();
+        let mut leader = open_sm(dir.path());
+        apply(&mut leader, entries.clone()).await;
+        leader.get_snapshot_builder().await.build_snapshot().await.unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut behind = open_sm(dir.path());
+    apply(&mut behind, entries[..=5].to_vec()).await;
+    behind.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    let shared = behind.shared();
+    let holdings = shared.feed_holdings().await;
+    assert_eq!((holdings.start, holdings.kept), (12, Some((0, 5))), "its own items 1..=5 stay below the start");
+    assert_eq!(shared.feed_after(0, 100).unwrap(), feed(5), "kept on disk, nothing past them");
+    drop((shared, behind));
+
+    // Reopened, it still knows what it kept.
+    let behind = open_sm(dir.path());
+    let shared = behind.shared();
+    let reopened = shared.feed_holdings().await;
+    assert_eq!((reopened.start, reopened.kept), (12, Some((0, 5))), "the kept run is persisted");
+    // The gap (5, 12] copied in, the start goes down to 0 at once, and nothing is kept apart.
+    let FeedHoldings { epoch, .. } = reopened;
+    let gap: Vec<pb::FeedItem> = after[6..=12].iter().map(|(_, i)| i.clone()).collect();
+    let writer = shared.clone();
+    assert!(tokio::task::spawn_blocking(move || writer.put_feed_items(epoch, &gap)).await.unwrap().unwrap());
+    assert!(shared.lower_feed_start(epoch, 12, 0).await.unwrap());
+    assert_eq!(shared.feed_holdings().await, FeedHoldings { start: 0, kept: None, epoch });
+    assert_eq!(shared.feed_after(0, 100).unwrap(), feed(12), "whole, as the never-stopped replica's");
+    drop((shared, behind));
+    let behind = open_sm(dir.path());
+    assert_eq!(behind.shared().feed_holdings().await.kept, None, "and so after a reopen");
+    assert_eq!(behind.shared().feed_start(), 0);
+}

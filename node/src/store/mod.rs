@@ -27,7 +27,7 @@ mod state;
 
 pub use db::{StoreError, open_db};
 pub use log::LogStore;
-pub use state::{Poisoned, Shared, StateMachine};
+pub use state::{FeedHoldings, Poisoned, Shared, StateMachine};
 
 /// The Raft instance over this state machine. Declared here rather than in `raft`, which the
 /// stores import: the type configuration does not depend on the stores.

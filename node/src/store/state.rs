@@ -41,6 +41,11 @@ pub struct Shared {
     /// from the leader is installed: snapshots carry no feed, so the items it covers are not
     /// here. Persisted under `FEED_START_KEY`.
     feed_start: AtomicU64,
+    /// Items `(from, to]` held below `feed_start` after an install: the run the node had
+    /// applied itself before it fell behind (`from == to`: none). A backfill then copies only
+    /// the items between it and the start. Changed under the gate; persisted under
+    /// `FEED_KEPT_KEY`.
+    feed_kept: (AtomicU64, AtomicU64),
     /// Bumped by every snapshot install, under the gate: a backfill started before one must
     /// not write or lower anything after it, even if the start came back to the same value.
     installs: AtomicU64,
@@ -55,6 +60,18 @@ pub struct Shared {
     /// UNSAFE (jepsen only): forget each bid's recorded outcome before applying it, so a
     /// retry is applied again. Every replica must run with the same setting.
     forget_bid_ids: AtomicBool,
+}
+
+/// What a node's feed holds (`Shared::feed_holdings`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedHoldings {
+    /// Every item after this index.
+    pub start: u64,
+    /// And the items `(from, to]` below the start, if any.
+    pub kept: Option<(u64, u64)>,
+    /// The install count these belong to: a copy planned from them writes nothing after a
+    /// later install.
+    pub epoch: u64,
 }
 
 /// A lock poisoned by a panic while it was held: the state behind it may be half-changed.
@@ -83,6 +100,8 @@ fn lock<'a, T>(m: &'a Mutex<T>, what: &'static str) -> Result<MutexGuard<'a, T>,
 }
 
 const FEED_START_KEY: &[u8] = b"feed_start";
+/// `from` and `to` (8 bytes each, big-endian) of `Shared::feed_kept`; absent: none.
+const FEED_KEPT_KEY: &[u8] = b"feed_kept";
 
 /// A snapshot file's contents, checked: its metadata, its data and the ledger it holds.
 fn read_snapshot(raw: &[u8]) -> io::Result<(SnapshotMeta, pb::SnapshotData, Ledger)> {
@@ -121,6 +140,15 @@ impl StateMachine {
             }
             None => 0,
         };
+        let feed_kept = match db.get_cf(cf(&db, CF_SM_META)?, FEED_KEPT_KEY).map_err(rocks)? {
+            Some(raw) => {
+                let raw: [u8; 16] = raw.as_slice().try_into().map_err(|_| corrupt("feed kept is not 16 bytes"))?;
+                let (from, to) = raw.split_at(8);
+                let word = |b: &[u8]| b.try_into().map(u64::from_be_bytes).map_err(|_| corrupt("feed kept"));
+                (word(from)?, word(to)?)
+            }
+            None => (0, 0),
+        };
         let (applied_index, _) = watch::channel(applied.map_or(0, |id| id.index));
         let shared = Shared {
             db,
@@ -130,6 +158,7 @@ impl StateMachine {
             applied: Mutex::new((applied, membership)),
             applied_index,
             feed_start: AtomicU64::new(feed_start),
+            feed_kept: (AtomicU64::new(feed_kept.0), AtomicU64::new(feed_kept.1)),
             installs: AtomicU64::new(0),
             snapshot_index: AtomicU64::new(applied.map_or(0, |id| id.index)),
             generation: AtomicU64::new(0),
@@ -194,10 +223,15 @@ impl Shared {
         self.feed_start.load(Ordering::Acquire)
     }
 
-    /// The feed's start and the install count it belongs to, for a backfill to hand back.
-    pub async fn feed_start_epoch(&self) -> (u64, u64) {
+    /// What the feed holds, read at one instant: for a backfill to plan from and hand back.
+    pub async fn feed_holdings(&self) -> FeedHoldings {
         let _gate = self.apply_gate.lock().await;
-        (self.feed_start(), self.installs.load(Ordering::Acquire))
+        let (from, to) = (self.feed_kept.0.load(Ordering::Acquire), self.feed_kept.1.load(Ordering::Acquire));
+        FeedHoldings {
+            start: self.feed_start(),
+            kept: (from < to).then_some((from, to)),
+            epoch: self.installs.load(Ordering::Acquire),
+        }
     }
 
     /// Writes feed items copied from a peer, all at or below the feed's start: the items of
@@ -231,9 +265,16 @@ impl Shared {
             shared.db.flush_wal(true).map_err(rocks)?;
             let mut sync = WriteOptions::default();
             sync.set_sync(true);
-            shared.db.put_cf_opt(cf(&shared.db, CF_SM_META)?, FEED_START_KEY, to.to_be_bytes(), &sync).map_err(rocks)
+            let meta = cf(&shared.db, CF_SM_META)?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(meta, FEED_START_KEY, to.to_be_bytes());
+            // Whatever run was kept is now inside the whole feed from `to`.
+            batch.delete_cf(meta, FEED_KEPT_KEY);
+            shared.db.write_opt(batch, &sync).map_err(rocks)
         })
         .await?;
+        self.feed_kept.0.store(0, Ordering::Release);
+        self.feed_kept.1.store(0, Ordering::Release);
         self.feed_start.store(to, Ordering::Release);
         Ok(true)
     }
@@ -381,26 +422,47 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let _gate = self.shared.apply_gate.lock().await;
         let shared = self.shared.clone();
         let index = meta.last_log_id.map_or(0, |id| id.index);
+        // Under the gate: what this node applied itself, all of it in its feed from its start.
+        let (old_start, old_applied) = (self.shared.feed_start(), self.shared.applied_index());
         blocking(move || {
             // The feed first: a crash before the file is in place restarts from the older
             // snapshot and re-applies its log; the start persisted here only errs high (items
             // below it are never served) until the backfill lowers it. A format-1 snapshot
             // still carries the whole feed; a newer one none, so the items up to its index are
-            // not held here until they are copied from a peer.
+            // not held here until they are copied from a peer. The items this node applied
+            // itself, (old start, old applied], stay: committed entries, the same on every
+            // replica, so a backfill copies only the gap between them and the snapshot. Items
+            // at or below the old start (an unfinished copy's) go.
             let db = &shared.db;
             let feed = cf(db, CF_FEED)?;
+            let meta_cf = cf(db, CF_SM_META)?;
             let mut batch = WriteBatch::default();
-            batch.delete_range_cf(feed, index_key(0), index_key(u64::MAX));
+            let v1 = data.format_version == SNAPSHOT_FORMAT_V1;
+            let kept = (!v1 && old_start < old_applied && old_applied < index).then_some((old_start, old_applied));
+            match kept {
+                Some((from, to)) => {
+                    batch.delete_range_cf(feed, index_key(0), index_key(from.saturating_add(1)));
+                    batch.delete_range_cf(feed, index_key(to.saturating_add(1)), index_key(u64::MAX));
+                    batch.put_cf(meta_cf, FEED_KEPT_KEY, [from.to_be_bytes(), to.to_be_bytes()].concat());
+                }
+                None => {
+                    batch.delete_range_cf(feed, index_key(0), index_key(u64::MAX));
+                    batch.delete_cf(meta_cf, FEED_KEPT_KEY);
+                }
+            }
             for item in &data.feed {
                 batch.put_cf(feed, index_key(item.index), item.encode_to_vec());
             }
-            let start = if data.format_version == SNAPSHOT_FORMAT_V1 { 0 } else { index };
-            batch.put_cf(cf(db, CF_SM_META)?, FEED_START_KEY, start.to_be_bytes());
+            let start = if v1 { 0 } else { index };
+            batch.put_cf(meta_cf, FEED_START_KEY, start.to_be_bytes());
             let mut sync = WriteOptions::default();
             sync.set_sync(true);
             db.write_opt(batch, &sync).map_err(rocks)?;
             // Subscribers reading from below the new start stop at their next read.
             shared.installs.fetch_add(1, Ordering::AcqRel);
+            let (from, to) = kept.unwrap_or((0, 0));
+            shared.feed_kept.0.store(from, Ordering::Release);
+            shared.feed_kept.1.store(to, Ordering::Release);
             shared.feed_start.store(start, Ordering::Release);
             shared.snapshots.write(index, &snapshot)?;
             shared.snapshot_index.fetch_max(index, Ordering::AcqRel);
@@ -454,8 +516,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             // Only the encoding runs at low priority: the WAL sync and the file's fsync below
             // hold up the log's own synced appends (RocksDB queues a synced write behind a WAL
             // sync), so they must not wait for a thread the scheduler puts last.
-            let encoder = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
-                lower_this_threads_priority();
+            let encode = || {
                 let data = pb::SnapshotData {
                     format_version: SNAPSHOT_FORMAT,
                     last_applied: raft::opt_log_id_to_pb(&applied),
@@ -463,10 +524,23 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     ledger: ledger.encode_snapshot(),
                     feed: Vec::new(),
                 };
-                drop(ledger);
                 data.encode_to_vec()
+            };
+            let raw = std::thread::scope(|scope| {
+                let niced = || {
+                    lower_this_threads_priority();
+                    encode()
+                };
+                match std::thread::Builder::new().name("snapshot".into()).spawn_scoped(scope, niced) {
+                    Ok(encoder) => encoder.join().map_err(|_| io::Error::other("the snapshot encoder panicked")),
+                    // No thread to be had (a thread limit): encode here rather than stop Raft.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no thread for the snapshot encoder; encoding at normal priority");
+                        Ok(encode())
+                    }
+                }
             })?;
-            let raw = encoder.join().map_err(|_| io::Error::other("the snapshot encoder panicked"))?;
+            drop(ledger);
             let encoded = started.elapsed();
             // The feed items up to here were written unsynced. Sync them before the file: after
             // a power loss, only entries past the snapshot are re-applied.
