@@ -538,4 +538,15 @@ async fn an_install_keeps_the_feed_a_replica_applied_itself() {
     let behind = open_sm(dir.path());
     assert_eq!(behind.shared().feed_holdings().await.kept, None, "and so after a reopen");
     assert_eq!(behind.shared().feed_start(), 0);
+    drop(behind);
+
+    // A kept run recorded for another start (an older binary moved the start and left the
+    // record) is not believed: the items it names may be gone.
+    {
+        let db = open_db(dir.path(), 1).unwrap();
+        let stale: Vec<u8> = [12u64, 0, 5].map(u64::to_be_bytes).concat();
+        db.put_cf(db.cf_handle("sm_meta").unwrap(), b"feed_kept", stale).unwrap();
+    }
+    let behind = open_sm(dir.path());
+    assert_eq!(behind.shared().feed_holdings().await.kept, None, "a record for start 12 at start 0");
 }

@@ -100,7 +100,9 @@ fn lock<'a, T>(m: &'a Mutex<T>, what: &'static str) -> Result<MutexGuard<'a, T>,
 }
 
 const FEED_START_KEY: &[u8] = b"feed_start";
-/// `from` and `to` (8 bytes each, big-endian) of `Shared::feed_kept`; absent: none.
+/// The feed start it belongs to, then `from` and `to` of `Shared::feed_kept` (8 bytes each,
+/// big-endian); absent: none. A value whose start is not the persisted start (an older
+/// binary moved the start and left the key) is ignored.
 const FEED_KEPT_KEY: &[u8] = b"feed_kept";
 
 /// A snapshot file's contents, checked: its metadata, its data and the ledger it holds.
@@ -142,10 +144,10 @@ impl StateMachine {
         };
         let feed_kept = match db.get_cf(cf(&db, CF_SM_META)?, FEED_KEPT_KEY).map_err(rocks)? {
             Some(raw) => {
-                let raw: [u8; 16] = raw.as_slice().try_into().map_err(|_| corrupt("feed kept is not 16 bytes"))?;
-                let (from, to) = raw.split_at(8);
-                let word = |b: &[u8]| b.try_into().map(u64::from_be_bytes).map_err(|_| corrupt("feed kept"));
-                (word(from)?, word(to)?)
+                let raw: [u8; 24] = raw.as_slice().try_into().map_err(|_| corrupt("feed kept is not 24 bytes"))?;
+                let word = |i: usize| u64::from_be_bytes(std::array::from_fn(|j| raw[i * 8 + j]));
+                let (start, from, to) = (word(0), word(1), word(2));
+                if start == feed_start && from < to && to < start { (from, to) } else { (0, 0) }
             }
             None => (0, 0),
         };
@@ -443,7 +445,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 Some((from, to)) => {
                     batch.delete_range_cf(feed, index_key(0), index_key(from.saturating_add(1)));
                     batch.delete_range_cf(feed, index_key(to.saturating_add(1)), index_key(u64::MAX));
-                    batch.put_cf(meta_cf, FEED_KEPT_KEY, [from.to_be_bytes(), to.to_be_bytes()].concat());
+                    batch.put_cf(meta_cf, FEED_KEPT_KEY, [index, from, to].map(u64::to_be_bytes).concat());
                 }
                 None => {
                     batch.delete_range_cf(feed, index_key(0), index_key(u64::MAX));
