@@ -22,6 +22,13 @@ use gateway::{Gateway, GatewayConfig, HttpArgs};
 use node::Node;
 use tracing::{error, info};
 
+/// mimalloc rather than glibc's malloc: under HTTP load glibc's arenas and free-list
+/// consolidation took about a third of the gateway's CPU (perf, BENCHMARKS.md). The
+/// `gavel-node` binary keeps glibc's: with mimalloc its snapshot seconds were slower (the
+/// nodes `gavel dev` runs in this process use this one; dev is not a benchmark path).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "gavel", version, about = "Gavel: a Raft-replicated live-auction backend")]
 struct Cli {
