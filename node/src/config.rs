@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use openraft::{Config, ConfigError, SnapshotPolicy};
 
 use crate::limits;
+use crate::store::FeedRetention;
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -27,6 +28,8 @@ pub struct NodeConfig {
     pub snapshot_logs: u64,
     /// Log entries kept below the last snapshot for lagging followers.
     pub logs_kept_after_snapshot: u64,
+    /// How much of the feed to keep (default: all of it).
+    pub feed_retention: FeedRetention,
     /// Added to the wall clock when stamping entries (fault injection).
     pub clock_offset_ms: i64,
     /// Deliberately broken modes, all off by default: the jepsen harness turns one on to

@@ -40,6 +40,7 @@ pub use client::{Client, ClientError};
 pub use config::{NodeConfig, UnsafeModes};
 pub use follow::{FollowError, Follower};
 pub use node::{Node, NodeError};
+pub use store::FeedRetention;
 pub use subscribe::{
     BlockingHandler, DeadLetter, HandleError, Handler, OnBlockingPool, Progress, SubscribeError, Subscriber,
 };

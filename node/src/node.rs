@@ -91,6 +91,9 @@ impl Node {
 
         tokio::spawn(bootstrap(inner.clone()));
         tokio::spawn(backfill_feed(inner.clone(), stopped.clone()));
+        if !config.feed_retention.is_off() {
+            tokio::spawn(retain_feed(inner.clone(), stopped.clone()));
+        }
         tokio::spawn(take_snapshots(inner.clone(), stopped.clone()));
         tokio::spawn(close_lots(inner.clone(), stopped));
         Ok(Node { inner, stop, server })
@@ -249,12 +252,12 @@ async fn close_lots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
 async fn backfill_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(limits::BACKFILL_RETRY_MIN_MS);
     loop {
-        let wait = if node.shared.feed_start() == 0 {
-            // Whole again: a later install starts its retries from the shortest wait.
+        let holdings = node.shared.feed_holdings().await;
+        let wait = if holdings.start <= holdings.trimmed {
+            // Whole again (down to where retention cut it): a later install starts its retries from the shortest wait.
             delay = Duration::from_millis(limits::BACKFILL_RETRY_MIN_MS);
             Duration::from_millis(limits::BACKFILL_CHECK_MS)
         } else {
-            let holdings = node.shared.feed_holdings().await;
             let start = holdings.start;
             // A stopping node leaves a copy half done: the items are synced before the start
             // moves, so the next run simply copies them again.
@@ -286,7 +289,7 @@ async fn backfill_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>)
 /// above it is asked first, for that gap alone. The new start, or `None` when no peer could
 /// give the items or a snapshot install since `holdings` made the copy moot.
 async fn backfill_once(node: &Arc<NodeInner>, holdings: FeedHoldings) -> Result<Option<u64>, String> {
-    let FeedHoldings { start, kept, epoch } = holdings;
+    let FeedHoldings { start, kept, epoch, trimmed } = holdings;
     let peers: Vec<String> = {
         let metrics = node.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
@@ -311,7 +314,8 @@ async fn backfill_once(node: &Arc<NodeInner>, holdings: FeedHoldings) -> Result<
             candidates.iter().filter(|(from, _)| *from <= kept_to).map(|(_, a)| (a.as_str(), kept_to, kept_from)),
         );
     }
-    plans.extend(candidates.iter().map(|(from, addr)| (addr.as_str(), *from, *from)));
+    // Nothing below where retention cut this node's feed.
+    plans.extend(candidates.iter().map(|(from, addr)| (addr.as_str(), (*from).max(trimmed), (*from).max(trimmed))));
     let mut last_error = None;
     for (addr, copy_from, to) in plans {
         match copy_feed(node, addr, copy_from, start, epoch).await {
@@ -350,6 +354,46 @@ async fn copy_feed(node: &Arc<NodeInner>, addr: &str, from: u64, start: u64, epo
         }
     }
     Ok(true)
+}
+
+/// Drops the feed's oldest items beyond the node's retention (`NodeConfig::feed_retention`),
+/// raising the feed's start: a subscriber from below it is refused with the start it may
+/// resume from (`history_gone`), never sent a gap.
+async fn retain_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
+    let rule = node.config.feed_retention;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(limits::FEED_RETAIN_CHECK_MS)) => {},
+            _ = stopped.wait_for(|&s| s) => return,
+        }
+        let holdings = node.shared.feed_holdings().await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let shared = node.shared.clone();
+        let floor = tokio::task::spawn_blocking(move || shared.retention_floor(&rule, &holdings, now_ms)).await;
+        let floor = match floor {
+            Ok(Ok(floor)) if floor > holdings.start => floor,
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => {
+                warn!(error = %e, "feed retention could not read the feed; will retry");
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "feed retention's reader failed; will retry");
+                continue;
+            }
+        };
+        // In a task of its own, like lowering the start: a stopping node must not cut it
+        // between the write and the start it publishes.
+        let shared = node.shared.clone();
+        match tokio::spawn(async move { shared.trim_feed(holdings, floor).await }).await {
+            Ok(Ok(true)) => info!(from = holdings.start, to = floor, "feed trimmed by retention"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => warn!(error = %e, "feed retention could not trim; will retry"),
+            Err(e) => warn!(error = %e, "feed retention's trim failed; will retry"),
+        }
+    }
 }
 
 /// Re-exported for the binary: raft's node id type.

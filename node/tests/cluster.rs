@@ -31,6 +31,8 @@ struct Cluster {
     members: String,
     /// `--snapshot-logs` of every node.
     snapshot_logs: u64,
+    /// More flags for every node.
+    extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -40,10 +42,15 @@ impl Cluster {
     }
 
     fn start_with_snapshot_logs(n: u64, snapshot_logs: u64) -> Cluster {
+        Cluster::start_with_args(n, snapshot_logs, &[])
+    }
+
+    fn start_with_args(n: u64, snapshot_logs: u64, extra_args: &[&str]) -> Cluster {
         let addrs: BTreeMap<u64, String> = (1..=n).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
         let members = addrs.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
         let dir = tempfile::tempdir().unwrap();
-        let mut cluster = Cluster { dir, addrs, children: BTreeMap::new(), members, snapshot_logs };
+        let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        let mut cluster = Cluster { dir, addrs, children: BTreeMap::new(), members, snapshot_logs, extra_args };
         for id in 1..=n {
             cluster.spawn(id, true);
         }
@@ -57,6 +64,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("node-{id}")))
             .args(["--snapshot-logs", &self.snapshot_logs.to_string(), "--logs-kept-after-snapshot", "5"])
+            .args(&self.extra_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -775,4 +783,91 @@ async fn a_request_larger_than_an_entry_can_be_is_refused_whole() {
     assert!(r.is_err() || r.is_ok_and(|r| r.lot.is_none()), "nothing of the request was applied");
     let ok = client.propose(vec![user("after", lp::Role::User)]).await.unwrap();
     assert!(rejection(&ok[0]).is_none(), "the cluster goes on");
+}
+
+/// Feed retention by age: every node drops the items older than its bound and publishes where
+/// its feed now starts; a subscription from below that is refused with the start (never a
+/// gap), the feed from the start on is whole and the same on every node, and the backfill does
+/// not copy back what retention dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_old_feed_items_and_refuses_subscriptions_below_the_floor() {
+    let cluster = Cluster::start_with_args(3, 10_000, &["--feed-retain-secs", "3"]);
+    let all = [1, 2, 3];
+    cluster.leader(&all).await;
+    let client = cluster.client();
+    let results = client.propose(setup("lot", 3_600)).await.unwrap();
+    assert!(results.iter().all(|r| rejection(r).is_none()), "{results:?}");
+    for i in 0..20 {
+        let r = client.propose(vec![bid(&format!("b{}", i % 4), &format!("old-{i}"), "lot", 20_000 + i * 1_000)]).await;
+        assert!(rejection(&r.unwrap()[0]).is_none());
+    }
+    let old = Client::metrics(&cluster.addrs[&1]).await.unwrap().last_applied_index;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Whatever the nodes hold after this, a fresh bid keeps their feeds from being empty.
+    async fn fresh(client: &Client, n: i64) -> u64 {
+        let r = client.propose(vec![bid("b1", &format!("fresh-{n}"), "lot", 100_000 + n * 1_000)]).await.unwrap();
+        assert!(rejection(&r[0]).is_none(), "{r:?}");
+        r[0].log_index
+    }
+    let upto = fresh(&client, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut starts = BTreeMap::new();
+    while starts.len() < all.len() {
+        for id in all {
+            let m = Client::metrics(&cluster.addrs[&id]).await.unwrap();
+            if m.feed_start >= old {
+                starts.insert(id, m.feed_start);
+            }
+        }
+        assert!(Instant::now() < deadline, "retention did not drop the old items on every node: {starts:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for id in all {
+        let addr = &cluster.addrs[&id];
+        let status = match Client::subscribe(addr, 0).await {
+            Err(node::ClientError::Refused(status)) => status,
+            other => panic!("node {id}: a subscription from 0 must be refused, got {:?}", other.map(|_| ())),
+        };
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "node {id}: {status:?}");
+        assert!(status.message().contains("history_gone"), "node {id}: {}", status.message());
+        let floor: u64 = status.metadata().get("gavel-feed-start").unwrap().to_str().unwrap().parse().unwrap();
+        assert!(floor >= old, "node {id} names its floor {floor}, the old items end at {old}");
+    }
+    // Every node refuses, so a follower from 0 learns that the history is gone, and where.
+    let mut follower = node::Follower::new(cluster.addrs.values().cloned().collect(), 0);
+    match tokio::time::timeout(Duration::from_secs(20), follower.next_batch(16)).await.unwrap() {
+        Err(node::FollowError::HistoryGone { after: 0, start }) => assert!(start >= old),
+        other => panic!("a follower from 0 must stop with HistoryGone, got {other:?}"),
+    }
+
+    // From its floor on, each node's feed is whole and the same as the others'.
+    let mut tails = Vec::new();
+    for (n, id) in all.into_iter().enumerate() {
+        let addr = &cluster.addrs[&id];
+        let upto = fresh(&client, n as i64 + 1).await.max(upto);
+        let (start, items) = loop {
+            let start = Client::metrics(addr).await.unwrap().feed_start;
+            match Client::subscribe(addr, start).await {
+                Ok(_) => break (start, feed_after(addr, start, upto).await),
+                // Trimmed again in between: read the new start.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        assert!(start < upto, "node {id} dropped a fresh item");
+        let indices: Vec<u64> = items.iter().map(|i| i.index).collect();
+        assert_eq!(indices, (start + 1..=upto).collect::<Vec<_>>(), "node {id}'s feed after its floor has a gap");
+        tails.push(items);
+    }
+    let common = tails.iter().map(|t| t[0].index).max().unwrap();
+    let from_common: Vec<Vec<pb::FeedItem>> =
+        tails.iter().map(|t| t.iter().filter(|i| i.index >= common && i.index <= upto).cloned().collect()).collect();
+    assert!(from_common.windows(2).all(|w| w[0] == w[1]), "the nodes' feeds differ after their floors");
+
+    // The backfill leaves a trimmed feed alone: no start moves down.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in all {
+        let m = Client::metrics(&cluster.addrs[&id]).await.unwrap();
+        assert!(m.feed_start >= starts[&id], "node {id}'s start went down from {} to {}", starts[&id], m.feed_start);
+    }
 }

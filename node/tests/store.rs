@@ -532,7 +532,7 @@ async fn an_install_keeps_the_feed_a_replica_applied_itself() {
     let writer = shared.clone();
     assert!(tokio::task::spawn_blocking(move || writer.put_feed_items(epoch, &gap)).await.unwrap().unwrap());
     assert!(shared.lower_feed_start(epoch, 12, 0).await.unwrap());
-    assert_eq!(shared.feed_holdings().await, FeedHoldings { start: 0, kept: None, epoch });
+    assert_eq!(shared.feed_holdings().await, FeedHoldings { start: 0, kept: None, epoch, trimmed: 0 });
     assert_eq!(shared.feed_after(0, 100).unwrap(), feed(12), "whole, as the never-stopped replica's");
     drop((shared, behind));
     let behind = open_sm(dir.path());
@@ -549,4 +549,71 @@ async fn an_install_keeps_the_feed_a_replica_applied_itself() {
     }
     let behind = open_sm(dir.path());
     assert_eq!(behind.shared().feed_holdings().await.kept, None, "a record for start 12 at start 0");
+}
+
+fn stamped_users(from: u64, to: u64, at_ms: impl Fn(u64) -> i64) -> Vec<Entry> {
+    (from..=to).map(|i| proposal_entry(i, at_ms(i), vec![user(&format!("user-{i:06}"))])).collect()
+}
+
+/// Retention by age and by bytes: the oldest items go, the start rises to the floor and stays
+/// there across a reopen, nothing the rule keeps is touched, and a backfill may not lower the
+/// start below where retention cut it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_the_oldest_items_and_raises_the_start() {
+    use node::store::FeedRetention;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_sm(dir.path());
+    // Items 1..=10 stamped one second apart, at 1 s .. 10 s.
+    apply(&mut sm, stamped_users(1, 10, |i| i as i64 * 1_000)).await;
+    let shared = sm.shared();
+    let all = shared.feed_after(0, 100).unwrap();
+    let by_age = FeedRetention { max_bytes: 0, max_age_secs: 5 };
+    let holdings = shared.feed_holdings().await;
+    // At 12 s, the items stamped before 7 s are older than 5 s.
+    assert_eq!(shared.retention_floor(&by_age, &holdings, 12_000).unwrap(), 6);
+    assert_eq!(shared.retention_floor(&by_age, &holdings, 5_000).unwrap(), 0, "nothing is old yet");
+    assert_eq!(shared.retention_floor(&by_age, &holdings, 99_000).unwrap(), 10, "all old: up to what is applied");
+    assert!(shared.trim_feed(holdings, 6).await.unwrap());
+    assert_eq!(shared.feed_start(), 6);
+    assert_eq!(shared.feed_after(0, 100).unwrap(), all[6..], "items 1..=6 are gone, 7..=10 untouched");
+    assert!(!shared.trim_feed(holdings, 8).await.unwrap(), "planned from a start that has moved since");
+    let holdings = shared.feed_holdings().await;
+    assert_eq!(holdings.trimmed, 6);
+    assert!(!shared.lower_feed_start(holdings.epoch, 6, 3).await.unwrap(), "a backfill may not undo retention");
+    drop((shared, sm));
+
+    let mut sm = open_sm(dir.path());
+    let shared = sm.shared();
+    let reopened = shared.feed_holdings().await;
+    assert_eq!((reopened.start, reopened.trimmed), (6, 6), "persisted");
+    assert_eq!(shared.feed_after(0, 100).unwrap(), all[6..]);
+
+    // By bytes: 3,000 more items, flushed so that RocksDB can measure them.
+    apply(&mut sm, stamped_users(11, 3_010, |i| i as i64 * 1_000)).await;
+    let db = shared.db();
+    db.flush_cf(db.cf_handle("feed").unwrap()).unwrap();
+    let feed = db.cf_handle("feed").unwrap();
+    // As the node measures it: the flushed files after an index, plus what is in memory.
+    let in_memory = db.property_int_value_cf(&feed, "rocksdb.size-all-mem-tables").unwrap().unwrap_or(0);
+    let held = |from: u64| {
+        let (start, end) = ((from + 1).to_be_bytes(), u64::MAX.to_be_bytes());
+        db.get_approximate_sizes_cf(&feed, &[rocksdb::Range::new(&start, &end)])[0] + in_memory
+    };
+    let total = held(6);
+    assert!(total > 20_000, "the feed holds {total} bytes on disk");
+    let holdings = shared.feed_holdings().await;
+    let roomy = FeedRetention { max_bytes: total * 2, max_age_secs: 0 };
+    assert_eq!(shared.retention_floor(&roomy, &holdings, 0).unwrap(), 6, "within budget: nothing goes");
+    let half = FeedRetention { max_bytes: total / 2, max_age_secs: 0 };
+    let floor = shared.retention_floor(&half, &holdings, 0).unwrap();
+    assert!((1_000..2_000).contains(&floor), "about half of 3,010 items go, not {floor}");
+    assert!(held(floor) <= total / 2 && held(floor - 1) > total / 2, "the floor is the lowest within budget");
+    assert!(shared.trim_feed(holdings, floor).await.unwrap());
+    let kept = shared.feed_after(0, 10_000).unwrap();
+    assert_eq!(kept.first().map(|i| i.index), Some(floor + 1));
+    assert_eq!(kept.len() as u64, 3_010 - floor, "every item after the floor stays");
+    // Both bounds together: the higher floor wins.
+    let holdings = shared.feed_holdings().await;
+    let both = FeedRetention { max_bytes: total * 2, max_age_secs: 10 };
+    assert_eq!(shared.retention_floor(&both, &holdings, 3_000_000 + 1).unwrap(), 2_990);
 }

@@ -102,6 +102,7 @@ impl TestCluster {
                 election_timeout_max_ms: 300,
                 snapshot_logs: 10_000,
                 logs_kept_after_snapshot: 1_000,
+                feed_retention: node::FeedRetention::default(),
                 clock_offset_ms: 0,
                 unsafe_modes: node::UnsafeModes::default(),
             };

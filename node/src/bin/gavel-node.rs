@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use node::{Node, NodeConfig, UnsafeModes};
+use node::{FeedRetention, Node, NodeConfig, UnsafeModes};
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
@@ -54,6 +54,15 @@ struct Args {
     /// Log entries kept below a snapshot for lagging followers.
     #[arg(long, env = "GAVEL_LOGS_KEPT_AFTER_SNAPSHOT", default_value_t = 1_000)]
     logs_kept_after_snapshot: u64,
+    /// Keep the newest feed items up to this many bytes on disk (compressed, as RocksDB
+    /// estimates; the items still in memory are always kept); older items are dropped and a
+    /// subscription from below them is refused with where the feed starts. 0: no bound.
+    #[arg(long, env = "GAVEL_FEED_RETAIN_BYTES", default_value_t = 0)]
+    feed_retain_bytes: u64,
+    /// Keep the feed items of the last this many seconds; older ones are dropped likewise.
+    /// 0: no bound. Without either bound the node keeps the whole feed.
+    #[arg(long, env = "GAVEL_FEED_RETAIN_SECS", default_value_t = 0)]
+    feed_retain_secs: u64,
     /// Fault injection: shift the clock this node stamps entries with.
     #[arg(long, env = "GAVEL_CLOCK_OFFSET_MS", default_value_t = 0, allow_hyphen_values = true)]
     clock_offset_ms: i64,
@@ -144,6 +153,7 @@ fn main() -> ExitCode {
         election_timeout_max_ms: args.election_timeout_max_ms,
         snapshot_logs: args.snapshot_logs,
         logs_kept_after_snapshot: args.logs_kept_after_snapshot,
+        feed_retention: FeedRetention { max_bytes: args.feed_retain_bytes, max_age_secs: args.feed_retain_secs },
         clock_offset_ms: args.clock_offset_ms,
         unsafe_modes: UnsafeModes {
             stale_reads: args.unsafe_stale_reads,

@@ -9,7 +9,8 @@
 //! Column families:
 //! - `log`: entry index (big-endian u64) -> `pb::Entry`.
 //! - `raft_meta`: `vote`, `committed`, `purged` -> protobuf.
-//! - `feed`: entry index -> `pb::FeedItem`, the events that entry produced (the outbox).
+//! - `feed`: entry index -> `pb::FeedItem`, the events that entry produced (the outbox), from
+//!   the feed's start (raised by a snapshot install or by retention) on.
 //! - `default`: `format` and `node_id`, so a foreign or mixed-up data dir is refused.
 //! - `sm_meta`, `sm_state`, `snapshot`: format 1 only, emptied by the rewrite.
 //!
@@ -27,7 +28,7 @@ mod state;
 
 pub use db::{StoreError, open_db};
 pub use log::LogStore;
-pub use state::{FeedHoldings, Poisoned, Shared, StateMachine};
+pub use state::{FeedHoldings, FeedRetention, Poisoned, Shared, StateMachine};
 
 /// The Raft instance over this state machine. Declared here rather than in `raft`, which the
 /// stores import: the type configuration does not depend on the stores.

@@ -46,6 +46,10 @@ pub struct Shared {
     /// the items between it and the start. Changed under the gate; persisted under
     /// `FEED_KEPT_KEY`.
     feed_kept: (AtomicU64, AtomicU64),
+    /// The highest start retention has raised the feed to (`trim_feed`): the items at or
+    /// below it were dropped on purpose, so a backfill copies nothing below it. Persisted
+    /// under `FEED_TRIMMED_KEY`.
+    feed_trimmed: AtomicU64,
     /// Bumped by every snapshot install, under the gate: a backfill started before one must
     /// not write or lower anything after it, even if the start came back to the same value.
     installs: AtomicU64,
@@ -72,6 +76,27 @@ pub struct FeedHoldings {
     /// The install count these belong to: a copy planned from them writes nothing after a
     /// later install.
     pub epoch: u64,
+    /// Retention dropped every item at or below this index: a backfill goes no lower.
+    pub trimmed: u64,
+}
+
+/// How much of the feed a node keeps (`--feed-retain-bytes`, `--feed-retain-secs`); 0 turns a
+/// bound off. The oldest items go first, and only items already applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeedRetention {
+    /// Keep the newest items up to this many bytes on disk, as RocksDB estimates them
+    /// (compressed). Items still in memory are never dropped by this bound, so a node keeps
+    /// at least its unflushed write buffer's worth.
+    pub max_bytes: u64,
+    /// Keep the items stamped within this many seconds of now (the leader's time of the
+    /// entry against this node's wall clock).
+    pub max_age_secs: u64,
+}
+
+impl FeedRetention {
+    pub fn is_off(&self) -> bool {
+        self.max_bytes == 0 && self.max_age_secs == 0
+    }
 }
 
 /// A lock poisoned by a panic while it was held: the state behind it may be half-changed.
@@ -104,6 +129,19 @@ const FEED_START_KEY: &[u8] = b"feed_start";
 /// big-endian); absent: none. A value whose start is not the persisted start (an older
 /// binary moved the start and left the key) is ignored.
 const FEED_KEPT_KEY: &[u8] = b"feed_kept";
+/// `Shared::feed_trimmed` (8 bytes, big-endian); absent: 0.
+const FEED_TRIMMED_KEY: &[u8] = b"feed_trimmed";
+/// Items an age scan reads at most per call: a first trim of a long feed goes in steps.
+const RETAIN_SCAN_ITEMS_MAX: usize = 100_000;
+
+/// A fixed-size value of `sm_meta` as big-endian u64 words; `None` when absent.
+fn read_words<const N: usize>(db: &DB, key: &[u8], what: &str) -> io::Result<Option<[u64; N]>> {
+    let Some(raw) = db.get_cf(cf(db, CF_SM_META)?, key).map_err(rocks)? else { return Ok(None) };
+    if raw.len() != N * 8 {
+        return Err(corrupt(format!("{what} is {} bytes, not {}", raw.len(), N * 8)));
+    }
+    Ok(Some(std::array::from_fn(|i| u64::from_be_bytes(std::array::from_fn(|j| raw[i * 8 + j])))))
+}
 
 /// A snapshot file's contents, checked: its metadata, its data and the ledger it holds.
 fn read_snapshot(raw: &[u8]) -> io::Result<(SnapshotMeta, pb::SnapshotData, Ledger)> {
@@ -135,22 +173,12 @@ impl StateMachine {
             }
             None => (None, StoredMembership::default(), Ledger::new()),
         };
-        let feed_start = match db.get_cf(cf(&db, CF_SM_META)?, FEED_START_KEY).map_err(rocks)? {
-            Some(raw) => {
-                let raw: [u8; 8] = raw.as_slice().try_into().map_err(|_| corrupt("feed start is not 8 bytes"))?;
-                u64::from_be_bytes(raw)
-            }
-            None => 0,
+        let [feed_start] = read_words(&db, FEED_START_KEY, "feed start")?.unwrap_or([0]);
+        let feed_kept = match read_words(&db, FEED_KEPT_KEY, "feed kept")? {
+            Some([start, from, to]) if start == feed_start && from < to && to < start => (from, to),
+            _ => (0, 0),
         };
-        let feed_kept = match db.get_cf(cf(&db, CF_SM_META)?, FEED_KEPT_KEY).map_err(rocks)? {
-            Some(raw) => {
-                let raw: [u8; 24] = raw.as_slice().try_into().map_err(|_| corrupt("feed kept is not 24 bytes"))?;
-                let word = |i: usize| u64::from_be_bytes(std::array::from_fn(|j| raw[i * 8 + j]));
-                let (start, from, to) = (word(0), word(1), word(2));
-                if start == feed_start && from < to && to < start { (from, to) } else { (0, 0) }
-            }
-            None => (0, 0),
-        };
+        let [feed_trimmed] = read_words(&db, FEED_TRIMMED_KEY, "feed trimmed")?.unwrap_or([0]);
         let (applied_index, _) = watch::channel(applied.map_or(0, |id| id.index));
         let shared = Shared {
             db,
@@ -161,6 +189,7 @@ impl StateMachine {
             applied_index,
             feed_start: AtomicU64::new(feed_start),
             feed_kept: (AtomicU64::new(feed_kept.0), AtomicU64::new(feed_kept.1)),
+            feed_trimmed: AtomicU64::new(feed_trimmed.min(feed_start)),
             installs: AtomicU64::new(0),
             snapshot_index: AtomicU64::new(applied.map_or(0, |id| id.index)),
             generation: AtomicU64::new(0),
@@ -233,7 +262,100 @@ impl Shared {
             start: self.feed_start(),
             kept: (from < to).then_some((from, to)),
             epoch: self.installs.load(Ordering::Acquire),
+            trimmed: self.feed_trimmed.load(Ordering::Acquire),
         }
+    }
+
+    /// Where `rule` would start the feed now (`now_ms`, wall clock): the highest index whose
+    /// item and every item before it fall outside the rule, or `holdings.start` if none does.
+    /// Reads only; `trim_feed` then drops the items.
+    pub fn retention_floor(&self, rule: &FeedRetention, holdings: &FeedHoldings, now_ms: i64) -> io::Result<u64> {
+        let (start, applied) = (holdings.start, self.applied_index());
+        if applied <= start {
+            return Ok(start);
+        }
+        let db = &self.db;
+        let feed = cf(db, CF_FEED)?;
+        let mut floor = start;
+        if rule.max_bytes > 0 {
+            // The items still in memory are the newest; RocksDB measures only flushed files.
+            let in_memory = db.property_int_value_cf(feed, "rocksdb.size-all-mem-tables").map_err(rocks)?.unwrap_or(0);
+            let budget = rule.max_bytes.max(in_memory);
+            let end = index_key(u64::MAX);
+            let held_after = |f: u64| {
+                let from = index_key(f.saturating_add(1));
+                db.get_approximate_sizes_cf(feed, &[rocksdb::Range::new(&from, &end)])[0].saturating_add(in_memory)
+            };
+            // The bytes held after `f` fall as `f` grows: the smallest `f` within budget.
+            let (mut lo, mut hi) = (start, applied);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if held_after(mid) <= budget { hi = mid } else { lo = mid + 1 }
+            }
+            floor = floor.max(lo);
+        }
+        if rule.max_age_secs > 0 {
+            let cutoff =
+                now_ms.saturating_sub(i64::try_from(rule.max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX));
+            let from = index_key(floor.saturating_add(1));
+            let items = db.iterator_cf(feed, IteratorMode::From(&from, Direction::Forward)).take(RETAIN_SCAN_ITEMS_MAX);
+            for item in items {
+                let (_, value) = item.map_err(rocks)?;
+                let item: pb::FeedItem = decode(&value, "feed item")?;
+                // Raft's own entries carry no time: they go with the stamped items around them.
+                if item.index > applied || (item.at_ms != 0 && item.at_ms >= cutoff) {
+                    break;
+                }
+                floor = item.index;
+            }
+        }
+        Ok(floor.min(applied))
+    }
+
+    /// Raises the feed's start to `floor`, dropping every item at or below it (retention), and
+    /// reclaims their disk space. False, and nothing changed, when the start moved or a snapshot
+    /// was installed since `holdings` was read, or `floor` is not above the start.
+    pub async fn trim_feed(self: &Arc<Self>, holdings: FeedHoldings, floor: u64) -> io::Result<bool> {
+        {
+            let _gate = self.apply_gate.lock().await;
+            if self.installs.load(Ordering::Acquire) != holdings.epoch
+                || self.feed_start() != holdings.start
+                || floor <= holdings.start
+                || floor > self.applied_index()
+            {
+                return Ok(false);
+            }
+            let shared = self.clone();
+            blocking(move || {
+                let db = &shared.db;
+                let meta = cf(db, CF_SM_META)?;
+                let mut batch = WriteBatch::default();
+                // From 0: a kept run and any copy left below the start go too.
+                batch.delete_range_cf(cf(db, CF_FEED)?, index_key(0), index_key(floor.saturating_add(1)));
+                batch.put_cf(meta, FEED_START_KEY, floor.to_be_bytes());
+                batch.put_cf(meta, FEED_TRIMMED_KEY, floor.to_be_bytes());
+                batch.delete_cf(meta, FEED_KEPT_KEY);
+                // Unsynced: lost in a crash, the start and the items come back together.
+                db.write(batch).map_err(rocks)
+            })
+            .await?;
+            self.feed_kept.0.store(0, Ordering::Release);
+            self.feed_kept.1.store(0, Ordering::Release);
+            self.feed_trimmed.store(floor, Ordering::Release);
+            self.feed_start.store(floor, Ordering::Release);
+        }
+        // Outside the gate, the disk space: whole files below the floor are dropped unread,
+        // then the file that straddles it is compacted.
+        let shared = self.clone();
+        blocking(move || {
+            let db = &shared.db;
+            let feed = cf(db, CF_FEED)?;
+            db.delete_file_in_range_cf(feed, index_key(0), index_key(floor)).map_err(rocks)?;
+            db.compact_range_cf(feed, None::<&[u8]>, Some(index_key(floor.saturating_add(1))));
+            Ok(())
+        })
+        .await?;
+        Ok(true)
     }
 
     /// Writes feed items copied from a peer, all at or below the feed's start: the items of
@@ -259,7 +381,11 @@ impl Shared {
     /// under the gate an install holds).
     pub async fn lower_feed_start(self: &Arc<Self>, epoch: u64, from: u64, to: u64) -> io::Result<bool> {
         let _gate = self.apply_gate.lock().await;
-        if self.installs.load(Ordering::Acquire) != epoch || self.feed_start() != from || to >= from {
+        if self.installs.load(Ordering::Acquire) != epoch
+            || self.feed_start() != from
+            || to >= from
+            || to < self.feed_trimmed.load(Ordering::Acquire)
+        {
             return Ok(false);
         }
         let shared = self.clone();
