@@ -46,6 +46,13 @@ pub fn is_before_auction(status: LotStatus) -> bool {
     matches!(status, Unspecified | Draft | UnderReview | Authenticated | NotApproved | ReadyForAuction)
 }
 
+/// Whether the lot can never be offered again (no way back to `InAuction`): its bids'
+/// exactly-once records expire a horizon after it got here (see `once`).
+pub fn is_final(status: LotStatus) -> bool {
+    use LotStatus::*;
+    matches!(status, NotApproved | AuctionEnded | AuctionCancelled | PaymentReceived | ReturnedToConsignor | Delivered)
+}
+
 /// The API name of a status (`"InAuction"`).
 pub fn name(status: LotStatus) -> &'static str {
     use LotStatus::*;
@@ -108,6 +115,23 @@ mod tests {
         (SoldPendingPayment, ReadyForAuction),
         (PaymentReceived, Delivered),
     ];
+
+    /// `is_final` is exactly "InAuction can no longer be reached", worked out from the table.
+    #[test]
+    fn final_means_never_offered_again() {
+        for from in ALL {
+            let mut reached = vec![from];
+            let mut i = 0;
+            while i < reached.len() {
+                let at = reached[i];
+                let next: Vec<_> =
+                    ALL.into_iter().filter(|&to| can_transition(at, to) && !reached.contains(&to)).collect();
+                reached.extend(next);
+                i += 1;
+            }
+            assert_eq!(is_final(from), !reached.contains(&InAuction), "{}", name(from));
+        }
+    }
 
     #[test]
     fn every_pair_of_states_matches_the_table() {

@@ -44,3 +44,7 @@ pub const LOT_IMAGES_MAX: usize = 32;
 pub const IMAGE_BYTES_MAX: u64 = 5 * 1024 * 1024;
 /// Longest image side, in pixels.
 pub const IMAGE_SIDE_MAX: u32 = 16_384;
+/// How long, in ledger time, an exactly-once record outlives what it can matter for: the
+/// lot's final status (accepted bids) or the refusal itself (refused bids). See `once`.
+/// Part of the replicated rules: every replica must run with the same value.
+pub const EXACTLY_ONCE_HORIZON_MS: i64 = 7 * 24 * 3_600_000;

@@ -5,6 +5,19 @@
 //! kept as shared ids and numbers, and built back into a `pb::Outcome` only when a retry or a
 //! snapshot asks for it. The bid id is the record's key, not part of it. An accepted bid's
 //! answer to its caller is the same data ([`Answer`]).
+//!
+//! Records expire by a horizon on the ledger's own time ([`crate::limits::EXACTLY_ONCE_HORIZON_MS`]),
+//! at the same command on every replica, so the set of records stays bounded by what can still
+//! matter while a retry is never applied twice:
+//! - an accepted bid's record lives as long as its lot can take bids, and for the horizon
+//!   after the lot reached a status from which it can never be offered again
+//!   ([`crate::lifecycle::is_final`]); a retry after that is refused (`lot_closed`, or
+//!   `lot_not_open` for a lot that was not approved), as any bid on such a lot is;
+//! - a refusal's record lives for the horizon after the refusal; a retry after that is
+//!   decided afresh (it may be accepted then: it was never applied before).
+//!
+//! Records of a sale a lot was relisted after are kept for good (its history, which they are
+//! found by, is cleared by the relisting).
 
 use crate::id::Id;
 use crate::pb::{self, outcome::Result as Res};
@@ -13,8 +26,10 @@ use crate::pb::{self, outcome::Result as Res};
 pub(crate) enum Recorded {
     /// Accepted: the `BidResult`, less its bid id.
     Bid { lot_id: Id, outcome: i32, current_price: i64, leading_bidder: Id, ends_at_ms: i64, log_index: u64 },
-    /// Refused: rarer, and its message is text anyway.
-    Rejected(Box<pb::Rejection>),
+    /// Refused: rarer, and its message is text anyway. `at_ms` is when (ledger time), which
+    /// the record expires by; `None` in a record from a snapshot written before the horizon
+    /// existed: such a record never expires.
+    Rejected { rejection: Box<pb::Rejection>, at_ms: Option<i64> },
 }
 
 impl Recorded {
@@ -32,18 +47,21 @@ impl Recorded {
                     log_index: *log_index,
                 })
             }
-            Recorded::Rejected(r) => Res::Rejected((**r).clone()),
+            Recorded::Rejected { rejection, .. } => Res::Rejected((**rejection).clone()),
         }
     }
 
-    /// The record of a first answer read from a snapshot. `intern` shares ids already held.
-    /// Only what applying a bid records is accepted, so the snapshot encodes back the same.
+    /// The record of a first answer read from a snapshot, refused at `refused_at_ms` if it is
+    /// a refusal. `intern` shares ids already held. Only what applying a bid records is
+    /// accepted, so the snapshot encodes back the same.
     pub(crate) fn from_result(
         bid_id: &str,
         result: Res,
+        refused_at_ms: Option<i64>,
         mut intern: impl FnMut(String) -> Id,
     ) -> Result<Recorded, String> {
         match result {
+            Res::Bid(_) if refused_at_ms.is_some() => Err("an accepted bid has a refusal time".to_owned()),
             Res::Bid(b) if b.bid_id == bid_id => Ok(Recorded::Bid {
                 lot_id: intern(b.lot_id),
                 outcome: b.outcome,
@@ -53,7 +71,7 @@ impl Recorded {
                 log_index: b.log_index,
             }),
             Res::Bid(b) => Err(format!("its answer is for bid id {}", b.bid_id)),
-            Res::Rejected(r) => Ok(Recorded::Rejected(Box::new(r))),
+            Res::Rejected(r) => Ok(Recorded::Rejected { rejection: Box::new(r), at_ms: refused_at_ms }),
             _ => Err("its answer is not a bid's".to_owned()),
         }
     }

@@ -69,6 +69,10 @@ impl Ledger {
                         bidder: String::from(&**bidder),
                         bid_id: String::from(&**bid_id),
                         outcome: Some(pb::Outcome { result: Some(record.to_result(bid_id)) }),
+                        refused_at_ms: match record {
+                            Recorded::Rejected { at_ms, .. } => *at_ms,
+                            Recorded::Bid { .. } => None,
+                        },
                     })
                 })
                 .collect(),
@@ -142,17 +146,32 @@ impl Ledger {
                 Some((id, _)) => id.clone(),
                 None => shared(lots, id),
             };
-            let record = Recorded::from_result(&r.bid_id, result, intern)
+            let record = Recorded::from_result(&r.bid_id, result, r.refused_at_ms, intern)
                 .map_err(|e| SnapshotError::Invalid(format!("{what}: {e}")))?;
             // Bids are only ever recorded for users, and `place_bid` relies on it.
             let Some((bidder, _)) = users.get_key_value(&r.bidder) else {
                 return invalid(format!("{what} names no user"));
             };
-            let bids = ledger.recorded.get_or_default(&bidder.clone());
-            if bids.insert(Id::from(r.bid_id), record).is_some() {
+            let bidder = bidder.clone();
+            let bid_id = Id::from(r.bid_id);
+            let bids = ledger.recorded.get_or_default(&bidder);
+            if let Recorded::Rejected { at_ms: Some(at), .. } = &record {
+                ledger.refusals.insert((*at, bidder.clone(), bid_id.clone()));
+            }
+            if bids.insert(bid_id, record).is_some() {
                 return invalid(format!("{what} appears twice"));
             }
         }
+        // The records still to expire. A replica drops those due before each command, so
+        // a snapshot holds none that are due at its time; a damaged one keeps them.
+        let due = |at: i64| at.saturating_add(limits::EXACTLY_ONCE_HORIZON_MS) <= ledger.last_at_ms;
+        ledger.refusals.retain(|(at, _, _)| !due(*at));
+        ledger.final_lots = ledger
+            .lots
+            .iter()
+            .filter_map(|(id, lot)| lot.final_at_ms.map(|at| (at, id.clone())))
+            .filter(|(at, _)| !due(*at))
+            .collect();
         Ok(ledger)
     }
 }
@@ -216,6 +235,7 @@ fn lot_state(l: &Lot, full: bool) -> pb::LotState {
         create_digest: l.create_digest.to_vec(),
         // Absent when empty, so lots without content encode (and digest) as before content.
         content: (full && l.content != LotContent::default()).then(|| l.content.to_state(true)),
+        final_at_ms: l.final_at_ms,
     }
 }
 
@@ -312,7 +332,11 @@ fn restore_lot(l: pb::LotState, users: &IdMap<User>) -> Result<Lot, SnapshotErro
         Some(c) => LotContent::from_state(c).map_err(|e| SnapshotError::Invalid(format!("{what}: {e}")))?,
         None => LotContent::default(),
     };
+    if l.final_at_ms.is_some() && !crate::lifecycle::is_final(status) {
+        return invalid(format!("{what} has a final time but is {}", crate::lifecycle::name(status)));
+    }
     Ok(Lot {
+        final_at_ms: l.final_at_ms,
         content,
         currency: currency(&l.currency, &what)?,
         ladder: ladder(&l.increment_ladder, &what)?,

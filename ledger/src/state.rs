@@ -5,7 +5,7 @@
 //! was. (A rejected bid is still remembered under its `bid_id`, so that a retry gets the same
 //! answer: that record is the one thing a rejection writes.)
 
-use std::collections::{BTreeMap, hash_map};
+use std::collections::{BTreeMap, BTreeSet, hash_map};
 
 use prost::Message;
 
@@ -69,6 +69,10 @@ pub struct Lot {
     /// Further categories, attributes, comments and images.
     pub content: LotContent,
     pub(crate) create_digest: [u8; 32],
+    /// When (ledger time) the lot reached a final status ([`lifecycle::is_final`]): its bids'
+    /// exactly-once records expire a horizon after it. `None` before, and for a lot restored
+    /// from a snapshot written before the horizon existed (its records never expire).
+    pub final_at_ms: Option<i64>,
 }
 
 /// A sale grouping lots under one currency and ladder.
@@ -102,6 +106,11 @@ pub struct Ledger {
     /// First outcome of each (bidder, bid_id), for exactly-once bids. The per-bidder maps are
     /// hashed, not ordered, for the hot path; snapshots sort them.
     pub(crate) recorded: IdMap<HashMap<Id, Recorded>>,
+    /// Derived (rebuilt on restore): the lots whose accepted bids' records are still to
+    /// expire, by the time they became final. Only entries after `last_at_ms - horizon`.
+    pub(crate) final_lots: BTreeSet<(i64, Id)>,
+    /// Derived (rebuilt on restore): the refusals' records still to expire, by refusal time.
+    pub(crate) refusals: BTreeSet<(i64, Id, Id)>,
     pub(crate) categories: BTreeMap<String, Category>,
     /// Derived index image_id -> lot_id (image ids are unique across lots; rebuilt on restore).
     pub(crate) images: BTreeMap<String, Id>,
@@ -182,6 +191,9 @@ impl Ledger {
             return reject(Code::InvalidTime, format!("command time {at_ms} ms is out of range"));
         }
         self.last_at_ms = self.last_at_ms.max(at_ms);
+        // At the same point of the same command on every replica: before the command, so
+        // nothing it records can be due (the horizon is positive).
+        self.expire_records(self.last_at_ms);
         let ctx = Ctx { at: self.last_at_ms, actor: &cmd.actor, log_index };
         let Some(body) = &cmd.body else {
             return reject(Code::InvalidInput, "the command has no body");
@@ -321,6 +333,39 @@ impl Ledger {
         }
     }
 
+    /// Drops the exactly-once records whose horizon has passed at `now` (see `once`).
+    fn expire_records(&mut self, now: i64) {
+        let due = |at: i64| at.saturating_add(limits::EXACTLY_ONCE_HORIZON_MS) <= now;
+        while let Some((at, lot_id)) = self.final_lots.first().cloned()
+            && due(at)
+        {
+            self.final_lots.pop_first();
+            let Some(lot) = self.lots.get(&lot_id) else { continue };
+            for line in lot.history.iter().filter(|l| l.kind == BidKind::Placed) {
+                let Some(bids) = self.recorded.get_mut(&line.bidder) else { continue };
+                // Only this lot's record: a bid id names one record per bidder.
+                if matches!(bids.get(&line.bid_id), Some(Recorded::Bid { lot_id: l, .. }) if *l == lot_id) {
+                    bids.remove(&line.bid_id);
+                    if bids.is_empty() {
+                        self.recorded.remove(&line.bidder);
+                    }
+                }
+            }
+        }
+        while let Some((at, bidder, bid_id)) = self.refusals.first().cloned()
+            && due(at)
+        {
+            self.refusals.pop_first();
+            let Some(bids) = self.recorded.get_mut(&bidder) else { continue };
+            if matches!(bids.get(&bid_id), Some(Recorded::Rejected { at_ms: Some(t), .. }) if *t == at) {
+                bids.remove(&bid_id);
+                if bids.is_empty() {
+                    self.recorded.remove(&bidder);
+                }
+            }
+        }
+    }
+
     // ---- users ---------------------------------------------------------------------------
 
     fn create_user(&mut self, ctx: &Ctx, c: &pb::CreateUser, events: &mut Events) -> Result<Res, Rejection> {
@@ -434,6 +479,7 @@ impl Ledger {
             history: Vec::new(),
             content: LotContent::default(),
             create_digest: digest,
+            final_at_ms: None,
         };
         let view = lot_view(&lot);
         self.lots.insert(lot.lot_id.clone(), lot);
@@ -476,7 +522,7 @@ impl Ledger {
             lot.history.clear();
             lot.auction_id.clear();
         }
-        move_lot(lot, to, events);
+        move_lot(lot, to, ctx.at, &mut self.final_lots, events);
         Ok(Res::Lot(lot_view(lot)))
     }
 
@@ -503,7 +549,7 @@ impl Ledger {
             );
         }
         let to = if lot.book.reserve_met() { LotStatus::SoldPendingPayment } else { LotStatus::AuctionEnded };
-        move_lot(lot, to, events);
+        move_lot(lot, to, ctx.at, &mut self.final_lots, events);
         let closed = closed_view(lot);
         events.push(event(pb::event::Kind::LotClosed(closed.clone())));
         let auction_id = lot.auction_id.clone();
@@ -549,7 +595,8 @@ impl Ledger {
         let (result, record) = match bid(&mut self.lots, ctx, &bidder, &bid_id, c, events) {
             Ok(record) => (Ok(Answer::bid(bid_id.clone(), record.clone())), record),
             Err(rejection) => {
-                let record = Recorded::Rejected(Box::new(rejection.to_pb()));
+                self.refusals.insert((ctx.at, bidder.clone(), bid_id.clone()));
+                let record = Recorded::Rejected { rejection: Box::new(rejection.to_pb()), at_ms: Some(ctx.at) };
                 (Err(rejection), record)
             }
         };
@@ -695,8 +742,12 @@ impl Ledger {
                 continue;
             };
             match (to, lot.status) {
-                (AuctionStatus::Live, LotStatus::ReadyForAuction) => move_lot(lot, LotStatus::InAuction, events),
-                (AuctionStatus::Cancelled, LotStatus::InAuction) => move_lot(lot, LotStatus::AuctionCancelled, events),
+                (AuctionStatus::Live, LotStatus::ReadyForAuction) => {
+                    move_lot(lot, LotStatus::InAuction, ctx.at, &mut self.final_lots, events)
+                }
+                (AuctionStatus::Cancelled, LotStatus::InAuction) => {
+                    move_lot(lot, LotStatus::AuctionCancelled, ctx.at, &mut self.final_lots, events)
+                }
                 (AuctionStatus::Cancelled, LotStatus::ReadyForAuction) => {
                     // Never offered: the lot is free to join another sale.
                     lot.auction_id.clear();
@@ -891,10 +942,17 @@ impl Ledger {
 
 // ---- state changes shared by several commands --------------------------------------------
 
-fn move_lot(lot: &mut Lot, to: LotStatus, events: &mut Events) {
+/// Moves a lot at `at`; one that becomes final joins `final_lots`, for its bids' records to
+/// expire by.
+fn move_lot(lot: &mut Lot, to: LotStatus, at: i64, final_lots: &mut BTreeSet<(i64, Id)>, events: &mut Events) {
     debug_assert!(lifecycle::can_transition(lot.status, to), "illegal move {:?} -> {:?}", lot.status, to);
     let from = lot.status;
     lot.status = to;
+    // Final states lead only to final states, so the first one sets the time.
+    if lifecycle::is_final(to) && !lifecycle::is_final(from) {
+        lot.final_at_ms = Some(at);
+        final_lots.insert((at, lot.lot_id.clone()));
+    }
     lot.version += 1;
     events.push(event(pb::event::Kind::LotStatusChanged(pb::LotStatusChanged {
         lot_id: String::from(&*lot.lot_id),

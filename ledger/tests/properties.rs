@@ -182,7 +182,8 @@ fn amount() -> impl Strategy<Value = i64> {
 }
 
 fn time() -> impl Strategy<Value = i64> {
-    prop_oneof![8 => (0i64..48).prop_map(|k| T0 + k * 15 * MIN), 1 => any::<i64>()]
+    // Days apart too, so that sequences cross the exactly-once horizon (7 days).
+    prop_oneof![8 => (0i64..48).prop_map(|k| T0 + k * 15 * MIN), 2 => (0i64..40).prop_map(|d| T0 + d * 24 * HOUR), 1 => any::<i64>()]
 }
 
 fn ladder() -> impl Strategy<Value = Vec<pb::LadderTier>> {

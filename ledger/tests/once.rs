@@ -1,0 +1,173 @@
+//! Exactly-once records and their horizon: a retry gets its first answer while it can matter,
+//! is refused (never applied twice) after, and every replica drops the same records at the
+//! same command, restored from a snapshot or not.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+mod common;
+
+use common::*;
+use ledger::limits::EXACTLY_ONCE_HORIZON_MS as HORIZON;
+use ledger::pb::{self, command::Body, outcome::Result as Res};
+use ledger::{Ledger, lifecycle};
+
+/// Lot `L` (start $100, reserve $1,000: closing below it ends the lot, a final status) with an
+/// accepted leading bid `ana/a1`, an accepted but outbid `ben/b1` and a refused `cai/c1`.
+fn sale() -> (World, pb::BidResult, pb::BidResult) {
+    let mut w = World::new();
+    w.open_lot("L", 10_000, Some(100_000), 0);
+    w.at = T0 + MIN;
+    let a1 = w.bid("ana", "a1", "L", 20_000).unwrap();
+    let b1 = w.bid("ben", "b1", "L", 15_000).unwrap();
+    assert_eq!(b1.outcome, pb::BidOutcomeKind::Outbid as i32);
+    assert_eq!(w.bid("cai", "c1", "L", 100), Err("below_minimum".into()));
+    (w, a1, b1)
+}
+
+#[test]
+fn an_accepted_bid_is_answered_the_same_until_the_horizon_after_its_lot_is_final() {
+    let (mut w, a1, b1) = sale();
+    w.at = T0 + HOUR;
+    w.close("L");
+    assert_eq!(w.view("L").status, pb::LotStatus::AuctionEnded as i32);
+    let ended = w.ledger.lot("L").unwrap().final_at_ms;
+    assert_eq!(ended, Some(T0 + HOUR));
+
+    // Just inside the horizon: the first answers, nothing applied.
+    w.at = T0 + HOUR + HORIZON - 1;
+    let before = w.view("L");
+    let lines = w.ledger.lot("L").unwrap().history.clone();
+    assert_eq!(lines.len(), 3, "ana's bid, ben's, and ana's proxy answer");
+    assert_eq!(w.bid("ana", "a1", "L", 20_000), Ok(a1.clone()));
+    assert_eq!(w.bid("ben", "b1", "L", 15_000), Ok(b1));
+    assert_eq!(w.view("L"), before);
+
+    // At the horizon the records go, at the next command whatever it is; a retry is refused
+    // like any bid on the ended lot, and the lot is untouched.
+    w.at = T0 + HOUR + HORIZON;
+    w.ok("", Body::CreateUser(user("eve", pb::Role::User)));
+    assert!(w.ledger.recorded_bid("ana", "a1").is_none());
+    assert!(w.ledger.recorded_bid("ben", "b1").is_none());
+    w.rejected("ana", place("a1", "L", 20_000), "lot_closed");
+    w.rejected("ben", place("b1", "L", 15_000), "lot_closed");
+    assert_eq!(w.view("L"), before);
+    assert_eq!(w.ledger.lot("L").unwrap().history, lines, "never applied twice");
+}
+
+#[test]
+fn a_refusal_is_answered_the_same_for_the_horizon_then_decided_afresh() {
+    let mut w = World::new();
+    w.at = T0;
+    assert_eq!(w.bid("ana", "a1", "N", 10_000), Err("lot_not_found".into()));
+    // The lot appears, open for a month.
+    let mut n = lot("N", 10_000, None, 0);
+    n.ends_at_ms = T0 + 30 * 24 * HOUR;
+    w.ok("cur", Body::CreateLot(n));
+    for status in [
+        pb::LotStatus::UnderReview,
+        pb::LotStatus::Authenticated,
+        pb::LotStatus::ReadyForAuction,
+        pb::LotStatus::InAuction,
+    ] {
+        w.ok("cur", set_status("N", status));
+    }
+    w.at = T0 + HORIZON - 1;
+    assert_eq!(w.bid("ana", "a1", "N", 10_000), Err("lot_not_found".into()), "the first answer, unchanged");
+    assert!(w.ledger.lot("N").unwrap().history.is_empty());
+    // After the horizon the retry is decided as a new bid: applied once, then answered the same.
+    w.at = T0 + HORIZON;
+    let accepted = w.bid("ana", "a1", "N", 10_000).unwrap();
+    assert_eq!(accepted.outcome, pb::BidOutcomeKind::Leading as i32);
+    assert_eq!(w.bid("ana", "a1", "N", 10_000), Ok(accepted));
+    assert_eq!(w.ledger.lot("N").unwrap().history.len(), 1);
+}
+
+#[test]
+fn the_records_of_a_lot_that_may_be_offered_again_do_not_expire() {
+    let mut w = World::new();
+    w.open_lot("L", 10_000, None, 0);
+    w.at = T0 + MIN;
+    let a1 = w.bid("ana", "a1", "L", 20_000).unwrap();
+    w.at = T0 + HOUR;
+    w.close("L");
+    assert_eq!(w.view("L").status, pb::LotStatus::SoldPendingPayment as i32);
+    assert!(!lifecycle::is_final(pb::LotStatus::SoldPendingPayment), "it can be relisted");
+    w.at = T0 + HOUR + 3 * HORIZON;
+    assert_eq!(w.bid("ana", "a1", "L", 20_000), Ok(a1.clone()));
+    // Relisted (the history is cleared), and still the first answer, not a new bid.
+    w.ok("cur", set_status("L", pb::LotStatus::ReadyForAuction));
+    w.at += 4 * HORIZON;
+    assert_eq!(w.bid("ana", "a1", "L", 20_000), Ok(a1));
+    assert!(w.ledger.lot("L").unwrap().history.is_empty());
+}
+
+fn place(bid_id: &str, lot_id: &str, max_amount: i64) -> Body {
+    Body::PlaceBid(pb::PlaceBid { lot_id: lot_id.into(), bid_id: bid_id.into(), max_amount })
+}
+
+fn command(at_ms: i64, actor: &str, body: Body) -> pb::Command {
+    pb::Command { at_ms, actor: actor.into(), body: Some(body), log_index: 0 }
+}
+
+/// A replica restored from a snapshot taken at any point drops the same records at the same
+/// command as one that never stopped: same answers, same state, same digest.
+#[test]
+fn a_restored_replica_expires_the_same_records_at_the_same_command() {
+    let (mut w, _, _) = sale();
+    w.at = T0 + HOUR;
+    w.close("L");
+    let start = w.ledger.clone();
+    let t = |d: i64| T0 + HOUR + d;
+    let rest = [
+        command(t(HORIZON / 2), "ana", place("a1", "L", 20_000)),
+        command(t(HORIZON - MIN - 1), "cai", place("c1", "L", 100)),
+        command(t(HORIZON - 1), "ben", place("b1", "L", 15_000)),
+        command(t(HORIZON), "ana", place("a1", "L", 20_000)),
+        command(t(HORIZON + 1), "cai", place("c1", "L", 100)),
+        command(t(2 * HORIZON), "ben", place("b1", "L", 15_000)),
+        command(t(3 * HORIZON), "dan", place("d1", "L", 15_000)),
+    ];
+    let mut straight = start.clone();
+    let answers: Vec<_> = rest.iter().map(|c| straight.apply(c)).collect();
+    assert!(matches!(&answers[0].outcome.result, Some(Res::Bid(_))), "inside the horizon: the first answer");
+    assert!(matches!(&answers[3].outcome.result, Some(Res::Rejected(r)) if r.code == "lot_closed"));
+    for cut in 0..=rest.len() {
+        let mut resumed = start.clone();
+        for c in &rest[..cut] {
+            resumed.apply(c);
+        }
+        let mut resumed = Ledger::decode_snapshot(&resumed.encode_snapshot()).unwrap();
+        for (c, expected) in rest[cut..].iter().zip(&answers[cut..]) {
+            assert_eq!(&resumed.apply(c), expected, "after a restore at command {cut}");
+        }
+        assert_eq!(resumed, straight, "restored at command {cut}");
+        assert_eq!(resumed.digest(), straight.digest());
+    }
+}
+
+/// A snapshot from before the horizon existed has no final times and no refusal times: its
+/// records never expire (a replica cannot know when they would), on every replica alike.
+#[test]
+fn records_restored_without_times_never_expire() {
+    let (mut w, a1, _) = sale();
+    w.at = T0 + HOUR;
+    w.close("L");
+    let mut old = w.ledger.to_snapshot();
+    for lot in &mut old.lots {
+        lot.final_at_ms = None;
+    }
+    for record in &mut old.recorded_bids {
+        record.refused_at_ms = None;
+    }
+    w.ledger = Ledger::from_snapshot(old).unwrap();
+    w.at = T0 + HOUR + 5 * HORIZON;
+    assert_eq!(w.bid("ana", "a1", "L", 20_000), Ok(a1));
+    assert_eq!(w.bid("cai", "c1", "L", 100), Err("below_minimum".into()), "the first answer");
+}
+
+#[test]
+fn a_snapshot_with_a_final_time_on_a_lot_that_is_not_final_is_refused() {
+    let (w, _, _) = sale();
+    let mut bad = w.ledger.to_snapshot();
+    bad.lots[0].final_at_ms = Some(T0);
+    assert!(Ledger::from_snapshot(bad).is_err());
+}
