@@ -53,8 +53,11 @@ pub const BACKFILL_CHECK_MS: u64 = 1_000;
 pub const BACKFILL_RETRY_MIN_MS: u64 = 200;
 pub const BACKFILL_RETRY_MAX_MS: u64 = 5_000;
 pub const BACKFILL_BATCH_ITEMS: usize = 1_024;
-/// How often a node with feed retention looks for items to drop.
+/// How often a node with feed retention looks for items to drop, and how often at most it
+/// compacts the trimmed range to free its disk space (each compaction flushes the feed's
+/// write buffer; whole files below the floor are dropped at every trim).
 pub const FEED_RETAIN_CHECK_MS: u64 = 1_000;
+pub const FEED_RECLAIM_EVERY_MS: u64 = 60_000;
 /// A snapshot asked for but not yet built is asked for again after this long (openraft drops
 /// a request that comes while a build runs).
 pub const SNAPSHOT_ASK_AGAIN_MS: u64 = 1_000;

@@ -8,7 +8,7 @@ use openraft::BasicNode;
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::client::Client;
 use crate::config::NodeConfig;
@@ -361,6 +361,9 @@ async fn copy_feed(node: &Arc<NodeInner>, addr: &str, from: u64, start: u64, epo
 /// resume from (`history_gone`), never sent a gap.
 async fn retain_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
     let rule = node.config.feed_retention;
+    // Disk space is reclaimed from `reclaimed` up to the latest floor, now and then.
+    let mut reclaimed = node.shared.feed_holdings().await.trimmed;
+    let mut last_reclaim = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(limits::FEED_RETAIN_CHECK_MS)) => {},
@@ -372,26 +375,32 @@ async fn retain_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let shared = node.shared.clone();
         let floor = tokio::task::spawn_blocking(move || shared.retention_floor(&rule, &holdings, now_ms)).await;
-        let floor = match floor {
-            Ok(Ok(floor)) if floor > holdings.start => floor,
-            Ok(Ok(_)) => continue,
-            Ok(Err(e)) => {
-                warn!(error = %e, "feed retention could not read the feed; will retry");
-                continue;
+        match floor {
+            Ok(Ok(floor)) if floor > holdings.start => {
+                // In a task of its own, like lowering the start: a stopping node must not cut
+                // it between the write and the start it publishes.
+                let shared = node.shared.clone();
+                match tokio::spawn(async move { shared.trim_feed(holdings, floor).await }).await {
+                    Ok(Ok(true)) => debug!(from = holdings.start, to = floor, "feed trimmed by retention"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => warn!(error = %e, "feed retention could not trim; will retry"),
+                    Err(e) => warn!(error = %e, "feed retention's trim failed; will retry"),
+                }
             }
-            Err(e) => {
-                warn!(error = %e, "feed retention's reader failed; will retry");
-                continue;
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "feed retention could not read the feed; will retry"),
+            Err(e) => warn!(error = %e, "feed retention's reader failed; will retry"),
+        }
+        let trimmed = node.shared.feed_holdings().await.trimmed;
+        if trimmed > reclaimed && last_reclaim.elapsed() >= Duration::from_millis(limits::FEED_RECLAIM_EVERY_MS) {
+            last_reclaim = tokio::time::Instant::now();
+            match node.shared.reclaim_feed(reclaimed, trimmed).await {
+                Ok(()) => {
+                    info!(from = reclaimed, to = trimmed, "feed space reclaimed below the retention floor");
+                    reclaimed = trimmed;
+                }
+                Err(e) => warn!(error = %e, "reclaiming the feed's trimmed space failed; will retry"),
             }
-        };
-        // In a task of its own, like lowering the start: a stopping node must not cut it
-        // between the write and the start it publishes.
-        let shared = node.shared.clone();
-        match tokio::spawn(async move { shared.trim_feed(holdings, floor).await }).await {
-            Ok(Ok(true)) => info!(from = holdings.start, to = floor, "feed trimmed by retention"),
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => warn!(error = %e, "feed retention could not trim; will retry"),
-            Err(e) => warn!(error = %e, "feed retention's trim failed; will retry"),
         }
     }
 }

@@ -609,6 +609,15 @@ async fn retention_drops_the_oldest_items_and_raises_the_start() {
     assert!((1_000..2_000).contains(&floor), "about half of 3,010 items go, not {floor}");
     assert!(held(floor) <= total / 2 && held(floor - 1) > total / 2, "the floor is the lowest within budget");
     assert!(shared.trim_feed(holdings, floor).await.unwrap());
+    // The space below the floor is freed by a compaction of the trimmed range.
+    let below = |to: u64| {
+        let (start, end) = (0u64.to_be_bytes(), to.to_be_bytes());
+        db.get_approximate_sizes_cf(&feed, &[rocksdb::Range::new(&start, &end)])[0]
+    };
+    let before = below(floor);
+    assert!(before > total / 4, "before reclaiming, the trimmed items still take {before} bytes");
+    shared.reclaim_feed(6, floor).await.unwrap();
+    assert!(below(floor) < before / 10, "reclaimed: {} of {before} bytes left", below(floor));
     let kept = shared.feed_after(0, 10_000).unwrap();
     assert_eq!(kept.first().map(|i| i.index), Some(floor + 1));
     assert_eq!(kept.len() as u64, 3_010 - floor, "every item after the floor stays");
@@ -616,4 +625,21 @@ async fn retention_drops_the_oldest_items_and_raises_the_start() {
     let holdings = shared.feed_holdings().await;
     let both = FeedRetention { max_bytes: total * 2, max_age_secs: 10 };
     assert_eq!(shared.retention_floor(&both, &holdings, 3_000_000 + 1).unwrap(), 2_990);
+}
+
+/// Raft's own entries carry no time: an unstamped item goes with an old stamped item after
+/// it, never on its own (a new leader's first entry after a quiet spell is not old).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_age_keeps_unstamped_items_at_the_head() {
+    use node::store::FeedRetention;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_sm(dir.path());
+    apply(&mut sm, stamped_users(1, 4, |i| if i == 4 { 0 } else { i as i64 * 1_000 })).await;
+    let shared = sm.shared();
+    let by_age = FeedRetention { max_bytes: 0, max_age_secs: 5 };
+    let far_later = 99_000;
+    let holdings = shared.feed_holdings().await;
+    assert_eq!(shared.retention_floor(&by_age, &holdings, far_later).unwrap(), 3, "item 4 has no time: kept");
+    apply(&mut sm, stamped_users(5, 5, |_| 4_000)).await;
+    assert_eq!(shared.retention_floor(&by_age, &holdings, far_later).unwrap(), 5, "with an old item after it: gone");
 }

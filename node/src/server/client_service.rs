@@ -147,7 +147,7 @@ impl pb::client_service_server::ClientService for Services {
 }
 
 /// A subscription from below this node's feed start: the items it asks for are not here (a
-/// snapshot from the leader replaced them). Never a silent gap: the caller learns where the
+/// snapshot from the leader replaced them, or retention dropped them). Never a silent gap: the caller learns where the
 /// feed starts and can resume on another node.
 fn history_gone(from: u64, start: u64) -> Status {
     let mut status = Status::failed_precondition(format!(

@@ -37,9 +37,10 @@ pub struct Shared {
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     /// The last applied log index, for feed subscribers and read-index waits.
     applied_index: watch::Sender<u64>,
-    /// The feed holds every item after this index (0: all). It moves up only when a snapshot
-    /// from the leader is installed: snapshots carry no feed, so the items it covers are not
-    /// here. Persisted under `FEED_START_KEY`.
+    /// The feed holds every item after this index (0: all). It moves up when a snapshot from
+    /// the leader is installed (snapshots carry no feed, so the items it covers are not here)
+    /// and when retention drops the oldest items (`trim_feed`). Persisted under
+    /// `FEED_START_KEY`.
     feed_start: AtomicU64,
     /// Items `(from, to]` held below `feed_start` after an install: the run the node had
     /// applied itself before it fell behind (`from == to`: none). A backfill then copies only
@@ -50,8 +51,9 @@ pub struct Shared {
     /// below it were dropped on purpose, so a backfill copies nothing below it. Persisted
     /// under `FEED_TRIMMED_KEY`.
     feed_trimmed: AtomicU64,
-    /// Bumped by every snapshot install, under the gate: a backfill started before one must
-    /// not write or lower anything after it, even if the start came back to the same value.
+    /// Bumped by every snapshot install and every trim, under the gate: a backfill started
+    /// before one must not write or lower anything after it, even if the start came back to
+    /// the same value.
     installs: AtomicU64,
     /// The index of the newest snapshot file, built here or installed from the leader: where
     /// the node's snapshot schedule counts from.
@@ -302,11 +304,15 @@ impl Shared {
             for item in items {
                 let (_, value) = item.map_err(rocks)?;
                 let item: pb::FeedItem = decode(&value, "feed item")?;
-                // Raft's own entries carry no time: they go with the stamped items around them.
-                if item.index > applied || (item.at_ms != 0 && item.at_ms >= cutoff) {
+                if item.index > applied || item.at_ms >= cutoff {
                     break;
                 }
-                floor = item.index;
+                // Raft's own entries carry no time (0): they go only with an old stamped item
+                // after them, never on their own (a new leader's first entry after a quiet
+                // spell is not old).
+                if item.at_ms != 0 {
+                    floor = item.index;
+                }
             }
         }
         Ok(floor.min(applied))
@@ -335,27 +341,39 @@ impl Shared {
                 batch.put_cf(meta, FEED_START_KEY, floor.to_be_bytes());
                 batch.put_cf(meta, FEED_TRIMMED_KEY, floor.to_be_bytes());
                 batch.delete_cf(meta, FEED_KEPT_KEY);
-                // Unsynced: lost in a crash, the start and the items come back together.
-                db.write(batch).map_err(rocks)
+                // Synced: the files dropped below must never outlive, on disk, a start that
+                // still claims their items.
+                let mut sync = WriteOptions::default();
+                sync.set_sync(true);
+                db.write_opt(batch, &sync).map_err(rocks)
             })
             .await?;
+            // A backfill planned before this writes nothing more.
+            self.installs.fetch_add(1, Ordering::AcqRel);
             self.feed_kept.0.store(0, Ordering::Release);
             self.feed_kept.1.store(0, Ordering::Release);
             self.feed_trimmed.store(floor, Ordering::Release);
             self.feed_start.store(floor, Ordering::Release);
         }
-        // Outside the gate, the disk space: whole files below the floor are dropped unread,
-        // then the file that straddles it is compacted.
+        Ok(true)
+    }
+
+    /// Frees the disk space of the items trimmed below `floor`: the files wholly below it are
+    /// dropped unread, then the range `[from, floor]` is compacted (a flush, and the files
+    /// overlapping it rewritten without the deleted items), alongside background compactions.
+    /// Called now and then, not per trim: each call flushes the write buffer.
+    pub async fn reclaim_feed(self: &Arc<Self>, from: u64, floor: u64) -> io::Result<()> {
         let shared = self.clone();
         blocking(move || {
             let db = &shared.db;
             let feed = cf(db, CF_FEED)?;
             db.delete_file_in_range_cf(feed, index_key(0), index_key(floor)).map_err(rocks)?;
-            db.compact_range_cf(feed, None::<&[u8]>, Some(index_key(floor.saturating_add(1))));
+            let mut opts = rocksdb::CompactOptions::default();
+            opts.set_exclusive_manual_compaction(false);
+            db.compact_range_cf_opt(feed, Some(index_key(from)), Some(index_key(floor.saturating_add(1))), &opts);
             Ok(())
         })
-        .await?;
-        Ok(true)
+        .await
     }
 
     /// Writes feed items copied from a peer, all at or below the feed's start: the items of
@@ -583,6 +601,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let start = if v1 { 0 } else { index };
             batch.put_cf(meta_cf, FEED_START_KEY, start.to_be_bytes());
+            if v1 {
+                // The whole feed again: nothing is below the start to keep a backfill from.
+                batch.delete_cf(meta_cf, FEED_TRIMMED_KEY);
+            }
             let mut sync = WriteOptions::default();
             sync.set_sync(true);
             db.write_opt(batch, &sync).map_err(rocks)?;
@@ -591,6 +613,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (from, to) = kept.unwrap_or((0, 0));
             shared.feed_kept.0.store(from, Ordering::Release);
             shared.feed_kept.1.store(to, Ordering::Release);
+            if v1 {
+                shared.feed_trimmed.store(0, Ordering::Release);
+            }
             shared.feed_start.store(start, Ordering::Release);
             shared.snapshots.write(index, &snapshot)?;
             shared.snapshot_index.fetch_max(index, Ordering::AcqRel);
