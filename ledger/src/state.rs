@@ -336,10 +336,10 @@ impl Ledger {
     /// Drops the exactly-once records whose horizon has passed at `now` (see `once`).
     fn expire_records(&mut self, now: i64) {
         let due = |at: i64| at.saturating_add(limits::EXACTLY_ONCE_HORIZON_MS) <= now;
-        while let Some((at, lot_id)) = self.final_lots.first().cloned()
-            && due(at)
-        {
-            self.final_lots.pop_first();
+        // Looked at in place first: this runs before every command, and nothing is due nearly
+        // always.
+        while self.final_lots.first().is_some_and(|(at, _)| due(*at)) {
+            let Some((_, lot_id)) = self.final_lots.pop_first() else { break };
             let Some(lot) = self.lots.get(&lot_id) else { continue };
             for line in lot.history.iter().filter(|l| l.kind == BidKind::Placed) {
                 let Some(bids) = self.recorded.get_mut(&line.bidder) else { continue };
@@ -352,10 +352,8 @@ impl Ledger {
                 }
             }
         }
-        while let Some((at, bidder, bid_id)) = self.refusals.first().cloned()
-            && due(at)
-        {
-            self.refusals.pop_first();
+        while self.refusals.first().is_some_and(|(at, _, _)| due(*at)) {
+            let Some((at, bidder, bid_id)) = self.refusals.pop_first() else { break };
             let Some(bids) = self.recorded.get_mut(&bidder) else { continue };
             if matches!(bids.get(&bid_id), Some(Recorded::Rejected { at_ms: Some(t), .. }) if *t == at) {
                 bids.remove(&bid_id);
