@@ -1,7 +1,7 @@
 //! Exactly-once bids: the first answer to each (bidder, bid id), kept so that a retry gets
 //! that answer again and is never applied twice.
 //!
-//! There is one record per bid ever placed, so it is compact: an accepted bid's answer is
+//! There is one record per bid placed within the horizon below, so it is compact: an accepted bid's answer is
 //! kept as shared ids and numbers, and built back into a `pb::Outcome` only when a retry or a
 //! snapshot asks for it. The bid id is the record's key, not part of it. An accepted bid's
 //! answer to its caller is the same data ([`Answer`]).
@@ -11,13 +11,13 @@
 //! matter while a retry is never applied twice:
 //! - an accepted bid's record lives as long as its lot can take bids, and for the horizon
 //!   after the lot reached a status from which it can never be offered again
-//!   ([`crate::lifecycle::is_final`]); a retry after that is refused (`lot_closed`, or
-//!   `lot_not_open` for a lot that was not approved), as any bid on such a lot is;
+//!   ([`crate::lifecycle::is_final`]); a retry after that is refused (`lot_closed`), as any
+//!   bid on such a lot is;
 //! - a refusal's record lives for the horizon after the refusal; a retry after that is
 //!   decided afresh (it may be accepted then: it was never applied before).
 //!
-//! Records of a sale a lot was relisted after are kept for good (its history, which they are
-//! found by, is cleared by the relisting).
+//! Accepted bids' records are found by the lot's history when it expires, and by the keys a
+//! relisting keeps of the sales before it (`Lot::earlier_bids`).
 
 use crate::id::Id;
 use crate::pb::{self, outcome::Result as Res};

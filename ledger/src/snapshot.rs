@@ -19,15 +19,20 @@ use crate::once::Recorded;
 use crate::pb::{self, AuctionStatus, BidKind, LotStatus, Role};
 use crate::state::{Auction, HistoryLine, Ledger, Lot, User};
 
-/// The snapshot format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The snapshot format this build writes. 2: exactly-once records expire (lots' final times,
+/// refusals' times, relisted lots' earlier bids); a build that reads only 1 refuses it rather
+/// than drop those fields and drift from the other replicas. 1 is still read: its records
+/// never expire.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest snapshot format this build reads.
+pub const FORMAT_VERSION_MIN: u32 = 1;
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("snapshot is not a valid protobuf message: {0}")]
     Decode(#[from] prost::DecodeError),
-    #[error("snapshot format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    #[error("snapshot format version {0} is not supported (this build reads {FORMAT_VERSION_MIN} to {FORMAT_VERSION})")]
     Version(u32),
     #[error("snapshot is inconsistent: {0}")]
     Invalid(String),
@@ -97,7 +102,7 @@ impl Ledger {
 
     /// Rebuilds a ledger from a snapshot message, checking it as it goes.
     pub fn from_snapshot(snap: pb::Snapshot) -> Result<Ledger, SnapshotError> {
-        if snap.format_version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&snap.format_version) {
             return Err(SnapshotError::Version(snap.format_version));
         }
         let mut ledger = Ledger { last_at_ms: snap.last_at_ms, ..Ledger::default() };
@@ -146,6 +151,13 @@ impl Ledger {
                 Some((id, _)) => id.clone(),
                 None => shared(lots, id),
             };
+            // A replica drops a refusal's record when its horizon passes, before the next
+            // command: one that is due at the snapshot's time, or from its future, is damage.
+            if r.refused_at_ms.is_some_and(|at| {
+                at > ledger.last_at_ms || at.saturating_add(limits::EXACTLY_ONCE_HORIZON_MS) <= ledger.last_at_ms
+            }) {
+                return invalid(format!("{what} was refused at a time the ledger cannot hold it for"));
+            }
             let record = Recorded::from_result(&r.bid_id, result, r.refused_at_ms, intern)
                 .map_err(|e| SnapshotError::Invalid(format!("{what}: {e}")))?;
             // Bids are only ever recorded for users, and `place_bid` relies on it.
@@ -162,10 +174,10 @@ impl Ledger {
                 return invalid(format!("{what} appears twice"));
             }
         }
-        // The records still to expire. A replica drops those due before each command, so
-        // a snapshot holds none that are due at its time; a damaged one keeps them.
+        // The lots whose records are still to expire. A replica sweeps those due before each
+        // command, so at the snapshot's time they are gone (records of a relisted lot's
+        // earlier sales may stay: not checked).
         let due = |at: i64| at.saturating_add(limits::EXACTLY_ONCE_HORIZON_MS) <= ledger.last_at_ms;
-        ledger.refusals.retain(|(at, _, _)| !due(*at));
         ledger.final_lots = ledger
             .lots
             .iter()
@@ -236,6 +248,11 @@ fn lot_state(l: &Lot, full: bool) -> pb::LotState {
         // Absent when empty, so lots without content encode (and digest) as before content.
         content: (full && l.content != LotContent::default()).then(|| l.content.to_state(true)),
         final_at_ms: l.final_at_ms,
+        earlier_bids: l
+            .earlier_bids
+            .iter()
+            .map(|(bidder, bid_id)| pb::RecordKey { bidder: String::from(&**bidder), bid_id: String::from(&**bid_id) })
+            .collect(),
     }
 }
 
@@ -335,8 +352,13 @@ fn restore_lot(l: pb::LotState, users: &IdMap<User>) -> Result<Lot, SnapshotErro
     if l.final_at_ms.is_some() && !crate::lifecycle::is_final(status) {
         return invalid(format!("{what} has a final time but is {}", crate::lifecycle::name(status)));
     }
+    if l.final_at_ms.is_some_and(|at| !(0..=limits::TIME_MS_MAX).contains(&at)) {
+        return invalid(format!("{what} has a final time out of range"));
+    }
+    let earlier_bids = l.earlier_bids.into_iter().map(|k| (shared(users, k.bidder), Id::from(k.bid_id))).collect();
     Ok(Lot {
         final_at_ms: l.final_at_ms,
+        earlier_bids,
         content,
         currency: currency(&l.currency, &what)?,
         ladder: ladder(&l.increment_ladder, &what)?,

@@ -2,8 +2,9 @@
 //!
 //! `apply` is a pure step `(state, command) -> (state', outcome, events)`: it validates the
 //! whole command before it changes anything, so a rejection leaves the auction state as it
-//! was. (A rejected bid is still remembered under its `bid_id`, so that a retry gets the same
-//! answer: that record is the one thing a rejection writes.)
+//! was. (A rejected bid is still remembered under its `bid_id`, so that a retry within the
+//! exactly-once horizon gets the same answer: that record, and its place in the expiry queue,
+//! are the one thing a rejection writes.)
 
 use std::collections::{BTreeMap, BTreeSet, hash_map};
 
@@ -70,9 +71,13 @@ pub struct Lot {
     pub content: LotContent,
     pub(crate) create_digest: [u8; 32],
     /// When (ledger time) the lot reached a final status ([`lifecycle::is_final`]): its bids'
-    /// exactly-once records expire a horizon after it. `None` before, and for a lot restored
-    /// from a snapshot written before the horizon existed (its records never expire).
+    /// exactly-once records expire a horizon after it. `None` before, and for a lot that was
+    /// already final in a snapshot written before the horizon existed (its records never
+    /// expire).
     pub final_at_ms: Option<i64>,
+    /// The (bidder, bid id) of every accepted bid of the sales before a relisting, which
+    /// cleared their history: their records expire with the lot's, like the history's.
+    pub earlier_bids: Vec<(Id, Id)>,
 }
 
 /// A sale grouping lots under one currency and ladder.
@@ -326,6 +331,12 @@ impl Ledger {
     /// which shows that the harness catches a bid applied twice.
     pub fn forget_recorded_bid(&mut self, bidder: &str, bid_id: &str) {
         if let Some(bids) = self.recorded.get_mut(bidder) {
+            if let Some((bidder, Recorded::Rejected { at_ms: Some(at), .. })) =
+                self.users.get_key_value(bidder).map(|(id, _)| id.clone()).zip(bids.get(bid_id))
+            {
+                // Its place in the expiry queue goes with it, as on a replica restored without it.
+                self.refusals.remove(&(*at, bidder, Id::from(bid_id)));
+            }
             bids.remove(bid_id);
             if bids.is_empty() {
                 self.recorded.remove(bidder);
@@ -341,13 +352,14 @@ impl Ledger {
         while self.final_lots.first().is_some_and(|(at, _)| due(*at)) {
             let Some((_, lot_id)) = self.final_lots.pop_first() else { break };
             let Some(lot) = self.lots.get(&lot_id) else { continue };
-            for line in lot.history.iter().filter(|l| l.kind == BidKind::Placed) {
-                let Some(bids) = self.recorded.get_mut(&line.bidder) else { continue };
+            let placed = lot.history.iter().filter(|l| l.kind == BidKind::Placed).map(|l| (&l.bidder, &l.bid_id));
+            for (bidder, bid_id) in placed.chain(lot.earlier_bids.iter().map(|(b, i)| (b, i))) {
+                let Some(bids) = self.recorded.get_mut(bidder) else { continue };
                 // Only this lot's record: a bid id names one record per bidder.
-                if matches!(bids.get(&line.bid_id), Some(Recorded::Bid { lot_id: l, .. }) if *l == lot_id) {
-                    bids.remove(&line.bid_id);
+                if matches!(bids.get(bid_id), Some(Recorded::Bid { lot_id: l, .. }) if *l == lot_id) {
+                    bids.remove(bid_id);
                     if bids.is_empty() {
-                        self.recorded.remove(&line.bidder);
+                        self.recorded.remove(bidder);
                     }
                 }
             }
@@ -478,6 +490,7 @@ impl Ledger {
             content: LotContent::default(),
             create_digest: digest,
             final_at_ms: None,
+            earlier_bids: Vec::new(),
         };
         let view = lot_view(&lot);
         self.lots.insert(lot.lot_id.clone(), lot);
@@ -517,6 +530,9 @@ impl Ledger {
         if to == LotStatus::ReadyForAuction && from == LotStatus::SoldPendingPayment {
             // Offered again: a fresh sale with no bids, free to join a new auction.
             lot.book = Book::new(lot.book.start_price, lot.book.reserve);
+            // Their records stay until the lot is final: a retry must not bid in the new sale.
+            let placed = lot.history.iter().filter(|l| l.kind == BidKind::Placed);
+            lot.earlier_bids.extend(placed.map(|l| (l.bidder.clone(), l.bid_id.clone())));
             lot.history.clear();
             lot.auction_id.clear();
         }

@@ -96,8 +96,18 @@ fn the_records_of_a_lot_that_may_be_offered_again_do_not_expire() {
     // Relisted (the history is cleared), and still the first answer, not a new bid.
     w.ok("cur", set_status("L", pb::LotStatus::ReadyForAuction));
     w.at += 4 * HORIZON;
-    assert_eq!(w.bid("ana", "a1", "L", 20_000), Ok(a1));
+    assert_eq!(w.bid("ana", "a1", "L", 20_000), Ok(a1.clone()));
     assert!(w.ledger.lot("L").unwrap().history.is_empty());
+    // Offered again and ended unsold: final now. The earlier sale's records go with the lot's,
+    // after the horizon, and survive a snapshot until then.
+    w.ok("cur", set_status("L", pb::LotStatus::InAuction));
+    w.close("L");
+    assert_eq!(w.view("L").status, pb::LotStatus::AuctionEnded as i32);
+    w.at += HORIZON - 1;
+    w.ledger = Ledger::decode_snapshot(&w.ledger.encode_snapshot()).unwrap();
+    assert_eq!(w.bid("ana", "a1", "L", 20_000), Ok(a1));
+    w.at += 1;
+    assert_eq!(w.bid("ana", "a1", "L", 20_000), Err("lot_closed".into()));
 }
 
 fn place(bid_id: &str, lot_id: &str, max_amount: i64) -> Body {
@@ -152,6 +162,7 @@ fn records_restored_without_times_never_expire() {
     w.at = T0 + HOUR;
     w.close("L");
     let mut old = w.ledger.to_snapshot();
+    old.format_version = 1;
     for lot in &mut old.lots {
         lot.final_at_ms = None;
     }
@@ -170,4 +181,30 @@ fn a_snapshot_with_a_final_time_on_a_lot_that_is_not_final_is_refused() {
     let mut bad = w.ledger.to_snapshot();
     bad.lots[0].final_at_ms = Some(T0);
     assert!(Ledger::from_snapshot(bad).is_err());
+}
+
+#[test]
+fn a_snapshot_of_a_newer_format_or_with_impossible_times_is_refused() {
+    let (w, _, _) = sale();
+    let mut newer = w.ledger.to_snapshot();
+    newer.format_version = ledger::snapshot::FORMAT_VERSION + 1;
+    assert!(Ledger::from_snapshot(newer).is_err());
+    // A refusal from the snapshot's future, or one already past its horizon (a replica would
+    // have dropped it), is damage.
+    for at in [w.at + 1, w.at - HORIZON] {
+        let mut bad = w.ledger.to_snapshot();
+        let refusal = bad.recorded_bids.iter_mut().find(|r| r.refused_at_ms.is_some()).unwrap();
+        refusal.refused_at_ms = Some(at);
+        assert!(Ledger::from_snapshot(bad).is_err(), "refused at {at}");
+    }
+}
+
+/// The unsafe jepsen mode forgets a record on every replica alike; a replica restored after it
+/// holds exactly what the others hold.
+#[test]
+fn a_forgotten_refusal_leaves_nothing_behind() {
+    let (mut w, _, _) = sale();
+    w.ledger.forget_recorded_bid("cai", "c1");
+    let restored = Ledger::decode_snapshot(&w.ledger.encode_snapshot()).unwrap();
+    assert_eq!(restored, w.ledger);
 }
