@@ -26,6 +26,18 @@ pub enum ClientError {
     Refused(Status),
     #[error("bad node address {0}: {1}")]
     Address(String, String),
+    #[error("the state export from {0} is unusable: {1}")]
+    Export(String, String),
+}
+
+/// The whole ledger as of one applied log index ([`Client::export_state`]).
+#[derive(Clone, Debug)]
+pub struct StateExport {
+    /// The state includes every entry up to this index and nothing after it.
+    pub index: u64,
+    /// The ledger's time at that index.
+    pub at_ms: i64,
+    pub ledger: ledger::Ledger,
 }
 
 /// A cluster client. Cheap to share behind an `Arc`; calls may run concurrently.
@@ -238,6 +250,37 @@ impl Client {
             .await
             .map(|r| r.into_inner())
             .map_err(ClientError::Refused)
+    }
+
+    /// The whole ledger at one node's applied index ([`StateExport`]): where a subscriber
+    /// whose position is below every node's feed start starts again.
+    pub async fn export_state(addr: &str) -> Result<StateExport, ClientError> {
+        let channel = connect(addr)?;
+        let mut stream = Self::client(channel)
+            .export_state(pb::ExportStateRequest {})
+            .await
+            .map_err(ClientError::Refused)?
+            .into_inner();
+        let mut head: Option<(u64, i64, u64)> = None;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(ClientError::Refused)? {
+            let this = (chunk.index, chunk.at_ms, chunk.total_bytes);
+            let (_, _, total) = *head.get_or_insert(this);
+            let grows_past = bytes.len() as u64 + chunk.data.len() as u64 > total;
+            if head != Some(this) || grows_past {
+                return Err(ClientError::Export(addr.to_owned(), "its chunks disagree".into()));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let Some((index, at_ms, total)) = head else {
+            return Err(ClientError::Export(addr.to_owned(), "it sent nothing".into()));
+        };
+        if bytes.len() as u64 != total {
+            return Err(ClientError::Export(addr.to_owned(), format!("{} of {total} bytes arrived", bytes.len())));
+        }
+        let ledger =
+            ledger::Ledger::decode_snapshot(&bytes).map_err(|e| ClientError::Export(addr.to_owned(), e.to_string()))?;
+        Ok(StateExport { index, at_ms, ledger })
     }
 
     /// One node's metrics without the state digest (no retries: it is about that node).

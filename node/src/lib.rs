@@ -36,7 +36,7 @@ pub mod pb {
 }
 
 pub use bridge::{Bridge, BridgeError};
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, StateExport};
 pub use config::{NodeConfig, UnsafeModes};
 pub use follow::{FollowError, Follower};
 pub use node::{Node, NodeError};

@@ -60,7 +60,8 @@ impl Node {
         let clock = Arc::new(Clock::new(config.clock_offset_ms));
         let proposer =
             Proposer::start(raft.clone(), shared.clone(), clock.clone(), config.unsafe_modes.ack_before_commit);
-        let inner = Arc::new(NodeInner { config: config.clone(), raft, shared, proposer, clock });
+        let exports = Arc::new(tokio::sync::Semaphore::new(limits::EXPORTS_AT_ONCE));
+        let inner = Arc::new(NodeInner { config: config.clone(), raft, shared, proposer, clock, exports });
 
         let (stop, stopped) = watch::channel(false);
         let leader_channel = Arc::new(std::sync::Mutex::new(None));

@@ -16,6 +16,8 @@ pub(crate) struct NodeInner {
     pub(crate) shared: Arc<Shared>,
     pub(crate) proposer: Proposer,
     pub(crate) clock: Arc<Clock>,
+    /// State exports served at once (`limits::EXPORTS_AT_ONCE`).
+    pub(crate) exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl NodeInner {

@@ -1,15 +1,18 @@
 //! A resumable feed subscriber: follows the committed-event feed from a handler's checkpoint,
 //! hands it items in gap-checked batches, retries transient failures with capped backoff and
 //! parks an item its handler refuses for good in the handler's dead-letter store, then goes on.
-//! Every read model (catalog, search, the gateway's fan-out) runs on this one loop.
+//! Every read model (catalog, search, the gateway's fan-out) runs on this one loop. When the
+//! items after its checkpoint are gone from every node (feed retention), a handler that can
+//! start from a [`StateExport`] is handed one and the loop goes on after its index.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
+use crate::client::{Client, StateExport};
 use crate::follow::{FollowError, Follower};
 use crate::pb::FeedItem;
 
@@ -35,7 +38,23 @@ pub trait Handler: Send {
 
     /// Stores `item` as a dead letter with `error` and moves the checkpoint to it, atomically.
     fn park(&mut self, item: &FeedItem, error: &str) -> impl Future<Output = Result<(), HandleError>> + Send;
+
+    /// Replaces the whole model with `state` and moves the checkpoint to `state.index`, all
+    /// or nothing: how the subscriber goes on when the items after the checkpoint are gone
+    /// from every node. By default a handler cannot, and the subscriber stops.
+    fn bootstrap(&mut self, state: Arc<StateExport>) -> impl Future<Output = Result<(), HandleError>> + Send {
+        let _ = state;
+        async { Err(HandleError::Permanent(NO_BOOTSTRAP.to_owned())) }
+    }
+
+    /// Whether `bootstrap` is implemented: a subscriber fetches no state for a handler that
+    /// would refuse it.
+    fn can_bootstrap(&self) -> bool {
+        false
+    }
 }
+
+const NO_BOOTSTRAP: &str = "this read model cannot start from a state export";
 
 /// A handler whose calls block (a store's disk I/O, a model's inference). Wrapped in
 /// [`OnBlockingPool`] it is a [`Handler`] whose calls run on tokio's blocking pool.
@@ -43,6 +62,15 @@ pub trait BlockingHandler: Send + Sync + 'static {
     fn checkpoint(&self) -> Result<u64, HandleError>;
     fn apply(&self, items: &[FeedItem]) -> Result<(), HandleError>;
     fn park(&self, item: &FeedItem, error: &str) -> Result<(), HandleError>;
+    /// [`Handler::bootstrap`]; by default a handler cannot.
+    fn bootstrap(&self, state: &StateExport) -> Result<(), HandleError> {
+        let _ = state;
+        Err(HandleError::Permanent(NO_BOOTSTRAP.to_owned()))
+    }
+    /// [`Handler::can_bootstrap`].
+    fn can_bootstrap(&self) -> bool {
+        false
+    }
 }
 
 /// Runs a shared [`BlockingHandler`] on tokio's blocking pool. A panic while applying is a
@@ -72,6 +100,15 @@ impl<T: BlockingHandler> Handler for OnBlockingPool<T> {
         let handler = self.0.clone();
         let (item, error) = (item.clone(), error.to_owned());
         tokio::task::spawn_blocking(move || handler.park(&item, &error)).await.map_err(join_error)?
+    }
+
+    async fn bootstrap(&mut self, state: Arc<StateExport>) -> Result<(), HandleError> {
+        let handler = self.0.clone();
+        tokio::task::spawn_blocking(move || handler.bootstrap(&state)).await.map_err(join_error)?
+    }
+
+    fn can_bootstrap(&self) -> bool {
+        self.0.can_bootstrap()
     }
 }
 
@@ -107,6 +144,8 @@ pub struct Progress {
     pub retries: u64,
     /// True once the subscriber stopped on an inconsistent feed: it will not move again.
     pub broken: bool,
+    /// The index of the last state export the handler started from, if any.
+    pub bootstrapped_at: Option<u64>,
 }
 
 /// Why a subscriber stopped for good.
@@ -114,6 +153,9 @@ pub struct Progress {
 pub enum SubscribeError {
     #[error(transparent)]
     Feed(#[from] FollowError),
+    /// The feed after the checkpoint is gone and the handler could not start from a state.
+    #[error("{gone}; and the handler cannot start from a state export: {reason}")]
+    Bootstrap { gone: FollowError, reason: String },
 }
 
 /// Items handed to a handler at most at once.
@@ -189,6 +231,21 @@ impl<H: Handler> Subscriber<H> {
             };
             let batch = match batch {
                 Ok(batch) => batch,
+                Err(gone @ FollowError::HistoryGone { .. }) => {
+                    warn!(error = %gone, "the feed after this subscriber's position is gone; starting from a state export");
+                    match self.bootstrap(&mut stop).await {
+                        Some(Ok(index)) => {
+                            follower = Follower::new(self.addrs.clone(), index);
+                            continue;
+                        }
+                        Some(Err(reason)) => {
+                            error!(error = %gone, %reason, "feed subscriber stopped: no state to start from");
+                            self.progress.send_modify(|p| p.broken = true);
+                            return Err(SubscribeError::Bootstrap { gone, reason });
+                        }
+                        None => return Ok(self.handler),
+                    }
+                }
                 Err(e) => {
                     error!(error = %e, "feed subscriber stopped: the feed is inconsistent");
                     self.progress.send_modify(|p| p.broken = true);
@@ -198,6 +255,51 @@ impl<H: Handler> Subscriber<H> {
             if !self.deliver(&batch, &mut stop).await {
                 return Ok(self.handler);
             }
+        }
+    }
+
+    /// Fetches a state export from the first node that serves one and hands it to the handler.
+    /// `Some(Ok(index))` once the handler holds it; `Some(Err)` when the handler refuses it for
+    /// good; `None` when stopped. Unreachable nodes and transient failures are retried.
+    async fn bootstrap(&mut self, stop: &mut watch::Receiver<bool>) -> Option<Result<u64, String>> {
+        if !self.handler.can_bootstrap() {
+            return Some(Err(NO_BOOTSTRAP.to_owned()));
+        }
+        let mut delay = RETRY_MIN;
+        loop {
+            let mut export = None;
+            for addr in &self.addrs {
+                match Client::export_state(addr).await {
+                    Ok(state) => {
+                        export = Some(state);
+                        break;
+                    }
+                    Err(e) => warn!(%addr, error = %e, "no state export from this node"),
+                }
+            }
+            if let Some(state) = export {
+                let (index, at_ms) = (state.index, state.at_ms);
+                match self.handler.bootstrap(Arc::new(state)).await {
+                    Ok(()) => {
+                        info!(index, "feed subscriber started from a state export");
+                        self.progress.send_modify(|p| {
+                            p.index = index;
+                            p.at_ms = at_ms;
+                            p.bootstrapped_at = Some(index);
+                        });
+                        return Some(Ok(index));
+                    }
+                    Err(HandleError::Permanent(reason)) => return Some(Err(reason)),
+                    Err(HandleError::Transient(reason)) => {
+                        warn!(%reason, "starting from a state export failed; retrying")
+                    }
+                }
+            }
+            self.progress.send_modify(|p| p.retries += 1);
+            if !pause(delay, stop).await {
+                return None;
+            }
+            delay = (delay * 2).min(RETRY_MAX);
         }
     }
 

@@ -889,3 +889,136 @@ async fn retention_drops_old_feed_items_and_refuses_subscriptions_below_the_floo
         assert!(m.feed_start >= starts[&id], "node {id}'s start went down from {} to {}", starts[&id], m.feed_start);
     }
 }
+
+/// A read model of each lot's price: from the feed's `BidRecorded` events, or all at once from
+/// a state export.
+#[derive(Default)]
+struct Prices {
+    checkpoint: u64,
+    prices: BTreeMap<String, i64>,
+    /// The export's index, and the first item applied after it.
+    bootstrapped: Option<u64>,
+    first_after: Option<u64>,
+}
+
+struct PriceModel(std::sync::Arc<std::sync::Mutex<Prices>>);
+
+impl node::Handler for PriceModel {
+    async fn checkpoint(&mut self) -> Result<u64, node::HandleError> {
+        Ok(self.0.lock().unwrap().checkpoint)
+    }
+
+    async fn apply(&mut self, items: &[pb::FeedItem]) -> Result<(), node::HandleError> {
+        let mut model = self.0.lock().unwrap();
+        for item in items {
+            assert_eq!(item.index, model.checkpoint + 1, "a gap or a redelivery");
+            if model.bootstrapped.is_some() && model.first_after.is_none() {
+                model.first_after = Some(item.index);
+            }
+            for event in &item.events {
+                if let Some(lp::event::Kind::BidRecorded(b)) = &event.kind {
+                    model.prices.insert(b.lot_id.clone(), b.current_price);
+                }
+            }
+            model.checkpoint = item.index;
+        }
+        Ok(())
+    }
+
+    async fn park(&mut self, item: &pb::FeedItem, _error: &str) -> Result<(), node::HandleError> {
+        self.0.lock().unwrap().checkpoint = item.index;
+        Ok(())
+    }
+
+    async fn bootstrap(&mut self, state: std::sync::Arc<node::StateExport>) -> Result<(), node::HandleError> {
+        let mut model = self.0.lock().unwrap();
+        model.prices = state
+            .ledger
+            .lots()
+            .filter(|l| !l.history.is_empty())
+            .map(|l| (l.lot_id.to_string(), l.book.price))
+            .collect();
+        model.checkpoint = state.index;
+        model.bootstrapped = Some(state.index);
+        Ok(())
+    }
+
+    fn can_bootstrap(&self) -> bool {
+        true
+    }
+}
+
+/// Below every node's retention floor, a subscriber that can start from a state does so and
+/// goes on gap-free after the state's index, ending where a subscriber that never lost the
+/// feed would; one that cannot stops with a clear error instead of skipping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_below_the_floor_starts_from_a_state_export_and_goes_on() {
+    let cluster = Cluster::start_with_args(3, 10_000, &["--feed-retain-secs", "2"]);
+    let all = [1, 2, 3];
+    cluster.leader(&all).await;
+    let client = cluster.client();
+    let mut setup_cmds = setup("lot-a", 3_600);
+    setup_cmds.extend(setup("lot-b", 3_600).into_iter().filter(|c| !matches!(c.body, Some(Body::CreateUser(_)))));
+    let results = client.propose(setup_cmds).await.unwrap();
+    assert!(results.iter().all(|r| rejection(r).is_none()), "{results:?}");
+    let mut last = 0;
+    for i in 0..10 {
+        let r =
+            client.propose(vec![bid(&format!("b{}", i % 4), &format!("old-{i}"), "lot-a", 20_000 + i * 1_000)]).await;
+        last = r.unwrap()[0].log_index;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client.propose(vec![bid("b1", "fresh-a", "lot-b", 30_000)]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in all {
+        while Client::metrics(&cluster.addrs[&id]).await.unwrap().feed_start < last {
+            assert!(Instant::now() < deadline, "node {id} did not drop the old items");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let addrs: Vec<String> = cluster.addrs.values().cloned().collect();
+
+    // A model that cannot start from a state stops, saying why, and marks itself broken.
+    let unable = node::Subscriber::new(addrs.clone(), Picky(Default::default()));
+    let unable_progress = unable.progress();
+    let (_keep, stopped) = tokio::sync::watch::channel(false);
+    match tokio::time::timeout(Duration::from_secs(20), unable.run(stopped.clone())).await.unwrap() {
+        Err(node::SubscribeError::Bootstrap { gone: node::FollowError::HistoryGone { after: 0, start }, .. }) => {
+            assert!(start >= last)
+        }
+        Err(e) => panic!("expected the bootstrap refusal, got {e}"),
+        Ok(_) => panic!("expected the bootstrap refusal, got a clean stop"),
+    }
+    assert!(unable_progress.borrow().broken);
+
+    // One that can: bids keep coming while it starts.
+    let model = std::sync::Arc::new(std::sync::Mutex::new(Prices::default()));
+    let subscriber = node::Subscriber::new(addrs, PriceModel(model.clone()));
+    let mut progress = subscriber.progress();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(subscriber.run(stopped));
+    let mut head = 0;
+    for i in 0..20 {
+        let lot = if i % 2 == 0 { "lot-a" } else { "lot-b" };
+        let r = client.propose(vec![bid(&format!("b{}", i % 4), &format!("new-{i}"), lot, 200_000 + i * 10_000)]).await;
+        head = r.unwrap()[0].log_index;
+    }
+    let done = tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| p.index >= head)).await;
+    let at = *done.expect("the subscriber did not catch up").unwrap();
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    let (from, first_after, prices) = {
+        let model = model.lock().unwrap();
+        (model.bootstrapped.expect("it started from a state export"), model.first_after, model.prices.clone())
+    };
+    assert!(from >= last, "the export at {from} is below the floor");
+    assert_eq!(at.bootstrapped_at, Some(from));
+    if from < head {
+        assert_eq!(first_after, Some(from + 1), "the feed goes on right after the export");
+    }
+    for lot in ["lot-a", "lot-b"] {
+        let read = client.read_lot(lot, false, false).await.unwrap();
+        assert_eq!(prices.get(lot).copied(), read.lot.map(|l| l.current_price), "{lot}'s price");
+    }
+}

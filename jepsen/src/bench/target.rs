@@ -164,6 +164,7 @@ fn failure(e: &node::ClientError) -> Failure {
         node::ClientError::Deadline(..) => "deadline".into(),
         node::ClientError::Refused(status) => format!("grpc_{:?}", status.code()).to_lowercase(),
         node::ClientError::Address(..) => "address".into(),
+        node::ClientError::Export(..) => "export".into(),
     }
 }
 

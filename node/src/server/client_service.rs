@@ -14,6 +14,7 @@ use crate::pb;
 use crate::replica::NodeInner;
 
 type FeedStream = Pin<Box<dyn Stream<Item = Result<pb::FeedItem, Status>> + Send>>;
+type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::client_service_server::ClientService for Services {
@@ -142,6 +143,39 @@ impl pb::client_service_server::ClientService for Services {
         }
         let (tx, rx) = mpsc::channel(limits::FEED_BUFFER_ITEMS);
         tokio::spawn(feed(self.node.clone(), from_index, tx, self.stopped.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ExportStateStream = ExportStream;
+
+    async fn export_state(
+        &self,
+        _request: Request<pb::ExportStateRequest>,
+    ) -> Result<Response<Self::ExportStateStream>, Status> {
+        // Each export holds a whole copy of the ledger while it is sent: bounded.
+        let Ok(permit) = self.node.exports.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(
+                "a state export is running on this node; retry shortly or elsewhere",
+            ));
+        };
+        let (index, at_ms, bytes) =
+            self.node.shared.export_state().await.map_err(|e| Status::internal(format!("state export failed: {e}")))?;
+        let total_bytes = bytes.len() as u64;
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let _permit = permit;
+            // An empty ledger still sends one chunk, so the index arrives.
+            let mut chunks = bytes.chunks(limits::EXPORT_CHUNK_BYTES).peekable();
+            if chunks.peek().is_none() {
+                let _ = tx.send(Ok(pb::StateChunk { index, at_ms, total_bytes, data: Vec::new() })).await;
+            }
+            for data in chunks {
+                let chunk = pb::StateChunk { index, at_ms, total_bytes, data: data.to_vec() };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

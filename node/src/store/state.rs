@@ -425,6 +425,17 @@ impl Shared {
         Ok(true)
     }
 
+    /// The ledger's canonical encoding at the applied index, that index and the ledger's time:
+    /// copied between applied batches (like a snapshot), encoded off the gate.
+    pub async fn export_state(&self) -> io::Result<(u64, i64, Vec<u8>)> {
+        let (index, ledger) = {
+            let _gate = self.apply_gate.lock().await;
+            (self.applied_index(), self.ledger()?.clone())
+        };
+        let at_ms = ledger.last_at_ms();
+        blocking(move || Ok(ledger.encode_snapshot())).await.map(|bytes| (index, at_ms, bytes))
+    }
+
     /// Feed items with index in `(after, after + limit]`, from RocksDB.
     pub fn feed_after(&self, after: u64, limit: usize) -> io::Result<Vec<pb::FeedItem>> {
         let db = &self.db;
