@@ -54,7 +54,7 @@ pub const BACKFILL_RETRY_MIN_MS: u64 = 200;
 pub const BACKFILL_RETRY_MAX_MS: u64 = 5_000;
 pub const BACKFILL_BATCH_ITEMS: usize = 1_024;
 /// Bytes of a state export per gRPC message, and state exports served at once per node
-/// (each holds a copy of the ledger while it is sent).
+/// (each holds a copy of the ledger while it is encoded, then the encoding while it is sent).
 pub const EXPORT_CHUNK_BYTES: usize = 1024 * 1024;
 pub const EXPORTS_AT_ONCE: usize = 1;
 /// How often a node with feed retention looks for items to drop, and how often at most it

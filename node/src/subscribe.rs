@@ -136,7 +136,8 @@ pub struct DeadLetter {
 pub struct Progress {
     /// The last index applied or parked.
     pub index: u64,
-    /// The leader's timestamp of that entry.
+    /// The leader's timestamp of that entry (after a start from a state: the ledger's time
+    /// then, the latest command's).
     pub at_ms: i64,
     /// Items parked as dead letters since start.
     pub parked: u64,
@@ -219,6 +220,9 @@ impl<H: Handler> Subscriber<H> {
         };
         self.progress.send_modify(|p| p.index = start);
         let mut follower = Follower::new(self.addrs.clone(), start);
+        // Starts from a state export since the last item delivered, and the pause before the
+        // next one.
+        let (mut starts_in_a_row, mut starts_delay) = (0u32, RETRY_MIN);
         loop {
             if self.until.is_some_and(|u| follower.index() >= u) {
                 return Ok(self.handler);
@@ -231,10 +235,25 @@ impl<H: Handler> Subscriber<H> {
             };
             let batch = match batch {
                 Ok(batch) => batch,
-                Err(gone @ FollowError::HistoryGone { .. }) => {
-                    warn!(error = %gone, "the feed after this subscriber's position is gone; starting from a state export");
-                    match self.bootstrap(&mut stop).await {
+                Err(gone @ FollowError::HistoryGone { start, .. }) => {
+                    // Started from a state and lost the feed again before a single item: the
+                    // feed's retention is shorter than a start from a state takes. Not at
+                    // full speed, and said loudly.
+                    if starts_in_a_row > 0 {
+                        if starts_in_a_row >= 3 {
+                            error!(
+                                starts_in_a_row,
+                                "the feed is dropped faster than this read model can start from a state; raise the nodes' feed retention"
+                            );
+                        }
+                        if !pause(starts_delay, &mut stop).await {
+                            return Ok(self.handler);
+                        }
+                        starts_delay = (starts_delay * 2).min(RETRY_MAX);
+                    }
+                    match self.bootstrap(&gone, start, &mut stop).await {
                         Some(Ok(index)) => {
+                            starts_in_a_row += 1;
                             follower = Follower::new(self.addrs.clone(), index);
                             continue;
                         }
@@ -252,6 +271,10 @@ impl<H: Handler> Subscriber<H> {
                     return Err(e.into());
                 }
             };
+            if !batch.is_empty() {
+                starts_in_a_row = 0;
+                starts_delay = RETRY_MIN;
+            }
             if !self.deliver(&batch, &mut stop).await {
                 return Ok(self.handler);
             }
@@ -261,18 +284,36 @@ impl<H: Handler> Subscriber<H> {
     /// Fetches a state export from the first node that serves one and hands it to the handler.
     /// `Some(Ok(index))` once the handler holds it; `Some(Err)` when the handler refuses it for
     /// good; `None` when stopped. Unreachable nodes and transient failures are retried.
-    async fn bootstrap(&mut self, stop: &mut watch::Receiver<bool>) -> Option<Result<u64, String>> {
+    /// A state below `floor` (the lowest feed start the nodes named) is skipped: the feed after
+    /// it is gone too. `handler.bootstrap` itself is not cut short by `stop`: all or nothing.
+    async fn bootstrap(
+        &mut self,
+        gone: &FollowError,
+        floor: u64,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Result<u64, String>> {
         if !self.handler.can_bootstrap() {
             return Some(Err(NO_BOOTSTRAP.to_owned()));
         }
+        if self.until.is_some() {
+            return Some(Err("a subscriber that stops at an index does not start from a state export".to_owned()));
+        }
+        warn!(error = %gone, "the feed after this subscriber's position is gone; starting from a state export");
         let mut delay = RETRY_MIN;
         loop {
             let mut export = None;
             for addr in &self.addrs {
-                match Client::export_state(addr).await {
-                    Ok(state) => {
+                let fetched = tokio::select! {
+                    fetched = Client::export_state(addr) => fetched,
+                    _ = stop.wait_for(|&s| s) => return None,
+                };
+                match fetched {
+                    Ok(state) if state.index >= floor => {
                         export = Some(state);
                         break;
+                    }
+                    Ok(state) => {
+                        warn!(%addr, index = state.index, floor, "a state export below the feed's floor; skipped")
                     }
                     Err(e) => warn!(%addr, error = %e, "no state export from this node"),
                 }

@@ -997,6 +997,9 @@ async fn a_subscriber_below_the_floor_starts_from_a_state_export_and_goes_on() {
     let mut progress = subscriber.progress();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(subscriber.run(stopped));
+    let started =
+        tokio::time::timeout(Duration::from_secs(20), progress.wait_for(|p| p.bootstrapped_at.is_some())).await;
+    let from = started.expect("no start from a state export").unwrap().bootstrapped_at.unwrap_or_default();
     let mut head = 0;
     for i in 0..20 {
         let lot = if i % 2 == 0 { "lot-a" } else { "lot-b" };
@@ -1008,15 +1011,15 @@ async fn a_subscriber_below_the_floor_starts_from_a_state_export_and_goes_on() {
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
 
-    let (from, first_after, prices) = {
+    let (bootstrapped, first_after, prices) = {
         let model = model.lock().unwrap();
-        (model.bootstrapped.expect("it started from a state export"), model.first_after, model.prices.clone())
+        (model.bootstrapped, model.first_after, model.prices.clone())
     };
+    assert_eq!(bootstrapped, Some(from), "the handler was given the export once");
     assert!(from >= last, "the export at {from} is below the floor");
     assert_eq!(at.bootstrapped_at, Some(from));
-    if from < head {
-        assert_eq!(first_after, Some(from + 1), "the feed goes on right after the export");
-    }
+    assert!(head > from, "bids after the start");
+    assert_eq!(first_after, Some(from + 1), "the feed goes on right after the export");
     for lot in ["lot-a", "lot-b"] {
         let read = client.read_lot(lot, false, false).await.unwrap();
         assert_eq!(prices.get(lot).copied(), read.lot.map(|l| l.current_price), "{lot}'s price");

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -152,31 +153,47 @@ impl pb::client_service_server::ClientService for Services {
         &self,
         _request: Request<pb::ExportStateRequest>,
     ) -> Result<Response<Self::ExportStateStream>, Status> {
-        // Each export holds a whole copy of the ledger while it is sent: bounded.
+        // Each export holds a copy of the ledger, then its encoding, until it is sent: bounded,
+        // and the permit goes with the task, so a client that hangs up early does not free it
+        // before the work is done.
         let Ok(permit) = self.node.exports.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted(
                 "a state export is running on this node; retry shortly or elsewhere",
             ));
         };
-        let (index, at_ms, bytes) =
-            self.node.shared.export_state().await.map_err(|e| Status::internal(format!("state export failed: {e}")))?;
-        let total_bytes = bytes.len() as u64;
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(async move {
-            let _permit = permit;
-            // An empty ledger still sends one chunk, so the index arrives.
-            let mut chunks = bytes.chunks(limits::EXPORT_CHUNK_BYTES).peekable();
-            if chunks.peek().is_none() {
-                let _ = tx.send(Ok(pb::StateChunk { index, at_ms, total_bytes, data: Vec::new() })).await;
-            }
-            for data in chunks {
-                let chunk = pb::StateChunk { index, at_ms, total_bytes, data: data.to_vec() };
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(export(self.node.clone(), permit, tx, self.stopped.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends the ledger at the applied index in chunks. Ends when the node stops, or when a chunk
+/// waits longer than a request's deadline for a reader that stopped reading.
+async fn export(
+    node: Arc<NodeInner>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    tx: mpsc::Sender<Result<pb::StateChunk, Status>>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let _permit = permit;
+    let (index, at_ms, bytes) = match node.shared.export_state().await {
+        Ok(state) => state,
+        Err(e) => {
+            let _ = tx.send(Err(Status::internal(format!("state export failed: {e}")))).await;
+            return;
+        }
+    };
+    let total_bytes = bytes.len() as u64;
+    for data in bytes.chunks(limits::EXPORT_CHUNK_BYTES) {
+        let chunk = pb::StateChunk { index, at_ms, total_bytes, data: data.to_vec() };
+        let deadline = Duration::from_millis(limits::REQUEST_TIMEOUT_MS);
+        tokio::select! {
+            sent = tokio::time::timeout(deadline, tx.send(Ok(chunk))) => if !matches!(sent, Ok(Ok(()))) { return },
+            _ = stopped.wait_for(|&s| s) => {
+                let _ = tx.try_send(Err(Status::unavailable("the node is shutting down; export from another node")));
+                return;
+            }
+        }
     }
 }
 

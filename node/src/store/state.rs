@@ -433,7 +433,9 @@ impl Shared {
             (self.applied_index(), self.ledger()?.clone())
         };
         let at_ms = ledger.last_at_ms();
-        blocking(move || Ok(ledger.encode_snapshot())).await.map(|bytes| (index, at_ms, bytes))
+        // Niced like a snapshot's encoding: a client asking for exports must not take the
+        // cores from Raft.
+        blocking(move || niced("export", || ledger.encode_snapshot())).await.map(|bytes| (index, at_ms, bytes))
     }
 
     /// Feed items with index in `(after, after + limit]`, from RocksDB.
@@ -690,20 +692,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 };
                 data.encode_to_vec()
             };
-            let raw = std::thread::scope(|scope| {
-                let niced = || {
-                    lower_this_threads_priority();
-                    encode()
-                };
-                match std::thread::Builder::new().name("snapshot".into()).spawn_scoped(scope, niced) {
-                    Ok(encoder) => encoder.join().map_err(|_| io::Error::other("the snapshot encoder panicked")),
-                    // No thread to be had (a thread limit): encode here rather than stop Raft.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no thread for the snapshot encoder; encoding at normal priority");
-                        Ok(encode())
-                    }
-                }
-            })?;
+            let raw = niced("snapshot", encode)?;
             drop(ledger);
             let encoded = started.elapsed();
             // The feed items up to here were written unsynced. Sync them before the file: after
@@ -724,6 +713,25 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         })
         .await
     }
+}
+
+/// Runs `work` on a thread of its own at nice 10 and waits for it: a long encoding then
+/// yields the cores to the replica's other threads. Without a thread to be had (a thread
+/// limit), it runs here at normal priority rather than fail.
+fn niced<T: Send>(name: &str, work: impl Fn() -> T + Sync) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        let on_thread = || {
+            lower_this_threads_priority();
+            work()
+        };
+        match std::thread::Builder::new().name(name.into()).spawn_scoped(scope, on_thread) {
+            Ok(thread) => thread.join().map_err(|_| io::Error::other(format!("the {name} thread panicked"))),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for the {name} encoder; encoding at normal priority");
+                Ok(work())
+            }
+        }
+    })
 }
 
 /// Nice 10 for the calling thread (Linux keeps a nice value per thread): it then yields the
