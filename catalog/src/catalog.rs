@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use node::pb::FeedItem;
-use node::{BlockingHandler, HandleError};
+use node::{BlockingHandler, HandleError, StateExport};
 use prost::Message;
 use tokio::sync::watch;
 
 use crate::query::{Page, Query};
-use crate::store::{Changes, DeadLetter, Store, StoreError};
+use crate::store::{Changes, DeadLetter, Replacement, Store, StoreError};
 use crate::summary::{self, AuctionRow, CategoryRow, Found, LotSummary, ProjectError, Rows};
 
 /// What retrying a dead letter did.
@@ -41,6 +41,17 @@ impl<S: Store> Catalog<S> {
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Replaces every row with the catalog of `state` (the whole ledger at `state.index`) and
+    /// the checkpoint with its index: when the feed after the checkpoint is gone from every
+    /// node (retention), the catalog starts again from there.
+    pub fn bootstrap(&self, state: &StateExport) -> Result<(), StoreError> {
+        let _writer = self.lock();
+        let (lots, auctions, categories) = summary::from_state(&state.ledger, state.index);
+        self.store.replace(Replacement { lots, auctions, categories, checkpoint: state.index })?;
+        self.applied.send_replace(state.index);
+        Ok(())
     }
 
     /// The last index applied or parked.
@@ -249,5 +260,13 @@ impl<S: Store> BlockingHandler for Catalog<S> {
 
     fn park(&self, item: &FeedItem, error: &str) -> Result<(), HandleError> {
         Catalog::park(self, item, error).map_err(|e| HandleError::Transient(e.to_string()))
+    }
+
+    fn bootstrap(&self, state: &StateExport) -> Result<(), HandleError> {
+        Catalog::bootstrap(self, state).map_err(|e| HandleError::Transient(e.to_string()))
+    }
+
+    fn can_bootstrap(&self) -> bool {
+        self.store.can_replace()
     }
 }

@@ -35,7 +35,7 @@ use crate::index::{
     DIMS, SORTS, cursor_scope, decode_cursor, dim_changed, dim_value, dim_value_into, encode_cursor, plan, sort_slot,
 };
 use crate::query::{Page, Query};
-use crate::store::{Changes, DeadLetter, Digest, Store, StoreError};
+use crate::store::{Changes, DeadLetter, Digest, Replacement, Store, StoreError};
 use crate::summary::{AuctionRow, CategoryRow, LotSummary};
 
 const CHECKPOINT: &[u8] = b"c";
@@ -340,6 +340,36 @@ impl Store for Embedded {
         k.extend_from_slice(&index.to_be_bytes());
         let raw = self.db.get(k).map_err(engine)?;
         raw.map(|b| decode("dead letter", &b)).transpose()
+    }
+
+    fn replace(&self, rows: Replacement) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for table in [LOT, AUCTION, CATEGORY] {
+            batch.delete_range(vec![table], vec![table + 1]);
+        }
+        for lot in &rows.lots {
+            batch.put(key(LOT, &lot.lot_id), lot.encode_to_vec());
+        }
+        for auction in &rows.auctions {
+            batch.put(key(AUCTION, &auction.auction_id), auction.encode_to_vec());
+        }
+        for category in &rows.categories {
+            batch.put(key(CATEGORY, &category.category_id), category.encode_to_vec());
+        }
+        batch.put(CHECKPOINT, rows.checkpoint.to_be_bytes());
+        // One batch, and the indexes rebuilt under the write lock: a page sees the old rows or
+        // the new ones, never a mix.
+        let mut indexes = self.write()?;
+        self.db.write(batch).map_err(engine)?;
+        *indexes = Indexes::default();
+        for lot in rows.lots {
+            indexes.put(None, lot);
+        }
+        Ok(())
+    }
+
+    fn can_replace(&self) -> bool {
+        true
     }
 
     fn digest(&self) -> Result<Digest, StoreError> {

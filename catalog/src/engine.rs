@@ -53,4 +53,12 @@ impl Store for Engine {
     fn digest(&self) -> Result<Digest, StoreError> {
         self.store().digest()
     }
+
+    fn replace(&self, rows: crate::store::Replacement) -> Result<(), StoreError> {
+        self.store().replace(rows)
+    }
+
+    fn can_replace(&self) -> bool {
+        self.store().can_replace()
+    }
 }

@@ -255,46 +255,10 @@ pub fn live_sale(day: &mut Day, seed: u64, bids: usize) -> usize {
     first
 }
 
-/// What the catalog should hold for each lot, from the ledger's own public view.
+/// What the catalog should hold for each lot, from the ledger's own public view, without
+/// the catalog's bookkeeping (compare with [`public`] rows).
 pub fn expected(ledger: &Ledger) -> Vec<LotSummary> {
-    ledger
-        .lots()
-        .map(|lot| {
-            let v = ledger::state::lot_view(lot);
-            LotSummary {
-                categories: v.categories,
-                attributes: lot
-                    .content
-                    .attributes
-                    .iter()
-                    .map(|a| crate::summary::AttributeRow {
-                        attribute_id: a.attribute_id.clone(),
-                        key: a.key.clone(),
-                        value: a.value.clone(),
-                    })
-                    .collect(),
-                images: lot.content.images.iter().map(|i| i.image_id.clone()).collect(),
-                lot_id: v.lot_id,
-                title: v.title,
-                artist: v.artist,
-                category: v.category,
-                currency: v.currency,
-                status: v.status,
-                start_price: v.start_price,
-                current_price: v.current_price,
-                bid_count: v.bid_count,
-                reserve_met: v.reserve_met,
-                starts_at_ms: v.starts_at_ms,
-                ends_at_ms: v.ends_at_ms,
-                leading_bidder: v.leading_bidder,
-                auction_id: v.auction_id,
-                minimum_bid: v.minimum_bid,
-                // Not in the ledger's view: the caller compares without these.
-                created_index: 0,
-                index: 0,
-            }
-        })
-        .collect()
+    crate::summary::from_state(ledger, 0).0.iter().map(public).collect()
 }
 
 /// `row` without the catalog's own bookkeeping, for comparing with [`expected`].

@@ -31,6 +31,15 @@ pub struct Changes {
     pub unpark: Option<u64>,
 }
 
+/// Every row of a catalog, replacing all it held (`Store::replace`).
+#[derive(Debug, Default)]
+pub struct Replacement {
+    pub lots: Vec<LotSummary>,
+    pub auctions: Vec<AuctionRow>,
+    pub categories: Vec<CategoryRow>,
+    pub checkpoint: u64,
+}
+
 /// What a rebuild is compared by: every byte the store holds, hashed in key order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Digest {
@@ -66,4 +75,15 @@ pub trait Store: Send + Sync + 'static {
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
     fn dead_letter(&self, index: u64) -> Result<Option<DeadLetter>, StoreError>;
     fn digest(&self) -> Result<Digest, StoreError>;
+    /// Replaces every lot, auction and category row and the checkpoint, all or nothing (dead
+    /// letters stay): how a catalog starts from a state export when the feed after its
+    /// checkpoint is gone. An engine that cannot do it at once leaves it out
+    /// ([`Store::can_replace`] false) and its catalog stops instead.
+    fn replace(&self, rows: Replacement) -> Result<(), StoreError> {
+        let _ = rows;
+        Err(StoreError::Engine("this catalog engine cannot start from a state export".into()))
+    }
+    fn can_replace(&self) -> bool {
+        false
+    }
 }

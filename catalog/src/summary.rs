@@ -1,6 +1,7 @@
 //! The projection: the catalog's rows and how each committed event changes them. A pure
 //! function of the feed in log order; the store only keeps what this computes.
 
+use ledger::Ledger;
 use ledger::pb::event::Kind;
 use ledger::pb::{AuctionStatus, LotStatus};
 use node::pb::FeedItem;
@@ -101,6 +102,63 @@ pub struct AuctionRow {
     pub lot_ids: Vec<String>,
     #[prost(uint64, tag = "4")]
     pub index: u64,
+}
+
+/// The catalog's rows for a whole ledger as of log index `index` (a state export): what the
+/// projection of every item up to `index` holds, but for the rows' `index`, which is
+/// `index` itself (the state says what each row is at that point, not when it last changed).
+pub fn from_state(ledger: &Ledger, index: u64) -> (Vec<LotSummary>, Vec<AuctionRow>, Vec<CategoryRow>) {
+    let lots = ledger
+        .lots()
+        .map(|lot| {
+            let v = ledger::state::lot_view(lot);
+            LotSummary {
+                categories: v.categories,
+                attributes: lot
+                    .content
+                    .attributes
+                    .iter()
+                    .map(|a| AttributeRow {
+                        attribute_id: a.attribute_id.clone(),
+                        key: a.key.clone(),
+                        value: a.value.clone(),
+                    })
+                    .collect(),
+                images: lot.content.images.iter().map(|i| i.image_id.clone()).collect(),
+                lot_id: v.lot_id,
+                title: v.title,
+                artist: v.artist,
+                category: v.category,
+                currency: v.currency,
+                status: v.status,
+                start_price: v.start_price,
+                current_price: v.current_price,
+                bid_count: v.bid_count,
+                reserve_met: v.reserve_met,
+                starts_at_ms: v.starts_at_ms,
+                ends_at_ms: v.ends_at_ms,
+                leading_bidder: v.leading_bidder,
+                auction_id: v.auction_id,
+                minimum_bid: v.minimum_bid,
+                created_index: lot.created_index,
+                index,
+            }
+        })
+        .collect();
+    let auctions = ledger
+        .auctions()
+        .map(|a| AuctionRow {
+            auction_id: a.auction_id.clone(),
+            currency: a.currency.as_str().to_owned(),
+            lot_ids: a.lot_ids.clone(),
+            index,
+        })
+        .collect();
+    let categories = ledger
+        .categories()
+        .map(|c| CategoryRow { category_id: c.category_id.clone(), parent_id: c.parent_id.clone(), index })
+        .collect();
+    (lots, auctions, categories)
 }
 
 /// A row as the projection finds it for the item at hand.

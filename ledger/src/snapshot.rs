@@ -253,6 +253,7 @@ fn lot_state(l: &Lot, full: bool) -> pb::LotState {
             .iter()
             .map(|(bidder, bid_id)| pb::RecordKey { bidder: String::from(&**bidder), bid_id: String::from(&**bid_id) })
             .collect(),
+        created_index: l.created_index,
     }
 }
 
@@ -357,6 +358,7 @@ fn restore_lot(l: pb::LotState, users: &IdMap<User>) -> Result<Lot, SnapshotErro
     }
     let earlier_bids = l.earlier_bids.into_iter().map(|k| (shared(users, k.bidder), Id::from(k.bid_id))).collect();
     Ok(Lot {
+        created_index: l.created_index,
         final_at_ms: l.final_at_ms,
         earlier_bids,
         content,

@@ -78,6 +78,9 @@ pub struct Lot {
     /// The (bidder, bid id) of every accepted bid of the sales before a relisting, which
     /// cleared their history: their records expire with the lot's, like the history's.
     pub earlier_bids: Vec<(Id, Id)>,
+    /// The log index of the command that created the lot (0 outside a replica, and for lots
+    /// from snapshots written before it was kept): read models order lots by it.
+    pub created_index: u64,
 }
 
 /// A sale grouping lots under one currency and ladder.
@@ -251,6 +254,11 @@ impl Ledger {
 
     pub fn users(&self) -> impl Iterator<Item = &User> {
         self.users.values()
+    }
+
+    /// Every auction, in id order.
+    pub fn auctions(&self) -> impl Iterator<Item = &Auction> {
+        self.auctions.values()
     }
 
     pub fn auction(&self, auction_id: &str) -> Option<&Auction> {
@@ -491,6 +499,7 @@ impl Ledger {
             create_digest: digest,
             final_at_ms: None,
             earlier_bids: Vec::new(),
+            created_index: ctx.log_index,
         };
         let view = lot_view(&lot);
         self.lots.insert(lot.lot_id.clone(), lot);
