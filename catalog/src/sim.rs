@@ -255,6 +255,18 @@ pub fn live_sale(day: &mut Day, seed: u64, bids: usize) -> usize {
     first
 }
 
+/// Offers a lot sold pending payment again (`SoldPendingPayment -> ReadyForAuction`), as a
+/// curator does when the buyer does not pay. False if the ledger refused.
+pub fn relist(day: &mut Day, lot_id: &str) -> bool {
+    let mut p =
+        Player { ledger: std::mem::take(&mut day.ledger), feed: std::mem::take(&mut day.feed), at_ms: day.at_ms };
+    let relisted = p.run("curator", move_to(lot_id, pb::LotStatus::ReadyForAuction));
+    day.ledger = p.ledger;
+    day.feed = p.feed;
+    day.at_ms = p.at_ms;
+    relisted
+}
+
 /// What the catalog should hold for each lot, from the ledger's own public view, without
 /// the catalog's bookkeeping (compare with [`public`] rows).
 pub fn expected(ledger: &Ledger) -> Vec<LotSummary> {

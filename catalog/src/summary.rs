@@ -261,7 +261,20 @@ fn apply_event(rows: &mut impl Rows, kind: &Kind, index: u64) -> Result<(), Proj
             if LotStatus::try_from(c.to).is_err() {
                 return refuse(format!("lot {} moved to an unknown status {}", c.lot_id, c.to));
             }
-            with_lot(rows, &c.lot_id, index, |row| row.status = c.to)
+            // Offered again after an unpaid sale: the ledger starts a fresh book (no bids, no
+            // leader, the start price) and frees the lot from its sale, with no other event.
+            let relisted = c.from == LotStatus::SoldPendingPayment as i32 && c.to == LotStatus::ReadyForAuction as i32;
+            with_lot(rows, &c.lot_id, index, |row| {
+                row.status = c.to;
+                if relisted {
+                    row.current_price = row.start_price;
+                    row.minimum_bid = row.start_price;
+                    row.bid_count = 0;
+                    row.leading_bidder.clear();
+                    row.reserve_met = false;
+                    row.auction_id.clear();
+                }
+            })
         }
         Kind::BidRecorded(b) => with_lot(rows, &b.lot_id, index, |row| {
             row.current_price = b.current_price;

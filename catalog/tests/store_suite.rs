@@ -327,6 +327,28 @@ pub fn starting_from_a_state_equals_following_the_feed<S: Store>(open: Open<S>, 
     assert_eq!(rows(&followed), rows(&started));
 }
 
+/// A lot offered again after an unpaid sale shows a fresh book, as the ledger has it.
+pub fn a_relisted_lot_starts_a_fresh_book<S: Store>(open: Open<S>) {
+    let mut day = sim::play(9, 150, 3_000);
+    let sold: Vec<String> = day
+        .lot_ids
+        .iter()
+        .filter(|id| day.ledger.lot(id).is_some_and(|l| l.status == LotStatus::SoldPendingPayment))
+        .cloned()
+        .collect();
+    assert!(!sold.is_empty(), "the day sold some lots");
+    for id in &sold {
+        assert!(sim::relist(&mut day, id), "{id} relisted");
+    }
+    let c = catalog(open);
+    apply_all(&c, &day.feed, 64);
+    let expected = sim::expected(&day.ledger);
+    for want in &expected {
+        let row = c.store().lot(&want.lot_id).ok().flatten().unwrap_or_else(|| panic!("no row for {}", want.lot_id));
+        assert_eq!(&sim::public(&row), want, "lot {}", want.lot_id);
+    }
+}
+
 /// A row without its last-change index (a state export cannot know it).
 fn without_index(row: &LotSummary) -> LotSummary {
     LotSummary { index: 0, ..row.clone() }
@@ -439,6 +461,12 @@ fn embedded_rebuild_equals_incremental() {
 fn embedded_starting_from_a_state_equals_following_the_feed() {
     let dirs = Dirs::new();
     starting_from_a_state_equals_following_the_feed(&|| dirs.open(), &queries());
+}
+
+#[test]
+fn embedded_a_relisted_lot_starts_a_fresh_book() {
+    let dirs = Dirs::new();
+    a_relisted_lot_starts_a_fresh_book(&|| dirs.open());
 }
 
 #[test]
@@ -567,6 +595,13 @@ fn scylla_pages_agree_with_brute_force() {
 fn scylla_rebuild_equals_incremental() {
     if let Some(open) = scylla() {
         rebuild_equals_incremental(&open);
+    }
+}
+
+#[test]
+fn scylla_a_relisted_lot_starts_a_fresh_book() {
+    if let Some(open) = scylla() {
+        a_relisted_lot_starts_a_fresh_book(&open);
     }
 }
 
