@@ -48,7 +48,7 @@ pub struct Message {
 }
 
 /// What the projection knows of one lot.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct LotLive {
     title: String,
     artist: String,
@@ -113,6 +113,35 @@ fn with(mut base: serde_json::Map<String, Value>, kind: &str, extra: Value) -> V
 }
 
 impl Projection {
+    /// The projection of a whole ledger as of log index `index` (a state export): what
+    /// applying every item up to `index` would hold.
+    pub fn from_state(ledger: &ledger::Ledger, index: u64) -> Projection {
+        let lots = ledger
+            .lots()
+            .map(|lot| {
+                let v = ledger::state::lot_view(lot);
+                let live = LotLive {
+                    title: v.title,
+                    artist: v.artist,
+                    currency: v.currency,
+                    status: lot.status,
+                    start_price: v.start_price,
+                    current_price: v.current_price,
+                    leading_bidder: v.leading_bidder,
+                    bid_count: v.bid_count,
+                    minimum_bid: v.minimum_bid,
+                    reserve_met: v.reserve_met,
+                    ends_at_ms: v.ends_at_ms,
+                    auction_id: v.auction_id,
+                    seller_id: v.seller_id,
+                    bidders: lot.history.iter().map(|line| line.bidder.to_string()).collect(),
+                };
+                (v.lot_id, live)
+            })
+            .collect();
+        Projection { lots, index }
+    }
+
     /// The messages one committed feed item causes, in the order of its events.
     pub fn apply(&mut self, item: &FeedItem) -> Vec<Message> {
         self.index = item.index;
@@ -189,6 +218,17 @@ impl Projection {
             Kind::LotStatusChanged(c) => {
                 let Some(lot) = self.lots.get_mut(&c.lot_id) else { return };
                 lot.status = LotStatus::try_from(c.to).unwrap_or(LotStatus::Unspecified);
+                // Offered again after an unpaid sale: the ledger starts a fresh book and frees
+                // the lot from its sale, with no other event.
+                if c.from == LotStatus::SoldPendingPayment as i32 && lot.status == LotStatus::ReadyForAuction {
+                    lot.current_price = lot.start_price;
+                    lot.minimum_bid = lot.start_price;
+                    lot.leading_bidder.clear();
+                    lot.bid_count = 0;
+                    lot.reserve_met = false;
+                    lot.auction_id.clear();
+                    lot.bidders.clear();
+                }
                 let extra = json!({"from": status_name(c.from), "to": status_name(c.to), "at": at});
                 let event = with(lot.state(&c.lot_id), "status", extra);
                 Self::to_lot(&c.lot_id, lot, event, out);
@@ -305,6 +345,74 @@ impl Projection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A projection started from a ledger's state holds what one fed every item holds,
+    /// relisting included (which resets the lot's book with no event of its own).
+    #[test]
+    fn a_projection_from_a_state_equals_one_fed_every_item() {
+        use ledger::pb::command::Body;
+        const T0: i64 = 1_800_000_000_000;
+        let mut ledger = ledger::Ledger::new();
+        let mut fed = Projection::default();
+        let mut index = 0;
+        let mut run = |ledger: &mut ledger::Ledger, at_ms: i64, actor: &str, body: Body| {
+            index += 1;
+            let cmd = pb::Command { at_ms, actor: actor.into(), log_index: index, body: Some(body) };
+            let applied = ledger.apply(&cmd);
+            assert!(applied.rejection().is_none(), "{:?}", applied.rejection());
+            fed.apply(&FeedItem { index, at_ms, events: applied.events });
+        };
+        let user = |id: &str, role: pb::Role| {
+            Body::CreateUser(pb::CreateUser {
+                user_id: id.into(),
+                username: id.into(),
+                role: role as i32,
+                password_hash: vec![],
+            })
+        };
+        run(&mut ledger, T0, "", user("cur", pb::Role::Curator));
+        for u in ["sam", "ana", "ben"] {
+            run(&mut ledger, T0, "", user(u, pb::Role::User));
+        }
+        for (lot, hours) in [("l1", 5), ("l2", 1)] {
+            let create = pb::CreateLot {
+                lot_id: lot.into(),
+                title: format!("Study {lot}"),
+                currency: "USD".into(),
+                start_price: 10_000,
+                starts_at_ms: T0,
+                ends_at_ms: T0 + hours * 3_600_000,
+                soft_close_secs: 60,
+                seller_id: "sam".into(),
+                ..Default::default()
+            };
+            run(&mut ledger, T0, "cur", Body::CreateLot(create));
+            for s in
+                [LotStatus::UnderReview, LotStatus::Authenticated, LotStatus::ReadyForAuction, LotStatus::InAuction]
+            {
+                let body = Body::SetLotStatus(pb::SetLotStatus { lot_id: lot.into(), status: s as i32 });
+                run(&mut ledger, T0, "cur", body);
+            }
+        }
+        for (n, (bidder, lot, max)) in
+            [("ana", "l1", 20_000), ("ben", "l1", 15_000), ("ben", "l2", 30_000), ("ana", "l2", 12_000)]
+                .iter()
+                .enumerate()
+        {
+            let body =
+                Body::PlaceBid(pb::PlaceBid { lot_id: (*lot).into(), bid_id: format!("b{n}"), max_amount: *max });
+            run(&mut ledger, T0 + 60_000, bidder, body);
+        }
+        run(&mut ledger, T0 + 7_200_000, "", Body::CloseLot(pb::CloseLot { lot_id: "l2".into() }));
+        let relist =
+            Body::SetLotStatus(pb::SetLotStatus { lot_id: "l2".into(), status: LotStatus::ReadyForAuction as i32 });
+        run(&mut ledger, T0 + 7_300_000, "cur", relist);
+        let started = Projection::from_state(&ledger, fed.index());
+        assert_eq!(started.index(), fed.index());
+        assert_eq!(started.lots, fed.lots);
+        assert_eq!(fed.lots["l2"].bid_count, 0, "the relisted lot's book is fresh");
+        assert_eq!(fed.lots["l1"].bidders.len(), 2);
+    }
 
     fn item(index: u64, events: Vec<Kind>) -> FeedItem {
         FeedItem {

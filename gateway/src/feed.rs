@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catalog::{Catalog, Engine};
-use node::{Client, Follower, OnBlockingPool, Progress, Subscriber};
+use node::{Client, FollowError, Follower, OnBlockingPool, Progress, StateExport, Subscriber};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -201,14 +201,44 @@ async fn follow(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut follower = Follower::new(addrs, 0);
+    let mut follower = Follower::new(addrs.clone(), 0);
+    // Starts from a state since the last item, and the pause before the next one.
+    let (mut starts_in_a_row, mut starts_delay) = (0u32, Duration::from_millis(RESTART_DELAY_MIN_MS));
     loop {
         let item = tokio::select! {
             item = follower.next() => item,
             _ = stop.wait_for(|&s| s) => return,
         };
         match item {
+            Err(FollowError::HistoryGone { after, start }) => {
+                // The nodes dropped the items after this position (feed retention): go on from
+                // the ledger as of a later index; sockets asking for older messages are told
+                // they are gone, never sent a hole.
+                warn!(after, start, "the feed after the fan-out's position is gone; starting from a state export");
+                if starts_in_a_row > 0 {
+                    if starts_in_a_row >= 3 {
+                        error!(
+                            starts_in_a_row,
+                            "the feed is dropped faster than the fan-out can start from a state; raise the nodes' feed retention"
+                        );
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(starts_delay) => {},
+                        _ = stop.wait_for(|&s| s) => return,
+                    }
+                    starts_delay = (starts_delay * 2).min(Duration::from_millis(RESTART_DELAY_MAX_MS));
+                }
+                let Some(state) = export_from(&addrs, start, &mut stop).await else { return };
+                live.with_projection(|p| *p = Projection::from_state(&state.ledger, state.index));
+                live.hub.restart_at(state.index);
+                view.feed_index.store(state.index, Ordering::Release);
+                info!(index = state.index, "the fan-out started from a state export");
+                follower = Follower::new(addrs.clone(), state.index);
+                starts_in_a_row += 1;
+            }
             Ok(item) => {
+                starts_in_a_row = 0;
+                starts_delay = Duration::from_millis(RESTART_DELAY_MIN_MS);
                 let messages = live.with_projection(|p| p.apply(&item));
                 let sent = live.hub.publish(item.index, messages).await;
                 metrics.ws_messages_sent.inc_by(sent);
@@ -222,6 +252,35 @@ async fn follow(
                 return;
             }
         }
+    }
+}
+
+/// Bounds of the pause between two starts from a state with no item between them, and
+/// between failed export attempts.
+const RESTART_DELAY_MIN_MS: u64 = 100;
+const RESTART_DELAY_MAX_MS: u64 = 5_000;
+
+/// A state export at or above `floor` from the first node that gives one, retried with
+/// backoff until one does; `None` once `stop` turns true.
+async fn export_from(addrs: &[String], floor: u64, stop: &mut watch::Receiver<bool>) -> Option<StateExport> {
+    let mut delay = Duration::from_millis(RESTART_DELAY_MIN_MS);
+    loop {
+        for addr in addrs {
+            let fetched = tokio::select! {
+                fetched = Client::export_state(addr) => fetched,
+                _ = stop.wait_for(|&s| s) => return None,
+            };
+            match fetched {
+                Ok(state) if state.index >= floor => return Some(state),
+                Ok(state) => warn!(%addr, index = state.index, floor, "a state export below the feed's floor; skipped"),
+                Err(e) => warn!(%addr, error = %e, "no state export from this node"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {},
+            _ = stop.wait_for(|&s| s) => return None,
+        }
+        delay = (delay * 2).min(Duration::from_millis(RESTART_DELAY_MAX_MS));
     }
 }
 

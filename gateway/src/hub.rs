@@ -231,6 +231,9 @@ struct Inner {
     order: VecDeque<String>,
     /// The last index published.
     index: u64,
+    /// Nothing at or below this index will be published (the hub started again from a
+    /// state, `restart_at`): a `since` below it is answered `HistoryGone`.
+    floor: u64,
 }
 
 pub struct Hub {
@@ -247,7 +250,7 @@ impl Hub {
             limits,
             parts_max: std::thread::available_parallelism().map_or(1, |n| n.get()),
             next_id: AtomicU64::new(1),
-            inner: Mutex::new(Inner { topics: HashMap::new(), order: VecDeque::new(), index: 0 }),
+            inner: Mutex::new(Inner { topics: HashMap::new(), order: VecDeque::new(), index: 0, floor: 0 }),
         }
     }
 
@@ -259,6 +262,20 @@ impl Hub {
     /// The last index published.
     pub fn index(&self) -> u64 {
         self.lock().index
+    }
+
+    /// Goes on from feed index `index` without the entries before it (the fan-out started
+    /// again from a state export): every topic's history is dropped, and a socket asking for
+    /// messages after an earlier index learns they are gone rather than miss them.
+    pub fn restart_at(&self, index: u64) {
+        let mut inner = self.lock();
+        inner.index = index;
+        inner.floor = index;
+        inner.order.clear();
+        for topic in inner.topics.values_mut() {
+            topic.history.clear();
+            topic.dropped_upto = topic.dropped_upto.max(index);
+        }
     }
 
     /// A new socket's outbox and the receiving end of its queue.
@@ -333,12 +350,15 @@ impl Hub {
     /// (a publish still working through its subscribers) are not wanted.
     pub fn join(&self, outbox: &Arc<Outbox>, key: &str, since: Option<u64>) -> Result<(Vec<Frame>, u64), HistoryGone> {
         let mut inner = self.lock();
+        let inner_floor = inner.floor;
         let topic = inner.topics.entry(key.to_owned()).or_insert_with(TopicState::new);
         let mut replay = Vec::new();
         if let Some(since) = since {
-            // Messages up to `dropped_upto` are gone: a `since` below it would skip some.
-            if since < topic.dropped_upto {
-                return Err(HistoryGone { floor: topic.dropped_upto });
+            // Messages up to `dropped_upto` (or the hub's floor) are gone: a `since` below it
+            // would skip some.
+            let floor = topic.dropped_upto.max(inner_floor);
+            if since < floor {
+                return Err(HistoryGone { floor });
             }
             replay.extend(topic.history.iter().filter(|f| f.index > since).cloned());
         }
@@ -363,6 +383,22 @@ mod tests {
 
     use super::*;
     use crate::events::Topic;
+
+    #[tokio::test]
+    async fn after_a_restart_from_a_state_earlier_positions_are_gone() {
+        let hub = Hub::new(HubLimits::default());
+        let (outbox, _rx) = hub.outbox();
+        hub.publish(3, vec![lot_msg("a", 3)]).await;
+        hub.restart_at(10);
+        assert_eq!(hub.index(), 10);
+        // A known topic and one never seen: both refuse a position before the restart.
+        assert_eq!(hub.join(&outbox, "lot:a", Some(3)).err(), Some(HistoryGone { floor: 10 }));
+        assert_eq!(hub.join(&outbox, "lot:z", Some(9)).err(), Some(HistoryGone { floor: 10 }));
+        // From the restart on, as usual.
+        hub.publish(11, vec![lot_msg("a", 11)]).await;
+        let (replay, _) = hub.join(&outbox, "lot:a", Some(10)).unwrap();
+        assert_eq!(replay.iter().map(|f| f.index).collect::<Vec<_>>(), [11]);
+    }
 
     fn lot_msg(lot: &str, n: u64) -> Message {
         Message { topic: Topic::Lot(lot.into()), event: json!({"type": "bid", "n": n}) }

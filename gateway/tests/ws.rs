@@ -437,3 +437,62 @@ async fn heartbeats_find_dead_peers_and_keep_live_ones() {
     drop(dead);
     c.shutdown().await;
 }
+
+/// With the nodes' feed retention on, a gateway that has never seen the feed starts from the
+/// ledger's state: it becomes ready, its catalog lists every lot as the ledger has it, bids
+/// reach sockets live, and a socket asking for messages from before the start is told they
+/// are gone instead of sent a hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_gateway_behind_the_feed_floor_starts_from_the_state() {
+    let retention = node::FeedRetention { max_bytes: 0, max_age_secs: 2 };
+    let mut c = TestCluster::start_with_retention(retention, |_| {}).await;
+    let (lot, _, alice_token, _, bob_token) = live_lot(&c, 3600).await;
+    bid(&c, &alice_token, &lot, "a1", 60_000).await;
+    bid(&c, &bob_token, &lot, "b1", 70_000).await;
+    let (_, before) = c.get(&format!("/v1/lots/{lot}"), None).await;
+
+    // Every node drops those items; then a gateway with empty stores comes up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    bid(&c, &alice_token, &lot, "a2", 90_000).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for addr in c.addrs.clone() {
+        while node::Client::metrics(&addr).await.unwrap().feed_start < 5 {
+            assert!(tokio::time::Instant::now() < deadline, "{addr} did not drop the old items");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    c.replace_gateway_with_a_fresh_one().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = c.get("/readyz", None).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, now) = c.get(&format!("/v1/lots/{lot}"), None).await;
+    assert!(now["bid_count"].as_u64().unwrap() > before["bid_count"].as_u64().unwrap());
+    let (status, page) = c.get("/v1/catalog?min_index=1", None).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let listed = page["items"].as_array().unwrap().iter().find(|l| l["lot_id"] == lot.as_str()).cloned();
+    let listed = listed.unwrap_or_else(|| panic!("{lot} not listed: {page}"));
+    assert_eq!(listed["current_price"], now["current_price"]);
+    assert_eq!(listed["bid_count"], now["bid_count"]);
+
+    // A socket from before the start is told the history is gone; a new one hears bids live.
+    let topic = format!("lot:{lot}");
+    let mut old = connect(&c, None).await;
+    let gone = error_for(&mut old, json!({"action": "subscribe", "topics": [topic], "since": 1})).await;
+    assert_eq!(gone["code"], "history_gone", "{gone}");
+    let mut ws = connect(&c, None).await;
+    send(&mut ws, json!({"action": "subscribe", "topics": [topic]})).await;
+    send(&mut ws, json!({"action": "ping"})).await;
+    assert_eq!(next(&mut ws, Duration::from_secs(5)).await, Some(Got::Pong));
+    bid(&c, &bob_token, &lot, "b2", 120_000).await;
+    let got = events_until(&mut ws, |e| e.iter().any(|(_, _, ev)| ev["bid_id"] == "b2")).await;
+    let line = got.iter().find(|(_, _, ev)| ev["bid_id"] == "b2").map(|(_, _, ev)| ev.clone()).unwrap();
+    let (_, after) = c.get(&format!("/v1/lots/{lot}"), None).await;
+    assert_eq!(line["bid_count"], after["bid_count"], "the fan-out's state carries on from the ledger's");
+    c.shutdown().await;
+}

@@ -84,6 +84,14 @@ pub fn config(addrs: Vec<String>, catalog_dir: std::path::PathBuf) -> GatewayCon
 impl TestCluster {
     /// Three nodes and a gateway configured by `tune`.
     pub async fn start_with(tune: impl FnOnce(&mut GatewayConfig)) -> TestCluster {
+        TestCluster::start_with_retention(node::FeedRetention::default(), tune).await
+    }
+
+    /// Three nodes that keep only what `retention` says of the feed, and a gateway.
+    pub async fn start_with_retention(
+        retention: node::FeedRetention,
+        tune: impl FnOnce(&mut GatewayConfig),
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -102,7 +110,7 @@ impl TestCluster {
                 election_timeout_max_ms: 300,
                 snapshot_logs: 10_000,
                 logs_kept_after_snapshot: 1_000,
-                feed_retention: node::FeedRetention::default(),
+                feed_retention: retention,
                 clock_offset_ms: 0,
                 unsafe_modes: node::UnsafeModes::default(),
             };
@@ -264,6 +272,19 @@ impl TestCluster {
         if let Some(gateway) = self.gateway.take() {
             gateway.shutdown().await.unwrap();
         }
+        let gateway = Gateway::start(self.gateway_config.clone()).await.unwrap();
+        self.url = format!("http://{}", gateway.addr());
+        self.gateway = Some(gateway);
+    }
+
+    /// Stops the gateway and starts one with empty stores (a new catalog directory) on the
+    /// same cluster: a gateway that has never seen the feed.
+    pub async fn replace_gateway_with_a_fresh_one(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await.unwrap();
+        }
+        let fresh = self.gateway_config.catalog_dir.with_file_name("catalog-fresh");
+        self.gateway_config.catalog_dir = fresh;
         let gateway = Gateway::start(self.gateway_config.clone()).await.unwrap();
         self.url = format!("http://{}", gateway.addr());
         self.gateway = Some(gateway);
