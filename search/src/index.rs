@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ledger::pb::LotStatus;
 use ledger::pb::event::Kind as Event;
 use node::pb::FeedItem;
-use node::{BlockingHandler, HandleError};
+use node::{BlockingHandler, HandleError, StateExport};
 use prost::Message;
 use tokio::sync::watch;
 
@@ -91,6 +91,44 @@ impl<S: VectorStore> Index<S> {
         changes.checkpoint = Some(last);
         self.store.commit(changes)?;
         self.applied.send_replace(last);
+        Ok(())
+    }
+
+    /// Brings the index to the ledger as of `state.index` (a state export) and moves the
+    /// checkpoint there, in one commit: lots it lacks are embedded, the ones it has get their
+    /// payload as the state has it, the sales' currencies are recorded, and the artists of new
+    /// lots are rebuilt. Lots are never deleted, so this leaves exactly what following every
+    /// item would (up to the payloads' `index`, the state's).
+    pub fn bootstrap(&self, state: &StateExport) -> Result<(), IndexError> {
+        let _writer = self.lock();
+        let mut batch = Batch { store: &*self.store, lots: BTreeMap::new(), auctions: HashMap::new(), retry: false };
+        for auction in state.ledger.auctions() {
+            batch.auctions.insert(auction.auction_id.clone(), auction.currency.as_str().to_owned());
+        }
+        for lot in state.ledger.lots() {
+            let v = ledger::state::lot_view(lot);
+            let payload = Payload {
+                title: v.title.clone(),
+                artist: v.artist.clone(),
+                status: v.status,
+                category: v.category.clone(),
+                currency: v.currency.clone(),
+                lot_count: 0,
+                index: state.index,
+            };
+            match batch.lot(&v.lot_id)? {
+                Some(known) => known.point.payload = payload,
+                None => {
+                    let text = Some(lot_text(&v.title, &v.artist, &v.description));
+                    let point = Point { id: v.lot_id.clone(), vector: Vec::new(), payload };
+                    batch.lots.insert(v.lot_id, Pending { point, text });
+                }
+            }
+        }
+        let mut changes = self.embed(batch)?;
+        changes.checkpoint = Some(state.index);
+        self.store.commit(changes)?;
+        self.applied.send_replace(state.index);
         Ok(())
     }
 
@@ -342,5 +380,17 @@ impl<S: VectorStore> BlockingHandler for Index<S> {
 
     fn park(&self, item: &FeedItem, error: &str) -> Result<(), HandleError> {
         Index::park(self, item, error).map_err(|e| HandleError::Transient(e.to_string()))
+    }
+
+    fn bootstrap(&self, state: &StateExport) -> Result<(), HandleError> {
+        match Index::bootstrap(self, state) {
+            Ok(()) => Ok(()),
+            Err(IndexError::Refused(reason)) => Err(HandleError::Permanent(reason)),
+            Err(e) => Err(HandleError::Transient(e.to_string())),
+        }
+    }
+
+    fn can_bootstrap(&self) -> bool {
+        true
     }
 }

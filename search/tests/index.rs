@@ -167,3 +167,130 @@ fn a_store_keeps_to_one_model() {
     store.bind_model("e5:aaaa").unwrap();
     assert!(matches!(store.bind_model("e5:bbbb"), Err(search::store::StoreError::Model { .. })));
 }
+
+/// An index that starts from a ledger's state (the feed after its checkpoint gone) holds what
+/// one that followed every item holds: the same lots and vectors, payloads as the ledger has
+/// them, the same artists, the same answers; and it then follows the feed on.
+#[test]
+fn starting_from_a_state_equals_following_the_feed() {
+    use ledger::pb::{self as lp, command::Body};
+    const T0: i64 = 1_800_000_000_000;
+    let encoder = common::encoder();
+    let mut ledger = ledger::Ledger::new();
+    let mut feed: Vec<FeedItem> = Vec::new();
+    let run = |ledger: &mut ledger::Ledger, feed: &mut Vec<FeedItem>, actor: &str, body: Body| {
+        let index = feed.len() as u64 + 1;
+        let cmd = lp::Command { at_ms: T0 + index as i64, actor: actor.into(), log_index: index, body: Some(body) };
+        let applied = ledger.apply(&cmd);
+        assert!(applied.rejection().is_none(), "{:?}", applied.rejection());
+        feed.push(FeedItem { index, at_ms: cmd.at_ms, events: applied.events });
+    };
+    let user = |id: &str, role: lp::Role| {
+        Body::CreateUser(lp::CreateUser {
+            user_id: id.into(),
+            username: id.into(),
+            role: role as i32,
+            password_hash: vec![],
+        })
+    };
+    run(&mut ledger, &mut feed, "", user("admin", lp::Role::Admin));
+    run(&mut ledger, &mut feed, "", user("cur", lp::Role::Curator));
+    run(&mut ledger, &mut feed, "", user("sam", lp::Role::User));
+    let sale = lp::CreateAuction {
+        auction_id: "sale".into(),
+        title: "Evening sale".into(),
+        currency: "GBP".into(),
+        starts_at_ms: T0,
+        ends_at_ms: T0 + 86_400_000,
+        lot_interval_secs: 30,
+        increment_ladder: vec![],
+    };
+    run(&mut ledger, &mut feed, "admin", Body::CreateAuction(sale));
+    let lots = [
+        ("a", "Harbour at dusk", "Mirela Voss", "Oil on canvas, a quiet harbour."),
+        ("b", "Violet evening", "Mirela Voss", "Acrylic on paper."),
+        ("c", "Bronze torso", "Hans Arp", ""),
+        ("d", "Night harbour", "Mirela Voss", "Oil on board."),
+        ("e", "Paper cut", "Hans Arp", "Collage."),
+    ];
+    let create = |(id, title, artist, description): (&str, &str, &str, &str)| {
+        Body::CreateLot(lp::CreateLot {
+            lot_id: id.into(),
+            title: title.into(),
+            artist: artist.into(),
+            description: description.into(),
+            category: "painting".into(),
+            currency: "EUR".into(),
+            start_price: 10_000,
+            starts_at_ms: T0,
+            ends_at_ms: T0 + 3_600_000,
+            seller_id: "sam".into(),
+            ..Default::default()
+        })
+    };
+    for l in &lots[..3] {
+        run(&mut ledger, &mut feed, "cur", create(*l));
+    }
+    let half = feed.len();
+    for l in &lots[3..] {
+        run(&mut ledger, &mut feed, "cur", create(*l));
+    }
+    let status = |id: &str, s: LotStatus| Body::SetLotStatus(lp::SetLotStatus { lot_id: id.into(), status: s as i32 });
+    run(&mut ledger, &mut feed, "cur", status("a", LotStatus::UnderReview));
+    run(&mut ledger, &mut feed, "cur", status("d", LotStatus::UnderReview));
+    run(&mut ledger, &mut feed, "cur", status("d", LotStatus::Authenticated));
+    run(&mut ledger, &mut feed, "cur", status("d", LotStatus::ReadyForAuction));
+    run(
+        &mut ledger,
+        &mut feed,
+        "admin",
+        Body::AddLotToAuction(lp::AddLotToAuction { auction_id: "sale".into(), lot_id: "d".into() }),
+    );
+
+    let open = |dir: &tempfile::TempDir| {
+        let store = Arc::new(Embedded::open(dir.path(), encoder.dim()).unwrap());
+        let index = Index::new(store.clone(), encoder.clone()).unwrap();
+        (store, index)
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (followed_store, followed) = open(&a_dir);
+    followed.apply(&feed).unwrap();
+    let (started_store, started) = open(&b_dir);
+    started.apply(&feed[..half]).unwrap();
+    let last = feed.len() as u64;
+    started.bootstrap(&node::StateExport { index: last, at_ms: T0, ledger: ledger.clone() }).unwrap();
+    assert_eq!(started_store.checkpoint().unwrap(), last);
+
+    // The rest of the feed on both: a lot more by a known artist.
+    run(&mut ledger, &mut feed, "cur", create(("f", "Harbour in fog", "Mirela Voss", "Oil.")));
+    followed.apply(&feed[last as usize..]).unwrap();
+    started.apply(&feed[last as usize..]).unwrap();
+
+    let without_index = |points: Vec<search::store::Point>| {
+        points
+            .into_iter()
+            .map(|mut p| {
+                p.payload.index = 0;
+                p
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(without_index(points(&started_store, Kind::Lot)), without_index(points(&followed_store, Kind::Lot)));
+    assert_eq!(started_store.get(Kind::Lot, "d").unwrap().unwrap().payload.currency, "GBP");
+    let (x, y) = (points(&started_store, Kind::Artist), points(&followed_store, Kind::Artist));
+    assert_eq!(
+        x.iter().map(|p| (&p.id, p.payload.lot_count)).collect::<Vec<_>>(),
+        y.iter().map(|p| (&p.id, p.payload.lot_count)).collect::<Vec<_>>()
+    );
+    for (p, q) in x.iter().zip(&y) {
+        let gap = p.vector.iter().zip(&q.vector).map(|(u, v)| (u - v).abs()).fold(0.0f32, f32::max);
+        assert!(gap < 1e-5, "artist {}'s vector differs by {gap}", p.id);
+    }
+    for text in ["bronze sculpture", "harbour at night", "acrilico su carta"] {
+        let hits = |store: &Embedded| {
+            let answer = search::query::lots(&encoder, store, text, &Filter::default(), 5).unwrap();
+            answer.hits.into_iter().map(|h| h.id).collect::<Vec<_>>()
+        };
+        assert_eq!(hits(&started_store), hits(&followed_store), "{text}");
+    }
+}
