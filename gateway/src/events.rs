@@ -71,6 +71,8 @@ struct LotLive {
 #[derive(Debug, Default)]
 pub struct Projection {
     lots: HashMap<String, LotLive>,
+    /// Each sale's currency: a lot joining a sale takes it.
+    auctions: HashMap<String, String>,
     /// The last feed index applied.
     index: u64,
 }
@@ -139,7 +141,8 @@ impl Projection {
                 (v.lot_id, live)
             })
             .collect();
-        Projection { lots, index }
+        let auctions = ledger.auctions().map(|a| (a.auction_id.clone(), a.currency.as_str().to_owned())).collect();
+        Projection { lots, auctions, index }
     }
 
     /// The messages one committed feed item causes, in the order of its events.
@@ -296,11 +299,22 @@ impl Projection {
                 let Some(lot) = self.lots.get_mut(&a.lot_id) else { return };
                 lot.auction_id = a.auction_id.clone();
                 lot.ends_at_ms = a.ends_at_ms;
+                if let Some(currency) = self.auctions.get(&a.auction_id) {
+                    lot.currency = currency.clone();
+                }
                 let extra = json!({"auction_id": a.auction_id, "starts_at": format_time(a.starts_at_ms), "at": at});
                 let event = with(lot.state(&a.lot_id), "lot_added", extra);
                 Self::to_lot(&a.lot_id, lot, event, out);
             }
             Kind::AuctionStatusChanged(s) => {
+                // A cancelled sale frees the lots it never offered, with no event of their own.
+                if s.to == pb::AuctionStatus::Cancelled as i32 {
+                    for lot in self.lots.values_mut() {
+                        if lot.auction_id == s.auction_id && lot.status == LotStatus::ReadyForAuction {
+                            lot.auction_id.clear();
+                        }
+                    }
+                }
                 let name = |v: i32| {
                     lifecycle::auction_name(pb::AuctionStatus::try_from(v).unwrap_or(pb::AuctionStatus::Unspecified))
                 };
@@ -337,7 +351,10 @@ impl Projection {
             Kind::ImagesReordered(i) => Self::content(&i.lot_id, "images_reordered", ledger::view::images(i), at, out),
             // Users, new sales and the category tree have no live audience yet; the catalog
             // shows them.
-            Kind::UserCreated(_) | Kind::UserRoleChanged(_) | Kind::AuctionCreated(_) | Kind::CategoryPut(_) => {}
+            Kind::AuctionCreated(a) => {
+                self.auctions.insert(a.auction_id.clone(), a.currency.clone());
+            }
+            Kind::UserCreated(_) | Kind::UserRoleChanged(_) | Kind::CategoryPut(_) => {}
         }
     }
 }
@@ -371,6 +388,7 @@ mod tests {
             })
         };
         run(&mut ledger, T0, "", user("cur", pb::Role::Curator));
+        run(&mut ledger, T0, "", user("boss", pb::Role::Admin));
         for u in ["sam", "ana", "ben"] {
             run(&mut ledger, T0, "", user(u, pb::Role::User));
         }
@@ -407,6 +425,41 @@ mod tests {
         let relist =
             Body::SetLotStatus(pb::SetLotStatus { lot_id: "l2".into(), status: LotStatus::ReadyForAuction as i32 });
         run(&mut ledger, T0 + 7_300_000, "cur", relist);
+        // Sales: a lot joining one takes its currency; a cancelled one frees the lots it never
+        // offered.
+        for (sale, lot) in [("s1", "l3"), ("s2", "l4")] {
+            let auction = pb::CreateAuction {
+                auction_id: sale.into(),
+                title: "Sale".into(),
+                currency: "GBP".into(),
+                starts_at_ms: T0 + 8_000_000,
+                ends_at_ms: T0 + 9_000_000,
+                lot_interval_secs: 30,
+                increment_ladder: vec![],
+            };
+            run(&mut ledger, T0 + 7_400_000, "boss", Body::CreateAuction(auction));
+            let create = pb::CreateLot {
+                lot_id: lot.into(),
+                title: "Later".into(),
+                currency: "USD".into(),
+                start_price: 10_000,
+                starts_at_ms: T0,
+                ends_at_ms: T0 + 9_000_000,
+                seller_id: "sam".into(),
+                ..Default::default()
+            };
+            run(&mut ledger, T0 + 7_400_000, "cur", Body::CreateLot(create));
+            for s in [LotStatus::UnderReview, LotStatus::Authenticated, LotStatus::ReadyForAuction] {
+                let body = Body::SetLotStatus(pb::SetLotStatus { lot_id: lot.into(), status: s as i32 });
+                run(&mut ledger, T0 + 7_400_000, "cur", body);
+            }
+            let add = pb::AddLotToAuction { auction_id: sale.into(), lot_id: lot.into() };
+            run(&mut ledger, T0 + 7_400_000, "boss", Body::AddLotToAuction(add));
+        }
+        let cancel = pb::SetAuctionStatus { auction_id: "s2".into(), status: pb::AuctionStatus::Cancelled as i32 };
+        run(&mut ledger, T0 + 7_500_000, "boss", Body::SetAuctionStatus(cancel));
+        assert_eq!(fed.lots["l3"].currency, "GBP");
+        assert_eq!(fed.lots["l4"].auction_id, "");
         let started = Projection::from_state(&ledger, fed.index());
         assert_eq!(started.index(), fed.index());
         assert_eq!(started.lots, fed.lots);

@@ -229,9 +229,11 @@ async fn follow(
                     starts_delay = (starts_delay * 2).min(Duration::from_millis(RESTART_DELAY_MAX_MS));
                 }
                 let Some(state) = export_from(&addrs, start, &mut stop).await else { return };
-                live.with_projection(|p| *p = Projection::from_state(&state.ledger, state.index));
+                // The hub first: a socket joining in between is refused, not served the old state.
                 live.hub.restart_at(state.index);
+                live.with_projection(|p| *p = Projection::from_state(&state.ledger, state.index));
                 view.feed_index.store(state.index, Ordering::Release);
+                metrics.feed_index.set(i64::try_from(state.index).unwrap_or(i64::MAX));
                 info!(index = state.index, "the fan-out started from a state export");
                 follower = Follower::new(addrs.clone(), state.index);
                 starts_in_a_row += 1;

@@ -265,8 +265,9 @@ impl Hub {
     }
 
     /// Goes on from feed index `index` without the entries before it (the fan-out started
-    /// again from a state export): every topic's history is dropped, and a socket asking for
-    /// messages after an earlier index learns they are gone rather than miss them.
+    /// again from a state export): every topic's history is dropped, a socket asking for
+    /// messages after an earlier index learns they are gone, and every socket subscribed now
+    /// is told it fell behind (it resumes, and hears `history_gone`) rather than miss them.
     pub fn restart_at(&self, index: u64) {
         let mut inner = self.lock();
         inner.index = index;
@@ -274,8 +275,12 @@ impl Hub {
         inner.order.clear();
         for topic in inner.topics.values_mut() {
             topic.history.clear();
-            topic.dropped_upto = topic.dropped_upto.max(index);
+            for outbox in topic.subscribers.drain().map(|(_, o)| o) {
+                outbox.lagging.store(true, Ordering::Release);
+                outbox.attention.notify_one();
+            }
         }
+        inner.topics.retain(|_, topic| topic.dropped_upto > 0);
     }
 
     /// A new socket's outbox and the receiving end of its queue.
@@ -388,8 +393,12 @@ mod tests {
     async fn after_a_restart_from_a_state_earlier_positions_are_gone() {
         let hub = Hub::new(HubLimits::default());
         let (outbox, _rx) = hub.outbox();
+        let (subscribed, _rx2) = hub.outbox();
+        hub.join(&subscribed, "lot:a", None).unwrap();
         hub.publish(3, vec![lot_msg("a", 3)]).await;
         hub.restart_at(10);
+        assert!(subscribed.is_lagging(), "a socket subscribed across the restart is told it fell behind");
+        assert!(!outbox.is_lagging());
         assert_eq!(hub.index(), 10);
         // A known topic and one never seen: both refuse a position before the restart.
         assert_eq!(hub.join(&outbox, "lot:a", Some(3)).err(), Some(HistoryGone { floor: 10 }));
