@@ -48,7 +48,14 @@ impl<S: Store> Catalog<S> {
     /// node (retention), the catalog starts again from there.
     pub fn bootstrap(&self, state: &StateExport) -> Result<(), StoreError> {
         let _writer = self.lock();
-        let (lots, auctions, categories) = summary::from_state(&state.ledger, state.index);
+        let (mut lots, auctions, categories) = summary::from_state(&state.ledger, state.index);
+        // A lot created before the ledger kept creating indexes has 0 there: the row this
+        // catalog already has knows better, for the `newest` order.
+        for lot in lots.iter_mut().filter(|l| l.created_index == 0) {
+            if let Some(row) = self.store.lot(&lot.lot_id)? {
+                lot.created_index = row.created_index;
+            }
+        }
         self.store.replace(Replacement { lots, auctions, categories, checkpoint: state.index })?;
         self.applied.send_replace(state.index);
         Ok(())

@@ -78,6 +78,8 @@ fn move_to(lot_id: &str, status: pb::LotStatus) -> Body {
 pub fn play(seed: u64, lots: usize, bids: usize) -> Day {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut p = Player { ledger: Ledger::new(), feed: Vec::new(), at_ms: T0 };
+    // As a replica's leader does first.
+    p.run("", Body::ActivateRecordExpiry(pb::ActivateRecordExpiry {}));
     p.run("", user("admin", pb::Role::Admin));
     p.run("", user("curator", pb::Role::Curator));
     p.run("", user("seller", pb::Role::User));

@@ -102,6 +102,10 @@ struct LotIdJson {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct NoFields {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateAuctionJson {
     auction_id: String,
     title: String,
@@ -294,6 +298,10 @@ pub fn parse_command(line: &str) -> Result<pb::Command, ParseError> {
         "close_lot" => {
             let c: LotIdJson = fields(&cmd, obj)?;
             Body::CloseLot(pb::CloseLot { lot_id: c.lot_id })
+        }
+        "activate_record_expiry" => {
+            let NoFields {} = fields(&cmd, obj)?;
+            Body::ActivateRecordExpiry(pb::ActivateRecordExpiry {})
         }
         "create_auction" => {
             let c: CreateAuctionJson = fields(&cmd, obj)?;

@@ -60,6 +60,7 @@ impl Ledger {
         pb::Snapshot {
             format_version: FORMAT_VERSION,
             last_at_ms: self.last_at_ms,
+            record_expiry: self.record_expiry,
             users: self.users.values().map(user_state).collect(),
             lots: self.lots.values().map(|l| lot_state(l, true)).collect(),
             auctions: self.auctions.values().map(auction_state).collect(),
@@ -105,7 +106,7 @@ impl Ledger {
         if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&snap.format_version) {
             return Err(SnapshotError::Version(snap.format_version));
         }
-        let mut ledger = Ledger { last_at_ms: snap.last_at_ms, ..Ledger::default() };
+        let mut ledger = Ledger { last_at_ms: snap.last_at_ms, record_expiry: snap.record_expiry, ..Ledger::default() };
         for u in snap.users {
             let user = restore_user(u)?;
             if ledger.usernames.insert(user.username.clone(), user.user_id.clone()).is_some() {

@@ -119,6 +119,9 @@ pub struct Ledger {
     pub(crate) final_lots: BTreeSet<(i64, Id)>,
     /// Derived (rebuilt on restore): the refusals' records still to expire, by refusal time.
     pub(crate) refusals: BTreeSet<(i64, Id, Id)>,
+    /// `ActivateRecordExpiry` was applied: from then on lots' final times, refusals' times and
+    /// lots' creating index are kept, and records expire by them.
+    pub(crate) record_expiry: bool,
     pub(crate) categories: BTreeMap<String, Category>,
     /// Derived index image_id -> lot_id (image ids are unique across lots; rebuilt on restore).
     pub(crate) images: BTreeMap<String, Id>,
@@ -225,6 +228,7 @@ impl Ledger {
             Body::AddImage(c) => self.add_image(&ctx, c, events),
             Body::DeleteImage(c) => self.delete_image(&ctx, c, events),
             Body::ReorderImages(c) => self.reorder_images(&ctx, c, events),
+            Body::ActivateRecordExpiry(_) => self.activate_record_expiry(&ctx),
         };
         result.map(Answer::other)
     }
@@ -350,6 +354,17 @@ impl Ledger {
                 self.recorded.remove(bidder);
             }
         }
+    }
+
+    /// Whether `ActivateRecordExpiry` was applied (the leader proposes it while not).
+    pub fn record_expiry(&self) -> bool {
+        self.record_expiry
+    }
+
+    fn activate_record_expiry(&mut self, ctx: &Ctx) -> Result<Res, Rejection> {
+        self.authorize(ctx, &[Role::Admin])?;
+        self.record_expiry = true;
+        Ok(Res::RecordExpiry(pb::RecordExpiryView { active: true }))
     }
 
     /// Drops the exactly-once records whose horizon has passed at `now` (see `once`).
@@ -499,7 +514,7 @@ impl Ledger {
             create_digest: digest,
             final_at_ms: None,
             earlier_bids: Vec::new(),
-            created_index: ctx.log_index,
+            created_index: if self.record_expiry { ctx.log_index } else { 0 },
         };
         let view = lot_view(&lot);
         self.lots.insert(lot.lot_id.clone(), lot);
@@ -545,7 +560,7 @@ impl Ledger {
             lot.history.clear();
             lot.auction_id.clear();
         }
-        move_lot(lot, to, ctx.at, &mut self.final_lots, events);
+        move_lot(lot, to, ctx.at, self.record_expiry.then_some(&mut self.final_lots), events);
         Ok(Res::Lot(lot_view(lot)))
     }
 
@@ -572,7 +587,7 @@ impl Ledger {
             );
         }
         let to = if lot.book.reserve_met() { LotStatus::SoldPendingPayment } else { LotStatus::AuctionEnded };
-        move_lot(lot, to, ctx.at, &mut self.final_lots, events);
+        move_lot(lot, to, ctx.at, self.record_expiry.then_some(&mut self.final_lots), events);
         let closed = closed_view(lot);
         events.push(event(pb::event::Kind::LotClosed(closed.clone())));
         let auction_id = lot.auction_id.clone();
@@ -618,8 +633,11 @@ impl Ledger {
         let (result, record) = match bid(&mut self.lots, ctx, &bidder, &bid_id, c, events) {
             Ok(record) => (Ok(Answer::bid(bid_id.clone(), record.clone())), record),
             Err(rejection) => {
-                self.refusals.insert((ctx.at, bidder.clone(), bid_id.clone()));
-                let record = Recorded::Rejected { rejection: Box::new(rejection.to_pb()), at_ms: Some(ctx.at) };
+                let at_ms = self.record_expiry.then_some(ctx.at);
+                if let Some(at) = at_ms {
+                    self.refusals.insert((at, bidder.clone(), bid_id.clone()));
+                }
+                let record = Recorded::Rejected { rejection: Box::new(rejection.to_pb()), at_ms };
                 (Err(rejection), record)
             }
         };
@@ -765,12 +783,20 @@ impl Ledger {
                 continue;
             };
             match (to, lot.status) {
-                (AuctionStatus::Live, LotStatus::ReadyForAuction) => {
-                    move_lot(lot, LotStatus::InAuction, ctx.at, &mut self.final_lots, events)
-                }
-                (AuctionStatus::Cancelled, LotStatus::InAuction) => {
-                    move_lot(lot, LotStatus::AuctionCancelled, ctx.at, &mut self.final_lots, events)
-                }
+                (AuctionStatus::Live, LotStatus::ReadyForAuction) => move_lot(
+                    lot,
+                    LotStatus::InAuction,
+                    ctx.at,
+                    self.record_expiry.then_some(&mut self.final_lots),
+                    events,
+                ),
+                (AuctionStatus::Cancelled, LotStatus::InAuction) => move_lot(
+                    lot,
+                    LotStatus::AuctionCancelled,
+                    ctx.at,
+                    self.record_expiry.then_some(&mut self.final_lots),
+                    events,
+                ),
                 (AuctionStatus::Cancelled, LotStatus::ReadyForAuction) => {
                     // Never offered: the lot is free to join another sale.
                     lot.auction_id.clear();
@@ -965,14 +991,17 @@ impl Ledger {
 
 // ---- state changes shared by several commands --------------------------------------------
 
-/// Moves a lot at `at`; one that becomes final joins `final_lots`, for its bids' records to
-/// expire by.
-fn move_lot(lot: &mut Lot, to: LotStatus, at: i64, final_lots: &mut BTreeSet<(i64, Id)>, events: &mut Events) {
+/// Moves a lot at `at`; with record expiry on (`final_lots` given), one that becomes final
+/// joins `final_lots`, for its bids' records to expire by.
+fn move_lot(lot: &mut Lot, to: LotStatus, at: i64, final_lots: Option<&mut BTreeSet<(i64, Id)>>, events: &mut Events) {
     debug_assert!(lifecycle::can_transition(lot.status, to), "illegal move {:?} -> {:?}", lot.status, to);
     let from = lot.status;
     lot.status = to;
     // Final states lead only to final states, so the first one sets the time.
-    if lifecycle::is_final(to) && !lifecycle::is_final(from) {
+    if let Some(final_lots) = final_lots
+        && lifecycle::is_final(to)
+        && !lifecycle::is_final(from)
+    {
         lot.final_at_ms = Some(at);
         final_lots.insert((at, lot.lot_id.clone()));
     }

@@ -156,6 +156,7 @@ pub fn outcome(o: &pb::Outcome) -> Value {
         Some(Res::Comment(v)) => comment(v),
         Some(Res::Image(v)) => image(v),
         Some(Res::Images(v)) => images(v),
+        Some(Res::RecordExpiry(v)) => json!({"record_expiry": v.active}),
     }
 }
 

@@ -208,3 +208,63 @@ fn a_forgotten_refusal_leaves_nothing_behind() {
     let restored = Ledger::decode_snapshot(&w.ledger.encode_snapshot()).unwrap();
     assert_eq!(restored, w.ledger);
 }
+
+/// Before `ActivateRecordExpiry` nothing is timed and nothing expires (a ledger replayed from
+/// older entries by a new build holds exactly what an older build's snapshot holds); from the
+/// entry on, both kinds of record expire. Restored from a snapshot cut before or after the
+/// activation, a replica ends the same as one that never stopped.
+#[test]
+fn record_expiry_starts_at_one_entry_on_every_replica() {
+    let mut w = World::new();
+    // A ledger that has not activated it: World activates first, so start over without.
+    w.ledger = Ledger::new();
+    for (name, role) in [("cur", pb::Role::Curator), ("sam", pb::Role::User), ("ana", pb::Role::User)] {
+        w.ok("", Body::CreateUser(user(name, role)));
+    }
+    w.open_lot("L", 10_000, Some(100_000), 0);
+    w.at = T0 + MIN;
+    let a1 = w.bid("ana", "a1", "L", 20_000).unwrap();
+    assert_eq!(w.bid("ana", "r1", "L", 100), Err("not_above_own_max".into()));
+    w.at = T0 + HOUR;
+    w.close("L");
+    assert_eq!(w.ledger.lot("L").unwrap().final_at_ms, None, "not timed before the activation");
+    assert_eq!(w.ledger.lot("L").unwrap().created_index, 0);
+    let before = w.ledger.clone();
+    w.at += 3 * HORIZON;
+    assert_eq!(w.bid("ana", "a1", "L", 20_000), Ok(a1.clone()), "nothing expires");
+    assert_eq!(w.bid("ana", "r1", "L", 100), Err("not_above_own_max".into()));
+
+    // Activated at one entry: records made after it expire, older ones do not.
+    let activate = pb::Command {
+        at_ms: w.at,
+        actor: String::new(),
+        log_index: 0,
+        body: Some(Body::ActivateRecordExpiry(pb::ActivateRecordExpiry {})),
+    };
+    let rest = [
+        activate.clone(),
+        command(w.at + 1, "ana", place("r2", "L", 100)),
+        activate,
+        command(w.at + HORIZON + 2, "ana", place("r2", "L", 100)),
+        command(w.at + HORIZON + 3, "ana", place("r1", "L", 100)),
+        command(w.at + HORIZON + 4, "ana", place("a1", "L", 20_000)),
+    ];
+    let mut straight = before.clone();
+    let answers: Vec<_> = rest.iter().map(|c| straight.apply(c)).collect();
+    assert!(straight.record_expiry());
+    let code = |i: usize| answers[i].rejection().map(|r| r.code.clone());
+    assert_eq!(code(3).as_deref(), Some("lot_closed"), "a refusal made after the activation expired");
+    assert_eq!(code(4).as_deref(), Some("not_above_own_max"), "one made before it did not");
+    assert!(matches!(&answers[5].outcome.result, Some(Res::Bid(b)) if *b == a1), "nor did the older accepted bid");
+    for cut in 0..=rest.len() {
+        let mut resumed = before.clone();
+        for c in &rest[..cut] {
+            resumed.apply(c);
+        }
+        let mut resumed = Ledger::decode_snapshot(&resumed.encode_snapshot()).unwrap();
+        for c in &rest[cut..] {
+            resumed.apply(c);
+        }
+        assert_eq!(resumed, straight, "restored at command {cut}");
+    }
+}

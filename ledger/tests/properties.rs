@@ -195,6 +195,7 @@ fn ladder() -> impl Strategy<Value = Vec<pb::LadderTier>> {
 
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
+        1 => Just(Body::ActivateRecordExpiry(pb::ActivateRecordExpiry {})),
         1 => (id(), 0i32..5).prop_map(|(u, role)| Body::CreateUser(pb::CreateUser { user_id: u.clone(), username: u, role, password_hash: vec![] })),
         1 => (id(), 0i32..5).prop_map(|(user_id, role)| Body::SetUserRole(pb::SetUserRole { user_id, role })),
         1 => (id(), amount(), proptest::option::of(amount()), time(), time(), 0u32..200, id(), prop::sample::select(vec!["USD", "EUR", "XXX", "usd"]), ladder())

@@ -203,8 +203,9 @@ fn snapshot_grid(id: u64, every: u64) -> impl Fn(u64) -> u64 {
     move |index: u64| index.saturating_add(shift) / every
 }
 
-/// On the leader, proposes `CloseLot` for every open lot whose end time has passed. Closing is
-/// idempotent in the ledger, so a duplicate from a deposed leader changes nothing.
+/// On the leader, proposes `CloseLot` for every open lot whose end time has passed (and, once,
+/// `ActivateRecordExpiry`). Both are idempotent in the ledger, so a duplicate from a deposed
+/// leader changes nothing.
 async fn close_lots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(limits::CLOSE_TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -217,6 +218,22 @@ async fn close_lots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
             continue;
         }
         let now_ms = node.clock.now_ms();
+        // A ledger that has not turned record expiry on yet (a new cluster, or one upgraded
+        // from a build without it) gets it at one log entry, the same on every replica.
+        let expiry_off = node.shared.ledger().map(|l| !l.record_expiry()).unwrap_or(false);
+        if expiry_off {
+            let activate = ledger::pb::Command {
+                at_ms: 0,
+                actor: String::new(),
+                log_index: 0,
+                body: Some(ledger::pb::command::Body::ActivateRecordExpiry(ledger::pb::ActivateRecordExpiry {})),
+            };
+            match node.proposer.propose(vec![activate]).await {
+                Ok(_) => info!("exactly-once record expiry activated"),
+                Err(ProposeError::NotLeader { .. }) => {}
+                Err(e) => warn!(error = %e, "activating record expiry failed; will retry"),
+            }
+        }
         let due: Vec<ledger::pb::Command> = {
             let ledger = match node.shared.ledger() {
                 Ok(ledger) => ledger,

@@ -1025,3 +1025,27 @@ async fn a_subscriber_below_the_floor_starts_from_a_state_export_and_goes_on() {
         assert_eq!(prices.get(lot).copied(), read.lot.map(|l| l.current_price), "{lot}'s price");
     }
 }
+
+/// A new cluster's leader turns exactly-once record expiry on at one log entry: every
+/// replica's ledger has it, and their states agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_turns_record_expiry_on_at_one_entry() {
+    let cluster = Cluster::start(3);
+    let all = [1, 2, 3];
+    cluster.leader(&all).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in all {
+        loop {
+            if let Ok(state) = Client::export_state(&cluster.addrs[&id]).await
+                && state.ledger.record_expiry()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} never turned record expiry on");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let head = Client::metrics(&cluster.addrs[&1]).await.unwrap().last_applied_index;
+    let digests = cluster.digests_at(&all, head).await;
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+}

@@ -29,6 +29,8 @@ impl World {
         for name in ["sam", "ana", "ben", "cai", "dan"] {
             w.ok("", Body::CreateUser(user(name, pb::Role::User)));
         }
+        // As a replica's leader does first: records expire from here on.
+        w.ok("", Body::ActivateRecordExpiry(pb::ActivateRecordExpiry {}));
         w
     }
 
