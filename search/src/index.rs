@@ -32,6 +32,10 @@ pub enum IndexError {
 /// keep commits (and progress) frequent.
 pub const BATCH_ITEMS: usize = 16;
 
+/// Lots per commit when the index starts from a state export: bounds the vectors held at
+/// once and shows progress in the store.
+pub const BOOTSTRAP_LOTS: usize = 512;
+
 /// The text a lot is found by.
 pub fn lot_text(title: &str, artist: &str, description: &str) -> String {
     match (artist.is_empty(), description.is_empty()) {
@@ -95,39 +99,64 @@ impl<S: VectorStore> Index<S> {
     }
 
     /// Brings the index to the ledger as of `state.index` (a state export) and moves the
-    /// checkpoint there, in one commit: lots it lacks are embedded, the ones it has get their
-    /// payload as the state has it, the sales' currencies are recorded, and the artists of new
-    /// lots are rebuilt. Lots are never deleted, so this leaves exactly what following every
+    /// checkpoint there: lots it lacks are embedded, the ones it has get their payload as the
+    /// state has it (written only where it changed), the sales' currencies are recorded, and
+    /// the artists of new lots are rebuilt. In commits of [`BOOTSTRAP_LOTS`] lots, the
+    /// checkpoint with the last: cut short, it is done again from the start, and a lot done
+    /// already is left as it is. Lots are never deleted, so this leaves what following every
     /// item would (up to the payloads' `index`, the state's).
     pub fn bootstrap(&self, state: &StateExport) -> Result<(), IndexError> {
         let _writer = self.lock();
-        let mut batch = Batch { store: &*self.store, lots: BTreeMap::new(), auctions: HashMap::new(), retry: false };
-        for auction in state.ledger.auctions() {
-            batch.auctions.insert(auction.auction_id.clone(), auction.currency.as_str().to_owned());
+        let lots: Vec<&ledger::state::Lot> = state.ledger.lots().collect();
+        let mut chunks: Vec<&[&ledger::state::Lot]> = lots.chunks(BOOTSTRAP_LOTS).collect();
+        if chunks.is_empty() {
+            // No lots: still one commit, for the checkpoint and the sales.
+            chunks.push(&[]);
         }
-        for lot in state.ledger.lots() {
-            let v = ledger::state::lot_view(lot);
-            let payload = Payload {
-                title: v.title.clone(),
-                artist: v.artist.clone(),
-                status: v.status,
-                category: v.category.clone(),
-                currency: v.currency.clone(),
-                lot_count: 0,
-                index: state.index,
-            };
-            match batch.lot(&v.lot_id)? {
-                Some(known) => known.point.payload = payload,
-                None => {
-                    let text = Some(lot_text(&v.title, &v.artist, &v.description));
-                    let point = Point { id: v.lot_id.clone(), vector: Vec::new(), payload };
-                    batch.lots.insert(v.lot_id, Pending { point, text });
+        let last = chunks.len() - 1;
+        for (n, chunk) in chunks.into_iter().enumerate() {
+            let mut batch =
+                Batch { store: &*self.store, lots: BTreeMap::new(), auctions: HashMap::new(), retry: false };
+            if n == 0 {
+                for auction in state.ledger.auctions() {
+                    batch.auctions.insert(auction.auction_id.clone(), auction.currency.as_str().to_owned());
                 }
             }
+            for lot in chunk {
+                let v = ledger::state::lot_view(lot);
+                let payload = Payload {
+                    title: v.title.clone(),
+                    artist: v.artist.clone(),
+                    status: v.status,
+                    category: v.category.clone(),
+                    currency: v.currency.clone(),
+                    lot_count: 0,
+                    index: state.index,
+                };
+                let changed = match batch.lot(&v.lot_id)? {
+                    Some(known) => {
+                        let same =
+                            Payload { index: known.point.payload.index, ..payload.clone() } == known.point.payload;
+                        known.point.payload = payload;
+                        !same
+                    }
+                    None => {
+                        let text = Some(lot_text(&v.title, &v.artist, &v.description));
+                        let point = Point { id: v.lot_id.clone(), vector: Vec::new(), payload };
+                        batch.lots.insert(v.lot_id.clone(), Pending { point, text });
+                        true
+                    }
+                };
+                if !changed {
+                    batch.lots.remove(&v.lot_id);
+                }
+            }
+            let mut changes = self.embed(batch)?;
+            if n == last {
+                changes.checkpoint = Some(state.index);
+            }
+            self.store.commit(changes)?;
         }
-        let mut changes = self.embed(batch)?;
-        changes.checkpoint = Some(state.index);
-        self.store.commit(changes)?;
         self.applied.send_replace(state.index);
         Ok(())
     }
