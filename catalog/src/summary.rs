@@ -3,7 +3,7 @@
 
 use ledger::Ledger;
 use ledger::pb::event::Kind;
-use ledger::pb::{AuctionStatus, LotStatus};
+use ledger::pb::{AuctionStatus, LotStatus, LotView};
 use node::pb::FeedItem;
 
 use crate::store::StoreError;
@@ -113,7 +113,6 @@ pub fn from_state(ledger: &Ledger, index: u64) -> (Vec<LotSummary>, Vec<AuctionR
         .map(|lot| {
             let v = ledger::state::lot_view(lot);
             LotSummary {
-                categories: v.categories,
                 attributes: lot
                     .content
                     .attributes
@@ -125,23 +124,7 @@ pub fn from_state(ledger: &Ledger, index: u64) -> (Vec<LotSummary>, Vec<AuctionR
                     })
                     .collect(),
                 images: lot.content.images.iter().map(|i| i.image_id.clone()).collect(),
-                lot_id: v.lot_id,
-                title: v.title,
-                artist: v.artist,
-                category: v.category,
-                currency: v.currency,
-                status: v.status,
-                start_price: v.start_price,
-                current_price: v.current_price,
-                bid_count: v.bid_count,
-                reserve_met: v.reserve_met,
-                starts_at_ms: v.starts_at_ms,
-                ends_at_ms: v.ends_at_ms,
-                leading_bidder: v.leading_bidder,
-                auction_id: v.auction_id,
-                minimum_bid: v.minimum_bid,
-                created_index: lot.created_index,
-                index,
+                ..row_of(&v, lot.created_index, index)
             }
         })
         .collect();
@@ -159,6 +142,33 @@ pub fn from_state(ledger: &Ledger, index: u64) -> (Vec<LotSummary>, Vec<AuctionR
         .map(|c| CategoryRow { category_id: c.category_id.clone(), parent_id: c.parent_id.clone(), index })
         .collect();
     (lots, auctions, categories)
+}
+
+/// A lot's row from its public view (no attributes or images: those come by their own events
+/// or from the lot's content).
+fn row_of(v: &LotView, created_index: u64, index: u64) -> LotSummary {
+    LotSummary {
+        lot_id: v.lot_id.clone(),
+        title: v.title.clone(),
+        artist: v.artist.clone(),
+        category: v.category.clone(),
+        currency: v.currency.clone(),
+        status: v.status,
+        start_price: v.start_price,
+        current_price: v.current_price,
+        bid_count: v.bid_count,
+        reserve_met: v.reserve_met,
+        starts_at_ms: v.starts_at_ms,
+        ends_at_ms: v.ends_at_ms,
+        leading_bidder: v.leading_bidder.clone(),
+        auction_id: v.auction_id.clone(),
+        minimum_bid: v.minimum_bid,
+        created_index,
+        index,
+        categories: v.categories.clone(),
+        attributes: Vec::new(),
+        images: Vec::new(),
+    }
 }
 
 /// A row as the projection finds it for the item at hand.
@@ -232,28 +242,7 @@ fn apply_event(rows: &mut impl Rows, kind: &Kind, index: u64) -> Result<(), Proj
                 if LotStatus::try_from(v.status).is_err() {
                     return refuse(format!("lot {} has an unknown status {}", v.lot_id, v.status));
                 }
-                rows.put_lot(LotSummary {
-                    lot_id: v.lot_id.clone(),
-                    title: v.title.clone(),
-                    artist: v.artist.clone(),
-                    category: v.category.clone(),
-                    currency: v.currency.clone(),
-                    status: v.status,
-                    start_price: v.start_price,
-                    current_price: v.current_price,
-                    bid_count: v.bid_count,
-                    reserve_met: v.reserve_met,
-                    starts_at_ms: v.starts_at_ms,
-                    ends_at_ms: v.ends_at_ms,
-                    leading_bidder: v.leading_bidder.clone(),
-                    auction_id: v.auction_id.clone(),
-                    minimum_bid: v.minimum_bid,
-                    created_index: index,
-                    index,
-                    categories: v.categories.clone(),
-                    attributes: Vec::new(),
-                    images: Vec::new(),
-                });
+                rows.put_lot(row_of(v, index, index));
                 Ok(())
             }
         },

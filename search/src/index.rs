@@ -36,6 +36,19 @@ pub const BATCH_ITEMS: usize = 16;
 /// once and shows progress in the store.
 pub const BOOTSTRAP_LOTS: usize = 512;
 
+/// A lot's payload from its public view, as of `index`.
+fn lot_payload(v: &ledger::pb::LotView, index: u64) -> Payload {
+    Payload {
+        title: v.title.clone(),
+        artist: v.artist.clone(),
+        status: v.status,
+        category: v.category.clone(),
+        currency: v.currency.clone(),
+        lot_count: 0,
+        index,
+    }
+}
+
 /// The text a lot is found by.
 pub fn lot_text(title: &str, artist: &str, description: &str) -> String {
     match (artist.is_empty(), description.is_empty()) {
@@ -124,15 +137,7 @@ impl<S: VectorStore> Index<S> {
             }
             for lot in chunk {
                 let v = ledger::state::lot_view(lot);
-                let payload = Payload {
-                    title: v.title.clone(),
-                    artist: v.artist.clone(),
-                    status: v.status,
-                    category: v.category.clone(),
-                    currency: v.currency.clone(),
-                    lot_count: 0,
-                    index: state.index,
-                };
+                let payload = lot_payload(&v, state.index);
                 let changed = match batch.lot(&v.lot_id)? {
                     Some(known) => {
                         let same =
@@ -305,15 +310,7 @@ impl<S: VectorStore> Batch<'_, S> {
                     // Created again above the checkpoint cannot happen in a consistent feed.
                     return Err(IndexError::Refused(format!("lot {} created again at index {index}", v.lot_id)));
                 }
-                let payload = Payload {
-                    title: v.title.clone(),
-                    artist: v.artist.clone(),
-                    status: v.status,
-                    category: v.category.clone(),
-                    currency: v.currency.clone(),
-                    lot_count: 0,
-                    index,
-                };
+                let payload = lot_payload(v, index);
                 let point = Point { id: v.lot_id.clone(), vector: Vec::new(), payload };
                 let text = Some(lot_text(&v.title, &v.artist, &v.description));
                 self.lots.insert(v.lot_id.clone(), Pending { point, text });
