@@ -106,6 +106,12 @@ impl Ledger {
         if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&snap.format_version) {
             return Err(SnapshotError::Version(snap.format_version));
         }
+        // Times the horizon counts from exist only once record expiry is on.
+        let timed = snap.lots.iter().any(|l| l.final_at_ms.is_some() || !l.earlier_bids.is_empty())
+            || snap.recorded_bids.iter().any(|r| r.refused_at_ms.is_some());
+        if timed && !snap.record_expiry {
+            return invalid("expiry times without record expiry on".to_owned());
+        }
         let mut ledger = Ledger { last_at_ms: snap.last_at_ms, record_expiry: snap.record_expiry, ..Ledger::default() };
         for u in snap.users {
             let user = restore_user(u)?;

@@ -555,8 +555,11 @@ impl Ledger {
             // Offered again: a fresh sale with no bids, free to join a new auction.
             lot.book = Book::new(lot.book.start_price, lot.book.reserve);
             // Their records stay until the lot is final: a retry must not bid in the new sale.
-            let placed = lot.history.iter().filter(|l| l.kind == BidKind::Placed);
-            lot.earlier_bids.extend(placed.map(|l| (l.bidder.clone(), l.bid_id.clone())));
+            // Kept only with record expiry on, like every time the horizon counts from.
+            if self.record_expiry {
+                let placed = lot.history.iter().filter(|l| l.kind == BidKind::Placed);
+                lot.earlier_bids.extend(placed.map(|l| (l.bidder.clone(), l.bid_id.clone())));
+            }
             lot.history.clear();
             lot.auction_id.clear();
         }

@@ -224,11 +224,25 @@ fn record_expiry_starts_at_one_entry_on_every_replica() {
     w.open_lot("L", 10_000, Some(100_000), 0);
     w.at = T0 + MIN;
     let a1 = w.bid("ana", "a1", "L", 20_000).unwrap();
+    // A second lot, sold then relisted before the activation: nothing is kept for it either.
+    w.ok("cur", Body::CreateLot(lot("M", 10_000, None, 0)));
+    for status in [
+        pb::LotStatus::UnderReview,
+        pb::LotStatus::Authenticated,
+        pb::LotStatus::ReadyForAuction,
+        pb::LotStatus::InAuction,
+    ] {
+        w.ok("cur", set_status("M", status));
+    }
+    w.bid("ana", "m1", "M", 20_000).unwrap();
     assert_eq!(w.bid("ana", "r1", "L", 100), Err("not_above_own_max".into()));
     w.at = T0 + HOUR;
     w.close("L");
     assert_eq!(w.ledger.lot("L").unwrap().final_at_ms, None, "not timed before the activation");
     assert_eq!(w.ledger.lot("L").unwrap().created_index, 0);
+    w.close("M");
+    w.ok("cur", set_status("M", pb::LotStatus::ReadyForAuction));
+    assert!(w.ledger.lot("M").unwrap().earlier_bids.is_empty(), "not kept before the activation");
     let before = w.ledger.clone();
     w.at += 3 * HORIZON;
     assert_eq!(w.bid("ana", "a1", "L", 20_000), Ok(a1.clone()), "nothing expires");
@@ -267,4 +281,8 @@ fn record_expiry_starts_at_one_entry_on_every_replica() {
         }
         assert_eq!(resumed, straight, "restored at command {cut}");
     }
+    // A snapshot claiming times without expiry on is damage.
+    let mut bad = straight.to_snapshot();
+    bad.record_expiry = false;
+    assert!(Ledger::from_snapshot(bad).is_err());
 }

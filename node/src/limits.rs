@@ -42,6 +42,8 @@ pub const FEED_READ_ITEMS_MAX: usize = 256;
 pub const FEED_BUFFER_ITEMS: usize = 1024;
 /// How often the leader's timer looks for lots to close.
 pub const CLOSE_TICK_MS: u64 = 100;
+/// How often the leader checks whether it may turn exactly-once record expiry on.
+pub const ACTIVATE_CHECK_MS: u64 = 200;
 /// Lots closed per timer proposal.
 pub const CLOSE_LOTS_PER_TICK_MAX: usize = 256;
 /// Deadline for a forwarded or linearizable request.

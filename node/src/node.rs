@@ -96,6 +96,7 @@ impl Node {
             tokio::spawn(retain_feed(inner.clone(), stopped.clone()));
         }
         tokio::spawn(take_snapshots(inner.clone(), stopped.clone()));
+        tokio::spawn(activate_record_expiry(inner.clone(), stopped.clone()));
         tokio::spawn(close_lots(inner.clone(), stopped));
         Ok(Node { inner, stop, server })
     }
@@ -203,9 +204,76 @@ fn snapshot_grid(id: u64, every: u64) -> impl Fn(u64) -> u64 {
     move |index: u64| index.saturating_add(shift) / every
 }
 
-/// On the leader, proposes `CloseLot` for every open lot whose end time has passed (and, once,
-/// `ActivateRecordExpiry`). Both are idempotent in the ledger, so a duplicate from a deposed
-/// leader changes nothing.
+/// On the leader, proposes `ActivateRecordExpiry` once the ledger lacks it and every voter
+/// can apply it: a new cluster, or one upgraded from a build without it, gets it at one log
+/// entry, the same on every replica. Apart from the lot timer, so that asking an unreachable
+/// voter never delays closing. Idempotent in the ledger; the task ends once it is on.
+async fn activate_record_expiry(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(limits::ACTIVATE_CHECK_MS)) => {},
+            _ = stopped.wait_for(|&s| s) => return,
+        }
+        match node.shared.ledger().map(|l| l.record_expiry()) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "activating record expiry stops");
+                return;
+            }
+        }
+        if !node.raft.is_leader() || !every_voter_understands_record_expiry(&node).await {
+            continue;
+        }
+        let activate = ledger::pb::Command {
+            at_ms: 0,
+            actor: String::new(),
+            log_index: 0,
+            body: Some(ledger::pb::command::Body::ActivateRecordExpiry(ledger::pb::ActivateRecordExpiry {})),
+        };
+        match node.proposer.propose(vec![activate]).await {
+            Ok(results) => {
+                let activated = results
+                    .first()
+                    .and_then(|r| r.outcome.as_ref())
+                    .is_some_and(|o| matches!(o.result, Some(ledger::pb::outcome::Result::RecordExpiry(_))));
+                if activated {
+                    info!("exactly-once record expiry activated");
+                } else {
+                    warn!(?results, "activating record expiry was refused; will retry");
+                }
+            }
+            Err(ProposeError::NotLeader { .. }) => {}
+            Err(e) => warn!(error = %e, "activating record expiry failed; will retry"),
+        }
+    }
+}
+
+/// Whether every voter runs a build that applies `ActivateRecordExpiry`: an older one would
+/// apply it as a command with no body, and its state would part from the others'. During a
+/// rolling upgrade the leader waits until the last voter is upgraded.
+async fn every_voter_understands_record_expiry(node: &Arc<NodeInner>) -> bool {
+    let voters: Vec<String> = {
+        let metrics = node.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let voter_ids: Vec<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .filter(|(id, _)| **id != node.config.id && voter_ids.contains(id))
+            .map(|(_, n)| n.addr.clone())
+            .collect()
+    };
+    for addr in voters {
+        match Client::metrics(&addr).await {
+            Ok(m) if m.understands_record_expiry => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// On the leader, proposes `CloseLot` for every open lot whose end time has passed. Closing is
+/// idempotent in the ledger, so a duplicate from a deposed leader changes nothing.
 async fn close_lots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(limits::CLOSE_TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -218,22 +286,6 @@ async fn close_lots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
             continue;
         }
         let now_ms = node.clock.now_ms();
-        // A ledger that has not turned record expiry on yet (a new cluster, or one upgraded
-        // from a build without it) gets it at one log entry, the same on every replica.
-        let expiry_off = node.shared.ledger().map(|l| !l.record_expiry()).unwrap_or(false);
-        if expiry_off {
-            let activate = ledger::pb::Command {
-                at_ms: 0,
-                actor: String::new(),
-                log_index: 0,
-                body: Some(ledger::pb::command::Body::ActivateRecordExpiry(ledger::pb::ActivateRecordExpiry {})),
-            };
-            match node.proposer.propose(vec![activate]).await {
-                Ok(_) => info!("exactly-once record expiry activated"),
-                Err(ProposeError::NotLeader { .. }) => {}
-                Err(e) => warn!(error = %e, "activating record expiry failed; will retry"),
-            }
-        }
         let due: Vec<ledger::pb::Command> = {
             let ledger = match node.shared.ledger() {
                 Ok(ledger) => ledger,

@@ -42,6 +42,7 @@ impl NodeInner {
             last_log_index: m.last_log_index.unwrap_or(0),
             last_applied_index: applied,
             feed_start: self.shared.feed_start(),
+            understands_record_expiry: true,
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             state_digest: digest,
