@@ -267,16 +267,9 @@ const RESTART_DELAY_MAX_MS: u64 = 5_000;
 async fn export_from(addrs: &[String], floor: u64, stop: &mut watch::Receiver<bool>) -> Option<StateExport> {
     let mut delay = Duration::from_millis(RESTART_DELAY_MIN_MS);
     loop {
-        for addr in addrs {
-            let fetched = tokio::select! {
-                fetched = Client::export_state(addr) => fetched,
-                _ = stop.wait_for(|&s| s) => return None,
-            };
-            match fetched {
-                Ok(state) if state.index >= floor => return Some(state),
-                Ok(state) => warn!(%addr, index = state.index, floor, "a state export below the feed's floor; skipped"),
-                Err(e) => warn!(%addr, error = %e, "no state export from this node"),
-            }
+        tokio::select! {
+            export = Client::export_state_from_any(addrs, floor) => if export.is_some() { return export },
+            _ = stop.wait_for(|&s| s) => return None,
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {},

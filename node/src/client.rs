@@ -283,6 +283,21 @@ impl Client {
         Ok(StateExport { index, at_ms, ledger })
     }
 
+    /// A state export at or above `floor` from the first of `addrs` that gives one (one pass;
+    /// each node that fails or is below the floor is logged and skipped).
+    pub async fn export_state_from_any(addrs: &[String], floor: u64) -> Option<StateExport> {
+        for addr in addrs {
+            match Self::export_state(addr).await {
+                Ok(state) if state.index >= floor => return Some(state),
+                Ok(state) => {
+                    tracing::warn!(%addr, index = state.index, floor, "a state export below the feed's floor; skipped")
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "no state export from this node"),
+            }
+        }
+        None
+    }
+
     /// One node's metrics without the state digest (no retries: it is about that node).
     /// Cheap enough to poll; [`Client::metrics_with_digest`] hashes the node's whole ledger.
     pub async fn metrics(addr: &str) -> Result<pb::MetricsResponse, ClientError> {

@@ -301,23 +301,10 @@ impl<H: Handler> Subscriber<H> {
         warn!(error = %gone, "the feed after this subscriber's position is gone; starting from a state export");
         let mut delay = RETRY_MIN;
         loop {
-            let mut export = None;
-            for addr in &self.addrs {
-                let fetched = tokio::select! {
-                    fetched = Client::export_state(addr) => fetched,
-                    _ = stop.wait_for(|&s| s) => return None,
-                };
-                match fetched {
-                    Ok(state) if state.index >= floor => {
-                        export = Some(state);
-                        break;
-                    }
-                    Ok(state) => {
-                        warn!(%addr, index = state.index, floor, "a state export below the feed's floor; skipped")
-                    }
-                    Err(e) => warn!(%addr, error = %e, "no state export from this node"),
-                }
-            }
+            let export = tokio::select! {
+                export = Client::export_state_from_any(&self.addrs, floor) => export,
+                _ = stop.wait_for(|&s| s) => return None,
+            };
             if let Some(state) = export {
                 let (index, at_ms) = (state.index, state.at_ms);
                 match self.handler.bootstrap(Arc::new(state)).await {
