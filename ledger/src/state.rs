@@ -342,18 +342,14 @@ impl Ledger {
     /// This breaks exactly-once on purpose: it exists only for the node's unsafe jepsen mode,
     /// which shows that the harness catches a bid applied twice.
     pub fn forget_recorded_bid(&mut self, bidder: &str, bid_id: &str) {
-        if let Some(bids) = self.recorded.get_mut(bidder) {
-            if let Some((bidder, Recorded::Rejected { at_ms: Some(at), .. })) =
+        if let Some(bids) = self.recorded.get(bidder)
+            && let Some((bidder, Recorded::Rejected { at_ms: Some(at), .. })) =
                 self.users.get_key_value(bidder).map(|(id, _)| id.clone()).zip(bids.get(bid_id))
-            {
-                // Its place in the expiry queue goes with it, as on a replica restored without it.
-                self.refusals.remove(&(*at, bidder, Id::from(bid_id)));
-            }
-            bids.remove(bid_id);
-            if bids.is_empty() {
-                self.recorded.remove(bidder);
-            }
+        {
+            // Its place in the expiry queue goes with it, as on a replica restored without it.
+            self.refusals.remove(&(*at, bidder, Id::from(bid_id)));
         }
+        remove_record(&mut self.recorded, bidder, bid_id, |_| true);
     }
 
     /// Whether `ActivateRecordExpiry` was applied (the leader proposes it while not).
@@ -377,25 +373,23 @@ impl Ledger {
             let Some(lot) = self.lots.get(&lot_id) else { continue };
             let placed = lot.history.iter().filter(|l| l.kind == BidKind::Placed).map(|l| (&l.bidder, &l.bid_id));
             for (bidder, bid_id) in placed.chain(lot.earlier_bids.iter().map(|(b, i)| (b, i))) {
-                let Some(bids) = self.recorded.get_mut(bidder) else { continue };
                 // Only this lot's record: a bid id names one record per bidder.
-                if matches!(bids.get(bid_id), Some(Recorded::Bid { lot_id: l, .. }) if *l == lot_id) {
-                    bids.remove(bid_id);
-                    if bids.is_empty() {
-                        self.recorded.remove(bidder);
-                    }
-                }
+                remove_record(
+                    &mut self.recorded,
+                    bidder,
+                    bid_id,
+                    |r| matches!(r, Recorded::Bid { lot_id: l, .. } if *l == lot_id),
+                );
             }
         }
         while self.refusals.first().is_some_and(|(at, _, _)| due(*at)) {
             let Some((at, bidder, bid_id)) = self.refusals.pop_first() else { break };
-            let Some(bids) = self.recorded.get_mut(&bidder) else { continue };
-            if matches!(bids.get(&bid_id), Some(Recorded::Rejected { at_ms: Some(t), .. }) if *t == at) {
-                bids.remove(&bid_id);
-                if bids.is_empty() {
-                    self.recorded.remove(&bidder);
-                }
-            }
+            remove_record(
+                &mut self.recorded,
+                &bidder,
+                &bid_id,
+                |r| matches!(r, Recorded::Rejected { at_ms: Some(t), .. } if *t == at),
+            );
         }
     }
 
@@ -993,6 +987,23 @@ impl Ledger {
 }
 
 // ---- state changes shared by several commands --------------------------------------------
+
+/// Removes a bidder's record of `bid_id` if `which` accepts it, and the bidder's table once it
+/// is empty (a restored replica has no empty tables).
+fn remove_record(
+    recorded: &mut IdMap<HashMap<Id, Recorded>>,
+    bidder: &str,
+    bid_id: &str,
+    which: impl FnOnce(&Recorded) -> bool,
+) {
+    let Some(bids) = recorded.get_mut(bidder) else { return };
+    if bids.get(bid_id).is_some_and(which) {
+        bids.remove(bid_id);
+        if bids.is_empty() {
+            recorded.remove(bidder);
+        }
+    }
+}
 
 /// Moves a lot at `at`; with record expiry on (`final_lots` given), one that becomes final
 /// joins `final_lots`, for its bids' records to expire by.
