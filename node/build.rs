@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=../ledger/proto/gavel/ledger/v1/ledger.proto");
     tonic_prost_build::configure()
         .extern_path(".gavel.ledger.v1", "::ledger::pb")
+        // A log entry's proposal stays the bytes the leader encoded: a follower keeps the
+        // buffer it received, writes it to its log and decodes it once for apply.
+        .bytes(".gavel.node.v1.Entry.proposal")
         .compile_protos(&[proto], &["proto", "../ledger/proto"])?;
     Ok(())
 }

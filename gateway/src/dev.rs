@@ -134,6 +134,7 @@ fn node_config(args: &DevArgs, id: u64) -> NodeConfig {
         election_timeout_max_ms: 300,
         snapshot_logs: 10_000,
         logs_kept_after_snapshot: 1_000,
+        leader_snapshot_defer: node::limits::LEADER_SNAPSHOT_DEFER_INTERVALS,
         // Catalog, search and the fan-out follow the feed from index 0.
         feed_retention: node::FeedRetention::default(),
         clock_offset_ms: 0,

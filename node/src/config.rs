@@ -24,10 +24,15 @@ pub struct NodeConfig {
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Build a snapshot every this many entries (then purge logs below it, keeping a margin),
-    /// at points shifted by a third of it per node id (mod 3) so that replicas take turns.
+    /// at points shifted by a third of it per node id (mod 3) so that replicas take turns
+    /// (a leader: see `leader_snapshot_defer`).
     pub snapshot_logs: u64,
     /// Log entries kept below the last snapshot for lagging followers.
     pub logs_kept_after_snapshot: u64,
+    /// While leader, build a snapshot only once this many `snapshot_logs` intervals behind
+    /// (1: on schedule, like a follower). Copying the ledger holds up applying, and on the
+    /// leader every answer waits for apply; the price is a longer log on the leader.
+    pub leader_snapshot_defer: u64,
     /// How much of the feed to keep (default: all of it).
     pub feed_retention: FeedRetention,
     /// Added to the wall clock when stamping entries (fault injection).

@@ -64,6 +64,10 @@ pub const EXPORTS_AT_ONCE: usize = 1;
 /// write buffer; whole files below the floor are dropped at every trim).
 pub const FEED_RETAIN_CHECK_MS: u64 = 1_000;
 pub const FEED_RECLAIM_EVERY_MS: u64 = 60_000;
+/// The default of `--leader-snapshot-defer`: a leader builds its own snapshot only once it is
+/// this many snapshot intervals behind, since copying the ledger holds up applying and on the
+/// leader every client's answer waits for apply. Followers build on schedule.
+pub const LEADER_SNAPSHOT_DEFER_INTERVALS: u64 = 4;
 /// A snapshot asked for but not yet built is asked for again after this long (openraft drops
 /// a request that comes while a build runs).
 pub const SNAPSHOT_ASK_AGAIN_MS: u64 = 1_000;

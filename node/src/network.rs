@@ -180,7 +180,7 @@ mod tests {
         let proposal = pb::Proposal { commands: vec![command], ..Default::default() };
         pb::Entry {
             log_id: Some(pb::LogId { term: 1, node_id: 1, index }),
-            payload: Some(pb::entry::Payload::Proposal(proposal)),
+            payload: Some(pb::entry::Payload::Proposal(proposal.encode_to_vec().into())),
         }
     }
 

@@ -166,7 +166,9 @@ async fn bootstrap(node: Arc<NodeInner>) {
 /// Builds a snapshot every `snapshot_logs` applied entries, on a grid shifted by a third of
 /// that per node id. With openraft's own policy every replica crossed the same index together
 /// and three snapshot builds shared the cores at once (100-200 ms stalls at 10,000 bids/s);
-/// shifted, the replicas of a 3-node cluster take turns.
+/// shifted, the replicas of a 3-node cluster take turns. The leader, whose applies every
+/// answer waits for, builds only every `leader_snapshot_defer` cells, and a follower copies
+/// the ledger at low priority.
 async fn take_snapshots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
     let cell = snapshot_grid(node.config.id, node.config.snapshot_logs);
     let mut applied = node.shared.watch_applied();
@@ -181,9 +183,14 @@ async fn take_snapshots(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>
             _ = stopped.wait_for(|&s| s) => return,
         }
         let index = *applied.borrow_and_update();
+        let leading = node.raft.is_leader();
+        node.shared.set_snapshot_copy_niced(!leading);
         // Built here or installed from the leader: either counts.
         let held = node.shared.snapshot_index();
         if cell(index) <= cell(held) {
+            continue;
+        }
+        if leading && cell(index) < cell(held).saturating_add(node.config.leader_snapshot_defer) {
             continue;
         }
         if asked.is_some_and(|(at, when)| cell(at) == cell(index) && when.elapsed() < again) {

@@ -19,7 +19,7 @@ use tracing::warn;
 
 use crate::limits;
 use crate::pb;
-use crate::raft::TypeConfig;
+use crate::raft::{Payload, TypeConfig};
 use crate::store::{Raft, Shared};
 
 /// Why a command could not be ordered. Every variant is safe to retry with the same ids;
@@ -199,13 +199,13 @@ async fn run(
         if unsafe_ack && raft.is_leader() {
             ack_before_commit(&shared, at_ms, &all, replies);
             tokio::spawn(async move {
-                let _ = raft.client_write(Arc::new(pb::Proposal { at_ms, commands: all })).await;
+                let _ = raft.client_write(Payload::new(pb::Proposal { at_ms, commands: all })).await;
                 drop(permit);
             });
             continue;
         }
         tokio::spawn(async move {
-            let result = raft.client_write(Arc::new(pb::Proposal { at_ms, commands: all })).await;
+            let result = raft.client_write(Payload::new(pb::Proposal { at_ms, commands: all })).await;
             drop(permit);
             deliver(result, replies);
         });

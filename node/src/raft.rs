@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use openraft::{BasicNode, EntryPayload};
 
 use crate::pb;
@@ -20,19 +21,71 @@ pub struct Applied {
 }
 
 openraft::declare_raft_types!(
-    /// Gavel's Raft types: a log entry carries a [`pb::Proposal`] (a batch of ledger commands),
-    /// shared: the log's cache of recent entries, replication and apply read the one decoded
-    /// copy instead of copying or decoding it again.
+    /// Gavel's Raft types: a log entry carries a [`Payload`] (a batch of ledger commands with
+    /// its encoding).
     pub TypeConfig:
-        D = Arc<pb::Proposal>,
+        D = Payload,
         R = Applied,
         NodeId = NodeId,
         Node = BasicNode,
 );
 
-impl fmt::Display for pb::Proposal {
+/// A log entry's application payload: a [`pb::Proposal`] and its protobuf encoding, made once
+/// (by the leader's proposer, or by decoding what a replica received or read back) and shared
+/// by the log, its cache of recent entries, replication and apply. The log and the followers
+/// get the same bytes; nothing encodes or copies a proposal again.
+#[derive(Clone)]
+pub struct Payload(Arc<Encoded>);
+
+struct Encoded {
+    proposal: pb::Proposal,
+    bytes: Bytes,
+}
+
+impl Payload {
+    /// Encodes `proposal`: the only time it is encoded.
+    pub fn new(proposal: pb::Proposal) -> Payload {
+        use prost::Message;
+        let bytes = Bytes::from(proposal.encode_to_vec());
+        Payload(Arc::new(Encoded { proposal, bytes }))
+    }
+
+    /// Decodes a proposal from its encoding, keeping the bytes (a shared buffer, not a copy).
+    pub fn decode(bytes: Bytes) -> Result<Payload, Malformed> {
+        use prost::Message;
+        let proposal = pb::Proposal::decode(bytes.clone()).map_err(|_| Malformed("proposal"))?;
+        Ok(Payload(Arc::new(Encoded { proposal, bytes })))
+    }
+
+    pub fn proposal(&self) -> &pb::Proposal {
+        &self.0.proposal
+    }
+
+    /// The proposal's encoding.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0.bytes
+    }
+}
+
+/// Two payloads are equal when their encodings are: a proposal has exactly one.
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.0.bytes == other.0.bytes
+    }
+}
+
+impl Eq for Payload {}
+
+impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Proposal(at={}ms, {} commands)", self.at_ms, self.commands.len())
+        f.debug_struct("Payload").field("proposal", &self.0.proposal).field("bytes", &self.0.bytes.len()).finish()
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.0.proposal;
+        write!(f, "Proposal(at={}ms, {} commands, {} bytes)", p.at_ms, p.commands.len(), self.0.bytes.len())
     }
 }
 
@@ -107,33 +160,24 @@ pub fn stored_membership_from_pb(m: &Option<pb::StoredMembership>) -> Result<Sto
 pub fn entry_to_pb(e: &Entry) -> pb::Entry {
     let payload = match &e.payload {
         EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
-        EntryPayload::Normal(p) => pb::entry::Payload::Proposal((**p).clone()),
+        // A reference count, not a copy: the message sends the proposal's own bytes.
+        EntryPayload::Normal(p) => pb::entry::Payload::Proposal(p.bytes().clone()),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
     };
     pb::Entry { log_id: Some(log_id_to_pb(&e.log_id)), payload: Some(payload) }
 }
 
-/// `entry_to_pb(e).encode_to_vec()`, without copying a proposal into the message first.
+/// The log's record of `e`: `entry_to_pb(e).encode_to_vec()`.
 pub fn encode_entry(e: &Entry) -> Vec<u8> {
     use prost::Message;
-    match &e.payload {
-        EntryPayload::Normal(proposal) => {
-            let log_id = log_id_to_pb(&e.log_id);
-            // pb::Entry's field numbers: log_id = 1, proposal = 3.
-            let mut buf = Vec::with_capacity(field_len(log_id.encoded_len()) + field_len(proposal.encoded_len()));
-            prost::encoding::message::encode(1, &log_id, &mut buf);
-            prost::encoding::message::encode(3, &**proposal, &mut buf);
-            buf
-        }
-        _ => entry_to_pb(e).encode_to_vec(),
-    }
+    entry_to_pb(e).encode_to_vec()
 }
 
 pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, Malformed> {
     let log_id = log_id_from_pb(e.log_id.as_ref().ok_or(Malformed("entry log id"))?);
     let payload = match e.payload.ok_or(Malformed("entry payload"))? {
         pb::entry::Payload::Blank(_) => EntryPayload::Blank,
-        pb::entry::Payload::Proposal(p) => EntryPayload::Normal(Arc::new(p)),
+        pb::entry::Payload::Proposal(bytes) => EntryPayload::Normal(Payload::decode(bytes)?),
         pb::entry::Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(&m)?),
     };
     Ok(Entry { log_id, payload })
@@ -147,9 +191,9 @@ pub type VoteRequest = openraft::raft::VoteRequest<TypeConfig>;
 pub type VoteResponse = openraft::raft::VoteResponse<TypeConfig>;
 
 /// The message for `r`, carrying the longest prefix of its entries within `budget` encoded
-/// bytes (at least one), and how many that is. Entries are sized before they are converted,
-/// so the ones left for the next call are never copied.
+/// bytes (at least one), and how many that is.
 pub fn append_request_to_pb(r: &AppendEntriesRequest, budget: usize) -> (pb::AppendEntriesRequest, usize) {
+    use prost::Message;
     let mut message = pb::AppendEntriesRequest {
         vote: Some(vote_to_pb(&r.vote)),
         prev_log_id: opt_log_id_to_pb(&r.prev_log_id),
@@ -158,30 +202,17 @@ pub fn append_request_to_pb(r: &AppendEntriesRequest, budget: usize) -> (pb::App
     };
     let mut total = 0usize;
     for entry in &r.entries {
-        total = total.saturating_add(field_len(entry_len(entry)));
+        let entry = entry_to_pb(entry);
+        // A length-delimited field with a one-byte tag (field 3).
+        let len = entry.encoded_len();
+        total = total.saturating_add(1 + prost::length_delimiter_len(len) + len);
         if total > budget && !message.entries.is_empty() {
             break;
         }
-        message.entries.push(entry_to_pb(entry));
+        message.entries.push(entry);
     }
     let kept = message.entries.len();
     (message, kept)
-}
-
-/// A length-delimited protobuf field's encoded size (tag below 16, so one byte of tag).
-fn field_len(len: usize) -> usize {
-    1 + prost::length_delimiter_len(len) + len
-}
-
-/// An entry's encoded size as `entry_to_pb` would make it, without copying its proposal.
-fn entry_len(entry: &Entry) -> usize {
-    use prost::Message;
-    match &entry.payload {
-        EntryPayload::Normal(proposal) => {
-            field_len(log_id_to_pb(&entry.log_id).encoded_len()) + field_len(proposal.encoded_len())
-        }
-        _ => entry_to_pb(entry).encoded_len(),
-    }
 }
 
 pub fn append_request_from_pb(r: pb::AppendEntriesRequest) -> Result<AppendEntriesRequest, Malformed> {
@@ -250,22 +281,52 @@ mod tests {
 
     #[test]
     fn entries_round_trip_through_protobuf() {
+        use prost::Message;
         let log_id = LogId { leader_id: LeaderId { term: 3, node_id: 2 }, index: 42 };
         let nodes: BTreeMap<NodeId, BasicNode> = [(1, BasicNode::new("a:1")), (2, BasicNode::new("b:2"))].into();
         let membership = Membership::new(vec![[1, 2].into()], nodes).unwrap();
         let entries = [
             Entry { log_id, payload: EntryPayload::Blank },
-            Entry { log_id, payload: EntryPayload::Normal(Arc::new(pb::Proposal { at_ms: 7, commands: vec![] })) },
-            Entry { log_id, payload: EntryPayload::Normal(Arc::new(proposal())) },
+            Entry { log_id, payload: EntryPayload::Normal(Payload::new(pb::Proposal { at_ms: 7, commands: vec![] })) },
+            Entry { log_id, payload: EntryPayload::Normal(Payload::new(proposal())) },
             Entry { log_id, payload: EntryPayload::Membership(membership) },
         ];
         for e in entries {
-            use prost::Message;
-            assert_eq!(encode_entry(&e), entry_to_pb(&e).encode_to_vec(), "the log's encoding is the message's");
-            let back = entry_from_pb(entry_to_pb(&e)).unwrap();
+            let back = entry_from_pb(pb::Entry::decode(encode_entry(&e).as_slice()).unwrap()).unwrap();
             assert_eq!(back, e);
+            if let (EntryPayload::Normal(a), EntryPayload::Normal(b)) = (&back.payload, &e.payload) {
+                assert_eq!(a.proposal(), b.proposal(), "decoded once, to the proposal that was encoded");
+            }
         }
         assert!(entry_from_pb(pb::Entry::default()).is_err());
+        let garbage = pb::Entry {
+            log_id: Some(log_id_to_pb(&log_id)),
+            payload: Some(pb::entry::Payload::Proposal(Bytes::from_static(&[0xff, 0xff]))),
+        };
+        assert!(entry_from_pb(garbage).is_err(), "a proposal that does not decode is refused");
+    }
+
+    /// The log and the wire keep the record they had when the proposal was an embedded
+    /// message: the bytes are identical, so old logs read back and old peers interoperate.
+    #[test]
+    fn an_entry_encodes_as_it_did_with_an_embedded_proposal() {
+        use prost::Message;
+
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct EmbeddedEntry {
+            #[prost(message, optional, tag = "1")]
+            log_id: Option<pb::LogId>,
+            #[prost(message, optional, tag = "3")]
+            proposal: Option<pb::Proposal>,
+        }
+
+        let log_id = LogId { leader_id: LeaderId { term: 3, node_id: 2 }, index: 42 };
+        let old = EmbeddedEntry { log_id: Some(log_id_to_pb(&log_id)), proposal: Some(proposal()) };
+        let entry = Entry { log_id, payload: EntryPayload::Normal(Payload::new(proposal())) };
+        assert_eq!(encode_entry(&entry), old.encode_to_vec());
+        let read = entry_from_pb(pb::Entry::decode(old.encode_to_vec().as_slice()).unwrap()).unwrap();
+        assert_eq!(read, entry);
+        assert_eq!(EmbeddedEntry::decode(encode_entry(&entry).as_slice()).unwrap(), old);
     }
 
     fn proposal() -> pb::Proposal {

@@ -65,6 +65,13 @@ impl Cluster {
             .arg(self.dir.path().join(format!("node-{id}")))
             .args(["--snapshot-logs", &self.snapshot_logs.to_string(), "--logs-kept-after-snapshot", "5"])
             .args(&self.extra_args)
+            // Leaders snapshot on schedule too, so the tests' short runs see purges and installs,
+            // unless a test asks otherwise.
+            .args(if self.extra_args.iter().any(|a| a == "--leader-snapshot-defer") {
+                &[][..]
+            } else {
+                &["--leader-snapshot-defer", "1"][..]
+            })
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -1048,4 +1055,49 @@ async fn the_leader_turns_record_expiry_on_at_one_entry() {
     let head = Client::metrics(&cluster.addrs[&1]).await.unwrap().last_applied_index;
     let digests = cluster.digests_at(&all, head).await;
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+}
+
+/// The leader, whose applies every answer waits for, defers its snapshot builds (a build
+/// copies the ledger under the apply gate) until it is `--leader-snapshot-defer` intervals
+/// behind, while the followers build on their schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_defers_its_snapshots_while_the_followers_build_on_schedule() {
+    let defer = 4;
+    let cluster = Cluster::start_with_args(3, 40, &["--leader-snapshot-defer", &defer.to_string()]);
+    let all = [1, 2, 3];
+    let leader = cluster.leader(&all).await;
+    let client = cluster.client();
+    let every = cluster.snapshot_logs;
+    // One entry each (refused: no such lot). Up to a point below the leader's deferred build
+    // (its grid is shifted by at most two thirds of a cell) and past every follower's first.
+    let mut sent = 0;
+    propose_until(&client, (defer - 1) * every, &mut sent).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in all.iter().copied().filter(|&id| id != leader) {
+        while Client::metrics(&cluster.addrs[&id]).await.unwrap().snapshot_index == 0 {
+            assert!(Instant::now() < deadline, "follower {id} never built a snapshot");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let m = Client::metrics(&cluster.addrs[&leader]).await.unwrap();
+    assert_eq!(m.leader_id, Some(leader), "the leader did not change");
+    assert_eq!(m.snapshot_index, 0, "the leader deferred its snapshot: {m:?}");
+    // Far enough behind, it builds.
+    propose_until(&client, (defer + 1) * every, &mut sent).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Client::metrics(&cluster.addrs[&leader]).await.unwrap().snapshot_index == 0 {
+        assert!(Instant::now() < deadline, "the leader never built a snapshot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Proposes one-command entries (refused: no such lot) until one lands at `target` or later.
+async fn propose_until(client: &Client, target: u64, sent: &mut u64) {
+    loop {
+        let r = client.propose(vec![bid("ana", &format!("x{sent}"), "no-such-lot", 100)]).await.unwrap();
+        *sent += 1;
+        if r[0].log_index >= target {
+            return;
+        }
+    }
 }

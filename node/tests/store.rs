@@ -7,7 +7,7 @@ use std::io;
 use ledger::Ledger;
 use ledger::pb::{self as lp, command::Body};
 use node::pb;
-use node::raft::{Entry, LeaderId, LogId, TypeConfig};
+use node::raft::{Entry, LeaderId, LogId, Payload, TypeConfig};
 use node::store::{LogStore, StateMachine, open_db};
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -36,10 +36,7 @@ fn log_id(index: u64) -> LogId {
 }
 
 fn proposal_entry(index: u64, at_ms: i64, commands: Vec<lp::Command>) -> Entry {
-    Entry {
-        log_id: log_id(index),
-        payload: EntryPayload::Normal(std::sync::Arc::new(pb::Proposal { at_ms, commands })),
-    }
+    Entry { log_id: log_id(index), payload: EntryPayload::Normal(Payload::new(pb::Proposal { at_ms, commands })) }
 }
 
 fn user(id: &str) -> lp::Command {
@@ -101,7 +98,8 @@ fn attribute_entries(last: u64) -> (Vec<Entry>, Vec<(String, pb::FeedItem)>) {
     let mut after = Vec::new();
     for e in &entries {
         let mut item = pb::FeedItem { index: e.log_id.index, at_ms: 0, events: vec![] };
-        if let EntryPayload::Normal(p) = &e.payload {
+        if let EntryPayload::Normal(payload) = &e.payload {
+            let p = payload.proposal();
             item.at_ms = p.at_ms;
             for c in &p.commands {
                 let mut c = c.clone();

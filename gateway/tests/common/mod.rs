@@ -110,6 +110,7 @@ impl TestCluster {
                 election_timeout_max_ms: 300,
                 snapshot_logs: 10_000,
                 logs_kept_after_snapshot: 1_000,
+                leader_snapshot_defer: node::limits::LEADER_SNAPSHOT_DEFER_INTERVALS,
                 feed_retention: retention,
                 clock_offset_ms: 0,
                 unsafe_modes: node::UnsafeModes::default(),

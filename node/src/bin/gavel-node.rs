@@ -48,12 +48,18 @@ struct Args {
     /// Upper bound of the randomised election timeout.
     #[arg(long, env = "GAVEL_ELECTION_TIMEOUT_MAX_MS", default_value_t = 300)]
     election_timeout_max_ms: u64,
-    /// Build a snapshot every this many log entries (replicas take turns: see node/README.md).
+    /// Build a snapshot every this many log entries (replicas take turns, and a leader builds
+    /// only every `--leader-snapshot-defer` of these: see node/README.md).
     #[arg(long, env = "GAVEL_SNAPSHOT_LOGS", default_value_t = 10_000)]
     snapshot_logs: u64,
     /// Log entries kept below a snapshot for lagging followers.
     #[arg(long, env = "GAVEL_LOGS_KEPT_AFTER_SNAPSHOT", default_value_t = 1_000)]
     logs_kept_after_snapshot: u64,
+    /// While leader, build a snapshot only every this many snapshot intervals (1: on schedule,
+    /// like a follower): the copy of the ledger a build takes holds up every answer on the
+    /// leader. The leader's log is purged less often, and replayed longer after a restart.
+    #[arg(long, env = "GAVEL_LEADER_SNAPSHOT_DEFER", default_value_t = node::limits::LEADER_SNAPSHOT_DEFER_INTERVALS, value_parser = clap::value_parser!(u64).range(1..))]
+    leader_snapshot_defer: u64,
     /// Keep the newest feed items up to this many bytes on disk (compressed, as RocksDB
     /// estimates; the items still in memory are always kept); older items are dropped and a
     /// subscription from below them is refused with where the feed starts. 0: no bound.
@@ -153,6 +159,7 @@ fn main() -> ExitCode {
         election_timeout_max_ms: args.election_timeout_max_ms,
         snapshot_logs: args.snapshot_logs,
         logs_kept_after_snapshot: args.logs_kept_after_snapshot,
+        leader_snapshot_defer: args.leader_snapshot_defer,
         feed_retention: FeedRetention { max_bytes: args.feed_retain_bytes, max_age_secs: args.feed_retain_secs },
         clock_offset_ms: args.clock_offset_ms,
         unsafe_modes: UnsafeModes {

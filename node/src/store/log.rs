@@ -163,7 +163,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 if !range.contains(&index_of(&key)?) {
                     break;
                 }
-                out.push(raft::entry_from_pb(decode(&value, "log entry")?).map_err(|e| corrupt(e.to_string()))?);
+                // From the owned value: the proposal's bytes are this buffer, not a copy of it.
+                let entry =
+                    pb::Entry::decode(bytes::Bytes::from(value)).map_err(|e| corrupt(format!("log entry: {e}")))?;
+                out.push(raft::entry_from_pb(entry).map_err(|e| corrupt(e.to_string()))?);
             }
             Ok(out)
         })
@@ -279,7 +282,7 @@ mod tests {
         let proposal = pb::Proposal { at_ms: index as i64, commands: Vec::new() };
         Entry {
             log_id: LogId { leader_id: LeaderId { term: 1, node_id: 1 }, index },
-            payload: EntryPayload::Normal(Arc::new(proposal)),
+            payload: EntryPayload::Normal(raft::Payload::new(proposal)),
         }
     }
 

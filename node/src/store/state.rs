@@ -66,6 +66,10 @@ pub struct Shared {
     /// UNSAFE (jepsen only): forget each bid's recorded outcome before applying it, so a
     /// retry is applied again. Every replica must run with the same setting.
     forget_bid_ids: AtomicBool,
+    /// Snapshot builds copy the ledger at low priority: on a follower, whose applies (held up
+    /// by the copy) no answer waits for. Kept by the node's snapshot schedule, which looks at
+    /// the node's role after every applied batch (an election's blank entry included).
+    copy_niced: AtomicBool,
 }
 
 /// What a node's feed holds (`Shared::feed_holdings`).
@@ -197,6 +201,7 @@ impl StateMachine {
             generation: AtomicU64::new(0),
             digest: Mutex::new(None),
             forget_bid_ids: AtomicBool::new(false),
+            copy_niced: AtomicBool::new(false),
         };
         Ok(StateMachine { shared: Arc::new(shared) })
     }
@@ -231,6 +236,11 @@ impl Shared {
         let digest = ledger.digest().to_string();
         *cached = Some((generation, digest.clone()));
         Ok(digest)
+    }
+
+    /// Whether snapshot builds copy the ledger at low priority (see `copy_niced`).
+    pub fn set_snapshot_copy_niced(&self, on: bool) {
+        self.copy_niced.store(on, Ordering::Relaxed);
     }
 
     /// UNSAFE (jepsen only): switches exactly-once bids off (see `forget_bid_ids`).
@@ -435,7 +445,7 @@ impl Shared {
         let at_ms = ledger.last_at_ms();
         // Niced like a snapshot's encoding: a client asking for exports must not take the
         // cores from Raft.
-        blocking(move || niced("export", || ledger.encode_snapshot())).await.map(|bytes| (index, at_ms, bytes))
+        blocking(move || niced("export encoding", || ledger.encode_snapshot())).await.map(|bytes| (index, at_ms, bytes))
     }
 
     /// Feed items with index in `(after, after + limit]`, from RocksDB.
@@ -531,11 +541,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (mut at_ms, mut events) = (0, Vec::new());
             match entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(proposal) => {
+                EntryPayload::Normal(payload) => {
+                    let proposal = payload.proposal();
                     at_ms = proposal.at_ms;
                     let mut ledger = self.shared.ledger_mut()?;
                     let answers;
-                    (answers, events) = apply_proposal(&mut ledger, &proposal, index, forget);
+                    (answers, events) = apply_proposal(&mut ledger, proposal, index, forget);
                     self.shared.generation.fetch_add(1, Ordering::Release);
                     drop(ledger);
                     if responder.is_some() {
@@ -668,14 +679,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         blocking(move || {
             let started = std::time::Instant::now();
-            let gate = shared.apply_gate.blocking_lock();
-            let guard = shared.ledger()?;
-            let (applied, membership) = lock(&shared.applied, "applied")?.clone();
             // Copy under the lock, encode after it: applying waits for the copy only, not for
             // the canonical encoding too.
-            let ledger = guard.clone();
-            drop(guard);
-            drop(gate);
+            let copy = || -> io::Result<_> {
+                let _gate = shared.apply_gate.blocking_lock();
+                let ledger = shared.ledger()?.clone();
+                let (applied, membership) = lock(&shared.applied, "applied")?.clone();
+                Ok((ledger, applied, membership))
+            };
+            let copy_niced = shared.copy_niced.load(Ordering::Relaxed);
+            let (ledger, applied, membership) = if copy_niced { niced("snapshot copy", copy)?? } else { copy()? };
             let copied = started.elapsed();
             let last_index = applied.map_or(0, |id| id.index);
             let meta = SnapshotMeta { last_log_id: applied, last_membership: membership.clone() };
@@ -692,7 +705,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 };
                 data.encode_to_vec()
             };
-            let raw = niced("snapshot", encode)?;
+            let raw = niced("snapshot encoding", encode)?;
             drop(ledger);
             let encoded = started.elapsed();
             // The feed items up to here were written unsynced. Sync them before the file: after
@@ -705,6 +718,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 index = last_index,
                 bytes = raw.len(),
                 copy_ms = copied.as_secs_f64() * 1e3,
+                copy_niced,
                 encode_ms = (encoded - copied).as_secs_f64() * 1e3,
                 write_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,
                 "snapshot built"
@@ -727,7 +741,7 @@ fn niced<T: Send>(name: &str, work: impl Fn() -> T + Sync) -> io::Result<T> {
         match std::thread::Builder::new().name(name.into()).spawn_scoped(scope, on_thread) {
             Ok(thread) => thread.join().map_err(|_| io::Error::other(format!("the {name} thread panicked"))),
             Err(e) => {
-                tracing::warn!(error = %e, "no thread for the {name} encoder; encoding at normal priority");
+                tracing::warn!(error = %e, "no thread for the {name}; running it at normal priority");
                 Ok(work())
             }
         }
@@ -765,7 +779,7 @@ mod tests {
         assert!(shared.state_digest().is_err());
         let proposal = pb::Proposal { at_ms: 1_000, commands: Vec::new() };
         let log_id = LogId { leader_id: LeaderId { term: 1, node_id: 1 }, index: 1 };
-        let entry = Entry { log_id, payload: EntryPayload::Normal(Arc::new(proposal)) };
+        let entry = Entry { log_id, payload: EntryPayload::Normal(raft::Payload::new(proposal)) };
         let entries = futures::stream::iter([Ok::<_, io::Error>((entry, None))]);
         let applied = sm.apply(entries).await;
         assert!(applied.is_err_and(|e| e.to_string().contains("poisoned")), "applying stops instead of carrying on");
