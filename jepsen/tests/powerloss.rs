@@ -23,9 +23,11 @@ fn node_bin() -> PathBuf {
 /// not even say (no leader, no answer).
 async fn acknowledged_bids_lost_to_a_power_loss(unsafe_no_fsync: bool) -> Result<Vec<String>, String> {
     let data = tempfile::tempdir().unwrap();
-    // A snapshot every 40 entries; the log below it is purged in steps.
+    // A snapshot every 40 entries, the leader's too; the log below it is purged in steps.
     let mut args: Vec<String> =
-        ["--snapshot-logs", "40", "--logs-kept-after-snapshot", "10"].map(String::from).to_vec();
+        ["--snapshot-logs", "40", "--logs-kept-after-snapshot", "10", "--leader-snapshot-defer", "1"]
+            .map(String::from)
+            .to_vec();
     if unsafe_no_fsync {
         args.push("--unsafe-no-fsync".into());
     }

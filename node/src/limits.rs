@@ -7,8 +7,9 @@ pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// A single larger entry still goes alone.
 pub const APPEND_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// The log's cache of its newest entries (read by replication and apply instead of RocksDB):
-/// at most this many entries and this many encoded bytes. Entries are held decoded, several
-/// times their encoded size, so the byte bound is set low: 1024 entries of 256 bids is seconds
+/// at most this many entries and this many encoded bytes. Entries are held both decoded
+/// (several times their encoded size) and encoded, and on a follower the encoding shares the
+/// received gRPC buffer, whose whole frame stays alive with it, so the byte bound is set low: 1024 entries of 256 bids is seconds
 /// of log at full speed, what a follower that keeps up and apply ever read back.
 pub const RECENT_ENTRIES_MAX: usize = 1024;
 pub const RECENT_BYTES_MAX: usize = 8 * 1024 * 1024;

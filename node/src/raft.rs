@@ -33,7 +33,8 @@ openraft::declare_raft_types!(
 /// A log entry's application payload: a [`pb::Proposal`] and its protobuf encoding, made once
 /// (by the leader's proposer, or by decoding what a replica received or read back) and shared
 /// by the log, its cache of recent entries, replication and apply. The log and the followers
-/// get the same bytes; nothing encodes or copies a proposal again.
+/// get the same bytes; nothing encodes a proposal again (the bytes are only copied into the
+/// log record and the gRPC frame).
 #[derive(Clone)]
 pub struct Payload(Arc<Encoded>);
 

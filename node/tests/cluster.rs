@@ -67,7 +67,7 @@ impl Cluster {
             .args(&self.extra_args)
             // Leaders snapshot on schedule too, so the tests' short runs see purges and installs,
             // unless a test asks otherwise.
-            .args(if self.extra_args.iter().any(|a| a == "--leader-snapshot-defer") {
+            .args(if self.extra_args.iter().any(|a| a.starts_with("--leader-snapshot-defer")) {
                 &[][..]
             } else {
                 &["--leader-snapshot-defer", "1"][..]

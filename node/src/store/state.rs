@@ -68,7 +68,9 @@ pub struct Shared {
     forget_bid_ids: AtomicBool,
     /// Snapshot builds copy the ledger at low priority: on a follower, whose applies (held up
     /// by the copy) no answer waits for. Kept by the node's snapshot schedule, which looks at
-    /// the node's role after every applied batch (an election's blank entry included).
+    /// the node's role after every applied batch (an election's blank entry included), and
+    /// read when a build starts: a follower elected during its own niced copy (tens of ms)
+    /// finishes that copy at low priority.
     copy_niced: AtomicBool,
 }
 
@@ -670,10 +672,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = Vec<u8>;
 
-    /// Captures a copy of the ledger and the applied id under one lock, then encodes the copy
-    /// and writes the file while applying goes on, on a thread of low CPU priority: encoding
-    /// takes hundreds of ms of CPU, and on shared cores it must not delay the log's appends
-    /// and applies. The feed is not in it: its items stay in RocksDB (made durable first), so
+    /// Captures a copy of the ledger and the applied id under one lock (at low CPU priority on a
+    /// follower: `copy_niced`), then encodes the copy on a thread of low CPU priority and
+    /// writes the file while applying goes on: encoding takes hundreds of ms of CPU, and on
+    /// shared cores it must not delay the log's appends and applies. The feed is not in it: its items stay in RocksDB (made durable first), so
     /// a snapshot's size follows the state, not the history.
     async fn build_snapshot(&mut self) -> Result<raft::Snapshot, io::Error> {
         let shared = self.shared.clone();
@@ -692,7 +694,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let copied = started.elapsed();
             let last_index = applied.map_or(0, |id| id.index);
             let meta = SnapshotMeta { last_log_id: applied, last_membership: membership.clone() };
-            // Only the encoding runs at low priority: the WAL sync and the file's fsync below
+            // The encoding runs at low priority, not the syncs: the WAL sync and the file's fsync below
             // hold up the log's own synced appends (RocksDB queues a synced write behind a WAL
             // sync), so they must not wait for a thread the scheduler puts last.
             let encode = || {
