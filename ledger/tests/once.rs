@@ -61,15 +61,7 @@ fn a_refusal_is_answered_the_same_for_the_horizon_then_decided_afresh() {
     // The lot appears, open for a month.
     let mut n = lot("N", 10_000, None, 0);
     n.ends_at_ms = T0 + 30 * 24 * HOUR;
-    w.ok("cur", Body::CreateLot(n));
-    for status in [
-        pb::LotStatus::UnderReview,
-        pb::LotStatus::Authenticated,
-        pb::LotStatus::ReadyForAuction,
-        pb::LotStatus::InAuction,
-    ] {
-        w.ok("cur", set_status("N", status));
-    }
+    w.open(n);
     w.at = T0 + HORIZON - 1;
     assert_eq!(w.bid("ana", "a1", "N", 10_000), Err("lot_not_found".into()), "the first answer, unchanged");
     assert!(w.ledger.lot("N").unwrap().history.is_empty());
@@ -225,15 +217,7 @@ fn record_expiry_starts_at_one_entry_on_every_replica() {
     w.at = T0 + MIN;
     let a1 = w.bid("ana", "a1", "L", 20_000).unwrap();
     // A second lot, sold then relisted before the activation: nothing is kept for it either.
-    w.ok("cur", Body::CreateLot(lot("M", 10_000, None, 0)));
-    for status in [
-        pb::LotStatus::UnderReview,
-        pb::LotStatus::Authenticated,
-        pb::LotStatus::ReadyForAuction,
-        pb::LotStatus::InAuction,
-    ] {
-        w.ok("cur", set_status("M", status));
-    }
+    w.open_lot("M", 10_000, None, 0);
     w.bid("ana", "m1", "M", 20_000).unwrap();
     assert_eq!(w.bid("ana", "r1", "L", 100), Err("not_above_own_max".into()));
     w.at = T0 + HOUR;

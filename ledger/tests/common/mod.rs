@@ -60,14 +60,20 @@ impl World {
     /// Creates lot `id` (start `S`, reserve `R`, soft close) open from T0 to T0 + 1h, and
     /// moves it to InAuction.
     pub fn open_lot(&mut self, id: &str, start: i64, reserve: Option<i64>, soft_close_secs: u32) {
-        self.ok("cur", Body::CreateLot(lot(id, start, reserve, soft_close_secs)));
+        self.open(lot(id, start, reserve, soft_close_secs));
+    }
+
+    /// Creates `lot` and moves it through its lifecycle into the auction.
+    pub fn open(&mut self, lot: pb::CreateLot) {
+        let id = lot.lot_id.clone();
+        self.ok("cur", Body::CreateLot(lot));
         for status in [
             pb::LotStatus::UnderReview,
             pb::LotStatus::Authenticated,
             pb::LotStatus::ReadyForAuction,
             pb::LotStatus::InAuction,
         ] {
-            self.ok("cur", set_status(id, status));
+            self.ok("cur", set_status(&id, status));
         }
         self.at = self.at.max(T0);
     }
