@@ -48,8 +48,7 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&config.data_dir)?;
         let db = store::open_db(&config.data_dir, config.id)?;
-        let log = LogStore::new(db.clone());
-        let log = if config.unsafe_modes.no_fsync { log.without_fsync() } else { log };
+        let log = LogStore::open(db.clone(), !config.unsafe_modes.no_fsync)?;
         let sm = StateMachine::open(db, &config.data_dir.join("snapshots"))?;
         sm.shared().set_forget_bid_ids(config.unsafe_modes.no_exactly_once);
         let shared = sm.shared();

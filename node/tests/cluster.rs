@@ -456,7 +456,7 @@ async fn a_leader_whose_committed_marker_was_lost_serves_no_stale_read() {
     }
     {
         let db = open_db(&cluster.dir.path().join(format!("node-{leader}")), leader).unwrap();
-        let mut log = LogStore::new(db);
+        let mut log = LogStore::open(db, true).unwrap();
         let entry = log.try_get_log_entries(rolled_back_to..=rolled_back_to).await.unwrap().remove(0);
         log.save_committed(Some(entry.log_id)).await.unwrap();
     }

@@ -22,7 +22,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path(), 1).unwrap();
         let sm = StateMachine::open(db.clone(), &dir.path().join("snapshots")).unwrap();
-        Ok((dir, LogStore::new(db), sm))
+        Ok((dir, LogStore::open(db, true).unwrap(), sm))
     }
 }
 
@@ -62,7 +62,7 @@ async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) {
 async fn log_append_truncate_purge_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut log = LogStore::new(open_db(dir.path(), 7).unwrap());
+        let mut log = LogStore::open(open_db(dir.path(), 7).unwrap(), true).unwrap();
         let entries: Vec<Entry> = (1..=10).map(|i| proposal_entry(i, 0, vec![user(&format!("u{i}"))])).collect();
         let (tx, rx) = TypeConfig::oneshot();
         log.append(entries, IOFlushed::signal(tx)).await.unwrap();
@@ -70,7 +70,7 @@ async fn log_append_truncate_purge_and_reopen() {
         log.truncate_after(Some(log_id(8))).await.unwrap();
         log.purge(log_id(3)).await.unwrap();
     }
-    let mut log = LogStore::new(open_db(dir.path(), 7).unwrap());
+    let mut log = LogStore::open(open_db(dir.path(), 7).unwrap(), true).unwrap();
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(3)));
     assert_eq!(state.last_log_id, Some(log_id(8)));
@@ -127,7 +127,7 @@ async fn restart_from_snapshot_and_log_replay_gives_the_never_stopped_state() {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = open_db(dir.path(), 1).unwrap();
-            let mut log = LogStore::new(db.clone());
+            let mut log = LogStore::open(db.clone(), true).unwrap();
             let mut sm = StateMachine::open(db, &dir.path().join("snapshots")).unwrap();
             let (tx, rx) = TypeConfig::oneshot();
             log.append(entries.clone(), IOFlushed::signal(tx)).await.unwrap();
@@ -143,7 +143,7 @@ async fn restart_from_snapshot_and_log_replay_gives_the_never_stopped_state() {
             // Stopped here, with nothing flushed but what each write did itself.
         }
         let db = open_db(dir.path(), 1).unwrap();
-        let mut log = LogStore::new(db.clone());
+        let mut log = LogStore::open(db.clone(), true).unwrap();
         let mut sm = StateMachine::open(db, &dir.path().join("snapshots")).unwrap();
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|id| id.index), snapshot_at, "reopened at the snapshot, before replay");

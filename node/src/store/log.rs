@@ -10,28 +10,30 @@ use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use prost::Message;
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use crate::limits;
 use crate::pb;
 use crate::raft::{self, Entry, LogId, TypeConfig, Vote};
 
 use super::db::{CF_LOG, CF_RAFT_META, blocking, cf, corrupt, decode, get_msg, index_key, index_of, rocks};
+use super::writer::{Done, Writer};
 
 /// The Raft log on RocksDB. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    /// Serialises write I/O so vote, append, truncate and purge reach disk in submission order.
-    write_order: Arc<tokio::sync::Mutex<()>>,
-    /// Off only in the jepsen harness's unsafe mode ([`LogStore::without_fsync`]).
-    fsync: bool,
+    /// Every write (vote, append, truncate, purge, committed) goes through it, so they reach
+    /// disk in submission order.
+    writer: Writer,
     recent: Arc<Mutex<Recent>>,
 }
 
-/// The newest entries, each added once its append is on disk: a contiguous run that, when not
-/// empty, ends at the log's last entry. Entries share their proposals, so a read is a copy of
-/// pointers, not of commands.
+/// The newest entries, each added when its append is submitted: a contiguous run that, when not
+/// empty, ends at the log's last entry. Replication may read entries not yet on disk (openraft
+/// sends what was submitted; a follower's answer, not ours, is what it counts), and apply reads
+/// only committed entries, which are flushed here first. Entries share their proposals, so a
+/// read is a copy of pointers, not of commands.
 #[derive(Default)]
 struct Recent {
     entries: VecDeque<(Entry, usize)>,
@@ -86,20 +88,17 @@ impl Recent {
 }
 
 impl LogStore {
-    pub fn new(db: Arc<DB>) -> LogStore {
-        let write_order = Arc::new(tokio::sync::Mutex::new(()));
-        LogStore { db, write_order, fsync: true, recent: Arc::default() }
+    /// `fsync: false` is UNSAFE (jepsen only): writes reach the page cache, not the disk,
+    /// before they are reported flushed, so a power loss (not a kill) can lose acknowledged
+    /// entries.
+    pub fn open(db: Arc<DB>, fsync: bool) -> io::Result<LogStore> {
+        let writer = Writer::start(db.clone(), fsync)?;
+        Ok(LogStore { db, writer, recent: Arc::default() })
     }
 
     fn recent(&self) -> io::Result<MutexGuard<'_, Recent>> {
         // A panic while holding it leaves the cache possibly half-cut: stop, like the ledger.
         self.recent.lock().map_err(|_| io::Error::other("the log's entry cache is poisoned"))
-    }
-
-    /// UNSAFE (jepsen only): writes reach the page cache, not the disk, before they are
-    /// reported flushed, so a power loss (not a kill) can lose acknowledged entries.
-    pub fn without_fsync(self) -> LogStore {
-        LogStore { fsync: false, ..self }
     }
 
     fn meta_log_id(&self, key: &[u8]) -> io::Result<Option<LogId>> {
@@ -117,18 +116,6 @@ impl LogStore {
             }
             None => Ok(None),
         }
-    }
-
-    /// Writes a batch with fsync on a blocking thread, in submission order.
-    async fn write_synced(&self, batch: WriteBatch) -> io::Result<()> {
-        let _order = self.write_order.lock().await;
-        let (db, fsync) = (self.db.clone(), self.fsync);
-        blocking(move || {
-            let mut opts = WriteOptions::default();
-            opts.set_sync(fsync);
-            db.write_opt(batch, &opts).map_err(rocks)
-        })
-        .await
     }
 }
 
@@ -200,7 +187,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_RAFT_META)?, b"vote", raft::vote_to_pb(vote).encode_to_vec());
-        self.write_synced(batch).await
+        self.writer.write(batch, true).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
@@ -210,10 +197,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(id) => batch.put_cf(meta, b"committed", raft::log_id_to_pb(&id).encode_to_vec()),
             None => batch.delete_cf(meta, b"committed"),
         }
-        // Not fsync'd: a lost committed marker is only a hint; it is rediscovered from peers.
-        let db = self.db.clone();
-        let _order = self.write_order.lock().await;
-        blocking(move || db.write(batch).map_err(rocks)).await
+        // Not fsync'd nor waited for: a lost committed marker is only a hint; it is
+        // rediscovered from peers. A failed write still fails the writes after it.
+        self.writer.submit(batch, false, Done::Ignored)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -233,21 +219,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(log, index_key(entry.index()), &bytes);
             appended.push((entry, bytes.len()));
         }
-        // One synced WriteBatch per append: the callback fires only once the entries are on disk.
-        let result = self.write_synced(batch).await;
-        match &result {
-            Ok(()) => {
-                // Cached only once on disk, so a read served from here is one RocksDB would give.
-                let mut recent = self.recent()?;
-                for (entry, size) in appended {
-                    recent.push(entry, size);
-                }
-                drop(recent);
-                callback.io_completed(Ok(()));
-            }
-            Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
+        let mut recent = self.recent()?;
+        for (entry, size) in appended {
+            recent.push(entry, size);
         }
-        result
+        drop(recent);
+        // Submitted, not awaited: the callback fires once a WAL sync covers the entries.
+        self.writer.submit(batch, true, Done::Flushed(callback))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
@@ -256,7 +234,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf(&self.db, CF_LOG)?, index_key(from), index_key(u64::MAX));
         batch.delete_cf(cf(&self.db, CF_LOG)?, index_key(u64::MAX));
-        self.write_synced(batch).await
+        self.writer.write(batch, true).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -265,7 +243,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The purge marker and the deletion in one batch: the log never has a hole below it.
         batch.put_cf(cf(&self.db, CF_RAFT_META)?, b"purged", raft::log_id_to_pb(&log_id).encode_to_vec());
         batch.delete_range_cf(cf(&self.db, CF_LOG)?, index_key(0), index_key(log_id.index + 1));
-        self.write_synced(batch).await
+        self.writer.write(batch, true).await
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! - `db`: opening the database, its column families and shared helpers.
 //! - `log`: the Raft log store ([`LogStore`]).
+//! - `writer`: the log's writer thread (submission order, one WAL sync per group).
 //! - `state`: the ledger state machine ([`StateMachine`], [`Shared`]).
 //! - `snapshots`: the snapshot files, the state machine's only persisted form.
 //! - `legacy`: rewrites a format-1 data directory (one record per entity) as a snapshot.
@@ -14,8 +15,8 @@
 //! - `default`: `format` and `node_id`, so a foreign or mixed-up data dir is refused.
 //! - `sm_meta`, `sm_state`, `snapshot`: format 1 only, emptied by the rewrite.
 //!
-//! Log appends are acknowledged to openraft only after the WAL is fsync'd; they are the only
-//! synced write per entry. Applying an entry changes the in-memory ledger and writes the entry's
+//! Log appends are submitted to the writer thread and acknowledged to openraft only after a
+//! WAL sync covers them; they are the only synced write per entry. Applying an entry changes the in-memory ledger and writes the entry's
 //! feed item unsynced: after a crash, the newest snapshot file is loaded and openraft re-applies
 //! the committed log after it, rewriting the same items. Every RocksDB and file call runs on a
 //! blocking thread, never on the async runtime.
@@ -25,6 +26,7 @@ mod legacy;
 mod log;
 mod snapshots;
 mod state;
+mod writer;
 
 pub use db::{StoreError, open_db};
 pub use log::LogStore;
