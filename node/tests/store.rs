@@ -80,6 +80,22 @@ async fn log_append_truncate_purge_and_reopen() {
     assert!(matches!(open_db(dir.path(), 8), Err(node::store::StoreError::WrongNode { found: 7, .. })));
 }
 
+/// openraft may read an entry as soon as `append` returns, before its fsync (replication, and
+/// apply of what the cluster committed first). More entries than the log's cache holds, read
+/// back before the flush callback: every one is there, none missing from the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_are_readable_when_append_returns_even_past_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(open_db(dir.path(), 7).unwrap(), true).unwrap();
+    let last = node::limits::RECENT_ENTRIES_MAX as u64 + 500;
+    let entries: Vec<Entry> = (1..=last).map(|i| proposal_entry(i, 0, vec![user(&format!("u{i}"))])).collect();
+    let (tx, rx) = TypeConfig::oneshot();
+    log.append(entries, IOFlushed::signal(tx)).await.unwrap();
+    let got: Vec<u64> = log.try_get_log_entries(1..=last).await.unwrap().iter().map(|e| e.log_id.index).collect();
+    assert_eq!(got, (1..=last).collect::<Vec<_>>());
+    rx.await.unwrap().unwrap();
+}
+
 /// Entry 0 is blank (openraft's log starts there, with a cluster's first membership), entry 1
 /// makes a curator and a lot, and every later entry adds an attribute: not idempotent, so an
 /// entry applied twice shows in the digest. Returns the entries and, per index, the ledger's

@@ -29,11 +29,12 @@ pub struct LogStore {
     recent: Arc<Mutex<Recent>>,
 }
 
-/// The newest entries, each added when its append is submitted: a contiguous run that, when not
-/// empty, ends at the log's last entry. Replication may read entries not yet on disk (openraft
-/// sends what was submitted; a follower's answer, not ours, is what it counts), and apply reads
-/// only committed entries, which are flushed here first. Entries share their proposals, so a
-/// read is a copy of pointers, not of commands.
+/// The newest entries, each added when its append is submitted (openraft may read an entry as
+/// soon as `append` returns: replication sends what was submitted, and apply may run on entries
+/// the cluster committed before this replica's own fsync): a contiguous run that, when not
+/// empty, ends at the log's last entry. Its bounds can evict entries the writer has not yet
+/// written; a read that misses it therefore waits for the writer first. Entries share their
+/// proposals, so a read is a copy of pointers, not of commands.
 #[derive(Default)]
 struct Recent {
     entries: VecDeque<(Entry, usize)>,
@@ -139,6 +140,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         {
             return Ok(entries);
         }
+        // Every append submitted before this read must be in RocksDB before it is read there:
+        // the writer's queue is in order, so a no-op through it is that barrier.
+        self.writer.write(WriteBatch::default(), false).await?;
         // Owned bounds, so the blocking closure does not borrow the caller's range type.
         let range: (Bound<u64>, Bound<u64>) = (range.start_bound().cloned(), range.end_bound().cloned());
         let db = self.db.clone();

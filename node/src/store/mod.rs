@@ -16,10 +16,11 @@
 //! - `sm_meta`, `sm_state`, `snapshot`: format 1 only, emptied by the rewrite.
 //!
 //! Log appends are submitted to the writer thread and acknowledged to openraft only after a
-//! WAL sync covers them; they are the only synced write per entry. Applying an entry changes the in-memory ledger and writes the entry's
-//! feed item unsynced: after a crash, the newest snapshot file is loaded and openraft re-applies
-//! the committed log after it, rewriting the same items. Every RocksDB and file call runs on a
-//! blocking thread, never on the async runtime.
+//! WAL sync covers them; they are the only synced write per entry. Applying an entry changes
+//! the in-memory ledger and writes the entry's feed item unsynced: after a crash, the newest
+//! snapshot file is loaded and openraft re-applies the committed log after it, rewriting the
+//! same items. RocksDB and file calls run on blocking threads, off the async runtime (except
+//! the log's start-up reads and the writer's join when the log store is dropped at shutdown).
 
 mod db;
 mod legacy;

@@ -533,9 +533,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = WriteBatch::default();
         let mut responses = Vec::new();
         let mut last: Option<(LogId, Option<StoredMembership>)> = None;
+        // Indexes only go up, and a stream has no gaps: a repeated or skipped entry would make
+        // this replica's ledger differ from the others' for good, so stop instead. (Across
+        // calls openraft may leave gaps only in its own storage suite.)
+        let applied = lock(&self.shared.applied, "applied")?.0.map(|id| id.index);
+        let mut previous: Option<u64> = None;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let index = entry.log_id.index;
+            let in_order = match previous {
+                Some(p) => index == p + 1,
+                None => applied.is_none_or(|a| index > a),
+            };
+            if !in_order {
+                return Err(corrupt(format!(
+                    "apply was given entry {index} after {:?} (applied: {applied:?})",
+                    previous
+                )));
+            }
+            previous = Some(index);
             let mut outcome = raft::Applied::default();
             let mut membership = None;
             // Every entry gets a feed item (empty for blank and membership entries), so the

@@ -39,7 +39,8 @@ struct Op {
 }
 
 /// Handle to the writer thread. Cheap to clone; dropping the last handle writes what is queued
-/// and joins the thread, so the database is released when the log store is.
+/// and joins the thread (blocking the dropping thread that long: at shutdown, once), so the
+/// database is released when the log store is.
 #[derive(Clone)]
 pub(super) struct Writer {
     thread: Arc<Thread>,
@@ -122,7 +123,7 @@ fn run(db: &DB, fsync: bool, rx: &mpsc::Receiver<Op>) {
 /// sync covers every write before it.
 fn write_group(db: &DB, fsync: bool, group: &mut [Op]) -> io::Result<()> {
     let unsynced = WriteOptions::default();
-    for op in group.iter_mut() {
+    for op in group.iter_mut().filter(|op| !op.batch.is_empty()) {
         db.write_opt(std::mem::take(&mut op.batch), &unsynced).map_err(rocks)?;
     }
     if fsync && group.iter().any(|op| op.sync) {
