@@ -97,8 +97,12 @@ fn run(db: &DB, fsync: bool, rx: &mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
+        // A panic in a write fails the group like an error would, rather than leaving its
+        // callers waiting for an answer that never comes.
         if failed.is_none()
-            && let Err(e) = write_group(db, fsync, &mut group)
+            && let Err(e) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_group(db, fsync, &mut group)))
+                    .unwrap_or_else(|_| Err(io::Error::other("the log write panicked")))
         {
             error!(error = %e, "log write failed; the log accepts no more writes");
             failed = Some((e.kind(), e.to_string()));
@@ -163,5 +167,21 @@ mod tests {
         assert!((0..500).all(|i| db.get(format!("k{i}")).unwrap().is_some()));
         drop((writer, db));
         open_db(dir.path(), 1).unwrap();
+    }
+
+    /// A write that fails fails every write after it, even one that would succeed: the log
+    /// must not be reported written past a hole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_fails_every_write_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_db(dir.path(), 1).unwrap());
+        // Read-only: RocksDB refuses every write.
+        let opts = rocksdb::Options::default();
+        let db = Arc::new(DB::open_cf_for_read_only(&opts, dir.path(), super::super::db::CFS, false).unwrap());
+        let writer = Writer::start(db, true).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.put(b"k", b"v");
+        assert!(writer.write(batch, true).await.is_err(), "a read-only database refuses the write");
+        assert!(writer.write(WriteBatch::default(), false).await.is_err(), "and everything after it fails too");
     }
 }
