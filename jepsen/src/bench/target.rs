@@ -185,6 +185,18 @@ impl Http {
         Ok(Http { http, url, tokens, seq: AtomicU64::new(0) })
     }
 
+    /// Opens `connections` keep-alive connections to the gateway (as many requests at once),
+    /// so the measurement starts with the pool a live sale's bidders would already have rather
+    /// than with hundreds of TCP and HTTP handshakes in its first second.
+    pub async fn warm(&self, connections: usize) -> Result<(), reqwest::Error> {
+        let url = format!("{}/healthz", self.url);
+        let requests = (0..connections).map(|_| self.http.get(&url).send());
+        for answer in futures::future::join_all(requests).await {
+            answer?.error_for_status()?;
+        }
+        Ok(())
+    }
+
     async fn perform(&self, op: Op) -> Result<Outcome, Failure> {
         let request = match op {
             Op::Read { lot } => self.http.get(format!("{}/v1/lots/{}", self.url, lot_id(lot))),
