@@ -72,7 +72,6 @@ impl Writer {
 
     /// Queues `batch`; `done` hears of it once it is written (and synced, with `sync`).
     pub(super) fn submit(&self, batch: WriteBatch, sync: bool, done: Done) -> io::Result<()> {
-        let stopped = || io::Error::other("the log writer has stopped");
         let tx = self.thread.tx.as_ref().ok_or_else(stopped)?;
         tx.send(Op { batch, sync, done }).map_err(|_| stopped())
     }
@@ -81,8 +80,12 @@ impl Writer {
     pub(super) async fn write(&self, batch: WriteBatch, sync: bool) -> io::Result<()> {
         let (reply, done) = tokio::sync::oneshot::channel();
         self.submit(batch, sync, Done::Reply(reply))?;
-        done.await.map_err(|_| io::Error::other("the log writer has stopped"))?
+        done.await.map_err(|_| stopped())?
     }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the log writer has stopped")
 }
 
 fn run(db: &DB, fsync: bool, rx: &mpsc::Receiver<Op>) {
