@@ -60,11 +60,9 @@ pub const BACKFILL_BATCH_ITEMS: usize = 1_024;
 /// (each holds a copy of the ledger while it is encoded, then the encoding while it is sent).
 pub const EXPORT_CHUNK_BYTES: usize = 1024 * 1024;
 pub const EXPORTS_AT_ONCE: usize = 1;
-/// How often a node with feed retention looks for items to drop, and how often at most it
-/// compacts the trimmed range to free its disk space (each compaction flushes the feed's
-/// write buffer; whole files below the floor are dropped at every trim).
+/// How often a node with feed retention looks for items to drop (the feed's files wholly
+/// below the new floor are removed at once).
 pub const FEED_RETAIN_CHECK_MS: u64 = 1_000;
-pub const FEED_RECLAIM_EVERY_MS: u64 = 60_000;
 /// The default of `--leader-snapshot-defer`: a leader builds its own snapshot only once it is
 /// this many snapshot intervals behind, since copying the ledger holds up applying and on the
 /// leader every client's answer waits for apply. Followers build on schedule.

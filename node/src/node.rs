@@ -49,7 +49,7 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)?;
         let db = store::open_db(&config.data_dir, config.id)?;
         let log = LogStore::open(db.clone(), !config.unsafe_modes.no_fsync)?;
-        let sm = StateMachine::open(db, &config.data_dir.join("snapshots"))?;
+        let sm = StateMachine::open(db, &config.data_dir)?;
         sm.shared().set_forget_bid_ids(config.unsafe_modes.no_exactly_once);
         let shared = sm.shared();
         let raft_config = Arc::new(config.raft_config().map_err(|e| NodeError::Config(e.to_string()))?);
@@ -437,9 +437,6 @@ async fn copy_feed(node: &Arc<NodeInner>, addr: &str, from: u64, start: u64, epo
 /// resume from (`history_gone`), never sent a gap.
 async fn retain_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
     let rule = node.config.feed_retention;
-    // Disk space is reclaimed from `reclaimed` up to the latest floor, now and then.
-    let mut reclaimed = node.shared.feed_holdings().await.trimmed;
-    let mut last_reclaim = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(limits::FEED_RETAIN_CHECK_MS)) => {},
@@ -466,17 +463,6 @@ async fn retain_feed(node: Arc<NodeInner>, mut stopped: watch::Receiver<bool>) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!(error = %e, "feed retention could not read the feed; will retry"),
             Err(e) => warn!(error = %e, "feed retention's reader failed; will retry"),
-        }
-        let trimmed = node.shared.feed_holdings().await.trimmed;
-        if trimmed > reclaimed && last_reclaim.elapsed() >= Duration::from_millis(limits::FEED_RECLAIM_EVERY_MS) {
-            last_reclaim = tokio::time::Instant::now();
-            match node.shared.reclaim_feed(reclaimed, trimmed).await {
-                Ok(()) => {
-                    info!(from = reclaimed, to = trimmed, "feed space reclaimed below the retention floor");
-                    reclaimed = trimmed;
-                }
-                Err(e) => warn!(error = %e, "reclaiming the feed's trimmed space failed; will retry"),
-            }
         }
     }
 }

@@ -21,7 +21,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path(), 1).unwrap();
-        let sm = StateMachine::open(db.clone(), &dir.path().join("snapshots")).unwrap();
+        let sm = StateMachine::open(db.clone(), dir.path()).unwrap();
         Ok((dir, LogStore::open(db, true).unwrap(), sm))
     }
 }
@@ -144,7 +144,7 @@ async fn restart_from_snapshot_and_log_replay_gives_the_never_stopped_state() {
         {
             let db = open_db(dir.path(), 1).unwrap();
             let mut log = LogStore::open(db.clone(), true).unwrap();
-            let mut sm = StateMachine::open(db, &dir.path().join("snapshots")).unwrap();
+            let mut sm = StateMachine::open(db, dir.path()).unwrap();
             let (tx, rx) = TypeConfig::oneshot();
             log.append(entries.clone(), IOFlushed::signal(tx)).await.unwrap();
             rx.await.unwrap().unwrap();
@@ -160,7 +160,7 @@ async fn restart_from_snapshot_and_log_replay_gives_the_never_stopped_state() {
         }
         let db = open_db(dir.path(), 1).unwrap();
         let mut log = LogStore::open(db.clone(), true).unwrap();
-        let mut sm = StateMachine::open(db, &dir.path().join("snapshots")).unwrap();
+        let mut sm = StateMachine::open(db, dir.path()).unwrap();
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|id| id.index), snapshot_at, "reopened at the snapshot, before replay");
         StorageHelper::new(&mut log, &mut sm).with_id(1).get_initial_state().await.unwrap();
@@ -317,7 +317,7 @@ async fn a_format_1_directory_is_rewritten_as_a_snapshot() {
         assert_eq!(db.get(b"format").unwrap().as_deref(), Some(&b"gavel-node/2"[..]));
         let state = db.cf_handle("sm_state").unwrap();
         assert_eq!(db.iterator_cf(state, rocksdb::IteratorMode::Start).count(), 0, "the old records are gone");
-        let sm = StateMachine::open(db, &dir.path().join("snapshots")).unwrap();
+        let sm = StateMachine::open(db, dir.path()).unwrap();
         assert_eq!(sm.shared().ledger().unwrap().digest(), expected.digest(), "and it reopens as format 2");
     }
     // The crash: the file is written, the records and the format-1 marker still in place.
@@ -326,8 +326,38 @@ async fn a_format_1_directory_is_rewritten_as_a_snapshot() {
     assert_eq!(sm.shared().ledger().unwrap().digest(), expected.digest(), "the redone rewrite");
 }
 
+/// A data directory from before the feed had files (its items in RocksDB's `feed` column
+/// family) has them moved into files on open, once. A crash midway (some files written, the
+/// column family still whole) moves them again, and the feed is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_items_kept_in_rocksdb_move_into_files() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let items: Vec<pb::FeedItem> =
+        (1..=50).map(|index| pb::FeedItem { index, at_ms: index as i64 * 7, events: vec![] }).collect();
+    let column_len =
+        |db: &rocksdb::DB| db.iterator_cf(db.cf_handle("feed").unwrap(), rocksdb::IteratorMode::Start).count();
+    let write_column = || {
+        let db = open_db(dir.path(), 1).unwrap();
+        let feed = db.cf_handle("feed").unwrap();
+        for item in &items {
+            db.put_cf(feed, item.index.to_be_bytes(), item.encode_to_vec()).unwrap();
+        }
+        assert_eq!(column_len(&db), 50);
+    };
+    write_column();
+    let sm = open_sm(dir.path());
+    assert_eq!(sm.shared().feed_after(0, 100).unwrap(), items, "moved whole");
+    assert_eq!(column_len(sm.shared().db()), 0, "and out of RocksDB");
+    drop(sm);
+    write_column();
+    let sm = open_sm(dir.path());
+    assert_eq!(sm.shared().feed_after(0, 100).unwrap(), items, "moved again, nothing twice");
+    assert_eq!(column_len(sm.shared().db()), 0);
+}
+
 fn open_sm(dir: &std::path::Path) -> StateMachine {
-    StateMachine::open(open_db(dir, 1).unwrap(), &dir.join("snapshots")).unwrap()
+    StateMachine::open(open_db(dir, 1).unwrap(), dir).unwrap()
 }
 
 fn command(actor: &str, body: Body) -> lp::Command {
@@ -498,7 +528,8 @@ async fn the_cached_digest_follows_every_change() {
     let snapshot = {
         let other = tempfile::tempdir().unwrap();
         let mut older = open_sm(other.path());
-        apply(&mut older, vec![proposal_entry(4, 4_000, vec![user("c")])]).await;
+        let blanks = (1..=3).map(|i| Entry { log_id: log_id(i), payload: EntryPayload::Blank });
+        apply(&mut older, blanks.chain([proposal_entry(4, 4_000, vec![user("c")])]).collect()).await;
         let mut builder = older.get_snapshot_builder().await;
         builder.build_snapshot().await.unwrap()
     };
@@ -596,25 +627,22 @@ async fn retention_drops_the_oldest_items_and_raises_the_start() {
     assert!(!shared.lower_feed_start(holdings.epoch, 6, 3).await.unwrap(), "a backfill may not undo retention");
     drop((shared, sm));
 
-    let mut sm = open_sm(dir.path());
+    // Small feed files, so that retention by bytes has whole files to remove.
+    let mut sm = StateMachine::open_sized(open_db(dir.path(), 1).unwrap(), dir.path(), 4_096).unwrap();
     let shared = sm.shared();
     let reopened = shared.feed_holdings().await;
     assert_eq!((reopened.start, reopened.trimmed), (6, 6), "persisted");
     assert_eq!(shared.feed_after(0, 100).unwrap(), all[6..]);
 
-    // By bytes: 3,000 more items, flushed so that RocksDB can measure them.
+    // By bytes: 3,000 more items.
     apply(&mut sm, stamped_users(11, 3_010, |i| i as i64 * 1_000)).await;
-    let db = shared.db();
-    db.flush_cf(db.cf_handle("feed").unwrap()).unwrap();
-    let feed = db.cf_handle("feed").unwrap();
-    // As the node measures it: the flushed files after an index, plus what is in memory.
-    let in_memory = db.property_int_value_cf(&feed, "rocksdb.size-all-mem-tables").unwrap().unwrap_or(0);
-    let held = |from: u64| {
-        let (start, end) = ((from + 1).to_be_bytes(), u64::MAX.to_be_bytes());
-        db.get_approximate_sizes_cf(&feed, &[rocksdb::Range::new(&start, &end)])[0] + in_memory
+    let held = |from: u64| shared.feed_bytes_after(from).unwrap();
+    let on_disk = || -> u64 {
+        std::fs::read_dir(dir.path().join("feed")).unwrap().map(|f| f.unwrap().metadata().unwrap().len()).sum()
     };
     let total = held(6);
-    assert!(total > 20_000, "the feed holds {total} bytes on disk");
+    assert!(total > 20_000, "the feed holds {total} bytes after its start");
+    assert!(on_disk() >= total);
     let holdings = shared.feed_holdings().await;
     let roomy = FeedRetention { max_bytes: total * 2, max_age_secs: 0 };
     assert_eq!(shared.retention_floor(&roomy, &holdings, 0).unwrap(), 6, "within budget: nothing goes");
@@ -622,16 +650,11 @@ async fn retention_drops_the_oldest_items_and_raises_the_start() {
     let floor = shared.retention_floor(&half, &holdings, 0).unwrap();
     assert!((1_000..2_000).contains(&floor), "about half of 3,010 items go, not {floor}");
     assert!(held(floor) <= total / 2 && held(floor - 1) > total / 2, "the floor is the lowest within budget");
+    let before = on_disk();
     assert!(shared.trim_feed(holdings, floor).await.unwrap());
-    // The space below the floor is freed by a compaction of the trimmed range.
-    let below = |to: u64| {
-        let (start, end) = (0u64.to_be_bytes(), to.to_be_bytes());
-        db.get_approximate_sizes_cf(&feed, &[rocksdb::Range::new(&start, &end)])[0]
-    };
-    let before = below(floor);
-    assert!(before > total / 4, "before reclaiming, the trimmed items still take {before} bytes");
-    shared.reclaim_feed(6, floor).await.unwrap();
-    assert!(below(floor) < before / 10, "reclaimed: {} of {before} bytes left", below(floor));
+    // The files wholly below the floor are removed at once; the one holding it stays.
+    let after = on_disk();
+    assert!(after >= held(floor) && after <= held(floor) + 4_096 + 1_024, "{after} bytes left of {before}");
     let kept = shared.feed_after(0, 10_000).unwrap();
     assert_eq!(kept.first().map(|i| i.index), Some(floor + 1));
     assert_eq!(kept.len() as u64, 3_010 - floor, "every item after the floor stays");
@@ -639,6 +662,9 @@ async fn retention_drops_the_oldest_items_and_raises_the_start() {
     let holdings = shared.feed_holdings().await;
     let both = FeedRetention { max_bytes: total * 2, max_age_secs: 10 };
     assert_eq!(shared.retention_floor(&both, &holdings, 3_000_000 + 1).unwrap(), 2_990);
+    drop((shared, sm));
+    let sm = open_sm(dir.path());
+    assert_eq!(sm.shared().feed_after(0, 10_000).unwrap(), kept, "and after a reopen");
 }
 
 /// Raft's own entries carry no time: an unstamped item goes with an old stamped item after

@@ -23,6 +23,7 @@
 //! the log's start-up reads and the writer's join when the log store is dropped at shutdown).
 
 mod db;
+mod feed;
 mod legacy;
 mod log;
 mod snapshots;

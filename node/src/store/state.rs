@@ -1,6 +1,7 @@
 //! The ledger state machine: the ledger lives in memory, applies committed entries, and is
 //! persisted only as snapshot files. After a restart the newest snapshot is loaded and openraft
-//! re-applies the committed log after it, so the only per-entry write is the entry's feed item.
+//! re-applies the committed log after it, so the only per-entry write is the entry's feed item
+//! (to the feed's segment files, `feed`).
 
 use std::io;
 use std::path::Path;
@@ -11,7 +12,7 @@ use futures::StreamExt;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
 use tokio::sync::watch;
 
 use crate::pb;
@@ -19,8 +20,9 @@ use crate::raft::{self, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use ledger::Ledger;
 
 use super::db::{
-    CF_FEED, CF_SM_META, SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_V1, blocking, cf, corrupt, decode, index_key, rocks,
+    CF_FEED, CF_SM_META, SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_V1, blocking, cf, corrupt, decode, index_key, index_of, rocks,
 };
+use super::feed::{self, FeedFiles};
 use super::legacy;
 use super::snapshots::SnapshotDir;
 
@@ -28,6 +30,10 @@ use super::snapshots::SnapshotDir;
 pub struct Shared {
     db: Arc<DB>,
     snapshots: SnapshotDir,
+    /// The feed's items: segment files and a ring of the newest. Its start, kept run and
+    /// trimmed floor below are persisted in RocksDB (`sm_meta`), synced, each after the items
+    /// it names are.
+    feed: FeedFiles,
     /// Held by `apply` for a whole batch and by `install_snapshot` for a whole install. The
     /// ledger changes entry by entry but `applied` and the feed items only at the batch's end,
     /// so a snapshot is cut only between batches: never a ledger that is ahead of (or behind)
@@ -92,9 +98,9 @@ pub struct FeedHoldings {
 /// bound off. The oldest items go first, and only items already applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FeedRetention {
-    /// Keep the newest items up to this many bytes on disk, as RocksDB estimates them
-    /// (compressed). Items still in memory are never dropped by this bound, so a node keeps
-    /// at least its unflushed write buffer's worth.
+    /// Keep the newest items up to this many bytes of segment files. The space is freed a
+    /// whole file at a time, once every item in it is dropped, so a node keeps at least the
+    /// file being written.
     pub max_bytes: u64,
     /// Keep the items stamped within this many seconds of now (the leader's time of the
     /// entry against this node's wall clock).
@@ -151,6 +157,41 @@ fn read_words<const N: usize>(db: &DB, key: &[u8], what: &str) -> io::Result<Opt
     Ok(Some(std::array::from_fn(|i| u64::from_be_bytes(std::array::from_fn(|j| raw[i * 8 + j])))))
 }
 
+/// Moves the feed items of a data directory written before the feed had files (they were in
+/// RocksDB's `feed` column family) into files, once: synced there, then deleted from RocksDB.
+/// A crash midway leaves the column family whole, and the next open moves it again.
+fn import_feed_column(db: &DB, feed: &FeedFiles) -> io::Result<()> {
+    let column = cf(db, CF_FEED)?;
+    match db.iterator_cf(column, IteratorMode::Start).next() {
+        None => return Ok(()),
+        Some(first) => drop(first.map_err(rocks)?),
+    }
+    feed.clear()?;
+    let (mut chunk, mut moved) = (Vec::new(), 0usize);
+    for entry in db.iterator_cf(column, IteratorMode::Start) {
+        let (key, value) = entry.map_err(rocks)?;
+        let item: pb::FeedItem = decode(&value, "feed item")?;
+        if item.index != index_of(&key)? {
+            return Err(corrupt(format!("feed item {} is filed under {}", item.index, index_of(&key)?)));
+        }
+        chunk.push(item);
+        if chunk.len() == 4_096 {
+            moved += chunk.len();
+            feed.put_copied(&std::mem::take(&mut chunk), u64::MAX)?;
+        }
+    }
+    moved += chunk.len();
+    feed.put_copied(&chunk, u64::MAX)?;
+    feed.sync()?;
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(column, index_key(0), index_key(u64::MAX));
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.write_opt(batch, &sync).map_err(rocks)?;
+    tracing::info!(items = moved, "feed items moved from RocksDB into the feed's files");
+    Ok(())
+}
+
 /// A snapshot file's contents, checked: its metadata, its data and the ledger it holds.
 fn read_snapshot(raw: &[u8]) -> io::Result<(SnapshotMeta, pb::SnapshotData, Ledger)> {
     let data: pb::SnapshotData = decode(raw, "snapshot")?;
@@ -169,10 +210,16 @@ fn read_snapshot(raw: &[u8]) -> io::Result<(SnapshotMeta, pb::SnapshotData, Ledg
 }
 
 impl StateMachine {
-    /// Loads the state machine from the newest snapshot in `snapshot_dir` (empty without one).
-    /// openraft then re-applies the committed log after it.
-    pub fn open(db: Arc<DB>, snapshot_dir: &Path) -> io::Result<StateMachine> {
-        let snapshots = SnapshotDir::open(snapshot_dir)?;
+    /// Loads the state machine from the newest snapshot in `dir/snapshots` (empty without one)
+    /// and opens the feed's files in `dir/feed`. openraft then re-applies the committed log
+    /// after the snapshot.
+    pub fn open(db: Arc<DB>, dir: &Path) -> io::Result<StateMachine> {
+        StateMachine::open_sized(db, dir, feed::SEGMENT_BYTES)
+    }
+
+    /// As [`StateMachine::open`], beginning a new feed file every `feed_segment_bytes`.
+    pub fn open_sized(db: Arc<DB>, dir: &Path, feed_segment_bytes: u64) -> io::Result<StateMachine> {
+        let snapshots = SnapshotDir::open(&dir.join("snapshots"))?;
         legacy::migrate(&db, &snapshots)?;
         let (applied, membership, ledger) = match snapshots.latest()? {
             Some(raw) => {
@@ -187,17 +234,23 @@ impl StateMachine {
             _ => (0, 0),
         };
         let [feed_trimmed] = read_words(&db, FEED_TRIMMED_KEY, "feed trimmed")?.unwrap_or([0]);
+        let feed_trimmed = feed_trimmed.min(feed_start);
+        let feed = FeedFiles::open(&dir.join("feed"), feed_segment_bytes)?;
+        import_feed_column(&db, &feed)?;
+        let kept = (feed_kept.0 < feed_kept.1).then_some(feed_kept);
+        feed.reconcile(feed_start, kept, feed_trimmed, applied.map_or(0, |id| id.index))?;
         let (applied_index, _) = watch::channel(applied.map_or(0, |id| id.index));
         let shared = Shared {
             db,
             snapshots,
+            feed,
             apply_gate: tokio::sync::Mutex::new(()),
             ledger: RwLock::new(ledger),
             applied: Mutex::new((applied, membership)),
             applied_index,
             feed_start: AtomicU64::new(feed_start),
             feed_kept: (AtomicU64::new(feed_kept.0), AtomicU64::new(feed_kept.1)),
-            feed_trimmed: AtomicU64::new(feed_trimmed.min(feed_start)),
+            feed_trimmed: AtomicU64::new(feed_trimmed),
             installs: AtomicU64::new(0),
             snapshot_index: AtomicU64::new(applied.map_or(0, |id| id.index)),
             generation: AtomicU64::new(0),
@@ -288,42 +341,35 @@ impl Shared {
         if applied <= start {
             return Ok(start);
         }
-        let db = &self.db;
-        let feed = cf(db, CF_FEED)?;
         let mut floor = start;
         if rule.max_bytes > 0 {
-            // The items still in memory are the newest; RocksDB measures only flushed files.
-            let in_memory = db.property_int_value_cf(feed, "rocksdb.size-all-mem-tables").map_err(rocks)?.unwrap_or(0);
-            let budget = rule.max_bytes.max(in_memory);
-            let end = index_key(u64::MAX);
-            let held_after = |f: u64| {
-                let from = index_key(f.saturating_add(1));
-                db.get_approximate_sizes_cf(feed, &[rocksdb::Range::new(&from, &end)])[0].saturating_add(in_memory)
-            };
             // The bytes held after `f` fall as `f` grows: the smallest `f` within budget.
             let (mut lo, mut hi) = (start, applied);
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
-                if held_after(mid) <= budget { hi = mid } else { lo = mid + 1 }
+                if self.feed.bytes_after(mid)? <= rule.max_bytes { hi = mid } else { lo = mid + 1 }
             }
             floor = floor.max(lo);
         }
         if rule.max_age_secs > 0 {
             let cutoff =
                 now_ms.saturating_sub(i64::try_from(rule.max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX));
-            let from = index_key(floor.saturating_add(1));
-            let items = db.iterator_cf(feed, IteratorMode::From(&from, Direction::Forward)).take(RETAIN_SCAN_ITEMS_MAX);
-            for item in items {
-                let (_, value) = item.map_err(rocks)?;
-                let item: pb::FeedItem = decode(&value, "feed item")?;
-                if item.index > applied || item.at_ms >= cutoff {
-                    break;
-                }
-                // Raft's own entries carry no time (0): they go only with an old stamped item
-                // after them, never on their own (a new leader's first entry after a quiet
-                // spell is not old).
-                if item.at_ms != 0 {
-                    floor = item.index;
+            let (mut scanned, mut cursor) = (0, floor);
+            'scan: while scanned < RETAIN_SCAN_ITEMS_MAX {
+                let items = self.feed.read_after(cursor, (RETAIN_SCAN_ITEMS_MAX - scanned).min(4_096))?;
+                let Some(last) = items.last() else { break };
+                cursor = last.index;
+                scanned += items.len();
+                for item in items {
+                    if item.index > applied || item.at_ms >= cutoff {
+                        break 'scan;
+                    }
+                    // Raft's own entries carry no time (0): they go only with an old stamped
+                    // item after them, never on their own (a new leader's first entry after a
+                    // quiet spell is not old).
+                    if item.at_ms != 0 {
+                        floor = item.index;
+                    }
                 }
             }
         }
@@ -331,7 +377,7 @@ impl Shared {
     }
 
     /// Raises the feed's start to `floor`, dropping every item at or below it (retention), and
-    /// reclaims their disk space. False, and nothing changed, when the start moved or a snapshot
+    /// removes the files wholly below it. False, and nothing changed, when the start moved or a snapshot
     /// was installed since `holdings` was read, or `floor` is not above the start.
     pub async fn trim_feed(self: &Arc<Self>, holdings: FeedHoldings, floor: u64) -> io::Result<bool> {
         {
@@ -348,16 +394,17 @@ impl Shared {
                 let db = &shared.db;
                 let meta = cf(db, CF_SM_META)?;
                 let mut batch = WriteBatch::default();
-                // From 0: a kept run and any copy left below the start go too.
-                batch.delete_range_cf(cf(db, CF_FEED)?, index_key(0), index_key(floor.saturating_add(1)));
                 batch.put_cf(meta, FEED_START_KEY, floor.to_be_bytes());
                 batch.put_cf(meta, FEED_TRIMMED_KEY, floor.to_be_bytes());
                 batch.delete_cf(meta, FEED_KEPT_KEY);
-                // Synced: the files dropped below must never outlive, on disk, a start that
-                // still claims their items.
+                // Synced before any file goes: a start on disk never claims a removed item.
                 let mut sync = WriteOptions::default();
                 sync.set_sync(true);
-                db.write_opt(batch, &sync).map_err(rocks)
+                db.write_opt(batch, &sync).map_err(rocks)?;
+                // From 0: a kept run and any copy left below the start go too.
+                let freed = shared.feed.trim(floor)?;
+                tracing::debug!(floor, freed, "feed files below the retention floor removed");
+                Ok(())
             })
             .await?;
             // A backfill planned before this writes nothing more.
@@ -370,24 +417,6 @@ impl Shared {
         Ok(true)
     }
 
-    /// Frees the disk space of the items trimmed below `floor`: the files wholly below it are
-    /// dropped unread, then the range `[from, floor]` is compacted (a flush, and the files
-    /// overlapping it rewritten without the deleted items), alongside background compactions.
-    /// Called now and then, not per trim: each call flushes the write buffer.
-    pub async fn reclaim_feed(self: &Arc<Self>, from: u64, floor: u64) -> io::Result<()> {
-        let shared = self.clone();
-        blocking(move || {
-            let db = &shared.db;
-            let feed = cf(db, CF_FEED)?;
-            db.delete_file_in_range_cf(feed, index_key(0), index_key(floor)).map_err(rocks)?;
-            let mut opts = rocksdb::CompactOptions::default();
-            opts.set_exclusive_manual_compaction(false);
-            db.compact_range_cf_opt(feed, Some(index_key(from)), Some(index_key(floor.saturating_add(1))), &opts);
-            Ok(())
-        })
-        .await
-    }
-
     /// Writes feed items copied from a peer, all at or below the feed's start: the items of
     /// committed entries, the same on every replica. Unsynced; `lower_feed_start` syncs them.
     /// False, and nothing written, once a snapshot install has happened since `epoch`.
@@ -396,12 +425,7 @@ impl Shared {
         if self.installs.load(Ordering::Acquire) != epoch {
             return Ok(false);
         }
-        let feed = cf(&self.db, CF_FEED)?;
-        let mut batch = WriteBatch::default();
-        for item in items {
-            batch.put_cf(feed, index_key(item.index), item.encode_to_vec());
-        }
-        self.db.write(batch).map_err(rocks)?;
+        self.feed.put_copied(items, self.feed_start())?;
         Ok(true)
     }
 
@@ -420,7 +444,7 @@ impl Shared {
         }
         let shared = self.clone();
         blocking(move || {
-            shared.db.flush_wal(true).map_err(rocks)?;
+            shared.feed.sync()?;
             let mut sync = WriteOptions::default();
             sync.set_sync(true);
             let meta = cf(&shared.db, CF_SM_META)?;
@@ -428,7 +452,8 @@ impl Shared {
             batch.put_cf(meta, FEED_START_KEY, to.to_be_bytes());
             // Whatever run was kept is now inside the whole feed from `to`.
             batch.delete_cf(meta, FEED_KEPT_KEY);
-            shared.db.write_opt(batch, &sync).map_err(rocks)
+            shared.db.write_opt(batch, &sync).map_err(rocks)?;
+            shared.feed.copy_joined()
         })
         .await?;
         self.feed_kept.0.store(0, Ordering::Release);
@@ -450,16 +475,16 @@ impl Shared {
         blocking(move || niced("export encoding", || ledger.encode_snapshot())).await.map(|bytes| (index, at_ms, bytes))
     }
 
-    /// Feed items with index in `(after, after + limit]`, from RocksDB.
+    /// Up to `limit` feed items after `after`, in index order: from the ring of recent items
+    /// or the feed's files. Blocks on file reads.
     pub fn feed_after(&self, after: u64, limit: usize) -> io::Result<Vec<pb::FeedItem>> {
-        let db = &self.db;
-        let start = index_key(after.saturating_add(1));
-        let mut out = Vec::new();
-        for item in db.iterator_cf(cf(db, CF_FEED)?, IteratorMode::From(&start, Direction::Forward)).take(limit) {
-            let (_, value) = item.map_err(rocks)?;
-            out.push(decode(&value, "feed item")?);
-        }
-        Ok(out)
+        self.feed.read_after(after, limit)
+    }
+
+    /// The bytes of the feed's files holding the items after `index` (at or above the start).
+    /// Blocks on file reads.
+    pub fn feed_bytes_after(&self, index: u64) -> io::Result<u64> {
+        self.feed.bytes_after(index)
     }
 
     pub fn db(&self) -> &Arc<DB> {
@@ -528,9 +553,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let _gate = self.shared.apply_gate.lock().await;
-        let db = self.shared.db.clone();
         let forget = self.shared.forget_bid_ids.load(Ordering::Relaxed);
-        let mut batch = WriteBatch::default();
+        let mut items = Vec::new();
         let mut responses = Vec::new();
         let mut last: Option<(LogId, Option<StoredMembership>)> = None;
         // Indexes only go up, and a stream has no gaps: a repeated or skipped entry would make
@@ -573,7 +597,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Membership(m) => membership = Some(StoredMembership::new(Some(entry.log_id), m)),
             }
-            batch.put_cf(cf(&db, CF_FEED)?, index_key(index), encode_feed_item(index, at_ms, &events));
+            items.push((index, encode_feed_item(index, at_ms, &events)));
             let prev = last.take().and_then(|(_, m)| m);
             last = Some((entry.log_id, membership.or(prev)));
             if let Some(responder) = responder {
@@ -581,9 +605,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         let Some((last_id, membership)) = last else { return Ok(()) };
-        // Not synced: the fsync'd log re-applies anything a crash loses, and the next log
-        // append's fsync (same WAL) makes these items durable too.
-        blocking(move || db.write(batch).map_err(rocks)).await?;
+        // Not synced: the fsync'd log re-applies anything a crash loses after the newest
+        // snapshot, whose build syncs the feed first.
+        let shared = self.shared.clone();
+        blocking(move || shared.feed.append(items)).await?;
         {
             let mut applied = lock(&self.shared.applied, "applied")?;
             debug_assert!(applied.0.is_none_or(|a| a.index < last_id.index), "applied index must increase");
@@ -622,34 +647,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // replica, so a backfill copies only the gap between them and the snapshot. Items
             // at or below the old start (an unfinished copy's) go.
             let db = &shared.db;
-            let feed = cf(db, CF_FEED)?;
             let meta_cf = cf(db, CF_SM_META)?;
-            let mut batch = WriteBatch::default();
             let v1 = data.format_version == SNAPSHOT_FORMAT_V1;
             let kept = (!v1 && old_start < old_applied && old_applied < index).then_some((old_start, old_applied));
+            // Durable before the record below names them.
+            shared.feed.sync()?;
+            let mut batch = WriteBatch::default();
             match kept {
                 Some((from, to)) => {
-                    batch.delete_range_cf(feed, index_key(0), index_key(from.saturating_add(1)));
-                    batch.delete_range_cf(feed, index_key(to.saturating_add(1)), index_key(u64::MAX));
-                    batch.put_cf(meta_cf, FEED_KEPT_KEY, [index, from, to].map(u64::to_be_bytes).concat());
+                    batch.put_cf(meta_cf, FEED_KEPT_KEY, [index, from, to].map(u64::to_be_bytes).concat())
                 }
-                None => {
-                    batch.delete_range_cf(feed, index_key(0), index_key(u64::MAX));
-                    batch.delete_cf(meta_cf, FEED_KEPT_KEY);
-                }
-            }
-            for item in &data.feed {
-                batch.put_cf(feed, index_key(item.index), item.encode_to_vec());
+                None => batch.delete_cf(meta_cf, FEED_KEPT_KEY),
             }
             let start = if v1 { 0 } else { index };
-            batch.put_cf(meta_cf, FEED_START_KEY, start.to_be_bytes());
             if v1 {
-                // The whole feed again: nothing is below the start to keep a backfill from.
+                // The whole feed again, from the snapshot: nothing is below the start to keep a
+                // backfill from. Written and synced before the start goes down to 0.
+                shared.feed.clear()?;
+                let items = data.feed.iter().map(|item| (item.index, item.encode_to_vec())).collect();
+                shared.feed.append(items)?;
+                shared.feed.sync()?;
                 batch.delete_cf(meta_cf, FEED_TRIMMED_KEY);
             }
+            batch.put_cf(meta_cf, FEED_START_KEY, start.to_be_bytes());
             let mut sync = WriteOptions::default();
             sync.set_sync(true);
             db.write_opt(batch, &sync).map_err(rocks)?;
+            if !v1 {
+                shared.feed.restart_main(index, kept)?;
+            }
             // Subscribers reading from below the new start stop at their next read.
             shared.installs.fetch_add(1, Ordering::AcqRel);
             let (from, to) = kept.unwrap_or((0, 0));
@@ -691,8 +717,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// Captures a copy of the ledger and the applied id under one lock (at low CPU priority on a
     /// follower: `copy_niced`), then encodes the copy on a thread of low CPU priority and
     /// writes the file while applying goes on: encoding takes hundreds of ms of CPU, and on
-    /// shared cores it must not delay the log's appends and applies. The feed is not in it: its items stay in RocksDB (made durable first), so
-    /// a snapshot's size follows the state, not the history.
+    /// shared cores it must not delay the log's appends and applies. The feed is not in it: its
+    /// items stay in the feed's files (made durable first), so a snapshot's size follows the
+    /// state, not the history.
     async fn build_snapshot(&mut self) -> Result<raft::Snapshot, io::Error> {
         let shared = self.shared.clone();
         blocking(move || {
@@ -728,7 +755,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let encoded = started.elapsed();
             // The feed items up to here were written unsynced. Sync them before the file: after
             // a power loss, only entries past the snapshot are re-applied.
-            shared.db.flush_wal(true).map_err(rocks)?;
+            shared.feed.sync()?;
             // Durable before openraft may purge the log it covers.
             shared.snapshots.write(last_index, &raw)?;
             shared.snapshot_index.fetch_max(last_index, Ordering::AcqRel);
@@ -785,8 +812,7 @@ mod tests {
     #[tokio::test]
     async fn a_panic_under_the_ledger_lock_stops_the_replica() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm =
-            StateMachine::open(super::super::open_db(dir.path(), 1).unwrap(), &dir.path().join("snapshots")).unwrap();
+        let mut sm = StateMachine::open(super::super::open_db(dir.path(), 1).unwrap(), dir.path()).unwrap();
         let shared = sm.shared();
         // A panic while applying: the ledger may be half-changed.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
