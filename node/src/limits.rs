@@ -37,7 +37,7 @@ pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
 pub const BATCH_LINGER_US: u64 = 200;
 /// Log entries the proposer keeps in flight at once (pipelining).
 pub const ENTRIES_IN_FLIGHT_MAX: usize = 64;
-/// Feed items read from RocksDB per step of a subscription.
+/// Feed items read per step of a subscription.
 pub const FEED_READ_ITEMS_MAX: usize = 256;
 /// Feed items buffered per subscriber before it waits for the client.
 pub const FEED_BUFFER_ITEMS: usize = 1024;

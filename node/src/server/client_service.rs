@@ -212,7 +212,7 @@ fn history_gone(from: u64, start: u64) -> Status {
 }
 
 /// Streams committed feed items after `cursor`, gap-free, until the client goes away. Reads
-/// from RocksDB in bounded steps; the bounded channel makes a slow client slow down its own
+/// from the feed (its ring of recent items, or its files) in bounded steps; the bounded channel makes a slow client slow down its own
 /// reader only.
 async fn feed(
     node: Arc<NodeInner>,

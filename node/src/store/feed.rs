@@ -92,8 +92,11 @@ struct Segment {
     len: u64,
     /// `(index, offset)` of every `MARK_EVERY`th item, the first included.
     marks: Vec<(u64, u64)>,
-    /// Written since the last sync.
+    /// Written since the last sync (or loaded: a kill leaves writes the disk may not have).
     dirty: bool,
+    /// The file's size when loaded, past `len` when its tail is damaged or partial: cut by
+    /// `reconcile` once the feed is known to be whole up to the newest snapshot.
+    loaded_size: u64,
 }
 
 impl Segment {
@@ -119,6 +122,9 @@ pub(super) struct FeedFiles {
     dir: PathBuf,
     segment_bytes: u64,
     inner: Mutex<Inner>,
+    /// Held for a whole `sync`: a second caller must not return while the first is still
+    /// syncing the files it took.
+    syncing: Mutex<()>,
 }
 
 struct Inner {
@@ -173,9 +179,16 @@ impl FeedFiles {
             ring: VecDeque::new(),
             ring_bytes: 0,
             hidden_through: 0,
-            dir_dirty: false,
+            // The directory's entries may not be durable either (a kill, not a power loss,
+            // came before their sync).
+            dir_dirty: true,
         };
-        Ok(FeedFiles { dir: dir.to_owned(), segment_bytes: segment_bytes.max(1), inner: Mutex::new(inner) })
+        Ok(FeedFiles {
+            dir: dir.to_owned(),
+            segment_bytes: segment_bytes.max(1),
+            inner: Mutex::new(inner),
+            syncing: Mutex::new(()),
+        })
     }
 
     fn lock(&self) -> io::Result<MutexGuard<'_, Inner>> {
@@ -185,24 +198,34 @@ impl FeedFiles {
     /// Keeps only the files the feed's persisted state names: the main run after `start`
     /// (up to its first gap: a crash can lose the tail of any file written since the last
     /// sync) and the run `kept` below it. Anything else (an unfinished copy, files retention
-    /// or an install let go of) is removed. Fails if the main run ends before `durable`, the
-    /// index of the newest snapshot: everything up to it was synced before that file was
-    /// written, so a shorter feed is damage, not a crash.
-    pub(super) fn reconcile(&self, start: u64, kept: Option<(u64, u64)>, trimmed: u64, durable: u64) -> io::Result<()> {
+    /// or an install let go of) is removed. Fails, changing nothing, if the main run ends
+    /// before `durable`, the index of the newest snapshot: everything up to it was synced
+    /// before that file was written, so a shorter feed is damage, not a crash. Returns the
+    /// kept run if the files hold all of it, else `None` (its files then go too).
+    pub(super) fn reconcile(
+        &self,
+        start: u64,
+        kept: Option<(u64, u64)>,
+        trimmed: u64,
+        durable: u64,
+    ) -> io::Result<Option<(u64, u64)>> {
         let mut inner = self.lock()?;
         let overlaps = |s: &Segment, from: u64, to: u64| !s.is_empty() && s.first <= to && s.last > from;
-        let mut expected = start + 1;
-        let mut drop = Vec::new();
-        let mut main_tail = None;
+        let mut expected = start.saturating_add(1);
+        let mut main = Vec::new();
         for (first, segment) in &inner.segments {
-            let in_kept = kept.is_some_and(|(from, to)| overlaps(segment, from, to));
-            let in_main = overlaps(segment, start, u64::MAX);
-            if in_main && segment.first <= expected {
-                expected = expected.max(segment.last + 1);
-                main_tail = Some(*first);
-            } else if !in_kept || in_main {
-                drop.push(*first);
+            if !overlaps(segment, start, u64::MAX) || segment.first > expected {
+                continue;
             }
+            if segment.last < expected {
+                continue; // wholly inside the files before it: a duplicate, dropped below
+            }
+            // The first may begin at or below the start (retention raised it within a file).
+            if segment.first < expected && !main.is_empty() {
+                return Err(corrupt(format!("{}: feed files overlap at {first}..{expected}", self.dir.display())));
+            }
+            expected = segment.last.saturating_add(1);
+            main.push(*first);
         }
         let main_last = expected - 1;
         if main_last < durable {
@@ -212,17 +235,36 @@ impl FeedFiles {
                 self.dir.display()
             )));
         }
+        // The kept run counts only if the files hold every item of it.
+        let kept = kept.filter(|&(from, to)| {
+            let mut next = from.saturating_add(1);
+            for segment in inner.segments.values().filter(|s| overlaps(s, from, to)) {
+                if segment.first > next {
+                    return false;
+                }
+                next = next.max(segment.last.saturating_add(1));
+            }
+            next > to
+        });
+        let keep =
+            |first: &u64, s: &Segment| main.contains(first) || kept.is_some_and(|(from, to)| overlaps(s, from, to));
+        let drop: Vec<u64> = inner.segments.iter().filter(|(f, s)| !keep(f, s)).map(|(f, _)| *f).collect();
         for first in drop {
             if let Some(segment) = inner.segments.remove(&first) {
                 info!(first, last = segment.last, "removing a feed file the feed no longer holds");
                 fs::remove_file(&segment.path).map_err(|e| at(&segment.path, e))?;
             }
         }
+        for segment in inner.segments.values_mut().filter(|s| s.loaded_size > s.len) {
+            warn!(file = %segment.path.display(), kept = segment.len, size = segment.loaded_size, "cutting a feed file's damaged or partial tail");
+            segment.file.set_len(segment.len).map_err(|e| at(&segment.path, e))?;
+            segment.loaded_size = segment.len;
+        }
         inner.main_last = main_last;
-        inner.main_tail = main_tail;
+        inner.main_tail = main.last().copied();
         inner.copy_tail = None;
         inner.hidden_through = trimmed;
-        Ok(())
+        Ok(kept)
     }
 
     /// The last item of the main run (the start, when none follows it).
@@ -238,6 +280,11 @@ impl FeedFiles {
         let mut inner = self.lock()?;
         let held = inner.main_last;
         let new = items.iter().position(|(index, _)| *index > held).unwrap_or(items.len());
+        for pair in items[new..].windows(2) {
+            if pair[1].0 != pair[0].0 + 1 {
+                return Err(corrupt(format!("feed item {} would follow {}: a gap", pair[1].0, pair[0].0)));
+            }
+        }
         if let Some((first, _)) = items.get(new)
             && *first != held + 1
         {
@@ -249,11 +296,6 @@ impl FeedFiles {
             inner.main_tail = None;
             inner.ring.clear();
             inner.ring_bytes = 0;
-        }
-        for pair in items[new..].windows(2) {
-            if pair[1].0 != pair[0].0 + 1 {
-                return Err(corrupt(format!("feed item {} would follow {}: a gap", pair[1].0, pair[0].0)));
-            }
         }
         // Filled a file at a time: a file gets a new item while it has room.
         let mut buf = Vec::new();
@@ -354,6 +396,7 @@ impl FeedFiles {
     /// Makes every item written so far durable: the files written since the last sync, then
     /// the directory if a file was created.
     pub(super) fn sync(&self) -> io::Result<()> {
+        let _syncing = self.syncing.lock().map_err(|_| io::Error::other("the feed's sync lock was poisoned"))?;
         let (files, dir_dirty) = {
             let mut inner = self.lock()?;
             let files: Vec<(Arc<File>, PathBuf)> = inner
@@ -367,30 +410,27 @@ impl FeedFiles {
                 .collect();
             (files, std::mem::take(&mut inner.dir_dirty))
         };
-        // Outside the lock: appends go on while the disk syncs. A failure marks nothing
-        // synced that was not.
-        let failed = |inner: &mut Inner, path: &Path| {
-            if let Some(s) = inner.segments.values_mut().find(|s| s.path == path) {
-                s.dirty = true;
+        // Outside the lock: appends go on while the disk syncs.
+        let synced = files.iter().try_for_each(|(file, path)| file.sync_data().map_err(|e| at(path, e)));
+        let synced = synced.and_then(|()| match dir_dirty {
+            true => File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| at(&self.dir, e)),
+            false => Ok(()),
+        });
+        if synced.is_err() {
+            // Nothing counts as synced: the next call tries all of it again.
+            let mut inner = self.lock()?;
+            for segment in inner.segments.values_mut().filter(|s| files.iter().any(|(_, p)| *p == s.path)) {
+                segment.dirty = true;
             }
             inner.dir_dirty |= dir_dirty;
-        };
-        for (file, path) in &files {
-            if let Err(e) = file.sync_data() {
-                failed(&mut *self.lock()?, path);
-                return Err(at(path, e));
-            }
         }
-        if dir_dirty && let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
-            self.lock()?.dir_dirty = true;
-            return Err(at(&self.dir, e));
-        }
-        Ok(())
+        synced
     }
 
-    /// After a snapshot install at `start`: keeps only the files overlapping `kept`, and the
-    /// main run begins again after `start`.
-    pub(super) fn restart_main(&self, start: u64, kept: Option<(u64, u64)>) -> io::Result<()> {
+    /// After a snapshot install at `start`: keeps only the items of `kept` (files beyond it
+    /// go, a file reaching past it is cut), and the main run begins again after `start`.
+    /// Retention's floor becomes `trimmed`.
+    pub(super) fn restart_main(&self, start: u64, kept: Option<(u64, u64)>, trimmed: u64) -> io::Result<()> {
         let mut inner = self.lock()?;
         let keep = |s: &Segment| kept.is_some_and(|(from, to)| !s.is_empty() && s.first <= to && s.last > from);
         let drop: Vec<u64> = inner.segments.iter().filter(|(_, s)| !keep(s)).map(|(f, _)| *f).collect();
@@ -399,9 +439,17 @@ impl FeedFiles {
                 fs::remove_file(&segment.path).map_err(|e| at(&segment.path, e))?;
             }
         }
+        if let Some((_, to)) = kept {
+            // Items past the run (applied here after a restart, beyond what the applied index
+            // said) would overlap the main run's new files.
+            for segment in inner.segments.values_mut().filter(|s| s.last > to) {
+                cut_after(segment, to)?;
+            }
+        }
         inner.main_last = start;
         inner.main_tail = None;
         inner.copy_tail = None;
+        inner.hidden_through = trimmed;
         inner.ring.clear();
         inner.ring_bytes = 0;
         Ok(())
@@ -451,6 +499,7 @@ impl FeedFiles {
                 if segment.first > index {
                     total += segment.len;
                 } else {
+                    // `index < last`, so `index + 1` does not overflow.
                     let (marked, offset) = segment.mark_before(index + 1);
                     plan = Some((segment.file.clone(), segment.path.clone(), marked, offset, segment.len));
                 }
@@ -477,6 +526,9 @@ impl FeedFiles {
         let (after, plans) = {
             let inner = self.lock()?;
             let after = after.max(inner.hidden_through);
+            if after == u64::MAX {
+                return Ok(Vec::new());
+            }
             if let Some((front, _)) = inner.ring.front()
                 && *front <= after + 1
             {
@@ -523,7 +575,7 @@ impl FeedFiles {
 
     /// Removes every file: the feed is being rebuilt from elsewhere.
     pub(super) fn clear(&self) -> io::Result<()> {
-        self.restart_main(0, None)
+        self.restart_main(0, None, 0)
     }
 
     /// Whether the files hold `index`.
@@ -623,6 +675,7 @@ fn create_segment(dir: &Path, first: u64) -> io::Result<Segment> {
         len: MAGIC.len() as u64,
         marks: Vec::new(),
         dirty: true,
+        loaded_size: MAGIC.len() as u64,
     })
 }
 
@@ -642,12 +695,17 @@ fn load_segment(path: &Path, first: u64) -> io::Result<Segment> {
         last: first - 1,
         len: MAGIC.len() as u64,
         marks: Vec::new(),
-        dirty: false,
+        dirty: true,
+        loaded_size: size,
     };
     let mut magic = [0u8; MAGIC.len()];
-    if size < MAGIC.len() as u64 || segment.file.read_exact_at(&mut magic, 0).is_err() {
+    if size >= MAGIC.len() as u64 {
+        segment.file.read_exact_at(&mut magic, 0).map_err(|e| at(path, e))?;
+    }
+    if size < MAGIC.len() as u64 || magic == [0; MAGIC.len()] {
         // Created, and the crash came before its header was written out: nothing in it.
         segment.file.set_len(0).and_then(|()| segment.file.write_all_at(MAGIC, 0)).map_err(|e| at(path, e))?;
+        segment.loaded_size = segment.len;
         return Ok(segment);
     }
     if &magic != MAGIC {
@@ -664,17 +722,37 @@ fn load_segment(path: &Path, first: u64) -> io::Result<Segment> {
                 segment.len += len as u64;
             }
             Ok(None) => break,
-            Ok(Some(_)) | Err(_) => {
-                warn!(file = %path.display(), kept = segment.len, size, "cutting a feed file's damaged or partial tail");
-                break;
-            }
+            // Damage, or a partial record: the file's whole records end here.
+            Ok(Some(_)) => break,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => break,
+            Err(e) => return Err(e),
         }
     }
-    if segment.len < size {
-        segment.file.set_len(segment.len).map_err(|e| at(path, e))?;
-        segment.dirty = true;
-    }
     Ok(segment)
+}
+
+/// Cuts `segment` after the item `to` (within it or before it).
+fn cut_after(segment: &mut Segment, to: u64) -> io::Result<()> {
+    if to < segment.first {
+        segment.file.set_len(MAGIC.len() as u64).map_err(|e| at(&segment.path, e))?;
+        (segment.last, segment.len) = (segment.first - 1, MAGIC.len() as u64);
+        segment.marks.clear();
+    } else if to < segment.last {
+        let (mut at_index, mut offset) = segment.mark_before(to + 1);
+        let file = segment.file.clone();
+        let mut reader = Chunks::new(&file, &segment.path, offset, segment.len);
+        while at_index <= to {
+            let Some((index, _, len)) = reader.next_record()? else { break };
+            offset += len as u64;
+            at_index = index + 1;
+        }
+        segment.file.set_len(offset).map_err(|e| at(&segment.path, e))?;
+        (segment.last, segment.len) = (to, offset);
+        segment.marks.retain(|(index, _)| *index <= to);
+    }
+    segment.dirty = true;
+    segment.loaded_size = segment.len;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -756,6 +834,32 @@ mod tests {
         let last = feed.main_last().unwrap();
         assert!((1..10).contains(&last), "cut before the damage, at {last}");
         assert_eq!(indexes(&feed.read_after(0, 100).unwrap()), (1..=last).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_install_keeps_only_the_kept_run_and_a_reopen_checks_it_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = FeedFiles::open(dir.path(), 300).unwrap();
+        feed.reconcile(0, None, 0, 0).unwrap();
+        feed.append((1..=20).map(item).collect()).unwrap();
+        feed.trim(3).unwrap();
+        // Installed at 30, keeping (3, 12]: 13..=20 (applied beyond what was known) are cut.
+        feed.sync().unwrap();
+        feed.restart_main(30, Some((3, 12)), 0).unwrap();
+        assert_eq!(indexes(&feed.read_after(0, 100).unwrap()), (1..=12).collect::<Vec<_>>(), "the floor is reset");
+        feed.append((31..=35).map(item).collect()).unwrap();
+        assert_eq!(indexes(&feed.read_after(12, 100).unwrap()), (31..=35).collect::<Vec<_>>());
+        assert!(feed.read_after(u64::MAX, 10).unwrap().is_empty());
+        feed.sync().unwrap();
+        drop(feed);
+        let feed = FeedFiles::open(dir.path(), 300).unwrap();
+        assert_eq!(feed.reconcile(30, Some((3, 12)), 3, 30).unwrap(), Some((3, 12)), "held whole");
+        assert_eq!(indexes(&feed.read_after(0, 100).unwrap()), [4, 5, 6, 7, 8, 9, 10, 11, 12, 31, 32, 33, 34, 35]);
+        drop(feed);
+        // A kept run claimed beyond what the files hold is not believed, and its files go.
+        let feed = FeedFiles::open(dir.path(), 300).unwrap();
+        assert_eq!(feed.reconcile(30, Some((3, 14)), 3, 30).unwrap(), None);
+        assert_eq!(indexes(&feed.read_after(0, 100).unwrap()), (31..=35).collect::<Vec<_>>());
     }
 
     #[test]

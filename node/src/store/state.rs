@@ -238,7 +238,9 @@ impl StateMachine {
         let feed = FeedFiles::open(&dir.join("feed"), feed_segment_bytes)?;
         import_feed_column(&db, &feed)?;
         let kept = (feed_kept.0 < feed_kept.1).then_some(feed_kept);
-        feed.reconcile(feed_start, kept, feed_trimmed, applied.map_or(0, |id| id.index))?;
+        // A kept run the files do not hold whole is forgotten: the backfill copies it again.
+        let feed_kept =
+            feed.reconcile(feed_start, kept, feed_trimmed, applied.map_or(0, |id| id.index))?.unwrap_or((0, 0));
         let (applied_index, _) = watch::channel(applied.map_or(0, |id| id.index));
         let shared = Shared {
             db,
@@ -674,7 +676,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             sync.set_sync(true);
             db.write_opt(batch, &sync).map_err(rocks)?;
             if !v1 {
-                shared.feed.restart_main(index, kept)?;
+                shared.feed.restart_main(index, kept, shared.feed_trimmed.load(Ordering::Acquire))?;
             }
             // Subscribers reading from below the new start stop at their next read.
             shared.installs.fetch_add(1, Ordering::AcqRel);
