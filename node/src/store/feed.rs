@@ -123,8 +123,9 @@ pub(super) struct FeedFiles {
     segment_bytes: u64,
     inner: Mutex<Inner>,
     /// Held for a whole `sync`: a second caller must not return while the first is still
-    /// syncing the files it took.
-    syncing: Mutex<()>,
+    /// syncing the files it took. True once a sync failed: Linux may drop the pages a failed
+    /// fsync did not write and report the next fsync a success, so no later sync is believed.
+    syncing: Mutex<bool>,
 }
 
 struct Inner {
@@ -187,7 +188,7 @@ impl FeedFiles {
             dir: dir.to_owned(),
             segment_bytes: segment_bytes.max(1),
             inner: Mutex::new(inner),
-            syncing: Mutex::new(()),
+            syncing: Mutex::new(false),
         })
     }
 
@@ -212,7 +213,10 @@ impl FeedFiles {
         let mut inner = self.lock()?;
         let overlaps = |s: &Segment, from: u64, to: u64| !s.is_empty() && s.first <= to && s.last > from;
         let mut expected = start.saturating_add(1);
-        let mut main = Vec::new();
+        let mut main: Vec<u64> = Vec::new();
+        // Files of the main run cut where the next one begins: an install's cut that a power
+        // loss undid. The items at an index are the same in every file, so nothing is lost.
+        let mut cuts = Vec::new();
         for (first, segment) in &inner.segments {
             if !overlaps(segment, start, u64::MAX) || segment.first > expected {
                 continue;
@@ -221,8 +225,10 @@ impl FeedFiles {
                 continue; // wholly inside the files before it: a duplicate, dropped below
             }
             // The first may begin at or below the start (retention raised it within a file).
-            if segment.first < expected && !main.is_empty() {
-                return Err(corrupt(format!("{}: feed files overlap at {first}..{expected}", self.dir.display())));
+            if segment.first < expected
+                && let Some(&previous) = main.last()
+            {
+                cuts.push((previous, segment.first - 1));
             }
             expected = segment.last.saturating_add(1);
             main.push(*first);
@@ -234,6 +240,11 @@ impl FeedFiles {
                  was written after items up to it were synced: {} is damaged",
                 self.dir.display()
             )));
+        }
+        for (first, to) in cuts {
+            if let Some(segment) = inner.segments.get_mut(&first) {
+                cut_after(segment, to)?;
+            }
         }
         // The kept run counts only if the files hold every item of it.
         let kept = kept.filter(|&(from, to)| {
@@ -396,7 +407,10 @@ impl FeedFiles {
     /// Makes every item written so far durable: the files written since the last sync, then
     /// the directory if a file was created.
     pub(super) fn sync(&self) -> io::Result<()> {
-        let _syncing = self.syncing.lock().map_err(|_| io::Error::other("the feed's sync lock was poisoned"))?;
+        let mut failed = self.syncing.lock().map_err(|_| io::Error::other("the feed's sync lock was poisoned"))?;
+        if *failed {
+            return Err(io::Error::other("an earlier sync of the feed's files failed; restart the node to recover"));
+        }
         let (files, dir_dirty) = {
             let mut inner = self.lock()?;
             let files: Vec<(Arc<File>, PathBuf)> = inner
@@ -416,14 +430,7 @@ impl FeedFiles {
             true => File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| at(&self.dir, e)),
             false => Ok(()),
         });
-        if synced.is_err() {
-            // Nothing counts as synced: the next call tries all of it again.
-            let mut inner = self.lock()?;
-            for segment in inner.segments.values_mut().filter(|s| files.iter().any(|(_, p)| *p == s.path)) {
-                segment.dirty = true;
-            }
-            inner.dir_dirty |= dir_dirty;
-        }
+        *failed = synced.is_err();
         synced
     }
 
@@ -437,6 +444,7 @@ impl FeedFiles {
         for first in drop {
             if let Some(segment) = inner.segments.remove(&first) {
                 fs::remove_file(&segment.path).map_err(|e| at(&segment.path, e))?;
+                inner.dir_dirty = true;
             }
         }
         if let Some((_, to)) = kept {
@@ -703,9 +711,8 @@ fn load_segment(path: &Path, first: u64) -> io::Result<Segment> {
         segment.file.read_exact_at(&mut magic, 0).map_err(|e| at(path, e))?;
     }
     if size < MAGIC.len() as u64 || magic == [0; MAGIC.len()] {
-        // Created, and the crash came before its header was written out: nothing in it.
-        segment.file.set_len(0).and_then(|()| segment.file.write_all_at(MAGIC, 0)).map_err(|e| at(path, e))?;
-        segment.loaded_size = segment.len;
+        // Created, and the crash came before its header was written out: nothing in it
+        // (an empty file is removed by `reconcile`).
         return Ok(segment);
     }
     if &magic != MAGIC {
@@ -742,7 +749,9 @@ fn cut_after(segment: &mut Segment, to: u64) -> io::Result<()> {
         let file = segment.file.clone();
         let mut reader = Chunks::new(&file, &segment.path, offset, segment.len);
         while at_index <= to {
-            let Some((index, _, len)) = reader.next_record()? else { break };
+            let Some((index, _, len)) = reader.next_record()? else {
+                return Err(corrupt(format!("{}: no item {at_index} to cut after", segment.path.display())));
+            };
             offset += len as u64;
             at_index = index + 1;
         }
@@ -860,6 +869,29 @@ mod tests {
         let feed = FeedFiles::open(dir.path(), 300).unwrap();
         assert_eq!(feed.reconcile(30, Some((3, 14)), 3, 30).unwrap(), None);
         assert_eq!(indexes(&feed.read_after(0, 100).unwrap()), (31..=35).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn files_that_overlap_are_cut_where_the_next_begins() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = FeedFiles::open(dir.path(), 1 << 20).unwrap();
+        feed.reconcile(0, None, 0, 0).unwrap();
+        feed.append((1..=20).map(item).collect()).unwrap();
+        drop(feed);
+        // As after an install whose cut of the older file a power loss undid: 15..=25 again.
+        let later = create_segment(dir.path(), 15).unwrap();
+        let mut buf = Vec::new();
+        for index in 15..=25 {
+            encode_record(index, &item(index).1, &mut buf);
+        }
+        later.file.write_all_at(&buf, later.len).unwrap();
+        let feed = FeedFiles::open(dir.path(), 1 << 20).unwrap();
+        feed.reconcile(0, None, 0, 25).unwrap();
+        assert_eq!(indexes(&feed.read_after(0, 100).unwrap()), (1..=25).collect::<Vec<_>>(), "each item once");
+        drop(feed);
+        let feed = FeedFiles::open(dir.path(), 1 << 20).unwrap();
+        feed.reconcile(0, None, 0, 25).unwrap();
+        assert_eq!(indexes(&feed.read_after(10, 100).unwrap()), (11..=25).collect::<Vec<_>>(), "and after a reopen");
     }
 
     #[test]

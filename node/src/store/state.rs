@@ -239,8 +239,12 @@ impl StateMachine {
         import_feed_column(&db, &feed)?;
         let kept = (feed_kept.0 < feed_kept.1).then_some(feed_kept);
         // A kept run the files do not hold whole is forgotten: the backfill copies it again.
-        let feed_kept =
-            feed.reconcile(feed_start, kept, feed_trimmed, applied.map_or(0, |id| id.index))?.unwrap_or((0, 0));
+        let held = feed.reconcile(feed_start, kept, feed_trimmed, applied.map_or(0, |id| id.index))?;
+        if kept.is_some() && held.is_none() {
+            tracing::warn!(?kept, "the feed's files do not hold its kept run whole; it is copied from a peer again");
+            db.delete_cf(cf(&db, CF_SM_META)?, FEED_KEPT_KEY).map_err(rocks)?;
+        }
+        let feed_kept = held.unwrap_or((0, 0));
         let (applied_index, _) = watch::channel(applied.map_or(0, |id| id.index));
         let shared = Shared {
             db,
@@ -661,13 +665,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 None => batch.delete_cf(meta_cf, FEED_KEPT_KEY),
             }
-            let start = if v1 { 0 } else { index };
+            let start = match v1 {
+                true => data.feed.first().map_or(index, |item| item.index.saturating_sub(1)),
+                false => index,
+            };
             if v1 {
                 // The whole feed again, from the snapshot: nothing is below the start to keep a
-                // backfill from. Written and synced before the start goes down to 0.
-                shared.feed.clear()?;
-                let items = data.feed.iter().map(|item| (item.index, item.encode_to_vec())).collect();
-                shared.feed.append(items)?;
+                // backfill from. Written (items held already are the same, and skipped) and
+                // synced before the start goes down to it; nothing is removed before that.
+                shared.feed.put_copied(&data.feed, index)?;
                 shared.feed.sync()?;
                 batch.delete_cf(meta_cf, FEED_TRIMMED_KEY);
             }
@@ -675,9 +681,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut sync = WriteOptions::default();
             sync.set_sync(true);
             db.write_opt(batch, &sync).map_err(rocks)?;
-            if !v1 {
-                shared.feed.restart_main(index, kept, shared.feed_trimmed.load(Ordering::Acquire))?;
-            }
+            let (keep, trimmed) = match v1 {
+                true => (Some((start, index)), 0),
+                false => (kept, shared.feed_trimmed.load(Ordering::Acquire)),
+            };
+            shared.feed.restart_main(index, keep, trimmed)?;
+            // The removals and cuts durable too: a power loss that brought a removed file back
+            // beside the new run's files would cost a cut on the next open.
+            shared.feed.sync()?;
             // Subscribers reading from below the new start stop at their next read.
             shared.installs.fetch_add(1, Ordering::AcqRel);
             let (from, to) = kept.unwrap_or((0, 0));
