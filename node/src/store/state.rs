@@ -245,6 +245,9 @@ impl StateMachine {
             db.delete_cf(cf(&db, CF_SM_META)?, FEED_KEPT_KEY).map_err(rocks)?;
         }
         let feed_kept = held.unwrap_or((0, 0));
+        // A kill may have left the files' last writes unsynced: synced here, where nothing
+        // waits, rather than by the first sync under the apply gate.
+        feed.sync()?;
         let (applied_index, _) = watch::channel(applied.map_or(0, |id| id.index));
         let shared = Shared {
             db,
