@@ -181,7 +181,13 @@ pub struct Http {
 
 impl Http {
     pub fn new(url: String, tokens: Vec<String>, deadline: Duration) -> Result<Http, reqwest::Error> {
-        let http = reqwest::Client::builder().timeout(deadline).tcp_nodelay(true).build()?;
+        // No redirects and no retries: every attempt is one measured request.
+        let http = reqwest::Client::builder()
+            .timeout(deadline)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never())
+            .build()?;
         Ok(Http { http, url, tokens, seq: AtomicU64::new(0) })
     }
 
@@ -203,10 +209,12 @@ impl Http {
             Op::Bid { lot, bidder, max } => {
                 let token = self.tokens.get(bidder).ok_or("no_token")?;
                 let bid_id = format!("b{}", self.seq.fetch_add(1, Ordering::Relaxed));
+                // The body written directly: the ids are plain ASCII, the amount a number.
                 self.http
                     .post(format!("{}/v1/lots/{}/bids", self.url, lot_id(lot)))
                     .bearer_auth(token)
-                    .json(&serde_json::json!({"bid_id": bid_id, "max_amount": max}))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(format!(r#"{{"bid_id":"{bid_id}","max_amount":{max}}}"#))
             }
         };
         let response = request
@@ -214,10 +222,16 @@ impl Http {
             .await
             .map_err(|e| if e.is_timeout() { "timeout".to_owned() } else { "http_send".to_owned() })?;
         let status = response.status();
-        let body: serde_json::Value = response.json().await.map_err(|_| "http_body".to_owned())?;
+        // Read whole either way (the connection goes back to the pool only then); parsed only
+        // for the error code a refusal carries.
+        let bytes = response.bytes().await.map_err(|_| "http_body".to_owned())?;
         match (op, status.as_u16()) {
-            (Op::Read { .. }, 200) => Ok(Outcome::Read),
-            (Op::Bid { .. }, 200) => Ok(Outcome::Accepted),
+            (Op::Read { .. }, 200) => return Ok(Outcome::Read),
+            (Op::Bid { .. }, 200) => return Ok(Outcome::Accepted),
+            _ => {}
+        }
+        let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| "http_body".to_owned())?;
+        match (op, status.as_u16()) {
             (Op::Bid { .. }, 400 | 403 | 404 | 409) => {
                 Ok(Outcome::Rejected(body["error"]["code"].as_str().unwrap_or("unknown").to_owned()))
             }
