@@ -779,12 +779,18 @@ mod tests {
         items.iter().map(|i| i.index).collect()
     }
 
+    /// A new feed in a new directory holding items `1..=upto`, in files of `segment_bytes`.
+    fn feed_of(segment_bytes: u64, upto: u64) -> (tempfile::TempDir, FeedFiles) {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = FeedFiles::open(dir.path(), segment_bytes).unwrap();
+        feed.reconcile(0, None, 0, 0).unwrap();
+        feed.append((1..=upto).map(item).collect()).unwrap();
+        (dir, feed)
+    }
+
     #[test]
     fn items_read_back_across_files_and_after_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let feed = FeedFiles::open(dir.path(), 200).unwrap();
-        feed.reconcile(0, None, 0, 0).unwrap();
-        feed.append((1..=300).map(item).collect()).unwrap();
+        let (dir, feed) = feed_of(200, 300);
         assert!(fs::read_dir(dir.path()).unwrap().count() > 10, "small files: many of them");
         assert_eq!(indexes(&feed.read_after(0, 1_000).unwrap()), (1..=300).collect::<Vec<_>>());
         assert_eq!(indexes(&feed.read_after(137, 5).unwrap()), [138, 139, 140, 141, 142]);
@@ -802,10 +808,7 @@ mod tests {
 
     #[test]
     fn a_torn_tail_is_cut_and_a_file_after_a_gap_is_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let feed = FeedFiles::open(dir.path(), 1 << 20).unwrap();
-        feed.reconcile(0, None, 0, 0).unwrap();
-        feed.append((1..=10).map(item).collect()).unwrap();
+        let (dir, feed) = feed_of(1 << 20, 10);
         drop(feed);
         let path = dir.path().join(format!("{:020}{SUFFIX}", 1));
         let len = fs::metadata(&path).unwrap().len();
@@ -828,10 +831,7 @@ mod tests {
 
     #[test]
     fn a_damaged_record_in_the_middle_ends_the_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let feed = FeedFiles::open(dir.path(), 1 << 20).unwrap();
-        feed.reconcile(0, None, 0, 0).unwrap();
-        feed.append((1..=10).map(item).collect()).unwrap();
+        let (dir, feed) = feed_of(1 << 20, 10);
         drop(feed);
         let path = dir.path().join(format!("{:020}{SUFFIX}", 1));
         let mut raw = fs::read(&path).unwrap();
@@ -847,10 +847,7 @@ mod tests {
 
     #[test]
     fn an_install_keeps_only_the_kept_run_and_a_reopen_checks_it_is_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let feed = FeedFiles::open(dir.path(), 300).unwrap();
-        feed.reconcile(0, None, 0, 0).unwrap();
-        feed.append((1..=20).map(item).collect()).unwrap();
+        let (dir, feed) = feed_of(300, 20);
         feed.trim(3).unwrap();
         // Installed at 30, keeping (3, 12]: 13..=20 (applied beyond what was known) are cut.
         feed.sync().unwrap();
@@ -873,10 +870,7 @@ mod tests {
 
     #[test]
     fn files_that_overlap_are_cut_where_the_next_begins() {
-        let dir = tempfile::tempdir().unwrap();
-        let feed = FeedFiles::open(dir.path(), 1 << 20).unwrap();
-        feed.reconcile(0, None, 0, 0).unwrap();
-        feed.append((1..=20).map(item).collect()).unwrap();
+        let (dir, feed) = feed_of(1 << 20, 20);
         drop(feed);
         // As after an install whose cut of the older file a power loss undid: 15..=25 again.
         let later = create_segment(dir.path(), 15).unwrap();
