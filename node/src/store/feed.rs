@@ -289,6 +289,17 @@ impl FeedFiles {
     /// the log after the snapshot on a restart) or lie below the start. Unsynced.
     pub(super) fn append(&self, items: Vec<(u64, Vec<u8>)>) -> io::Result<()> {
         let mut inner = self.lock()?;
+        let appended = self.append_locked(&mut inner, items);
+        if appended.is_err() {
+            // Part of the batch may be in the files and not in the ring: the ring must never
+            // have a gap, so it starts again from the next item.
+            inner.ring.clear();
+            inner.ring_bytes = 0;
+        }
+        appended
+    }
+
+    fn append_locked(&self, inner: &mut Inner, items: Vec<(u64, Vec<u8>)>) -> io::Result<()> {
         let held = inner.main_last;
         let new = items.iter().position(|(index, _)| *index > held).unwrap_or(items.len());
         for pair in items[new..].windows(2) {
@@ -313,7 +324,7 @@ impl FeedFiles {
         let mut marks = Vec::new();
         let mut rest = &items[new..];
         while let Some((first, payload)) = rest.first() {
-            let tail = self.tail_for(&mut inner, TailKind::Main, *first, (RECORD_HEADER + payload.len()) as u64)?;
+            let tail = self.tail_for(inner, TailKind::Main, *first, (RECORD_HEADER + payload.len()) as u64)?;
             let segment = inner.segments.get_mut(&tail).ok_or_else(|| corrupt("the feed's tail file is missing"))?;
             let room = usize::try_from(self.segment_bytes.saturating_sub(segment.len)).unwrap_or(usize::MAX);
             let (base, mut taken) = (segment.len, 0);
@@ -470,30 +481,38 @@ impl FeedFiles {
     }
 
     /// Retention raised the start to `floor`: reads skip every item at or below it, and the
-    /// files wholly below it are removed.
+    /// files wholly below it are removed. Every file is tried; the first failure is returned
+    /// (a file left is still known, and the next open removes it).
     pub(super) fn trim(&self, floor: u64) -> io::Result<u64> {
         let mut inner = self.lock()?;
         inner.hidden_through = inner.hidden_through.max(floor);
-        let drop: Vec<u64> = inner.segments.iter().filter(|(_, s)| s.last <= floor).map(|(f, _)| *f).collect();
-        let mut freed = 0;
-        for first in drop {
-            if inner.main_tail == Some(first) {
-                continue;
-            }
-            if inner.copy_tail == Some(first) {
-                inner.copy_tail = None;
-            }
-            if let Some(segment) = inner.segments.remove(&first) {
-                freed += segment.len;
-                fs::remove_file(&segment.path).map_err(|e| at(&segment.path, e))?;
-            }
-        }
         while inner.ring.front().is_some_and(|(i, _)| *i <= floor) {
             if let Some((_, old)) = inner.ring.pop_front() {
                 inner.ring_bytes -= old.len();
             }
         }
-        Ok(freed)
+        if inner.copy_tail.is_some_and(|first| inner.segments.get(&first).is_none_or(|s| s.last <= floor)) {
+            inner.copy_tail = None;
+        }
+        let main_tail = inner.main_tail;
+        let drop: Vec<u64> = inner
+            .segments
+            .iter()
+            .filter(|(first, s)| s.last <= floor && main_tail != Some(**first))
+            .map(|(f, _)| *f)
+            .collect();
+        let (mut freed, mut failed) = (0, None);
+        for first in drop {
+            let Some(segment) = inner.segments.get(&first) else { continue };
+            match fs::remove_file(&segment.path) {
+                Ok(()) => {
+                    freed += segment.len;
+                    inner.segments.remove(&first);
+                }
+                Err(e) => failed = failed.or(Some(at(&segment.path, e))),
+            }
+        }
+        failed.map_or(Ok(freed), Err)
     }
 
     /// The bytes on disk of the main run's items after `index` (records and file headers of
@@ -541,7 +560,10 @@ impl FeedFiles {
                 && *front <= after + 1
             {
                 let skip = usize::try_from(after + 1 - front).unwrap_or(usize::MAX);
-                return inner.ring.iter().skip(skip).take(limit).map(|(_, bytes)| decode_item(bytes)).collect();
+                // Decoded after the lock is let go: appends on the apply path wait for it.
+                let held: Vec<Bytes> = inner.ring.iter().skip(skip).take(limit).map(|(_, b)| b.clone()).collect();
+                drop(inner);
+                return held.iter().map(|bytes| decode_item(bytes)).collect();
             }
             // The file holding `after + 1`, or the first after it, then the ones that follow
             // until they hold `limit` items.

@@ -409,19 +409,25 @@ impl Shared {
                 // Synced before any file goes: a start on disk never claims a removed item.
                 let mut sync = WriteOptions::default();
                 sync.set_sync(true);
-                db.write_opt(batch, &sync).map_err(rocks)?;
-                // From 0: a kept run and any copy left below the start go too.
-                let freed = shared.feed.trim(floor)?;
-                tracing::debug!(floor, freed, "feed files below the retention floor removed");
-                Ok(())
+                db.write_opt(batch, &sync).map_err(rocks)
             })
             .await?;
-            // A backfill planned before this writes nothing more.
+            // Published as soon as it is persisted, before any file goes: a backfill planned
+            // before this writes nothing more, and a reader below the floor is refused with it.
             self.installs.fetch_add(1, Ordering::AcqRel);
             self.feed_kept.0.store(0, Ordering::Release);
             self.feed_kept.1.store(0, Ordering::Release);
             self.feed_trimmed.store(floor, Ordering::Release);
             self.feed_start.store(floor, Ordering::Release);
+            // From 0: a kept run and any copy left below the start go too. A file that cannot
+            // be removed now is removed by the next open (it is below the persisted start).
+            let shared = self.clone();
+            match blocking(move || shared.feed.trim(floor)).await {
+                Ok(freed) => tracing::debug!(floor, freed, "feed files below the retention floor removed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, floor, "some feed files below the retention floor were not removed")
+                }
+            }
         }
         Ok(true)
     }
