@@ -1,5 +1,6 @@
 //! The database: column families, the format marker, and the helpers every store uses.
 
+use std::fs;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +39,24 @@ pub enum StoreError {
 
 pub(super) fn corrupt(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+/// An I/O error that names the path it happened on.
+pub(super) fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Creates `dir` if needed and makes its name durable: a directory's entry is durable only
+/// once its parent is fsync'd, so a power loss could otherwise take it and its files.
+pub(super) fn create_durable_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir).map_err(|e| at(dir, e))?;
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    sync_dir(parent)
+}
+
+/// Fsyncs a directory: the names created, renamed or removed in it become durable.
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| at(dir, e))
 }
 
 pub(super) fn rocks(e: rocksdb::Error) -> io::Error {

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use crate::pb;
 
-use super::db::corrupt;
+use super::db::{at, corrupt, create_durable_dir, sync_dir};
 
 const SUFFIX: &str = ".feed";
 /// A segment file's first bytes; the last one is the record format.
@@ -49,11 +49,6 @@ const RING_BYTES_MAX: usize = 8 << 20;
 /// Bytes read from a file per call when serving a read.
 const READ_CHUNK: usize = 256 << 10;
 
-/// An I/O error that names the path it happened on.
-fn at(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-}
-
 fn checksum(index: u64, payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&index.to_le_bytes());
@@ -69,12 +64,20 @@ fn encode_record(index: u64, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// A little-endian word from exactly 8 (or 4) bytes; callers slice them to that length.
+fn le_u64(bytes: &[u8]) -> u64 {
+    bytes.try_into().map_or(0, u64::from_le_bytes)
+}
+
+fn le_u32(bytes: &[u8]) -> u32 {
+    bytes.try_into().map_or(0, u32::from_le_bytes)
+}
+
 /// The record at the start of `buf`: its index and payload, and its length in bytes. `None`
 /// for a partial or damaged record.
 fn decode_record(buf: &[u8]) -> Option<(u64, &[u8], usize)> {
     let header = buf.get(..RECORD_HEADER)?;
-    let word = |at: usize, n: usize| header[at..at + n].iter().rev().fold(0u64, |v, b| (v << 8) | u64::from(*b));
-    let (index, len, sum) = (word(0, 8), word(8, 4) as usize, word(12, 4) as u32);
+    let (index, len, sum) = (le_u64(&header[..8]), le_u32(&header[8..12]) as usize, le_u32(&header[12..16]));
     if len > RECORD_MAX {
         return None;
     }
@@ -159,9 +162,7 @@ impl FeedFiles {
     /// tail (a crash mid-append) is cut off. What the files hold is then squared with the
     /// feed's persisted state by [`FeedFiles::reconcile`].
     pub(super) fn open(dir: &Path, segment_bytes: u64) -> io::Result<FeedFiles> {
-        fs::create_dir_all(dir).map_err(|e| at(dir, e))?;
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        File::open(parent).and_then(|d| d.sync_all()).map_err(|e| at(parent, e))?;
+        create_durable_dir(dir)?;
         let mut segments = BTreeMap::new();
         for entry in fs::read_dir(dir).map_err(|e| at(dir, e))? {
             let entry = entry.map_err(|e| at(dir, e))?;
@@ -261,10 +262,8 @@ impl FeedFiles {
             |first: &u64, s: &Segment| main.contains(first) || kept.is_some_and(|(from, to)| overlaps(s, from, to));
         let drop: Vec<u64> = inner.segments.iter().filter(|(f, s)| !keep(f, s)).map(|(f, _)| *f).collect();
         for first in drop {
-            if let Some(segment) = inner.segments.remove(&first) {
-                info!(first, last = segment.last, "removing a feed file the feed no longer holds");
-                fs::remove_file(&segment.path).map_err(|e| at(&segment.path, e))?;
-            }
+            info!(first, "removing a feed file the feed no longer holds");
+            inner.remove(first)?;
         }
         for segment in inner.segments.values_mut().filter(|s| s.loaded_size > s.len) {
             warn!(file = %segment.path.display(), kept = segment.len, size = segment.loaded_size, "cutting a feed file's damaged or partial tail");
@@ -438,7 +437,7 @@ impl FeedFiles {
         // Outside the lock: appends go on while the disk syncs.
         let synced = files.iter().try_for_each(|(file, path)| file.sync_data().map_err(|e| at(path, e)));
         let synced = synced.and_then(|()| match dir_dirty {
-            true => File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| at(&self.dir, e)),
+            true => sync_dir(&self.dir),
             false => Ok(()),
         });
         *failed = synced.is_err();
@@ -453,10 +452,7 @@ impl FeedFiles {
         let keep = |s: &Segment| kept.is_some_and(|(from, to)| !s.is_empty() && s.first <= to && s.last > from);
         let drop: Vec<u64> = inner.segments.iter().filter(|(_, s)| !keep(s)).map(|(f, _)| *f).collect();
         for first in drop {
-            if let Some(segment) = inner.segments.remove(&first) {
-                fs::remove_file(&segment.path).map_err(|e| at(&segment.path, e))?;
-                inner.dir_dirty = true;
-            }
+            inner.remove(first)?;
         }
         if let Some((_, to)) = kept {
             // Items past the run (applied here after a restart, beyond what the applied index
@@ -503,13 +499,9 @@ impl FeedFiles {
             .collect();
         let (mut freed, mut failed) = (0, None);
         for first in drop {
-            let Some(segment) = inner.segments.get(&first) else { continue };
-            match fs::remove_file(&segment.path) {
-                Ok(()) => {
-                    freed += segment.len;
-                    inner.segments.remove(&first);
-                }
-                Err(e) => failed = failed.or(Some(at(&segment.path, e))),
+            match inner.remove(first) {
+                Ok(len) => freed += len,
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
         failed.map_or(Ok(freed), Err)
@@ -533,16 +525,8 @@ impl FeedFiles {
             }
             (total, plan)
         };
-        if let Some((file, path, mut at_index, mut offset, end)) = plan {
-            // Walk the records from the mark to the item after `index`.
-            let mut reader = Chunks::new(&file, &path, offset, end);
-            while at_index <= index {
-                let Some((i, _, len)) = reader.next_record()? else { break };
-                debug_assert_eq!(i, at_index);
-                offset += len as u64;
-                at_index = i + 1;
-            }
-            total += end - offset;
+        if let Some((file, path, marked, offset, end)) = plan {
+            total += end - end_of(&file, &path, (marked, offset), end, index)?;
         }
         Ok(total)
     }
@@ -622,6 +606,17 @@ enum TailKind {
 }
 
 impl Inner {
+    /// Removes the file starting at `first`, then forgets it (a file that cannot be removed
+    /// stays known). Its bytes; 0 if there is no such file.
+    fn remove(&mut self, first: u64) -> io::Result<u64> {
+        let Some(segment) = self.segments.get(&first) else { return Ok(0) };
+        fs::remove_file(&segment.path).map_err(|e| at(&segment.path, e))?;
+        let len = segment.len;
+        self.segments.remove(&first);
+        self.dir_dirty = true;
+        Ok(len)
+    }
+
     fn holds(&self, index: u64) -> bool {
         self.segments.range(..=index).next_back().is_some_and(|(_, s)| s.last >= index)
     }
@@ -676,7 +671,7 @@ impl<'a> Chunks<'a> {
         let unread = usize::try_from(self.end - self.offset).unwrap_or(usize::MAX);
         match self.buf.get(self.at + 8..self.at + 12) {
             Some(len) => {
-                let len = len.iter().rev().fold(0usize, |v, b| (v << 8) | usize::from(*b));
+                let len = le_u32(len) as usize;
                 let missing = (RECORD_HEADER + len).saturating_sub(self.buf.len() - self.at);
                 want.max(missing).min(unread)
             }
@@ -760,6 +755,21 @@ fn load_segment(path: &Path, first: u64) -> io::Result<Segment> {
     Ok(segment)
 }
 
+/// The offset just past item `index` in a file, walking its records from `mark` (an item's
+/// index and offset at or before `index + 1`) up to `end`.
+fn end_of(file: &File, path: &Path, mark: (u64, u64), end: u64, index: u64) -> io::Result<u64> {
+    let (mut at_index, mut offset) = mark;
+    let mut reader = Chunks::new(file, path, offset, end);
+    while at_index <= index {
+        let Some((i, _, len)) = reader.next_record()? else {
+            return Err(corrupt(format!("{}: no item {at_index} before byte {end}", path.display())));
+        };
+        offset += len as u64;
+        at_index = i + 1;
+    }
+    Ok(offset)
+}
+
 /// Cuts `segment` after the item `to` (within it or before it).
 fn cut_after(segment: &mut Segment, to: u64) -> io::Result<()> {
     if to < segment.first {
@@ -767,16 +777,7 @@ fn cut_after(segment: &mut Segment, to: u64) -> io::Result<()> {
         (segment.last, segment.len) = (segment.first - 1, MAGIC.len() as u64);
         segment.marks.clear();
     } else if to < segment.last {
-        let (mut at_index, mut offset) = segment.mark_before(to + 1);
-        let file = segment.file.clone();
-        let mut reader = Chunks::new(&file, &segment.path, offset, segment.len);
-        while at_index <= to {
-            let Some((index, _, len)) = reader.next_record()? else {
-                return Err(corrupt(format!("{}: no item {at_index} to cut after", segment.path.display())));
-            };
-            offset += len as u64;
-            at_index = index + 1;
-        }
+        let offset = end_of(&segment.file, &segment.path, segment.mark_before(to + 1), segment.len, to)?;
         segment.file.set_len(offset).map_err(|e| at(&segment.path, e))?;
         (segment.last, segment.len) = (to, offset);
         segment.marks.retain(|(index, _)| *index <= to);

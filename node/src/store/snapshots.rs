@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::warn;
 
+use super::db::{at, create_durable_dir, sync_dir};
+
 const SUFFIX: &str = ".snapshot";
 const TMP_SUFFIX: &str = ".tmp";
 
@@ -27,19 +29,10 @@ pub(super) struct SnapshotDir {
     files: Mutex<()>,
 }
 
-/// An I/O error that names the path it happened on.
-fn at(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-}
-
 impl SnapshotDir {
     /// Opens (creating it if needed) the directory and removes temporary files a crash left.
     pub(super) fn open(path: &Path) -> io::Result<SnapshotDir> {
-        fs::create_dir_all(path).map_err(|e| at(path, e))?;
-        // The directory's own name is durable only once its parent is fsync'd: without it, a
-        // power loss could take the directory, and the snapshots in it, with it.
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        File::open(parent).and_then(|dir| dir.sync_all()).map_err(|e| at(parent, e))?;
+        create_durable_dir(path)?;
         for entry in fs::read_dir(path).map_err(|e| at(path, e))? {
             let entry = entry.map_err(|e| at(path, e))?;
             if entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
@@ -96,7 +89,7 @@ impl SnapshotDir {
         let _files = self.lock()?;
         fs::rename(&tmp, self.file(index)).map_err(|e| at(&tmp, e))?;
         // The rename is durable only once the directory entry is.
-        File::open(&self.path).and_then(|dir| dir.sync_all()).map_err(|e| at(&self.path, e))?;
+        sync_dir(&self.path)?;
         for older in self.indexes()?.into_iter().filter(|&i| i < index) {
             if let Err(e) = fs::remove_file(self.file(older)) {
                 warn!(error = %e, index = older, "could not remove an older snapshot file");
